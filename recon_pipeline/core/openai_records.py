@@ -1,0 +1,180 @@
+"""OpenAI's per-request records, from whichever shape they arrive in, as one frame.
+
+Shapes understood (detected per line):
+- Batch API output lines: `{"custom_id", "response": {"status_code", "request_id", "body"}}`;
+  the body is a chat.completion / response object and the request is priced as batch.
+- Objects as the API returns them: `chat.completion` (`usage.prompt_tokens`, ...) and
+  `response` (`usage.input_tokens`, ...), e.g. from a gateway export.
+- The canonical flat line documented in the README (`request_id`, `created`, `model`, counts).
+Unknown fields are ignored; a missing required field is an error naming it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from recon_pipeline.core.schema import OPENAI_COLUMNS
+
+_MAX_TOKENS = 10**9
+_MAX_AUDIO_MS = 10 * 24 * 3600 * 1000
+
+
+class RecordError(ValueError):
+    """A record that is not one of the shapes above; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class ParsedLine:
+    record: dict[str, Any] | None
+    skipped_reason: str | None = None
+
+
+def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _count(value: Any, name: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RecordError(f"{name} must be a number, got {type(value).__name__}")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise RecordError(f"{name} must be a whole number, got {value!r}")
+    number = int(value)
+    if number < 0 or number > _MAX_TOKENS:
+        raise RecordError(f"{name} out of range: {number}")
+    return number
+
+
+def _required(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = obj.get(name)
+    if value is None:
+        raise RecordError(f"missing required field {name!r}")
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise RecordError(f"field {name!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _tier(value: Any) -> str:
+    if value in (None, "auto"):
+        return "default"
+    if not isinstance(value, str):
+        raise RecordError(f"service_tier must be a string, got {type(value).__name__}")
+    return value
+
+
+def _audio_ms(seconds: Any) -> int:
+    if seconds is None:
+        return 0
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise RecordError(f"audio_seconds must be a non-negative number, got {seconds!r}")
+    ms = round(seconds * 1000)
+    if ms > _MAX_AUDIO_MS:
+        raise RecordError(f"audio_seconds out of range: {seconds!r}")
+    return ms
+
+
+def _from_api_object(body: Mapping[str, Any], batch: bool, source: str) -> dict[str, Any]:
+    """A chat.completion or response object, as the API (or a Batch output body) returns it."""
+    request_id = _required(body, "id", str)
+    created = _required(body, "created_at" if "created_at" in body else "created", int | float)
+    model = _required(body, "model", str)
+    usage = body.get("usage")
+    if not isinstance(usage, Mapping):
+        raise RecordError("missing required field 'usage'")
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        input_tokens = _count(usage.get("prompt_tokens"), "usage.prompt_tokens")
+        output_tokens = _count(usage.get("completion_tokens"), "usage.completion_tokens")
+        input_details = usage.get("prompt_tokens_details")
+        output_details = usage.get("completion_tokens_details")
+    else:
+        input_tokens = _count(usage.get("input_tokens"), "usage.input_tokens")
+        output_tokens = _count(usage.get("output_tokens"), "usage.output_tokens")
+        input_details = usage.get("input_tokens_details")
+        output_details = usage.get("output_tokens_details")
+    return {
+        "request_id": request_id,
+        "created": created,
+        "model": model,
+        "service_tier": _tier(body.get("service_tier")),
+        "batch": batch,
+        "input_tokens": input_tokens,
+        "cached_input_tokens": _count(_get(input_details, "cached_tokens"), "cached_tokens"),
+        "output_tokens": output_tokens,
+        "reasoning_tokens": _count(_get(output_details, "reasoning_tokens"), "reasoning_tokens"),
+        "input_audio_tokens": _count(_get(input_details, "audio_tokens"), "input audio_tokens"),
+        "output_audio_tokens": _count(_get(output_details, "audio_tokens"), "output audio_tokens"),
+        "audio_ms": 0,
+        "source": source,
+    }
+
+
+def _from_canonical(line: Mapping[str, Any], source: str) -> dict[str, Any]:
+    batch = line.get("batch", False)
+    if not isinstance(batch, bool):
+        raise RecordError("field 'batch' must be true or false")
+    return {
+        "request_id": _required(line, "request_id", str),
+        "created": _required(line, "created", int | float),
+        "model": _required(line, "model", str),
+        "service_tier": _tier(line.get("service_tier")),
+        "batch": batch,
+        "input_tokens": _count(line.get("input_tokens"), "input_tokens"),
+        "cached_input_tokens": _count(line.get("cached_input_tokens"), "cached_input_tokens"),
+        "output_tokens": _count(line.get("output_tokens"), "output_tokens"),
+        "reasoning_tokens": _count(line.get("reasoning_tokens"), "reasoning_tokens"),
+        "input_audio_tokens": _count(line.get("input_audio_tokens"), "input_audio_tokens"),
+        "output_audio_tokens": _count(line.get("output_audio_tokens"), "output_audio_tokens"),
+        "audio_ms": _audio_ms(line.get("audio_seconds")),
+        "source": source,
+    }
+
+
+def parse_record(obj: Any, source: str) -> ParsedLine:
+    """One decoded JSON line -> a record, or a reason it carries no billable request."""
+    if not isinstance(obj, Mapping):
+        raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
+    if "custom_id" in obj and "response" in obj:
+        response = obj.get("response")
+        if obj.get("error") or not isinstance(response, Mapping):
+            return ParsedLine(None, "batch request failed")
+        if response.get("status_code") != 200:
+            return ParsedLine(None, "batch request failed")
+        body = response.get("body")
+        if not isinstance(body, Mapping):
+            raise RecordError("batch line: missing required field 'response.body'")
+        return ParsedLine(_from_api_object(body, batch=True, source=f"batch_output:{source}"))
+    if obj.get("object") in ("chat.completion", "response"):
+        return ParsedLine(_from_api_object(obj, batch=False, source=source))
+    return ParsedLine(_from_canonical(obj, source))
+
+
+def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Parsed records -> the typed frame of `schema.OPENAI_COLUMNS`."""
+    frame = pd.DataFrame.from_records(list(records), columns=[*OPENAI_COLUMNS, "created"])
+    frame["created_at"] = pd.to_datetime(frame["created"].astype("float64"), unit="s", utc=True)
+    frame = frame.drop(columns="created")
+    return frame.astype(OPENAI_COLUMNS)[list(OPENAI_COLUMNS)]
+
+
+def empty_records() -> pd.DataFrame:
+    return records_frame([])
+
+
+def dedupe_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """One record per request id: identical repeats (an export read twice) are dropped, and
+    conflicting repeats keep the first seen. Returns (records, identical, conflicting)."""
+    repeated = frame["request_id"].duplicated(keep="first")
+    if not repeated.any():
+        return frame, 0, 0
+    identical = frame.drop(columns="source").duplicated(keep="first")
+    return frame[~repeated], int(identical.sum()), int((repeated & ~identical).sum())

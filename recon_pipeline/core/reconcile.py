@@ -1,0 +1,286 @@
+"""Join the application's rows to OpenAI's records on the request id, and classify each row.
+
+The rules, in the order they decide a row's status and class:
+
+1. no request id                      -> unverifiable / no_request_id
+2. a later row repeating an id        -> discrepancy  / duplicate_request_id (actual 0: OpenAI
+                                         billed the request once, to the first row)
+3. no OpenAI record, inside grace     -> pending      / awaiting_openai
+4. no OpenAI record, grace passed     -> not_found    / missing_at_openai
+5. OpenAI usage that cannot be priced -> discrepancy  / unpriced_model (actual stays NULL)
+6. no estimate logged                 -> discrepancy  / missing_estimate
+7. |actual - estimate| within bounds  -> matched      / exact or within_tolerance
+8. otherwise                          -> discrepancy  / model_mismatch, token_count_mismatch,
+                                         under_estimate (actual > estimate) or over_estimate
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import numpy as np
+import pandas as pd
+
+from recon_pipeline.core import schema as s
+from recon_pipeline.core.pricing import PRICE_STATUS_PRICED
+
+_SNAPSHOT_SUFFIX = r"-(\d{4}-\d{2}-\d{2}|\d{4})$"
+
+RESULT_COLUMNS = [
+    "usage_date",
+    "usage_id",
+    "user_id",
+    "action_type",
+    "model_used",
+    "openai_request_id",
+    "created_at",
+    "openai_model",
+    "service_tier",
+    "batch",
+    "logged_input_tokens",
+    "logged_output_tokens",
+    "openai_input_tokens",
+    "openai_cached_input_tokens",
+    "openai_output_tokens",
+    "openai_reasoning_tokens",
+    "openai_audio_ms",
+    "estimated_cost_pico",
+    "actual_cost_pico",
+    "variance_pico",
+    "variance_pct",
+    "variance_class",
+    "reconciliation_status",
+    "model_mismatch",
+    "token_mismatch",
+    "price_status",
+    "openai_source",
+]
+
+UNLOGGED_COLUMNS = [
+    "usage_date",
+    "request_id",
+    "created_at",
+    "model",
+    "service_tier",
+    "batch",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "audio_ms",
+    "actual_cost_pico",
+    "price_status",
+    "variance_class",
+    "source",
+]
+
+
+@dataclass(frozen=True)
+class ReconciliationPolicy:
+    """The knobs finance may turn. Matching needs both bounds when a relative one is set."""
+
+    tolerance_cents: Decimal = Decimal(5)
+    relative_tolerance: Decimal | None = None
+    grace: timedelta = timedelta(days=3)
+    match_window: timedelta = timedelta(hours=1)
+
+    def __post_init__(self) -> None:
+        if self.tolerance_cents < 0:
+            raise ValueError("tolerance_cents must not be negative")
+        if self.relative_tolerance is not None and self.relative_tolerance < 0:
+            raise ValueError("relative_tolerance must not be negative")
+        if self.grace < timedelta(0) or self.match_window < timedelta(0):
+            raise ValueError("grace and match_window must not be negative")
+
+    @property
+    def tolerance_pico(self) -> int:
+        return int(self.tolerance_cents * s.PICO_PER_CENT)
+
+
+@dataclass(frozen=True)
+class DayReconciliation:
+    results: pd.DataFrame
+    unlogged: pd.DataFrame
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[start, end) of a UTC day."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def read_window(day: date, policy: ReconciliationPolicy) -> tuple[datetime, datetime]:
+    """The span both sides are read over, so a request that straddles midnight still matches."""
+    start, end = day_bounds(day)
+    return start - policy.match_window, end + policy.match_window
+
+
+def snapshot_base(models: pd.Series) -> pd.Series:
+    """`gpt-4o-2024-08-06` -> `gpt-4o`, `gpt-4-0613` -> `gpt-4`; computed once per distinct name."""
+    uniques = pd.Series(models.dropna().unique(), dtype=object)
+    bases = uniques.str.lower().str.strip().str.replace(_SNAPSHOT_SUFFIX, "", regex=True)
+    return models.map(dict(zip(uniques, bases, strict=True)))
+
+
+def _first_occurrence(logged: pd.DataFrame) -> np.ndarray:
+    """True for each row that is the first (earliest, then lowest id) to carry its request id."""
+    order = logged.sort_values(["created_at", "usage_id"], kind="stable")
+    first = ~order["openai_request_id"].duplicated(keep="first") | order["openai_request_id"].isna()
+    return first.reindex(logged.index).to_numpy()
+
+
+def reconcile_day(
+    logged: pd.DataFrame,
+    openai: pd.DataFrame,
+    day: date,
+    now: datetime,
+    policy: ReconciliationPolicy,
+) -> DayReconciliation:
+    """Reconcile the rows logged on `day` against priced OpenAI records.
+
+    `logged` and `openai` may cover the whole `read_window` of the day; only rows created on
+    `day` come out in `results`, and only OpenAI records created on `day` that no row in the
+    window claims come out in `unlogged`.
+    """
+    start, end = day_bounds(day)
+    openai = openai.drop_duplicates("request_id", keep="first")
+    logged = logged.reset_index(drop=True)
+    first = _first_occurrence(logged)
+    on_day = ((logged["created_at"] >= start) & (logged["created_at"] < end)).to_numpy()
+    rows = logged[on_day].reset_index(drop=True)
+    is_first = first[on_day]
+
+    joined = rows.merge(
+        openai.add_prefix("openai_"),
+        how="left",
+        left_on="openai_request_id",
+        right_on="openai_request_id",
+        validate="many_to_one",
+    )
+    has_id = joined["openai_request_id"].notna().to_numpy()
+    has_record = joined["openai_created_at"].notna().to_numpy() & has_id
+    duplicate = has_id & ~is_first
+    priced = (joined["openai_price_status"] == PRICE_STATUS_PRICED).fillna(False).to_numpy()
+    estimate = joined["calculated_cost_pico"].astype("Int64")
+    has_estimate = estimate.notna().to_numpy()
+
+    actual = joined["openai_actual_cost_pico"].astype("Int64").copy()
+    actual[duplicate & has_record] = 0
+    actual[~has_record] = pd.NA
+    variance = (actual - estimate).astype("Int64")
+    abs_variance = variance.abs().fillna(np.iinfo(np.int64).max).to_numpy(np.int64)
+    within = abs_variance <= policy.tolerance_pico
+    if policy.relative_tolerance is not None:
+        actual_abs = actual.abs().fillna(0).to_numpy(np.int64)
+        bound = np.floor(actual_abs * float(policy.relative_tolerance)).astype(np.int64)
+        within &= abs_variance <= bound
+
+    model_mismatch = (
+        (snapshot_base(joined["model_used"]) != snapshot_base(joined["openai_model"]))
+        .fillna(False)
+        .to_numpy(bool)
+        & has_record
+    )
+    token_mismatch = (
+        (joined["input_tokens"] != joined["openai_input_tokens"])
+        | (joined["output_tokens"] != joined["openai_output_tokens"])
+    ).fillna(False).to_numpy(bool) & has_record
+    in_grace = now < end + policy.grace
+
+    conditions = [
+        ~has_id,
+        duplicate,
+        ~has_record & in_grace,
+        ~has_record,
+        ~priced,
+        ~has_estimate,
+        within & (abs_variance == 0),
+        within,
+        model_mismatch,
+        token_mismatch,
+        abs_variance != np.iinfo(np.int64).max,
+    ]
+    classes = [
+        s.CLASS_NO_REQUEST_ID,
+        s.CLASS_DUPLICATE_ID,
+        s.CLASS_AWAITING_OPENAI,
+        s.CLASS_MISSING_AT_OPENAI,
+        s.CLASS_UNPRICED,
+        s.CLASS_NO_ESTIMATE,
+        s.CLASS_EXACT,
+        s.CLASS_WITHIN_TOLERANCE,
+        s.CLASS_MODEL_MISMATCH,
+        s.CLASS_TOKEN_MISMATCH,
+        None,
+    ]
+    statuses = [
+        s.UNVERIFIABLE,
+        s.DISCREPANCY,
+        s.PENDING,
+        s.NOT_FOUND,
+        s.DISCREPANCY,
+        s.DISCREPANCY,
+        s.MATCHED,
+        s.MATCHED,
+        s.DISCREPANCY,
+        s.DISCREPANCY,
+        s.DISCREPANCY,
+    ]
+    direction = np.where(
+        variance.fillna(0).to_numpy(np.int64) > 0, s.CLASS_UNDER_ESTIMATE, s.CLASS_OVER_ESTIMATE
+    )
+    variance_class = np.select(conditions[:-1], classes[:-1], default=direction)
+    status = np.select(conditions, statuses, default=s.DISCREPANCY)
+
+    actual_float = actual.astype("Float64")
+    variance_pct = (variance.astype("Float64") / actual_float * 100).round(4)
+    variance_pct[actual_float == 0] = pd.NA
+
+    results = pd.DataFrame(
+        {
+            "usage_date": day,
+            "usage_id": joined["usage_id"],
+            "user_id": joined["user_id"],
+            "action_type": joined["action_type"],
+            "model_used": joined["model_used"],
+            "openai_request_id": joined["openai_request_id"],
+            "created_at": joined["created_at"],
+            "openai_model": joined["openai_model"],
+            "service_tier": joined["openai_service_tier"],
+            "batch": joined["openai_batch"].astype("boolean"),
+            "logged_input_tokens": joined["input_tokens"].astype("Int64"),
+            "logged_output_tokens": joined["output_tokens"].astype("Int64"),
+            "openai_input_tokens": joined["openai_input_tokens"].astype("Int64"),
+            "openai_cached_input_tokens": joined["openai_cached_input_tokens"].astype("Int64"),
+            "openai_output_tokens": joined["openai_output_tokens"].astype("Int64"),
+            "openai_reasoning_tokens": joined["openai_reasoning_tokens"].astype("Int64"),
+            "openai_audio_ms": joined["openai_audio_ms"].astype("Int64"),
+            "estimated_cost_pico": estimate,
+            "actual_cost_pico": actual,
+            "variance_pico": variance,
+            "variance_pct": variance_pct,
+            "variance_class": variance_class,
+            "reconciliation_status": status,
+            "model_mismatch": model_mismatch,
+            "token_mismatch": token_mismatch,
+            "price_status": joined["openai_price_status"],
+            "openai_source": joined["openai_source"],
+        },
+        columns=RESULT_COLUMNS,
+    )
+    return DayReconciliation(results=results, unlogged=_unlogged(logged, openai, start, end, day))
+
+
+def _unlogged(
+    logged: pd.DataFrame, openai: pd.DataFrame, start: datetime, end: datetime, day: date
+) -> pd.DataFrame:
+    claimed = set(logged["openai_request_id"].dropna())
+    created_on_day = (openai["created_at"] >= start) & (openai["created_at"] < end)
+    orphans = openai[created_on_day & ~openai["request_id"].isin(claimed)].copy()
+    orphans["usage_date"] = day
+    orphans["variance_class"] = np.where(
+        orphans["price_status"] == PRICE_STATUS_PRICED, s.CLASS_LOGGED_NOWHERE, s.CLASS_UNPRICED
+    )
+    return orphans.reindex(columns=UNLOGGED_COLUMNS).reset_index(drop=True)

@@ -1,0 +1,109 @@
+"""What analysts read: per-day summaries by route and model, and exact totals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from recon_pipeline.core import schema as s
+
+SUMMARY_COLUMNS = [
+    "usage_date",
+    "action_type",
+    "model_used",
+    "requests",
+    *s.STATUSES,
+    "estimated_cost_pico",
+    "actual_cost_pico",
+    "variance_pico",
+    "match_rate",
+]
+
+_INT64_SAFE = 2**62
+
+
+class MoneyOverflowError(ArithmeticError):
+    """A sum would leave int64 pico-dollars (over 4.6 million USD in one group of one day)."""
+
+
+def exact_sum(values: pd.Series) -> int:
+    """Sum of an integer money column as a Python int: exact, and never silently wrapped."""
+    array = values.dropna().to_numpy(np.int64)
+    if array.size and float(np.abs(array.astype(np.float64)).sum()) >= _INT64_SAFE:
+        return sum(int(v) for v in array.tolist())
+    return int(array.sum())
+
+
+def daily_variance_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per day x action_type x model: counts per status, money, and the match rate.
+
+    Money sums skip rows without a value (NULL actual on pending or unpriced rows); the
+    variance sums only rows that have both an estimate and an actual. The match rate is
+    matched / (matched + discrepancy): the share of verifiable rows whose cost agreed.
+    """
+    if results.empty:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    _guard_overflow(results)
+    keys = ["usage_date", "action_type", "model_used"]
+    frame = results.assign(
+        action_type=results["action_type"].fillna("(none)"),
+        model_used=results["model_used"].fillna("(none)"),
+        **{
+            status: (results["reconciliation_status"] == status).astype(np.int64)
+            for status in s.STATUSES
+        },
+    )
+    grouped = frame.groupby(keys, sort=True, dropna=False)
+    summary = grouped.agg(
+        requests=("usage_id", "size"),
+        **{status: (status, "sum") for status in s.STATUSES},
+        estimated_cost_pico=("estimated_cost_pico", "sum"),
+        actual_cost_pico=("actual_cost_pico", "sum"),
+        variance_pico=("variance_pico", "sum"),
+    ).reset_index()
+    verifiable = summary[s.MATCHED] + summary[s.DISCREPANCY]
+    summary["match_rate"] = (summary[s.MATCHED] / verifiable.where(verifiable > 0)).round(6)
+    for column in ("estimated_cost_pico", "actual_cost_pico", "variance_pico"):
+        summary[column] = summary[column].astype(np.int64)
+    return summary[SUMMARY_COLUMNS]
+
+
+def _guard_overflow(results: pd.DataFrame) -> None:
+    for column in ("estimated_cost_pico", "actual_cost_pico", "variance_pico"):
+        magnitude = results[column].dropna().astype(np.float64).abs().sum()
+        if magnitude >= _INT64_SAFE:
+            raise MoneyOverflowError(f"{column} for one day exceeds the exact int64 range")
+
+
+def totals(results: pd.DataFrame) -> dict[str, int]:
+    """Exact day totals, in pico-dollars and counts, for metadata and checks."""
+    counts = results["reconciliation_status"].value_counts()
+    return {
+        "rows": len(results),
+        **{status: int(counts.get(status, 0)) for status in s.STATUSES},
+        "estimated_cost_pico": exact_sum(results["estimated_cost_pico"]),
+        "actual_cost_pico": exact_sum(results["actual_cost_pico"]),
+        "variance_pico": exact_sum(results["variance_pico"]),
+    }
+
+
+def largest_discrepancies(results: pd.DataFrame, limit: int = 10) -> pd.DataFrame:
+    """The discrepancies that move the most money, for the asset page."""
+    rows = results[results["reconciliation_status"] == s.DISCREPANCY]
+    order = rows["variance_pico"].abs().fillna(-1).sort_values(ascending=False, kind="stable")
+    return rows.loc[order.index[:limit]]
+
+
+def pico_to_cents_text(value: int) -> str:
+    """Exact decimal cents for display: 12_345_000_000 pico -> '1.2345'."""
+    sign = "-" if value < 0 else ""
+    whole, frac = divmod(abs(int(value)), s.PICO_PER_CENT)
+    frac_text = f"{frac:010d}".rstrip("0")
+    return f"{sign}{whole}.{frac_text}" if frac_text else f"{sign}{whole}"
+
+
+def pico_to_usd_text(value: int) -> str:
+    """Exact dollars for display, to the micro-dollar: 1_234_567_890 pico -> '0.001235'."""
+    micro = (abs(int(value)) + 500_000) // 1_000_000
+    sign = "-" if value < 0 and micro else ""
+    return f"{sign}{micro // 10**6}.{micro % 10**6:06d}"

@@ -1,0 +1,32 @@
+"""The Dagster Definitions that `workspace.yaml` and `dagster dev` load."""
+
+from collections.abc import Mapping
+
+import dagster as dg
+
+from recon_pipeline.defs import assets
+from recon_pipeline.defs.resources import resources_from_env
+from recon_pipeline.defs.schedules import (
+    daily_reconciliation,
+    daily_reconciliation_schedule,
+    pending_rows_sensor,
+)
+
+
+def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[
+            assets.token_usage,
+            assets.openai_requests,
+            assets.reconciled_usage,
+            assets.token_usage_reconciliation,
+            assets.daily_variance_summary,
+        ],
+        jobs=[daily_reconciliation],
+        schedules=[daily_reconciliation_schedule],
+        sensors=[pending_rows_sensor],
+        resources=dict(resources),
+    )
+
+
+defs = build_definitions(resources_from_env())

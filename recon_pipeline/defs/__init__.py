@@ -1,0 +1,1 @@
+"""The Dagster layer: thin assets, checks, partitions, schedules and resources."""

@@ -1,0 +1,58 @@
+"""When the reconciliation runs without anyone acting.
+
+- `daily_reconciliation_schedule`: yesterday, every day at RECON_SCHEDULE_HOUR UTC.
+- `pending_rows_sensor`: once an hour, finds earlier days still holding `pending` rows inside
+  the grace period and reconciles each again, at most once per day per calendar day.
+"""
+
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from recon_pipeline.defs.partitions import daily_partitions
+from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
+
+daily_reconciliation = dg.define_asset_job(
+    "daily_reconciliation",
+    selection=dg.AssetSelection.groups("reconciliation"),
+    partitions_def=daily_partitions,
+    executor_def=dg.in_process_executor,
+    description="Extract, reconcile, write back and summarise the selected days.",
+)
+
+daily_reconciliation_schedule = dg.build_schedule_from_partitioned_job(
+    daily_reconciliation,
+    hour_of_day=int(os.environ.get("RECON_SCHEDULE_HOUR", "2")),
+    minute_of_hour=0,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+
+@dg.sensor(
+    job=daily_reconciliation,
+    minimum_interval_seconds=3600,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def pending_rows_sensor(
+    context: dg.SensorEvaluationContext,
+    database: ReconDatabase,
+    settings: ReconciliationSettings,
+) -> dg.SensorResult:
+    """Re-reconcile days whose rows still wait for OpenAI, until their grace period ends."""
+    now = datetime.now(UTC)
+    today = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    since = today - timedelta(days=settings.grace_days + 1)
+    days = database.get().pending_days(since, today - timedelta(days=1))
+    first = daily_partitions.start
+    requests = [
+        dg.RunRequest(
+            run_key=f"pending:{day.isoformat()}:{today.date().isoformat()}",
+            partition_key=day.isoformat(),
+            tags={"recon/trigger": "pending_rows"},
+        )
+        for day in days
+        if day >= first.date()
+    ]
+    return dg.SensorResult(run_requests=requests)

@@ -1,0 +1,586 @@
+"""The database side: read a day of `token_usage`, replace a day of an output table, write back.
+
+PostgreSQL gets the fast path (COPY out and in through psycopg 3); SQLite, the embedded
+demo, goes through plain SQLAlchemy. Every write of a day is one transaction: the day's
+old rows are deleted and the new ones inserted together, so a reader sees either the old
+day or the new one, and a failure leaves the old one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import sqlalchemy as sa
+
+from recon_pipeline.core import schema as s
+from recon_pipeline.io.identifiers import qualified, validate_identifier
+
+
+class SchemaNotReadyError(RuntimeError):
+    """`token_usage` lacks the reconciliation columns: the migration has not been applied."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """An output column. kind: text, bigint, float, bool, date, timestamp, money, usage_id."""
+
+    name: str
+    kind: str
+
+
+_PG_TYPES = {
+    "text": "text",
+    "bigint": "bigint",
+    "float": "double precision",
+    "bool": "boolean",
+    "date": "date",
+    "timestamp": "timestamptz",
+    "money": "numeric(24,10)",
+}
+_SQLITE_TYPES = {
+    "text": "TEXT",
+    "bigint": "INTEGER",
+    "float": "REAL",
+    "bool": "INTEGER",
+    "date": "TEXT",
+    "timestamp": "TEXT",
+    "money": "NUMERIC",
+    "usage_id": "TEXT",
+}
+
+
+@dataclass(frozen=True)
+class OutputTable:
+    """A table the pipeline owns, replaced one `usage_date` at a time.
+
+    Money columns arrive from the core as `<name>_pico` integers and are stored as exact
+    NUMERIC cents named `<name>_cents`.
+    """
+
+    name: str
+    columns: tuple[Column, ...]
+    indexes: tuple[tuple[str, ...], ...] = ()
+
+    def stored_name(self, column: Column) -> str:
+        return f"{column.name}_cents" if column.kind == "money" else column.name
+
+    def frame_name(self, column: Column) -> str:
+        return f"{column.name}_pico" if column.kind == "money" else column.name
+
+
+def _cols(*spec: str) -> tuple[Column, ...]:
+    return tuple(Column(*item.split(":")) for item in spec)
+
+
+OPENAI_REQUESTS = OutputTable(
+    "openai_requests",
+    _cols(
+        "usage_date:date",
+        "request_id:text",
+        "created_at:timestamp",
+        "model:text",
+        "service_tier:text",
+        "batch:bool",
+        "input_tokens:bigint",
+        "cached_input_tokens:bigint",
+        "output_tokens:bigint",
+        "reasoning_tokens:bigint",
+        "input_audio_tokens:bigint",
+        "output_audio_tokens:bigint",
+        "audio_ms:bigint",
+        "source:text",
+    ),
+    indexes=(("usage_date",), ("created_at",)),
+)
+RECONCILED_USAGE = OutputTable(
+    "reconciled_usage",
+    _cols(
+        "usage_date:date",
+        "usage_id:usage_id",
+        "user_id:text",
+        "action_type:text",
+        "model_used:text",
+        "openai_request_id:text",
+        "created_at:timestamp",
+        "openai_model:text",
+        "service_tier:text",
+        "batch:bool",
+        "logged_input_tokens:bigint",
+        "logged_output_tokens:bigint",
+        "openai_input_tokens:bigint",
+        "openai_cached_input_tokens:bigint",
+        "openai_output_tokens:bigint",
+        "openai_reasoning_tokens:bigint",
+        "openai_audio_ms:bigint",
+        "estimated_cost:money",
+        "actual_cost:money",
+        "variance:money",
+        "variance_pct:float",
+        "variance_class:text",
+        "reconciliation_status:text",
+        "model_mismatch:bool",
+        "token_mismatch:bool",
+        "price_status:text",
+        "openai_source:text",
+    ),
+    indexes=(("usage_date",), ("usage_id",)),
+)
+UNLOGGED_OPENAI_REQUESTS = OutputTable(
+    "unlogged_openai_requests",
+    _cols(
+        "usage_date:date",
+        "request_id:text",
+        "created_at:timestamp",
+        "model:text",
+        "service_tier:text",
+        "batch:bool",
+        "input_tokens:bigint",
+        "cached_input_tokens:bigint",
+        "output_tokens:bigint",
+        "reasoning_tokens:bigint",
+        "audio_ms:bigint",
+        "actual_cost:money",
+        "price_status:text",
+        "variance_class:text",
+        "source:text",
+    ),
+    indexes=(("usage_date",),),
+)
+DAILY_VARIANCE_SUMMARY = OutputTable(
+    "daily_variance_summary",
+    _cols(
+        "usage_date:date",
+        "action_type:text",
+        "model_used:text",
+        "requests:bigint",
+        *(f"{status}:bigint" for status in s.STATUSES),
+        "estimated_cost:money",
+        "actual_cost:money",
+        "variance:money",
+        "match_rate:float",
+    ),
+    indexes=(("usage_date",),),
+)
+OUTPUT_TABLES = (OPENAI_REQUESTS, RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS, DAILY_VARIANCE_SUMMARY)
+
+
+@dataclass(frozen=True)
+class WriteBackResult:
+    rows_considered: int
+    rows_updated: int
+
+
+class Database:
+    """The pipeline's only door to the database; table names are validated identifiers."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        usage_table: str = "token_usage",
+        usage_schema: str | None = None,
+        output_schema: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.usage = qualified(usage_table, usage_schema)
+        self._usage_table = validate_identifier(usage_table, "table name")
+        self._usage_schema = usage_schema
+        self._output_schema = output_schema if output_schema is not None else usage_schema
+        self.is_postgres = engine.dialect.name == "postgresql"
+        self._usage_columns: set[str] | None = None
+        self._ready: set[str] = set()
+
+    def table(self, output: OutputTable) -> str:
+        return qualified(output.name, self._output_schema)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def usage_columns(self) -> set[str]:
+        if self._usage_columns is None:
+            inspector = sa.inspect(self.engine)
+            try:
+                columns = inspector.get_columns(self._usage_table, schema=self._usage_schema)
+            except sa.exc.NoSuchTableError:
+                columns = []
+            self._usage_columns = {c["name"] for c in columns}
+        return self._usage_columns
+
+    def check_usage_schema(self) -> None:
+        """Fail early, and say how to fix it, when the migration has not been applied."""
+        have = self.usage_columns()
+        if not have:
+            raise SchemaNotReadyError(f"table {self.usage} does not exist")
+        needed = {
+            "id",
+            "action_type",
+            "model_used",
+            "input_tokens",
+            "output_tokens",
+            "calculated_cost_cents",
+            "created_at",
+            "openai_request_id",
+            "actual_cost_cents",
+            "reconciled_at",
+            "reconciliation_status",
+        }
+        missing = sorted(needed - have)
+        if missing:
+            raise SchemaNotReadyError(
+                f"{self.usage} lacks columns {missing}; apply the migration with `recon-migrate`"
+            )
+
+    def read_logged(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """The application's rows created in [start, end), typed as `schema.LOGGED_COLUMNS`."""
+        self.check_usage_schema()
+        have = self.usage_columns()
+        cached = "cached_input_tokens" if "cached_input_tokens" in have else "NULL"
+        user = "user_id" if "user_id" in have else "NULL"
+        if self.is_postgres:
+            frame = self._copy_out(
+                f"SELECT id::text AS usage_id, {user}::text AS user_id, action_type::text,"
+                f" model_used::text, input_tokens::bigint, output_tokens::bigint,"
+                f" {cached}::bigint AS cached_input_tokens,"
+                f" round(calculated_cost_cents * 10000000000)::bigint AS calculated_cost_pico,"
+                f" (extract(epoch FROM created_at) * 1000000)::bigint AS created_us,"
+                f" openai_request_id::text"
+                f" FROM {self.usage} WHERE created_at >= %s AND created_at < %s",
+                (start, end),
+                {
+                    "usage_id": pa.string(),
+                    "user_id": pa.string(),
+                    "action_type": pa.string(),
+                    "model_used": pa.string(),
+                    "openai_request_id": pa.string(),
+                    "input_tokens": pa.int64(),
+                    "output_tokens": pa.int64(),
+                    "cached_input_tokens": pa.int64(),
+                    "calculated_cost_pico": pa.int64(),
+                    "created_us": pa.int64(),
+                },
+            )
+            frame["created_at"] = pd.to_datetime(frame.pop("created_us"), unit="us", utc=True)
+        else:
+            query = sa.text(
+                f"SELECT CAST(id AS TEXT) AS usage_id, CAST({user} AS TEXT) AS user_id,"
+                f" action_type, model_used, input_tokens, output_tokens,"
+                f" {cached} AS cached_input_tokens,"
+                f" CAST(round(calculated_cost_cents * 10000000000) AS INTEGER)"
+                f" AS calculated_cost_pico, created_at, openai_request_id"
+                f" FROM {self.usage} WHERE created_at >= :start AND created_at < :end"
+            )
+            with self.engine.connect() as conn:
+                frame = pd.read_sql_query(
+                    query, conn, params={"start": _sqlite_ts(start), "end": _sqlite_ts(end)}
+                )
+            frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
+        for column in ("openai_request_id",):
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+            blank = frame[column].isin([""])
+            frame.loc[blank, column] = None
+        return frame.reindex(columns=list(s.LOGGED_COLUMNS)).astype(s.LOGGED_COLUMNS)
+
+    def read_openai_requests(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """Stored OpenAI records created in [start, end), typed as `schema.OPENAI_COLUMNS`."""
+        self.ensure_table(OPENAI_REQUESTS)
+        table = self.table(OPENAI_REQUESTS)
+        names = [c for c in s.OPENAI_COLUMNS if c != "created_at"]
+        if self.is_postgres:
+            frame = self._copy_out(
+                f"SELECT {', '.join(names)},"
+                f" (extract(epoch FROM created_at) * 1000000)::bigint AS created_us"
+                f" FROM {table} WHERE created_at >= %s AND created_at < %s",
+                (start, end),
+                {
+                    name: pa.string()
+                    if s.OPENAI_COLUMNS[name] == "object"
+                    else pa.bool_()
+                    if name == "batch"
+                    else pa.int64()
+                    for name in [*names, "created_us"]
+                },
+            )
+            frame["created_at"] = pd.to_datetime(frame.pop("created_us"), unit="us", utc=True)
+        else:
+            query = sa.text(
+                f"SELECT {', '.join(names)}, created_at FROM {table}"
+                f" WHERE created_at >= :start AND created_at < :end"
+            )
+            with self.engine.connect() as conn:
+                frame = pd.read_sql_query(
+                    query, conn, params={"start": _sqlite_ts(start), "end": _sqlite_ts(end)}
+                )
+            frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
+            frame["batch"] = frame["batch"].astype(bool)
+        return frame[list(s.OPENAI_COLUMNS)].astype(s.OPENAI_COLUMNS)
+
+    def pending_days(self, since: datetime, until: datetime) -> list[date]:
+        """UTC days in [since, until) that still hold rows awaiting OpenAI's record."""
+        self.check_usage_schema()
+        day = (
+            "(created_at AT TIME ZONE 'UTC')::date" if self.is_postgres else "date(created_at)"
+        )
+        query = sa.text(
+            f"SELECT DISTINCT {day} AS day FROM {self.usage}"
+            " WHERE reconciliation_status = 'pending'"
+            " AND created_at >= :since AND created_at < :until ORDER BY 1"
+        )
+        params = {"since": since, "until": until}
+        if not self.is_postgres:
+            params = {k: _sqlite_ts(v) for k, v in params.items()}
+        with self.engine.connect() as conn:
+            return [
+                v if isinstance(v, date) else date.fromisoformat(v)
+                for (v,) in conn.execute(query, params)
+            ]
+
+    def _copy_out(self, select: str, params: tuple, types: dict[str, pa.DataType]) -> pd.DataFrame:
+        buffer = io.BytesIO()
+        with self._raw_connection() as raw, raw.cursor() as cursor:
+            with cursor.copy(f"COPY ({select}) TO STDOUT (FORMAT csv, HEADER)", params) as copy:
+                for block in copy:
+                    buffer.write(block)
+            raw.rollback()
+        buffer.seek(0)
+        table = pa_csv.read_csv(
+            buffer,
+            convert_options=pa_csv.ConvertOptions(
+                column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+            ),
+        )
+        frame = table.to_pandas(types_mapper={pa.string(): pd.ArrowDtype(pa.string())}.get)
+        for name, dtype in types.items():
+            if dtype == pa.string():
+                frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
+        return frame
+
+    @contextmanager
+    def _raw_connection(self) -> Iterator:
+        connection = self.engine.raw_connection()
+        try:
+            yield connection.driver_connection
+        finally:
+            connection.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def ensure_table(self, output: OutputTable) -> None:
+        """Create an output table (and its indexes) the first time it is needed."""
+        if output.name in self._ready:
+            return
+        definitions = ", ".join(
+            f'"{output.stored_name(c)}" {self._sql_type(c)}' for c in output.columns
+        )
+        table = self.table(output)
+        with self.engine.begin() as conn:
+            if self.is_postgres and self._output_schema:
+                conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self._output_schema}"'))
+            conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {table} ({definitions})"))
+            for columns in output.indexes:
+                name = validate_identifier(f"{output.name}_{'_'.join(columns)}_idx")
+                on = ", ".join(f'"{c}"' for c in columns)
+                conn.execute(sa.text(f'CREATE INDEX IF NOT EXISTS "{name}" ON {table} ({on})'))
+        self._ready.add(output.name)
+
+    def _sql_type(self, column: Column) -> str:
+        if column.kind == "usage_id" and self.is_postgres:
+            return self._usage_id_type()
+        return (_PG_TYPES if self.is_postgres else _SQLITE_TYPES)[column.kind]
+
+    def _usage_id_type(self) -> str:
+        query = sa.text(
+            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+            " WHERE a.attrelid = CAST(:rel AS regclass) AND a.attname = 'id'"
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(query, {"rel": self.usage}).scalar()
+        if found is None:
+            raise SchemaNotReadyError(f"{self.usage} has no id column")
+        return str(found)
+
+    def replace_days(self, output: OutputTable, frame: pd.DataFrame, days: Sequence[date]) -> int:
+        """Load-then-swap: for each day, delete its rows and insert the new ones, atomically."""
+        self.ensure_table(output)
+        by_day = frame.groupby("usage_date", sort=False) if len(frame) else None
+        written = 0
+        for day in days:
+            part = (
+                by_day.get_group(day) if by_day is not None and day in by_day.groups else frame[:0]
+            )
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.text(f"DELETE FROM {self.table(output)} WHERE usage_date = :day"),
+                    {"day": day if self.is_postgres else day.isoformat()},
+                )
+                self._insert(conn, output, part)
+            written += len(part)
+        return written
+
+    def _insert(self, conn: sa.Connection, output: OutputTable, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        stored = [output.stored_name(c) for c in output.columns]
+        values = [
+            f'"{output.frame_name(c)}" * 0.0000000001' if c.kind == "money" else f'"{c.name}"'
+            for c in output.columns
+        ]
+        staging = f"staging_{output.name}"
+        stage_types = {
+            "money": "bigint",
+            "usage_id": "text",
+            "date": "date" if self.is_postgres else "TEXT",
+        }
+        stage_cols = ", ".join(
+            f'"{output.frame_name(c)}" {stage_types.get(c.kind) or self._sql_type(c)}'
+            for c in output.columns
+        )
+        cast_id = "::" + self._usage_id_type() if self.is_postgres else ""
+        values = [v + cast_id if v == '"usage_id"' else v for v in values]
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{staging}"'))
+        conn.execute(sa.text(f'CREATE TEMPORARY TABLE "{staging}" ({stage_cols})'))
+        wire = _wire_frame(output, frame, postgres=self.is_postgres)
+        if self.is_postgres:
+            cursor = conn.connection.driver_connection.cursor()
+            columns = ", ".join(f'"{c}"' for c in wire.columns)
+            with cursor.copy(f'COPY "{staging}" ({columns}) FROM STDIN (FORMAT csv)') as copy:
+                copy.write(_to_csv(wire))
+        else:
+            placeholders = ", ".join(f":p{i}" for i in range(len(wire.columns)))
+            names = ", ".join(f'"{c}"' for c in wire.columns)
+            rows = [
+                {f"p{i}": _plain(v) for i, v in enumerate(row)}
+                for row in wire.itertuples(index=False, name=None)
+            ]
+            conn.execute(sa.text(f'INSERT INTO "{staging}" ({names}) VALUES ({placeholders})'), rows)
+        target = ", ".join(f'"{c}"' for c in stored)
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {self.table(output)} ({target})"
+                f' SELECT {", ".join(values)} FROM "{staging}"'
+            )
+        )
+        conn.execute(sa.text(f'DROP TABLE "{staging}"'))
+
+    def write_back(self, day: date, reconciled_at: datetime) -> WriteBackResult:
+        """Copy the day's status and actual cost onto `token_usage`, touching only changed rows.
+
+        Only `actual_cost_cents`, `reconciliation_status` and `reconciled_at` are written,
+        and only on rows whose status or cost differs from what is stored: re-running an
+        unchanged day updates nothing.
+        """
+        self.check_usage_schema()
+        self.ensure_table(RECONCILED_USAGE)
+        results = self.table(RECONCILED_USAGE)
+        distinct = "IS DISTINCT FROM"
+        query = sa.text(
+            f"UPDATE {self.usage} SET actual_cost_cents = r.actual_cost_cents,"
+            " reconciliation_status = r.reconciliation_status, reconciled_at = :at"
+            f" FROM {results} AS r"
+            f" WHERE r.usage_date = :day AND {self.usage}.id = r.usage_id"
+            f" AND ({self.usage}.actual_cost_cents {distinct} r.actual_cost_cents"
+            f" OR {self.usage}.reconciliation_status {distinct} r.reconciliation_status)"
+        )
+        count = sa.text(f"SELECT count(*) FROM {results} WHERE usage_date = :day")
+        params = {"day": day, "at": reconciled_at}
+        if not self.is_postgres:
+            params = {"day": day.isoformat(), "at": _sqlite_ts(reconciled_at)}
+        with self.engine.begin() as conn:
+            considered = conn.execute(count, {"day": params["day"]}).scalar_one()
+            updated = conn.execute(query, params).rowcount
+        return WriteBackResult(rows_considered=int(considered), rows_updated=int(updated))
+
+
+    def read_results(self, day: date) -> pd.DataFrame:
+        """The stored per-request results of a day, money back in pico-dollars."""
+        self.ensure_table(RECONCILED_USAGE)
+        to_pico = "CAST(round({0}_cents * 10000000000) AS BIGINT) AS {0}_pico"
+        query = sa.text(
+            "SELECT usage_date, usage_id, action_type, model_used, reconciliation_status, "
+            + ", ".join(to_pico.format(m) for m in ("estimated_cost", "actual_cost", "variance"))
+            + f" FROM {self.table(RECONCILED_USAGE)} WHERE usage_date = :day"
+        )
+        with self.engine.connect() as conn:
+            frame = pd.read_sql_query(query, conn, params={"day": self._day(day)})
+        frame["usage_date"] = day
+        for column in ("estimated_cost_pico", "actual_cost_pico", "variance_pico"):
+            frame[column] = frame[column].astype("Int64")
+        for column in ("usage_id", "action_type", "model_used", "reconciliation_status"):
+            frame[column] = frame[column].astype(object)
+        return frame
+
+    def summary_matches_rows(self, day: date) -> bool:
+        """Whether the stored summary of a day adds up to its stored rows (exact on PostgreSQL)."""
+        rows, summary = self.table(RECONCILED_USAGE), self.table(DAILY_VARIANCE_SUMMARY)
+        sums = ", ".join(
+            f"coalesce(sum({m}_cents), 0)" for m in ("estimated_cost", "actual_cost", "variance")
+        )
+        with self.engine.connect() as conn:
+            params = {"day": self._day(day)}
+            from_rows = conn.execute(
+                sa.text(f"SELECT count(*), {sums} FROM {rows} WHERE usage_date = :day"), params
+            ).one()
+            from_summary = conn.execute(
+                sa.text(
+                    f"SELECT coalesce(sum(requests), 0), {sums} FROM {summary}"
+                    " WHERE usage_date = :day"
+                ),
+                params,
+            ).one()
+        if self.is_postgres:
+            return tuple(from_rows) == tuple(from_summary)
+        return all(abs(float(a) - float(b)) < 1e-6 for a, b in zip(from_rows, from_summary))
+
+    def count_disagreeing(self, day: date) -> int:
+        """token_usage rows of the day whose status or actual cost differ from the results."""
+        query = sa.text(
+            f"SELECT count(*) FROM {self.table(RECONCILED_USAGE)} AS r"
+            f" JOIN {self.usage} AS t ON t.id = r.usage_id WHERE r.usage_date = :day"
+            " AND (t.actual_cost_cents IS DISTINCT FROM r.actual_cost_cents"
+            " OR t.reconciliation_status IS DISTINCT FROM r.reconciliation_status)"
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query, {"day": self._day(day)}).scalar_one())
+
+    def _day(self, day: date) -> date | str:
+        return day if self.is_postgres else day.isoformat()
+
+
+def _sqlite_ts(moment: datetime) -> str:
+    return pd.Timestamp(moment).tz_convert("UTC").isoformat(timespec="microseconds")
+
+
+def _plain(value: object) -> object:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _wire_frame(output: OutputTable, frame: pd.DataFrame, postgres: bool) -> pd.DataFrame:
+    """The frame in the staging table's column order, with timestamps and dates as text."""
+    wire = pd.DataFrame(index=frame.index)
+    for column in output.columns:
+        name = output.frame_name(column)
+        values = frame[name]
+        if column.kind == "timestamp":
+            values = pd.to_datetime(values, utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+        elif column.kind == "date":
+            values = values.astype(str)
+        elif column.kind == "bool":
+            values = values.astype("boolean")
+            if not postgres:
+                values = values.astype("Int64")
+        wire[name] = values
+    return wire
+
+
+def _to_csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False, header=False, quoting=csv.QUOTE_MINIMAL, na_rep="").encode()

@@ -1,0 +1,84 @@
+"""OpenAI's per-request records from a folder of JSONL export files.
+
+Which files are read for a day: every `*.jsonl` below the folder whose name carries no
+`YYYY-MM-DD` date, and those whose date is the day or a neighbour (a record made at
+23:59:59 may sit in the next day's file). Records are then kept by OpenAI's own `created`
+timestamp, so where a line sits never decides which day it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from recon_pipeline.core.openai_records import RecordError, parse_record, records_frame
+
+_DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
+
+
+class ExportFileError(ValueError):
+    """A line of an export file that cannot be read; the message names the file and line."""
+
+
+@dataclass
+class ExportRead:
+    records: pd.DataFrame
+    files: list[str] = field(default_factory=list)
+    lines: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def files_for_day(folder: Path, day: date) -> list[Path]:
+    """The export files that may hold records created on `day`."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"export folder {folder} does not exist")
+    near = {day - timedelta(days=1), day, day + timedelta(days=1)}
+    chosen = []
+    for path in sorted(folder.rglob("*.jsonl")):
+        match = _DATE_IN_NAME.search(path.name)
+        if match is None:
+            chosen.append(path)
+            continue
+        try:
+            named = date.fromisoformat(match.group(1))
+        except ValueError:
+            chosen.append(path)
+            continue
+        if named in near:
+            chosen.append(path)
+    return chosen
+
+
+def read_export_folder(folder: Path, start: datetime, end: datetime) -> ExportRead:
+    """Records created in [start, end) from the folder; a bad line stops with file:line."""
+    records = []
+    result = ExportRead(records=pd.DataFrame())
+    start_s, end_s = start.timestamp(), end.timestamp()
+    for path in files_for_day(folder, start.date()):
+        result.files.append(path.name)
+        with path.open("r", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                result.lines += 1
+                try:
+                    parsed = parse_record(json.loads(line), source=path.name)
+                except json.JSONDecodeError as error:
+                    raise ExportFileError(
+                        f"{path}:{number}: not valid JSON ({error.msg})"
+                    ) from None
+                except RecordError as error:
+                    raise ExportFileError(f"{path}:{number}: {error}") from None
+                if parsed.record is None:
+                    reason = parsed.skipped_reason or "skipped"
+                    result.skipped[reason] = result.skipped.get(reason, 0) + 1
+                    continue
+                if start_s <= parsed.record["created"] < end_s:
+                    records.append(parsed.record)
+    result.records = records_frame(records)
+    return result

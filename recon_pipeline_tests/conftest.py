@@ -1,0 +1,62 @@
+"""Fixtures shared by the test modules. Databases are real: PostgreSQL and SQLite files."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The test database's URL; RECON_TEST_POSTGRES_URL overrides the local default."""
+    return os.environ.get("RECON_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
+    """One engine for the session. An unreachable server is an error, never a skip."""
+    engine = sa.create_engine(pg_url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        problem = None
+    except sa.exc.OperationalError as exc:
+        problem = str(exc.orig).strip().splitlines()[0]
+    if problem is not None:
+        engine.dispose()
+        shown = sa.make_url(pg_url).render_as_string(hide_password=True)
+        pytest.fail(
+            f"PostgreSQL is unreachable at {shown}: {problem}\nStart it "
+            "(pg_ctlcluster --skip-systemctl-redirect <version> main start) or point "
+            "RECON_TEST_POSTGRES_URL at a server.",
+            pytrace=False,
+        )
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_schema(pg_engine: sa.Engine) -> Iterator[tuple[sa.Engine, str]]:
+    """A fresh schema per test, dropped with everything in it afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield pg_engine, schema
+    finally:
+        with pg_engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path) -> Iterator[sa.Engine]:
+    """An empty SQLite database in a file, as the embedded demo uses."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'recon.db'}")
+    yield engine
+    engine.dispose()
