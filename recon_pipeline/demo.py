@@ -90,9 +90,7 @@ def _print_summary(database: ReconDatabase) -> None:
     with engine.connect() as conn:
         statuses = dict(
             conn.execute(
-                sa.text(
-                    "SELECT reconciliation_status, count(*) FROM token_usage GROUP BY 1"
-                )
+                sa.text("SELECT reconciliation_status, count(*) FROM token_usage GROUP BY 1")
             ).all()
         )
         money = conn.execute(
@@ -102,8 +100,7 @@ def _print_summary(database: ReconDatabase) -> None:
         ).one()
         classes = conn.execute(
             sa.text(
-                "SELECT variance_class, count(*) FROM reconciled_usage"
-                " GROUP BY 1 ORDER BY 2 DESC"
+                "SELECT variance_class, count(*) FROM reconciled_usage GROUP BY 1 ORDER BY 2 DESC"
             )
         ).all()
         unlogged = conn.execute(sa.text("SELECT count(*) FROM unlogged_openai_requests")).scalar()

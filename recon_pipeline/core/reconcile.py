@@ -178,11 +178,8 @@ def reconcile_day(
         within &= abs_variance <= bound
 
     model_mismatch = (
-        (snapshot_base(joined["model_used"]) != snapshot_base(joined["openai_model"]))
-        .fillna(False)
-        .to_numpy(bool)
-        & has_record
-    )
+        snapshot_base(joined["model_used"]) != snapshot_base(joined["openai_model"])
+    ).fillna(False).to_numpy(bool) & has_record
     token_mismatch = (
         (joined["input_tokens"] != joined["openai_input_tokens"])
         | (joined["output_tokens"] != joined["openai_output_tokens"])

@@ -1,7 +1,6 @@
 """The daily reconciliation, as assets. Each reads, calls the core, writes one day at a time,
 and reports; the rules themselves live in `recon_pipeline.core`."""
 
-
 from datetime import date
 
 import dagster as dg

@@ -5,7 +5,6 @@
   the grace period and reconciles each again, at most once per day per calendar day.
 """
 
-
 import os
 from datetime import UTC, datetime, timedelta
 

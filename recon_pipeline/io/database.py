@@ -25,6 +25,9 @@ from recon_pipeline.core import schema as s
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 
 
+_ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
+
+
 class SchemaNotReadyError(RuntimeError):
     """`token_usage` lacks the reconciliation columns: the migration has not been applied."""
 
@@ -170,7 +173,12 @@ DAILY_VARIANCE_SUMMARY = OutputTable(
     ),
     indexes=(("usage_date",),),
 )
-OUTPUT_TABLES = (OPENAI_REQUESTS, RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS, DAILY_VARIANCE_SUMMARY)
+OUTPUT_TABLES = (
+    OPENAI_REQUESTS,
+    RECONCILED_USAGE,
+    UNLOGGED_OPENAI_REQUESTS,
+    DAILY_VARIANCE_SUMMARY,
+)
 
 
 @dataclass(frozen=True)
@@ -299,12 +307,8 @@ class Database:
                 f" FROM {table} WHERE created_at >= %s AND created_at < %s",
                 (start, end),
                 {
-                    name: pa.string()
-                    if s.OPENAI_COLUMNS[name] == "object"
-                    else pa.bool_()
-                    if name == "batch"
-                    else pa.int64()
-                    for name in [*names, "created_us"]
+                    **{name: _ARROW_TYPES[s.OPENAI_COLUMNS[name]] for name in names},
+                    "created_us": pa.int64(),
                 },
             )
             frame["created_at"] = pd.to_datetime(frame.pop("created_us"), unit="us", utc=True)
@@ -324,9 +328,7 @@ class Database:
     def pending_days(self, since: datetime, until: datetime) -> list[date]:
         """UTC days in [since, until) that still hold rows awaiting OpenAI's record."""
         self.check_usage_schema()
-        day = (
-            "(created_at AT TIME ZONE 'UTC')::date" if self.is_postgres else "date(created_at)"
-        )
+        day = "(created_at AT TIME ZONE 'UTC')::date" if self.is_postgres else "date(created_at)"
         query = sa.text(
             f"SELECT DISTINCT {day} AS day FROM {self.usage}"
             " WHERE reconciliation_status = 'pending'"
@@ -352,7 +354,11 @@ class Database:
         table = pa_csv.read_csv(
             buffer,
             convert_options=pa_csv.ConvertOptions(
-                column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+                column_types=types,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                true_values=["t"],
+                false_values=["f"],
             ),
         )
         frame = table.to_pandas(types_mapper={pa.string(): pd.ArrowDtype(pa.string())}.get)
@@ -458,7 +464,9 @@ class Database:
                 {f"p{i}": _plain(v) for i, v in enumerate(row)}
                 for row in wire.itertuples(index=False, name=None)
             ]
-            conn.execute(sa.text(f'INSERT INTO "{staging}" ({names}) VALUES ({placeholders})'), rows)
+            conn.execute(
+                sa.text(f'INSERT INTO "{staging}" ({names}) VALUES ({placeholders})'), rows
+            )
         target = ", ".join(f'"{c}"' for c in stored)
         conn.execute(
             sa.text(
@@ -495,7 +503,6 @@ class Database:
             considered = conn.execute(count, {"day": params["day"]}).scalar_one()
             updated = conn.execute(query, params).rowcount
         return WriteBackResult(rows_considered=int(considered), rows_updated=int(updated))
-
 
     def read_results(self, day: date) -> pd.DataFrame:
         """The stored per-request results of a day, money back in pico-dollars."""
