@@ -7,10 +7,10 @@ import dagster as dg
 import pandas as pd
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core import summarise
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import day_bounds, read_window, reconcile_day
-from recon_pipeline.core import summarise
 from recon_pipeline.core.summarise import largest_discrepancies, pico_to_usd_text, totals
 from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
 from recon_pipeline.defs.resources import OpenAIExportFolder, ReconciliationSettings, ReconDatabase

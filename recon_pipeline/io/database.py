@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from recon_pipeline.core import schema as s
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 
-
 _ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
 
 
@@ -542,7 +541,9 @@ class Database:
             ).one()
         if self.is_postgres:
             return tuple(from_rows) == tuple(from_summary)
-        return all(abs(float(a) - float(b)) < 1e-6 for a, b in zip(from_rows, from_summary))
+        return all(
+            abs(float(a) - float(b)) < 1e-6 for a, b in zip(from_rows, from_summary, strict=True)
+        )
 
     def count_disagreeing(self, day: date) -> int:
         """token_usage rows of the day whose status or actual cost differ from the results."""

@@ -1,4 +1,4 @@
-"""Table and schema names come from configuration, so they are validated before any SQL sees them."""
+"""Table and schema names come from configuration: they are validated before SQL sees them."""
 
 from __future__ import annotations
 
