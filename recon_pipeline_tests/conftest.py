@@ -60,3 +60,16 @@ def sqlite_engine(tmp_path) -> Iterator[sa.Engine]:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'recon.db'}")
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_module_schema(pg_engine: sa.Engine) -> Iterator[tuple[sa.Engine, str]]:
+    """Like `pg_schema`, shared by the tests of one module (for one expensive setup)."""
+    schema = f"m_{uuid.uuid4().hex[:12]}"
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield pg_engine, schema
+    finally:
+        with pg_engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -22,6 +22,7 @@ from recon_pipeline.core.schema import OPENAI_COLUMNS
 
 _MAX_TOKENS = 10**9
 _MAX_AUDIO_MS = 10 * 24 * 3600 * 1000
+_MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z; a millisecond timestamp is far above it
 
 
 class RecordError(ValueError):
@@ -61,6 +62,15 @@ def _required(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) 
         raise RecordError(f"missing required field {name!r}")
     if not isinstance(value, kind) or isinstance(value, bool):
         raise RecordError(f"field {name!r} has the wrong type ({type(value).__name__})")
+    if isinstance(value, str) and not value.strip():
+        raise RecordError(f"field {name!r} is empty")
+    return value
+
+
+def _created(obj: Mapping[str, Any], name: str) -> int | float:
+    value = _required(obj, name, int | float)
+    if not math.isfinite(value) or not 0 <= value <= _MAX_UNIX_S:
+        raise RecordError(f"field {name!r} is not a unix time in seconds: {value!r}")
     return value
 
 
@@ -75,7 +85,12 @@ def _tier(value: Any) -> str:
 def _audio_ms(seconds: Any) -> int:
     if seconds is None:
         return 0
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
         raise RecordError(f"audio_seconds must be a non-negative number, got {seconds!r}")
     ms = round(seconds * 1000)
     if ms > _MAX_AUDIO_MS:
@@ -86,7 +101,7 @@ def _audio_ms(seconds: Any) -> int:
 def _from_api_object(body: Mapping[str, Any], batch: bool, source: str) -> dict[str, Any]:
     """A chat.completion or response object, as the API (or a Batch output body) returns it."""
     request_id = _required(body, "id", str)
-    created = _required(body, "created_at" if "created_at" in body else "created", int | float)
+    created = _created(body, "created_at" if body.get("object") == "response" else "created")
     model = _required(body, "model", str)
     usage = body.get("usage")
     if not isinstance(usage, Mapping):
@@ -124,7 +139,7 @@ def _from_canonical(line: Mapping[str, Any], source: str) -> dict[str, Any]:
         raise RecordError("field 'batch' must be true or false")
     return {
         "request_id": _required(line, "request_id", str),
-        "created": _required(line, "created", int | float),
+        "created": _created(line, "created"),
         "model": _required(line, "model", str),
         "service_tier": _tier(line.get("service_tier")),
         "batch": batch,
@@ -153,6 +168,9 @@ def parse_record(obj: Any, source: str) -> ParsedLine:
         if not isinstance(body, Mapping):
             raise RecordError("batch line: missing required field 'response.body'")
         return ParsedLine(_from_api_object(body, batch=True, source=f"batch_output:{source}"))
+    unbilled = obj.get("status") in ("failed", "cancelled") and obj.get("usage") is None
+    if obj.get("object") == "response" and unbilled:
+        return ParsedLine(None, f"response {obj.get('status')}")
     if obj.get("object") in ("chat.completion", "response"):
         return ParsedLine(_from_api_object(obj, batch=False, source=source))
     return ParsedLine(_from_canonical(obj, source))

@@ -72,7 +72,12 @@ class OverrideRule:
 
 @dataclass(frozen=True)
 class Rates:
-    """Pico-dollars per unit for each billed component; None where the price is unknown."""
+    """Pico-dollars per unit for each billed component; None where the price is unknown.
+
+    A service tier that neither the catalogue nor an override prices for that day (priority
+    before the catalogue modelled it, scale) has every component unknown: its requests come
+    out unpriced rather than billed at the default rate.
+    """
 
     model_id: str
     components: Mapping[str, Tiers | None]
@@ -156,13 +161,29 @@ class PriceCatalogue:
         prices.update(corrections)
 
         multiplier = Decimal(1)
+        tier_rule = False
         for rule in self._overrides:
             if rule.multiplier is None or not rule.applies(model, day, service_tier, batch):
                 continue
             if info is not None and _catalogue_models(info, moment, rule.when, context):
                 continue
             multiplier = rule.multiplier
+            tier_rule = "service_tier" in rule.when
             break
+
+        tier_known = (
+            service_tier == "default"
+            or tier_rule
+            or any(r.when.get("service_tier") == service_tier for r in price_rules)
+            or (
+                info is not None
+                and _catalogue_models(info, moment, {"service_tier": service_tier}, context)
+            )
+        )
+        if not tier_known:
+            return Rates(
+                model_id=info.id if info else model, components=dict.fromkeys(_COMPONENT_KEYS)
+            )
 
         components: dict[str, Tiers | None] = {}
         for component, keys in _COMPONENT_KEYS.items():
@@ -189,11 +210,12 @@ def _catalogue_models(
 
 
 def _rate_per_row(tiers: Tiers, threshold_tokens: np.ndarray) -> np.ndarray:
+    """A tier applies when the input is strictly above its start, as genai-prices computes it."""
     if len(tiers) == 1:
         return np.full(len(threshold_tokens), tiers[0][1], dtype=np.int64)
-    conditions = [threshold_tokens >= start for start, _ in reversed(tiers)]
-    choices = [rate for _, rate in reversed(tiers)]
-    return np.select(conditions, choices).astype(np.int64)
+    conditions = [threshold_tokens > start for start, _ in reversed(tiers[1:])]
+    choices = [rate for _, rate in reversed(tiers[1:])]
+    return np.select(conditions, choices, default=tiers[0][1]).astype(np.int64)
 
 
 def price_usage(records: pd.DataFrame, catalogue: PriceCatalogue) -> pd.DataFrame:
@@ -228,8 +250,12 @@ def price_usage(records: pd.DataFrame, catalogue: PriceCatalogue) -> pd.DataFram
         }
     )
     for (model, on_day, tier, batch), rows in keys.groupby(
-        ["model", "day", "tier", "batch"], sort=False
+        ["model", "day", "tier", "batch"], sort=False, dropna=False
     ).indices.items():
+        if pd.isna(model) or pd.isna(on_day) or pd.isna(tier):
+            missing = PRICE_STATUS_UNKNOWN_MODEL if pd.isna(model) else PRICE_STATUS_INVALID_USAGE
+            status[rows] = missing
+            continue
         rates = catalogue.rates(model, on_day, tier, bool(batch))
         if rates is None:
             status[rows] = PRICE_STATUS_UNKNOWN_MODEL

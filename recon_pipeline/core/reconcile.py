@@ -173,9 +173,11 @@ def reconcile_day(
     abs_variance = variance.abs().fillna(np.iinfo(np.int64).max).to_numpy(np.int64)
     within = abs_variance <= policy.tolerance_pico
     if policy.relative_tolerance is not None:
-        actual_abs = actual.abs().fillna(0).to_numpy(np.int64)
-        bound = np.floor(actual_abs * float(policy.relative_tolerance)).astype(np.int64)
-        within &= abs_variance <= bound
+        # Exact: |variance| <= floor(|actual| * p / q) in Python integers, never via float.
+        p, q = Decimal(policy.relative_tolerance).as_integer_ratio()
+        actual_abs = actual.abs().fillna(0).to_numpy(np.int64).astype(object)
+        bound = actual_abs * p // q
+        within &= (abs_variance.astype(object) <= bound).astype(bool)
 
     model_mismatch = (
         snapshot_base(joined["model_used"]) != snapshot_base(joined["openai_model"])

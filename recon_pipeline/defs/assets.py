@@ -11,8 +11,8 @@ from recon_pipeline.core import summarise
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import day_bounds, read_window, reconcile_day
-from recon_pipeline.core.summarise import largest_discrepancies, pico_to_usd_text, totals
 from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
+from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table
 from recon_pipeline.defs.resources import OpenAIExportFolder, ReconciliationSettings, ReconDatabase
 from recon_pipeline.io.database import (
     DAILY_VARIANCE_SUMMARY,
@@ -32,29 +32,13 @@ token_usage = dg.AssetSpec(
     kinds={"postgres"},
 )
 
-_around_the_day = dg.TimeWindowPartitionMapping(
-    start_offset=-1, end_offset=1, allow_nonexistent_upstream_partitions=True
-)
-
 
 def partition_days(context: dg.AssetExecutionContext) -> list[date]:
     return [date.fromisoformat(key) for key in context.partition_keys]
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return "_none_"
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = [
-        "| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
-        for row in frame.itertuples(index=False, name=None)
-    ]
-    return "\n".join([header, rule, *body])
-
-
 def usd(pico: int) -> str:
-    return "$" + pico_to_usd_text(pico)
+    return "$" + summarise.pico_to_usd_text(pico)
 
 
 @dg.asset(
@@ -67,35 +51,40 @@ def openai_requests(
     context: dg.AssetExecutionContext,
     database: ReconDatabase,
     openai_exports: OpenAIExportFolder,
+    settings: ReconciliationSettings,
 ) -> dg.MaterializeResult:
-    """OpenAI's own per-request records, by the UTC day of OpenAI's `created` timestamp."""
+    """OpenAI's own per-request records for each day's match window: created on the day, or
+    within RECON_MATCH_WINDOW_MINUTES of it, so that every partition reconciles on its own
+    (a request made at 23:59:59 and logged at 00:00:01 is in both days' records)."""
     db = database.get()
+    policy = settings.policy()
     folder = openai_exports.folder(embedded=database.is_embedded)
-    rows_by_source: dict[str, int] = {}
+    report = DailyReport(context, "openai_requests")
     files: set[str] = set()
-    skipped = duplicates = conflicts = written = 0
     for day in partition_days(context):
-        read = read_export_folder(folder, *day_bounds(day))
+        read = read_export_folder(folder, *read_window(day, policy))
         records, identical, conflicting = dedupe_records(read.records)
-        duplicates += identical
-        conflicts += conflicting
-        skipped += sum(read.skipped.values())
         files.update(read.files)
-        for source, count in records["source"].str.split(":").str[0].value_counts().items():
-            kind = "batch_output" if source == "batch_output" else "export_file"
-            rows_by_source[kind] = rows_by_source.get(kind, 0) + int(count)
-        written += db.replace_days(OPENAI_REQUESTS, records.assign(usage_date=day), [day])
-        context.log.info(f"{day}: {len(records)} OpenAI records from {len(read.files)} files")
+        batch = int(records["source"].str.startswith("batch_output:").sum())
+        written = db.replace_days(OPENAI_REQUESTS, records.assign(usage_date=day), [day])
+        report.add(
+            day,
+            rows=written,
+            from_export_files=written - batch,
+            from_batch_output=batch,
+            skipped_lines=sum(read.skipped.values()),
+            duplicate_records_dropped=identical,
+            conflicting_duplicates=conflicting,
+        )
+        context.log.info(f"{day}: {written} OpenAI records from {len(read.files)} files")
     return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": written,
-            "source": f"export folder ({len(files)} files)",
-            "records_by_source": dg.MetadataValue.json(rows_by_source),
-            "skipped_lines": skipped,
-            "duplicate_records_dropped": duplicates,
-            "conflicting_duplicates": conflicts,
-        }
+        metadata=report.metadata(source=f"export folder ({len(files)} files)")
     )
+
+
+def _match_rate(figures: Figures) -> dict[str, float]:
+    verifiable = figures[s.MATCHED] + figures[s.DISCREPANCY]
+    return {"match_rate": round(figures[s.MATCHED] / verifiable, 6) if verifiable else 0.0}
 
 
 @dg.multi_asset(
@@ -104,14 +93,14 @@ def openai_requests(
             "reconciled_usage",
             description="Each logged request of the day with OpenAI's usage, the actual cost, "
             "the variance and its class.",
-            deps=[token_usage, dg.AssetDep("openai_requests", partition_mapping=_around_the_day)],
+            deps=[token_usage, "openai_requests"],
             group_name=GROUP,
             kinds={"pandas", "sql"},
         ),
         dg.AssetSpec(
             "unlogged_openai_requests",
             description="Requests OpenAI billed that no token_usage row logged.",
-            deps=[token_usage, dg.AssetDep("openai_requests", partition_mapping=_around_the_day)],
+            deps=[token_usage, "openai_requests"],
             group_name=GROUP,
             kinds={"pandas", "sql"},
         ),
@@ -139,65 +128,59 @@ def reconciled_usage(
     policy = settings.policy()
     now = settings.now()
     catalogue = PriceCatalogue()
-    days = partition_days(context)
-    per_day: list[dict[str, object]] = []
-    all_results: list[pd.DataFrame] = []
-    unlogged_rows = unpriced = unaccounted = 0
-    for day in days:
-        window = read_window(day, policy)
-        logged = db.read_logged(*window)
-        openai = price_usage(db.read_openai_requests(*window), catalogue)
+    results_report = DailyReport(context, "reconciled_usage", derive=_match_rate)
+    unlogged_report = DailyReport(context, "unlogged_openai_requests")
+    worst: list[pd.DataFrame] = []
+    classes: dict[str, int] = {}
+    unpriced = unaccounted = 0
+    for day in partition_days(context):
+        logged = db.read_logged(*read_window(day, policy))
+        openai = price_usage(db.read_openai_requests(day), catalogue)
         outcome = reconcile_day(logged, openai, day, now, policy)
         db.replace_days(RECONCILED_USAGE, outcome.results, [day])
-        unlogged_rows += db.replace_days(UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, [day])
-        day_logged = logged[logged["created_at"].between(*day_bounds(day), inclusive="left")]
-        unaccounted += len(day_logged) - len(outcome.results)
+        db.replace_days(UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, [day])
+
+        on_day = logged["created_at"].between(*day_bounds(day), inclusive="left")
+        unaccounted += int(on_day.sum()) - len(outcome.results)
         unpriced += int((outcome.results["variance_class"] == s.CLASS_UNPRICED).sum())
         unpriced += int((outcome.unlogged["variance_class"] == s.CLASS_UNPRICED).sum())
-        day_totals = totals(outcome.results)
-        per_day.append(
-            {
-                "day": day.isoformat(),
-                "rows": day_totals["rows"],
-                **{status: day_totals[status] for status in s.STATUSES},
-                "estimated": usd(day_totals["estimated_cost_pico"]),
-                "actual": usd(day_totals["actual_cost_pico"]),
-                "unlogged": len(outcome.unlogged),
-            }
+        for name, count in outcome.results["variance_class"].value_counts().items():
+            classes[name] = classes.get(name, 0) + int(count)
+        totals = summarise.totals(outcome.results)
+        results_report.add(
+            day,
+            **{status: totals[status] for status in s.STATUSES},
+            rows=totals["rows"],
+            estimated_cost_usd=totals["estimated_cost_pico"] / s.PICO_PER_USD,
+            actual_cost_usd=totals["actual_cost_pico"] / s.PICO_PER_USD,
         )
-        all_results.append(outcome.results)
-        context.log.info(f"{day}: {day_totals}")
+        unlogged_actual = summarise.exact_sum(outcome.unlogged["actual_cost_pico"])
+        unlogged_report.add(
+            day, rows=len(outcome.unlogged), actual_cost_usd=unlogged_actual / s.PICO_PER_USD
+        )
+        worst.append(summarise.largest_discrepancies(outcome.results))
+        context.log.info(f"{day}: {totals}")
 
-    results = pd.concat(all_results, ignore_index=True)
-    overall = totals(results)
-    verifiable = overall[s.MATCHED] + overall[s.DISCREPANCY]
-    worst = largest_discrepancies(results)
-    worst = worst[
+    largest = summarise.largest_discrepancies(pd.concat(worst, ignore_index=True))
+    largest_table = largest[
         ["usage_date", "action_type", "model_used", "openai_request_id", "variance_class"]
     ].assign(
-        estimated=[usd(v) for v in worst["estimated_cost_pico"].fillna(0)],
-        actual=[usd(v) for v in worst["actual_cost_pico"].fillna(0)],
+        estimated=[usd(v) for v in largest["estimated_cost_pico"].fillna(0)],
+        actual=[usd(v) for v in largest["actual_cost_pico"].fillna(0)],
+    )
+    by_day = pd.DataFrame(
+        [{"day": day.isoformat(), **figures} for day, figures in results_report.days.items()]
     )
     yield dg.MaterializeResult(
         asset_key="reconciled_usage",
-        metadata={
-            "dagster/row_count": overall["rows"],
-            **{f"rows_{status}": overall[status] for status in s.STATUSES},
-            "match_rate": round(overall[s.MATCHED] / verifiable, 6) if verifiable else 0.0,
-            "estimated_cost_usd": float(overall["estimated_cost_pico"]) / s.PICO_PER_USD,
-            "actual_cost_usd": float(overall["actual_cost_pico"]) / s.PICO_PER_USD,
-            "actual_cost_exact": usd(overall["actual_cost_pico"]),
-            "estimated_cost_exact": usd(overall["estimated_cost_pico"]),
-            "variance_classes": dg.MetadataValue.json(
-                {k: int(v) for k, v in results["variance_class"].value_counts().items()}
-            ),
-            "by_day": dg.MetadataValue.md(markdown_table(pd.DataFrame(per_day))),
-            "largest_discrepancies": dg.MetadataValue.md(markdown_table(worst)),
-        },
+        metadata=results_report.metadata(
+            variance_classes=dg.MetadataValue.json(classes),
+            by_day=dg.MetadataValue.md(markdown_table(by_day)),
+            largest_discrepancies=dg.MetadataValue.md(markdown_table(largest_table)),
+        ),
     )
     yield dg.MaterializeResult(
-        asset_key="unlogged_openai_requests",
-        metadata={"dagster/row_count": unlogged_rows},
+        asset_key="unlogged_openai_requests", metadata=unlogged_report.metadata()
     )
     yield dg.AssetCheckResult(
         asset_key="reconciled_usage",
@@ -236,19 +219,20 @@ def token_usage_reconciliation(
     """`actual_cost_cents`, `reconciliation_status` and `reconciled_at` on token_usage: one
     transaction per day, touching only rows whose values change."""
     db = database.get()
-    considered = updated = disagreeing = 0
+    report = DailyReport(context, "token_usage_reconciliation")
+    disagreeing = 0
     for day in partition_days(context):
         result = db.write_back(day, settings.now())
-        considered += result.rows_considered
-        updated += result.rows_updated
         disagreeing += db.count_disagreeing(day)
+        report.add(
+            day,
+            rows=result.rows_considered,
+            rows_updated=result.rows_updated,
+            rows_unchanged=result.rows_considered - result.rows_updated,
+        )
         context.log.info(f"{day}: {result.rows_updated} of {result.rows_considered} rows changed")
     return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": considered,
-            "rows_updated": updated,
-            "rows_unchanged": considered - updated,
-        },
+        metadata=report.metadata(),
         check_results=[
             dg.AssetCheckResult(
                 check_name="token_usage_agrees_with_results",
@@ -279,12 +263,12 @@ def daily_variance_summary(
 ) -> dg.MaterializeResult:
     """Per day, route (`action_type`) and model: counts per status, money, match rate."""
     db = database.get()
-    written = 0
+    report = DailyReport(context, "daily_variance_summary")
     mismatched_days: list[str] = []
     summaries = []
     for day in partition_days(context):
         summary = summarise.daily_variance_summary(db.read_results(day))
-        written += db.replace_days(DAILY_VARIANCE_SUMMARY, summary, [day])
+        report.add(day, rows=db.replace_days(DAILY_VARIANCE_SUMMARY, summary, [day]))
         if not db.summary_matches_rows(day):
             mismatched_days.append(day.isoformat())
         summaries.append(summary)
@@ -295,10 +279,7 @@ def daily_variance_summary(
         else summary
     )
     return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": written,
-            "by_route": dg.MetadataValue.md(markdown_table(by_route)),
-        },
+        metadata=report.metadata(by_route=dg.MetadataValue.md(markdown_table(by_route))),
         check_results=[
             dg.AssetCheckResult(
                 check_name="summary_totals_equal_row_sums",

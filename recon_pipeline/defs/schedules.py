@@ -40,7 +40,7 @@ def pending_rows_sensor(
     settings: ReconciliationSettings,
 ) -> dg.SensorResult:
     """Re-reconcile days whose rows still wait for OpenAI, until their grace period ends."""
-    now = datetime.now(UTC)
+    now = settings.now()
     today = datetime(now.year, now.month, now.day, tzinfo=UTC)
     since = today - timedelta(days=settings.grace_days + 1)
     days = database.get().pending_days(since, today - timedelta(days=1))

@@ -201,6 +201,8 @@ class Database:
         self._usage_table = validate_identifier(usage_table, "table name")
         self._usage_schema = usage_schema
         self._output_schema = output_schema if output_schema is not None else usage_schema
+        if self._output_schema:
+            validate_identifier(self._output_schema, "schema name")
         self.is_postgres = engine.dialect.name == "postgresql"
         self._usage_columns: set[str] | None = None
         self._ready: set[str] = set()
@@ -288,14 +290,15 @@ class Database:
                     query, conn, params={"start": _sqlite_ts(start), "end": _sqlite_ts(end)}
                 )
             frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
-        for column in ("openai_request_id",):
+        # Missing text is None on both backends (pandas' SQLite path would give NaN).
+        for column in ("usage_id", "user_id", "action_type", "model_used", "openai_request_id"):
             frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
-            blank = frame[column].isin([""])
-            frame.loc[blank, column] = None
+        blank = frame["openai_request_id"].isin([""])
+        frame.loc[blank, "openai_request_id"] = None
         return frame.reindex(columns=list(s.LOGGED_COLUMNS)).astype(s.LOGGED_COLUMNS)
 
-    def read_openai_requests(self, start: datetime, end: datetime) -> pd.DataFrame:
-        """Stored OpenAI records created in [start, end), typed as `schema.OPENAI_COLUMNS`."""
+    def read_openai_requests(self, day: date) -> pd.DataFrame:
+        """The OpenAI records stored for a day's match window, typed as `schema.OPENAI_COLUMNS`."""
         self.ensure_table(OPENAI_REQUESTS)
         table = self.table(OPENAI_REQUESTS)
         names = [c for c in s.OPENAI_COLUMNS if c != "created_at"]
@@ -303,8 +306,8 @@ class Database:
             frame = self._copy_out(
                 f"SELECT {', '.join(names)},"
                 f" (extract(epoch FROM created_at) * 1000000)::bigint AS created_us"
-                f" FROM {table} WHERE created_at >= %s AND created_at < %s",
-                (start, end),
+                f" FROM {table} WHERE usage_date = %s",
+                (day,),
                 {
                     **{name: _ARROW_TYPES[s.OPENAI_COLUMNS[name]] for name in names},
                     "created_us": pa.int64(),
@@ -313,13 +316,10 @@ class Database:
             frame["created_at"] = pd.to_datetime(frame.pop("created_us"), unit="us", utc=True)
         else:
             query = sa.text(
-                f"SELECT {', '.join(names)}, created_at FROM {table}"
-                f" WHERE created_at >= :start AND created_at < :end"
+                f"SELECT {', '.join(names)}, created_at FROM {table} WHERE usage_date = :day"
             )
             with self.engine.connect() as conn:
-                frame = pd.read_sql_query(
-                    query, conn, params={"start": _sqlite_ts(start), "end": _sqlite_ts(end)}
-                )
+                frame = pd.read_sql_query(query, conn, params={"day": day.isoformat()})
             frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
             frame["batch"] = frame["batch"].astype(bool)
         return frame[list(s.OPENAI_COLUMNS)].astype(s.OPENAI_COLUMNS)

@@ -1,7 +1,7 @@
 """OpenAI's per-request records from a folder of JSONL export files.
 
-Which files are read for a day: every `*.jsonl` below the folder whose name carries no
-`YYYY-MM-DD` date, and those whose date is the day or a neighbour (a record made at
+Which files are read for a span: every `*.jsonl` below the folder whose name carries no
+`YYYY-MM-DD` date, and those dated within the span or a day either side (a record made at
 23:59:59 may sit in the next day's file). Records are then kept by OpenAI's own `created`
 timestamp, so where a line sits never decides which day it belongs to.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -35,21 +35,25 @@ class ExportRead:
 
 def files_for_day(folder: Path, day: date) -> list[Path]:
     """The export files that may hold records created on `day`."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return files_for_span(folder, start, start + timedelta(days=1))
+
+
+def files_for_span(folder: Path, start: datetime, end: datetime) -> list[Path]:
+    """The export files that may hold records created in [start, end): undated names, and
+    names dated from the day before `start` to the day after `end`."""
     if not folder.is_dir():
         raise FileNotFoundError(f"export folder {folder} does not exist")
-    near = {day - timedelta(days=1), day, day + timedelta(days=1)}
+    first = start.date() - timedelta(days=1)
+    last = (end - timedelta(microseconds=1)).date() + timedelta(days=1)
     chosen = []
     for path in sorted(folder.rglob("*.jsonl")):
         match = _DATE_IN_NAME.search(path.name)
-        if match is None:
-            chosen.append(path)
-            continue
         try:
-            named = date.fromisoformat(match.group(1))
+            named = date.fromisoformat(match.group(1)) if match else None
         except ValueError:
-            chosen.append(path)
-            continue
-        if named in near:
+            named = None
+        if named is None or first <= named <= last:
             chosen.append(path)
     return chosen
 
@@ -59,7 +63,7 @@ def read_export_folder(folder: Path, start: datetime, end: datetime) -> ExportRe
     records = []
     result = ExportRead(records=pd.DataFrame())
     start_s, end_s = start.timestamp(), end.timestamp()
-    for path in files_for_day(folder, start.date()):
+    for path in files_for_span(folder, start, end):
         result.files.append(path.name)
         with path.open("r", encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):

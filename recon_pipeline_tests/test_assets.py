@@ -1,0 +1,586 @@
+"""The assets through Dagster's own APIs, on real PostgreSQL with the demo data generator.
+
+One 14-day range run of `daily_reconciliation` is shared by the read-only tests of this
+module; tests that change data get a schema of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from dagster._core.definitions.automation_tick_evaluation_context import (
+    build_run_requests_with_backfill_policies,
+)
+from dagster._core.definitions.events import AssetKeyPartitionKey
+
+from recon_pipeline import definitions
+from recon_pipeline.core import schema as s
+from recon_pipeline.definitions import build_definitions
+from recon_pipeline.defs import assets
+from recon_pipeline.defs.partitions import daily_partitions
+from recon_pipeline.defs.resources import (
+    OpenAIExportFolder,
+    ReconciliationSettings,
+    ReconDatabase,
+    demo_database_path,
+    demo_export_dir,
+)
+from recon_pipeline.demo_data import OPENAI_SNAPSHOTS, DemoDataSummary, generate_demo_data
+from recon_pipeline.io.migrations import create_demo_token_usage
+
+LAST_DAY = date(2026, 11, 10)
+FIRST_DAY = LAST_DAY - timedelta(days=13)
+AS_OF = "2026-11-11T06:00:00+00:00"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+RECONCILIATION_ASSETS = {
+    "openai_requests",
+    "reconciled_usage",
+    "unlogged_openai_requests",
+    "token_usage_reconciliation",
+    "daily_variance_summary",
+}
+CHECKS = {
+    ("reconciled_usage", "every_logged_row_reconciled"),
+    ("reconciled_usage", "every_model_priced"),
+    ("token_usage_reconciliation", "token_usage_agrees_with_results"),
+    ("daily_variance_summary", "summary_totals_equal_row_sums"),
+}
+
+
+@dataclass
+class Demo:
+    engine: sa.Engine
+    url: str
+    schema: str
+    exports: Path
+    summary: DemoDataSummary
+
+    def resources(self, as_of: str = AS_OF) -> dict[str, dg.ConfigurableResource]:
+        return {
+            "database": ReconDatabase(url=self.url, usage_schema=self.schema),
+            "openai_exports": OpenAIExportFolder(path=str(self.exports)),
+            "settings": ReconciliationSettings(as_of=as_of),
+        }
+
+    def run(
+        self, first: date, last: date, as_of: str = AS_OF, raise_on_error: bool = True
+    ) -> dg.ExecuteInProcessResult:
+        job = build_definitions(self.resources(as_of)).resolve_job_def("daily_reconciliation")
+        return job.execute_in_process(
+            tags={
+                "dagster/asset_partition_range_start": first.isoformat(),
+                "dagster/asset_partition_range_end": last.isoformat(),
+            },
+            run_config=QUIET,
+            raise_on_error=raise_on_error,
+        )
+
+    def rows(self, sql: str, **params: object) -> list[sa.Row]:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql.format(s=f'"{self.schema}"')), params).all()
+
+    def token_usage(self) -> list[sa.Row]:
+        return self.rows("SELECT * FROM {s}.token_usage ORDER BY id")
+
+    def results(self, day: date | None = None) -> list[sa.Row]:
+        where = "WHERE usage_date = :day" if day else ""
+        return self.rows(f"SELECT * FROM {{s}}.reconciled_usage {where} ORDER BY usage_id", day=day)
+
+
+def _make_demo(engine: sa.Engine, url: str, schema: str, folder: Path) -> Demo:
+    create_demo_token_usage(engine, schema=schema)
+    summary = generate_demo_data(engine, folder, last_day=LAST_DAY, schema=schema)
+    return Demo(engine, url, schema, folder, summary)
+
+
+@dataclass
+class Reference:
+    demo: Demo
+    result: dg.ExecuteInProcessResult
+
+
+@pytest.fixture(scope="module")
+def reference(pg_module_schema, pg_url, tmp_path_factory) -> Reference:
+    engine, schema = pg_module_schema
+    demo = _make_demo(engine, pg_url, schema, tmp_path_factory.mktemp("exports"))
+    result = demo.run(FIRST_DAY, LAST_DAY)
+    return Reference(demo, result)
+
+
+@pytest.fixture
+def own_demo(pg_schema, pg_url, tmp_path) -> Demo:
+    engine, schema = pg_schema
+    return _make_demo(engine, pg_url, schema, tmp_path / "exports")
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> list[dict[str, object]]:
+    return [
+        {key: value.value for key, value in event.materialization.metadata.items()}
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == dg.AssetKey(asset)
+    ]
+
+
+def _observations(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, dict[str, object]]:
+    """partition -> metadata of the AssetObservation logged for it."""
+    found = {}
+    for event in result.get_asset_observation_events():
+        observation = event.asset_observation_data.asset_observation
+        if observation.asset_key == dg.AssetKey(asset):
+            found[observation.partition] = {k: v.value for k, v in observation.metadata.items()}
+    return found
+
+
+def _status_by_request_id(demo: Demo) -> dict[str, list[tuple[str, str]]]:
+    """request id -> [(status on token_usage, variance_class in the results)], by row id."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for request_id, status, variance_class in demo.rows(
+        "SELECT t.openai_request_id, t.reconciliation_status, r.variance_class"
+        " FROM {s}.token_usage t JOIN {s}.reconciled_usage r ON r.usage_id = t.id"
+        " WHERE t.openai_request_id IS NOT NULL ORDER BY t.id"
+    ):
+        found.setdefault(request_id, []).append((status, variance_class))
+    return found
+
+
+def _export_line(demo: Demo, request_id: str) -> dict[str, object]:
+    for path in demo.summary.files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record.get("request_id") == request_id:
+                return record
+    raise AssertionError(f"{request_id} is in no canonical export line")
+
+
+# -- the reference run -----------------------------------------------------------------------
+
+
+def test_range_run_succeeds_over_every_day(reference: Reference) -> None:
+    result, demo = reference.result, reference.demo
+    assert result.success
+    for asset in RECONCILIATION_ASSETS:
+        partitions = {
+            e.partition
+            for e in result.get_asset_materialization_events()
+            if e.asset_key == dg.AssetKey(asset)
+        }
+        assert partitions == {(FIRST_DAY + timedelta(days=i)).isoformat() for i in range(14)}
+    [(rows,)] = demo.rows("SELECT count(*) FROM {s}.token_usage")
+    [(results,)] = demo.rows("SELECT count(*) FROM {s}.reconciled_usage")
+    assert rows == results == demo.summary.rows_logged
+
+
+def test_every_row_gets_a_status_and_only_recent_missing_stay_pending(
+    reference: Reference,
+) -> None:
+    demo = reference.demo
+    at = datetime.fromisoformat(AS_OF)
+    rows = demo.rows(
+        "SELECT openai_request_id, reconciliation_status, reconciled_at, actual_cost_cents"
+        " FROM {s}.token_usage"
+    )
+    recent = set(demo.summary.anomaly_ids["missing_at_openai_recent"])
+    pending = [r for r in rows if r.reconciliation_status == s.PENDING]
+    assert {r.openai_request_id for r in pending} == recent
+    assert len(pending) == len(recent) == 3
+    assert all(r.reconciled_at is None and r.actual_cost_cents is None for r in pending)
+    assert all(r.reconciled_at == at for r in rows if r.reconciliation_status != s.PENDING)
+    counts = Counter(r.reconciliation_status for r in rows)
+    assert set(counts) == set(s.STATUSES)
+
+
+def test_planted_anomalies_get_their_status_and_class(reference: Reference) -> None:
+    demo = reference.demo
+    ids = demo.summary.anomaly_ids
+    by_id = _status_by_request_id(demo)
+
+    for request_id in ids["missing_at_openai"]:
+        assert by_id[request_id] == [(s.NOT_FOUND, s.CLASS_MISSING_AT_OPENAI)]
+    for request_id in ids["missing_at_openai_recent"]:
+        assert by_id[request_id] == [(s.PENDING, s.CLASS_AWAITING_OPENAI)]
+    [duplicate] = ids["duplicate_id"]
+    first, second = by_id[duplicate]
+    assert first[0] in (s.MATCHED, s.DISCREPANCY) and first[1] != s.CLASS_DUPLICATE_ID
+    assert second == (s.DISCREPANCY, s.CLASS_DUPLICATE_ID)
+    [(duplicate_actual,)] = demo.rows(
+        "SELECT actual_cost_cents FROM {s}.reconciled_usage"
+        " WHERE openai_request_id = :id AND variance_class = :c",
+        id=duplicate,
+        c=s.CLASS_DUPLICATE_ID,
+    )
+    assert duplicate_actual == 0  # OpenAI billed the request once, to the first row
+    for request_id in ids["midnight"]:
+        assert by_id[request_id] == [(s.MATCHED, s.CLASS_EXACT)]
+    for request_id in ids["price_change"]:
+        assert by_id[request_id] == [(s.DISCREPANCY, s.CLASS_OVER_ESTIMATE)]
+    for request_id in ids["model_mismatch"]:
+        assert by_id[request_id] == [(s.DISCREPANCY, s.CLASS_MODEL_MISMATCH)]
+
+    # The midnight rows were logged the day after OpenAI's `created`, and still matched.
+    for created, logged in demo.rows(
+        "SELECT openai_created, created_at FROM {s}.token_usage"
+        " WHERE openai_request_id = ANY(:ids)",
+        ids=ids["midnight"],
+    ):
+        assert datetime.fromtimestamp(created, UTC).date() + timedelta(days=1) == logged.date()
+
+    flags = demo.rows(
+        "SELECT openai_request_id, token_mismatch, batch FROM {s}.reconciled_usage"
+        " WHERE openai_request_id = ANY(:ids)",
+        ids=ids["token_mismatch"] + ids["batch"],
+    )
+    assert {r.openai_request_id for r in flags if r.token_mismatch} == set(ids["token_mismatch"])
+    assert {r.openai_request_id for r in flags if r.batch} == set(ids["batch"])
+
+    unlogged = demo.rows(
+        "SELECT request_id, variance_class FROM {s}.unlogged_openai_requests"
+        " WHERE request_id = ANY(:ids)",
+        ids=ids["unlogged_at_app"],
+    )
+    assert sorted(unlogged) == [(i, s.CLASS_LOGGED_NOWHERE) for i in ids["unlogged_at_app"]]
+
+
+def test_routes_without_ids_are_unverifiable(reference: Reference) -> None:
+    rows = reference.demo.rows(
+        "SELECT action_type, openai_request_id, reconciliation_status, actual_cost_cents"
+        " FROM {s}.token_usage WHERE action_type IN ('chat', 'flip_frequency')"
+    )
+    assert len(rows) > 100
+    assert {r.action_type for r in rows} == {"chat", "flip_frequency"}
+    assert all(r.openai_request_id is None for r in rows)
+    assert all(r.reconciliation_status == s.UNVERIFIABLE for r in rows)
+    assert all(r.actual_cost_cents is None for r in rows)
+
+
+def test_money_agrees_exactly_per_day(reference: Reference) -> None:
+    demo = reference.demo
+    logged = dict(
+        demo.rows(
+            "SELECT (created_at AT TIME ZONE 'UTC')::date,"
+            " (sum(actual_cost_cents), sum(calculated_cost_cents))::text"
+            " FROM {s}.token_usage GROUP BY 1"
+        )
+    )
+    results = dict(
+        demo.rows(
+            "SELECT usage_date, (sum(actual_cost_cents), sum(estimated_cost_cents))::text"
+            " FROM {s}.reconciled_usage GROUP BY 1"
+        )
+    )
+    summary = dict(
+        demo.rows(
+            "SELECT usage_date, (sum(actual_cost_cents), sum(estimated_cost_cents))::text"
+            " FROM {s}.daily_variance_summary GROUP BY 1"
+        )
+    )
+    assert len(logged) == 14
+    for day, text in logged.items():
+        actual, estimated = (Decimal(v) for v in text.strip("()").split(","))
+        assert actual > 0 and estimated > 0
+        for other in (results[day], summary[day]):
+            other_actual, other_estimated = (Decimal(v) for v in other.strip("()").split(","))
+            assert (other_actual, other_estimated) == (actual, estimated), day
+
+
+def test_one_actual_cost_priced_by_hand(reference: Reference) -> None:
+    demo = reference.demo
+    planted = {i for ids in demo.summary.anomaly_ids.values() for i in ids}
+    candidates = demo.rows(
+        "SELECT openai_request_id, actual_cost_cents, calculated_cost_cents, input_tokens,"
+        " output_tokens FROM {s}.token_usage WHERE model_used = 'gpt-4o-mini'"
+        " AND action_type = 'prompt_suggestions' AND reconciliation_status = 'matched'"
+        " ORDER BY id"
+    )
+    row = next(r for r in candidates if r.openai_request_id not in planted)
+    line = _export_line(demo, row.openai_request_id)
+    assert line["model"] == "gpt-4o-mini-2024-07-18"
+    assert line["cached_input_tokens"] == 0 and line["batch"] is False
+    assert line["service_tier"] == "default"
+    usd = (
+        Decimal(line["input_tokens"]) * Decimal("0.15")
+        + Decimal(line["output_tokens"]) * Decimal("0.60")
+    ) / 10**6
+    assert row.actual_cost_cents == usd * 100
+    # The application's own estimate uses the same table, so this row matches exactly.
+    assert row.calculated_cost_cents == row.actual_cost_cents
+
+
+def test_metadata_and_checks(reference: Reference) -> None:
+    result, summary = reference.result, reference.demo.summary
+    reconciled = _metadata(result, "reconciled_usage")
+    assert len(reconciled) == 14
+    # Dagster copies a range run's metadata onto every partition: it carries range totals,
+    # never a per-partition row count that would be wrong for each day.
+    meta = reconciled[0]
+    assert "dagster/row_count" not in meta
+    assert meta["range"] == f"{FIRST_DAY.isoformat()}..{LAST_DAY.isoformat()} (14 days)"
+    assert meta["range_rows"] == summary.rows_logged
+    assert meta["range_pending"] == 3
+    assert sum(meta[f"range_{status}"] for status in s.STATUSES) == summary.rows_logged
+    assert meta["variance_classes"][s.CLASS_DUPLICATE_ID] == 1
+    assert _metadata(result, "openai_requests")[0]["range_rows"] >= summary.openai_records
+    unlogged = _metadata(result, "unlogged_openai_requests")[0]
+    assert unlogged["range_rows"] == summary.openai_only_records
+    write_back = _metadata(result, "token_usage_reconciliation")[0]
+    assert write_back["range_rows"] == summary.rows_logged
+    assert write_back["range_rows_updated"] == summary.rows_logged - 3  # pending rows unchanged
+    [(summary_rows,)] = reference.demo.rows("SELECT count(*) FROM {s}.daily_variance_summary")
+    assert _metadata(result, "daily_variance_summary")[0]["range_rows"] == summary_rows
+
+    # Each day's own figures are observations of that partition, and they add up.
+    per_day = _observations(result, "reconciled_usage")
+    assert sorted(per_day) == [(FIRST_DAY + timedelta(days=n)).isoformat() for n in range(14)]
+    assert sum(m["dagster/row_count"] for m in per_day.values()) == summary.rows_logged
+    [(rows_on_last_day,)] = reference.demo.rows(
+        "SELECT count(*) FROM {s}.reconciled_usage WHERE usage_date = :d", d=LAST_DAY
+    )
+    assert per_day[LAST_DAY.isoformat()]["dagster/row_count"] == rows_on_last_day
+    assert sum(m["pending"] for m in per_day.values()) == 3
+
+    evaluations = result.get_asset_check_evaluations()
+    assert {(e.asset_key.to_user_string(), e.check_name) for e in evaluations} == CHECKS
+    assert all(e.passed for e in evaluations)
+    [reconciled_check] = [e for e in evaluations if e.check_name == "every_logged_row_reconciled"]
+    assert reconciled_check.metadata["rows_without_result"].value == 0
+
+
+def test_rerun_updates_nothing(reference: Reference) -> None:
+    demo = reference.demo
+    usage_before, results_before = demo.token_usage(), demo.results()
+    # A later "now" that still keeps the recent rows inside the grace period.
+    again = demo.run(FIRST_DAY, LAST_DAY, as_of="2026-11-11T09:00:00+00:00")
+    assert again.success
+    assert [m["range_rows_updated"] for m in _metadata(again, "token_usage_reconciliation")] == [
+        0
+    ] * 14
+    assert demo.token_usage() == usage_before
+    assert demo.results() == results_before
+
+
+# -- runs that change data -------------------------------------------------------------------
+
+
+def test_late_openai_record_moves_row_from_pending(own_demo: Demo) -> None:
+    demo = own_demo
+    first = LAST_DAY - timedelta(days=2)
+    assert demo.run(first, LAST_DAY).success
+    recent = demo.summary.anomaly_ids["missing_at_openai_recent"]
+    target = demo.rows(
+        "SELECT * FROM {s}.token_usage WHERE openai_request_id = ANY(:ids) ORDER BY id",
+        ids=recent,
+    )
+    assert [r.reconciliation_status for r in target] == [s.PENDING] * 3
+    late = target[0]
+    before = {r.id: r for r in demo.token_usage()}
+
+    # OpenAI's record of the first pending row shows up in the export folder.
+    created = datetime.fromtimestamp(late.openai_created, UTC)
+    record = {
+        "request_id": late.openai_request_id,
+        "created": late.openai_created,
+        "model": OPENAI_SNAPSHOTS[late.model_used],
+        "service_tier": "default",
+        "batch": False,
+        "input_tokens": late.input_tokens,
+        "cached_input_tokens": 0,
+        "output_tokens": late.output_tokens,
+        "reasoning_tokens": 0,
+    }
+    export = demo.exports / f"openai-requests-{created.date().isoformat()}.jsonl"
+    with export.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+    later = "2026-11-11T12:00:00+00:00"
+    again = demo.run(first, LAST_DAY, as_of=later)
+    assert again.success
+    # Range-wide totals on each of the three partitions; each day's own count as an observation.
+    ranges = _metadata(again, "token_usage_reconciliation")
+    assert [m["range_rows_updated"] for m in ranges] == [1] * 3
+    per_day = _observations(again, "token_usage_reconciliation")
+    changed = {day: m["rows_updated"] for day, m in per_day.items() if m["rows_updated"]}
+    assert changed == {late.created_at.astimezone(UTC).date().isoformat(): 1}
+    after = {r.id: r for r in demo.token_usage()}
+    moved = after[late.id]
+    assert moved.reconciliation_status == s.MATCHED
+    assert moved.actual_cost_cents == moved.calculated_cost_cents
+    assert moved.reconciled_at == datetime.fromisoformat(later)
+    for still in target[1:]:
+        assert after[still.id].reconciliation_status == s.PENDING
+        assert after[still.id].reconciled_at is None
+    assert {k: v for k, v in after.items() if k != late.id} == {
+        k: v for k, v in before.items() if k != late.id
+    }
+
+
+def test_single_partition_runs_equal_the_range_run(reference: Reference, own_demo: Demo) -> None:
+    """One day alone on a fresh database gives the range run's rows for the day, including a
+    row logged just after midnight whose OpenAI record was created the day before."""
+    ids = reference.demo.summary.anomaly_ids["midnight"]
+    [(day,)] = reference.demo.rows(
+        "SELECT max(usage_date) FROM {s}.reconciled_usage WHERE openai_request_id = ANY(:ids)",
+        ids=ids,
+    )
+    demo = own_demo
+    result = dg.materialize(
+        [
+            assets.token_usage,
+            assets.openai_requests,
+            assets.reconciled_usage,
+            assets.token_usage_reconciliation,
+            assets.daily_variance_summary,
+        ],
+        partition_key=day.isoformat(),
+        resources=demo.resources(),
+        run_config=QUIET,
+    )
+    assert result.success
+    assert {e.partition for e in result.get_asset_materialization_events()} == {day.isoformat()}
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+
+    assert demo.results(day) == reference.demo.results(day)
+    straddlers = [r for r in demo.results(day) if r.openai_request_id in ids]
+    assert straddlers and all(r.reconciliation_status == s.MATCHED for r in straddlers)
+    day_rows = (
+        "SELECT * FROM {s}.token_usage WHERE created_at >= :start AND created_at < :end ORDER BY id"
+    )
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    bounds = {"start": start, "end": start + timedelta(days=1)}
+    assert demo.rows(day_rows, **bounds) == reference.demo.rows(day_rows, **bounds)
+    summary = "SELECT * FROM {s}.daily_variance_summary WHERE usage_date = :day ORDER BY 2, 3"
+    assert demo.rows(summary, day=day) == reference.demo.rows(summary, day=day)
+
+
+def test_a_day_without_data_runs_clean(own_demo: Demo) -> None:
+    quiet_day = LAST_DAY + timedelta(days=3)
+    usage_before = own_demo.token_usage()
+    result = own_demo.run(quiet_day, quiet_day)
+    assert result.success
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert _metadata(result, "reconciled_usage")[0]["dagster/row_count"] == 0
+    assert _metadata(result, "token_usage_reconciliation")[0]["rows_updated"] == 0
+    assert own_demo.results() == []
+    assert own_demo.token_usage() == usage_before
+
+
+def test_a_failed_run_leaves_token_usage_as_it_was(own_demo: Demo) -> None:
+    demo = own_demo
+    usage_before = demo.token_usage()
+    broken = demo.exports / f"openai-requests-{LAST_DAY.isoformat()}.jsonl"
+    lines = broken.read_text(encoding="utf-8").count("\n")
+    with broken.open("a", encoding="utf-8") as handle:
+        handle.write('{"request_id": "chatcmpl-cut-off", "created": \n')
+    result = demo.run(LAST_DAY - timedelta(days=1), LAST_DAY, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "openai_requests"
+    error = failure.step_failure_data.error
+    message = error.message + (error.cause.message if error.cause else "")
+    assert f"{broken.name}:{lines + 1}: not valid JSON" in message
+    assert demo.token_usage() == usage_before
+    [(results_table,)] = demo.rows(
+        "SELECT to_regclass(:t) IS NOT NULL", t=f'"{demo.schema}".reconciled_usage'
+    )
+    assert not results_table  # the run stopped before any reconciliation was stored
+
+
+# -- no database needed ----------------------------------------------------------------------
+
+
+def test_a_year_backfills_in_twelve_runs() -> None:
+    graph = definitions.defs.resolve_asset_graph()  # what `dagster dev` loads
+    keys = [dg.AssetKey(name) for name in sorted(RECONCILIATION_ASSETS)]
+    for key in keys:
+        assert graph.get(key).backfill_policy == dg.BackfillPolicy.multi_run(31)
+        assert graph.get(key).partitions_def == daily_partitions
+    year = daily_partitions.get_partition_keys_in_range(
+        dg.PartitionKeyRange("2025-01-01", "2025-12-31")
+    )
+    assert len(year) == 365
+    assert math.ceil(len(year) / 31) == 12
+
+    # Dagster's own planner for a backfill of every asset over the year.
+    wanted = [AssetKeyPartitionKey(key, partition) for key in keys for partition in year]
+    with dg.DagsterInstance.ephemeral() as instance:
+        requests = build_run_requests_with_backfill_policies(wanted, graph, instance)
+    assert len(requests) == 12
+    ranges = sorted(
+        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+        for r in requests
+    )
+    assert ranges[0] == ("2025-01-01", "2025-01-31")
+    assert ranges[-1][1] == "2025-12-31"
+    sizes = [
+        len(daily_partitions.get_partition_keys_in_range(dg.PartitionKeyRange(a, b)))
+        for a, b in ranges
+    ]
+    assert sum(sizes) == 365 and max(sizes) == 31
+    assert all(set(r.asset_selection) == set(keys) for r in requests)
+
+
+# -- the embedded default --------------------------------------------------------------------
+
+
+def test_embedded_sqlite_default_builds_the_demo_and_runs(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("RECON_HOME", str(tmp_path))
+    monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RECON_USAGE_EXPORT_DIR", raising=False)
+    database = ReconDatabase()
+    assert database.is_embedded
+    assert not demo_database_path(tmp_path).exists()
+    db = database.get()
+    assert db.engine.dialect.name == "sqlite"
+    assert demo_database_path(tmp_path).exists()
+    assert sorted(p.name for p in demo_export_dir(tmp_path).glob("openai-requests-*.jsonl"))
+
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    first = yesterday - timedelta(days=1)
+    defs = build_definitions(
+        {
+            "database": database,
+            "openai_exports": OpenAIExportFolder(),
+            "settings": ReconciliationSettings(),
+        }
+    )
+    result = defs.resolve_job_def("daily_reconciliation").execute_in_process(
+        tags={
+            "dagster/asset_partition_range_start": first.isoformat(),
+            "dagster/asset_partition_range_end": yesterday.isoformat(),
+        },
+        run_config=QUIET,
+    )
+    assert result.success
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    with db.engine.connect() as conn:
+        logged = conn.execute(
+            sa.text("SELECT count(*) FROM token_usage WHERE created_at >= :start"),
+            {"start": first.isoformat()},
+        ).scalar_one()
+        results = conn.execute(sa.text("SELECT count(*) FROM reconciled_usage")).scalar_one()
+        statuses = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT reconciliation_status, count(*) FROM token_usage"
+                    " WHERE created_at >= :start GROUP BY 1"
+                ),
+                {"start": first.isoformat()},
+            ).all()
+        )
+        untouched = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM token_usage WHERE created_at < :start"
+                " AND (reconciled_at IS NOT NULL OR reconciliation_status <> 'pending')"
+            ),
+            {"start": first.isoformat()},
+        ).scalar_one()
+    assert logged == results > 100
+    assert statuses[s.MATCHED] > 100 and statuses[s.UNVERIFIABLE] > 10
+    assert untouched == 0  # days outside the run are not written

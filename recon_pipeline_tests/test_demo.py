@@ -1,0 +1,72 @@
+"""`recon-demo` end to end on the embedded SQLite default, in a temporary RECON_HOME."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from recon_pipeline import demo
+from recon_pipeline.core import schema as s
+
+
+def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
+    monkeypatch, tmp_path, capsys
+) -> None:
+    monkeypatch.setenv("RECON_HOME", str(tmp_path))
+    monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RECON_USAGE_EXPORT_DIR", raising=False)
+    # main() sets these for the process; monkeypatch puts them back afterwards.
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
+    monkeypatch.setenv("RECON_START_DATE", "2025-01-01")
+
+    assert demo.main([]) == 0
+
+    out = capsys.readouterr().out
+    last_day = datetime.now(UTC).date() - timedelta(days=1)
+    first_day = last_day - timedelta(days=13)
+    assert f"({first_day} .. {last_day})" in out
+    printed = {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(rf"^  ({'|'.join(s.STATUSES)})\s+(\d+)$", out, re.MULTILINE)
+    }
+    assert set(printed) == set(s.STATUSES)
+    assert re.search(r"^estimated \$\d+\.\d+  actual \$\d+\.\d+$", out, re.MULTILINE)
+    assert "variance classes: " in out and "OpenAI requests no row logged: " in out
+
+    database = tmp_path / "demo.sqlite"
+    assert database.exists()
+    assert (tmp_path / "dagster_home" / "dagster.yaml").exists()
+    engine = sa.create_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as conn:
+            objects = set(
+                conn.execute(
+                    sa.text("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+                ).scalars()
+            )
+            statuses = dict(
+                conn.execute(
+                    sa.text("SELECT reconciliation_status, count(*) FROM token_usage GROUP BY 1")
+                ).all()
+            )
+            results = conn.execute(sa.text("SELECT count(*) FROM reconciled_usage")).scalar_one()
+            unlogged = conn.execute(
+                sa.text("SELECT count(*) FROM unlogged_openai_requests")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert {
+        "token_usage",
+        "token_usage_with_costs",
+        "openai_requests",
+        "reconciled_usage",
+        "unlogged_openai_requests",
+        "daily_variance_summary",
+    } <= objects
+    # What it printed is what the database holds.
+    assert printed == {status: statuses.get(status, 0) for status in s.STATUSES}
+    assert results == sum(statuses.values()) > 1000
+    assert printed[s.MATCHED] > 1000 and printed[s.UNVERIFIABLE] > 100
+    assert f"OpenAI requests no row logged: {unlogged}" in out
