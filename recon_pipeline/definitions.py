@@ -4,7 +4,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from recon_pipeline.defs import assets
+from recon_pipeline.defs import assets, invoice
 from recon_pipeline.defs.resources import resources_from_env
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
@@ -21,6 +21,8 @@ def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.De
             assets.reconciled_usage,
             assets.token_usage_reconciliation,
             assets.daily_variance_summary,
+            invoice.openai_daily_totals,
+            invoice.invoice_check_asset,
         ],
         jobs=[daily_reconciliation],
         schedules=[daily_reconciliation_schedule],

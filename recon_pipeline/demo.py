@@ -21,6 +21,7 @@ from recon_pipeline.core import schema as s
 from recon_pipeline.core.summarise import pico_to_usd_text
 from recon_pipeline.defs.resources import (
     DEMO_DAYS,
+    OpenAIAPI,
     OpenAIExportFolder,
     ReconciliationSettings,
     ReconDatabase,
@@ -51,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         {
             "database": database,
             "openai_exports": OpenAIExportFolder(),
+            "openai_api": OpenAIAPI(),
             "settings": ReconciliationSettings(),
         }
     )
     dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").touch()
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     with _instance(dagster_home) as instance:
         result = definitions.resolve_job_def("daily_reconciliation").execute_in_process(
             instance=instance,
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "\nNext: open the Dagster UI on the same data and run history:\n"
         f"  DAGSTER_HOME={dagster_home} uv run dagster dev -w workspace.yaml\n"
         f"and query the tables in {demo_database_path(home)} "
-        "(reconciled_usage, daily_variance_summary, unlogged_openai_requests, token_usage)."
+        "(reconciled_usage, daily_variance_summary, unlogged_openai_requests, invoice_check,\n"
+        " token_usage_with_costs)."
     )
     return 0
 
@@ -104,6 +107,12 @@ def _print_summary(database: ReconDatabase) -> None:
             )
         ).all()
         unlogged = conn.execute(sa.text("SELECT count(*) FROM unlogged_openai_requests")).scalar()
+        invoice = conn.execute(
+            sa.text(
+                "SELECT sum(billed_cents), sum(reconciled_actual_cents), sum(unattributed_cents)"
+                " FROM invoice_check WHERE model = '(all)'"
+            )
+        ).one()
     print("\ntoken_usage after the write-back:")
     for status in s.STATUSES:
         print(f"  {status:<13} {statuses.get(status, 0):>6}")
@@ -112,6 +121,13 @@ def _print_summary(database: ReconDatabase) -> None:
     print(f"\nestimated ${pico_to_usd_text(estimated)}  actual ${pico_to_usd_text(actual)}")
     print("variance classes: " + ", ".join(f"{c} {n}" for c, n in classes))
     print(f"OpenAI requests no row logged: {unlogged}")
+    if invoice[0]:
+        billed, explained, unattributed = (round((v or 0) * s.PICO_PER_CENT) for v in invoice)
+        print(
+            f"OpenAI billed ${pico_to_usd_text(billed)}; reconciled rows explain "
+            f"${pico_to_usd_text(explained)}; unattributed ${pico_to_usd_text(unattributed)} "
+            f"({unattributed / billed:.1%})"
+        )
 
 
 if __name__ == "__main__":

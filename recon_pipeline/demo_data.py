@@ -23,7 +23,14 @@ import sqlalchemy as sa
 
 from recon_pipeline.io.identifiers import qualified
 
-EXPORT_GLOBS = ("openai-requests-*.jsonl", "batch-output-*.jsonl")
+EXPORT_GLOBS = (
+    "openai-requests-*.jsonl",
+    "batch-output-*.jsonl",
+    "openai-usage-*.json",
+    "openai-costs-*.json",
+)
+# Billed each day besides tokens, so the invoice check has spend no request explains.
+DAILY_NON_TOKEN_CHARGES_USD = {"file search storage": Decimal("0.010000")}
 
 # The application's own price table (USD per 1M tokens), as its code has it.
 APP_PRICES_USD_PER_MTOK: dict[str, tuple[Decimal, Decimal]] = {
@@ -186,6 +193,7 @@ class DemoDataSummary:
     files: list[Path]
     rows_without_request_id: int = 0
     openai_only_records: int = 0
+    daily_totals_files: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -248,6 +256,7 @@ def generate_demo_data(
 
     rows = _app_rows(calls, window[len(window) // 2])
     files = _write_exports(Path(export_dir), window, calls)
+    totals_files = _write_daily_totals(Path(export_dir), window)
     _insert_rows(engine, target, rows)
 
     openai_calls = [c for c in calls if c.at_openai]
@@ -258,6 +267,7 @@ def generate_demo_data(
         anomalies={name: len(anomaly_ids[name]) for name in ANOMALIES},
         anomaly_ids={name: sorted(anomaly_ids[name]) for name in ANOMALIES},
         files=files,
+        daily_totals_files=totals_files,
         rows_without_request_id=sum(1 for r in rows if r["openai_request_id"] is None),
         openai_only_records=sum(1 for c in openai_calls if not (c.logged and c.captured)),
     )
@@ -573,6 +583,87 @@ def _write_exports(export_dir: Path, window: list[date], calls: list[_Call]) -> 
             path = export_dir / f"{name}-{day.isoformat()}.jsonl"
             text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
             path.write_text(text, encoding="utf-8", newline="\n")
+            files.append(path)
+    return files
+
+
+def _write_daily_totals(export_dir: Path, window: list[date]) -> list[Path]:
+    """OpenAI's Usage and Costs API pages for each day, as the API would return them, built
+    from the day's exported records priced at the catalogue (plus a non-token charge)."""
+    from recon_pipeline.core.pricing import PriceCatalogue, price_usage
+    from recon_pipeline.io.exports import read_export_folder
+
+    catalogue = PriceCatalogue()
+    files = []
+    for day in window:
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        end = start + timedelta(days=1)
+        records = price_usage(read_export_folder(export_dir, start, end).records, catalogue)
+        whisper = records["model"] == "whisper-1"
+        completions = (
+            records[~whisper]
+            .groupby(["model", "batch", "service_tier"], sort=True)
+            .agg(
+                input_tokens=("input_tokens", "sum"),
+                input_cached_tokens=("cached_input_tokens", "sum"),
+                output_tokens=("output_tokens", "sum"),
+                num_model_requests=("request_id", "size"),
+            )
+            .reset_index()
+        )
+        transcriptions = (
+            records[whisper]
+            .groupby("model", sort=True)
+            .agg(ms=("audio_ms", "sum"), num_model_requests=("request_id", "size"))
+            .reset_index()
+        )
+        pages = {
+            "completions": [
+                {
+                    "object": "organization.usage.completions.result",
+                    **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
+                }
+                for row in completions.to_dict("records")
+            ],
+            "audio_transcriptions": [
+                {
+                    "object": "organization.usage.audio_transcriptions.result",
+                    "model": row["model"],
+                    "seconds": round(int(row["ms"]) / 1000),
+                    "num_model_requests": int(row["num_model_requests"]),
+                }
+                for row in transcriptions.to_dict("records")
+            ],
+        }
+        by_model = records.groupby("model", sort=True)["actual_cost_pico"].sum()
+        costs = [(str(model), int(pico)) for model, pico in by_model.items()]
+        costs += [(item, int(usd * 10**12)) for item, usd in DAILY_NON_TOKEN_CHARGES_USD.items()]
+        pages["costs"] = [
+            {
+                "object": "organization.costs.result",
+                "amount": {"value": float(Decimal(pico) / 10**12), "currency": "usd"},
+                "line_item": item,
+                "project_id": None,
+            }
+            for item, pico in costs
+        ]
+        for endpoint, results in pages.items():
+            name = "openai-costs" if endpoint == "costs" else f"openai-usage-{endpoint}"
+            page = {
+                "object": "page",
+                "data": [
+                    {
+                        "object": "bucket",
+                        "start_time": int(start.timestamp()),
+                        "end_time": int(end.timestamp()),
+                        "results": results,
+                    }
+                ],
+                "has_more": False,
+                "next_page": None,
+            }
+            path = export_dir / f"{name}-{day.isoformat()}.json"
+            path.write_text(json.dumps(page, separators=(",", ":")) + "\n", encoding="utf-8")
             files.append(path)
     return files
 

@@ -28,6 +28,7 @@ from recon_pipeline.definitions import build_definitions
 from recon_pipeline.defs import assets
 from recon_pipeline.defs.partitions import daily_partitions
 from recon_pipeline.defs.resources import (
+    OpenAIAPI,
     OpenAIExportFolder,
     ReconciliationSettings,
     ReconDatabase,
@@ -43,6 +44,9 @@ AS_OF = "2026-11-11T06:00:00+00:00"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 RECONCILIATION_ASSETS = {
     "openai_requests",
+    "openai_daily_usage",
+    "openai_daily_costs",
+    "invoice_check",
     "reconciled_usage",
     "unlogged_openai_requests",
     "token_usage_reconciliation",
@@ -53,6 +57,7 @@ CHECKS = {
     ("reconciled_usage", "every_model_priced"),
     ("token_usage_reconciliation", "token_usage_agrees_with_results"),
     ("daily_variance_summary", "summary_totals_equal_row_sums"),
+    ("invoice_check", "unattributed_spend_within_bounds"),
 }
 
 
@@ -68,6 +73,7 @@ class Demo:
         return {
             "database": ReconDatabase(url=self.url, usage_schema=self.schema),
             "openai_exports": OpenAIExportFolder(path=str(self.exports)),
+            "openai_api": OpenAIAPI(),
             "settings": ReconciliationSettings(as_of=as_of),
         }
 
@@ -464,7 +470,11 @@ def test_a_day_without_data_runs_clean(own_demo: Demo) -> None:
     usage_before = own_demo.token_usage()
     result = own_demo.run(quiet_day, quiet_day)
     assert result.success
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    invoice = evaluations.pop("unattributed_spend_within_bounds")
+    assert all(e.passed for e in evaluations.values())
+    assert not invoice.passed and invoice.severity == dg.AssetCheckSeverity.WARN
+    assert invoice.metadata["days_without_invoice_data"].value == [quiet_day.isoformat()]
     assert _metadata(result, "reconciled_usage")[0]["dagster/row_count"] == 0
     assert _metadata(result, "token_usage_reconciliation")[0]["rows_updated"] == 0
     assert own_demo.results() == []
@@ -547,6 +557,7 @@ def test_embedded_sqlite_default_builds_the_demo_and_runs(monkeypatch, tmp_path)
         {
             "database": database,
             "openai_exports": OpenAIExportFolder(),
+            "openai_api": OpenAIAPI(),
             "settings": ReconciliationSettings(),
         }
     )

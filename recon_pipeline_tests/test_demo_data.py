@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from recon_pipeline.demo_data import ANOMALIES, ROUTES, DemoDataSummary, generate_demo_data
+from recon_pipeline.io.exports import read_daily_totals
 from recon_pipeline.io.migrations import create_demo_token_usage
 
 LAST_DAY = date(2026, 11, 10)
@@ -244,3 +245,16 @@ def test_deterministic_and_replaces_old_exports(tmp_path: Path) -> None:
 def test_rejects_an_empty_window(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="days"):
         _generate(tmp_path, days=0)
+
+
+def test_daily_totals_pages_add_up_to_the_records(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/demo.sqlite")
+    create_demo_token_usage(engine)
+    summary = generate_demo_data(engine, tmp_path / "exports", last_day=LAST_DAY, days=3)
+    names = sorted(p.name for p in summary.daily_totals_files)
+    assert len(names) == 3 * 3
+    totals = read_daily_totals(tmp_path / "exports", summary.days[0], summary.days[-1])
+    assert int(totals.usage["num_model_requests"].sum()) == summary.openai_records
+    per_day = totals.costs.groupby("day")["amount_pico"].sum()
+    assert sorted(per_day.index) == summary.days
+    assert (per_day > 10 * 10**12 // 1000).all()

@@ -13,7 +13,13 @@ from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import day_bounds, read_window, reconcile_day
 from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
 from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table
-from recon_pipeline.defs.resources import OpenAIExportFolder, ReconciliationSettings, ReconDatabase
+from recon_pipeline.defs.resources import (
+    OpenAIAPI,
+    OpenAIExportFolder,
+    ReconciliationSettings,
+    ReconDatabase,
+    request_sources,
+)
 from recon_pipeline.io.database import (
     DAILY_VARIANCE_SUMMARY,
     OPENAI_REQUESTS,
@@ -51,34 +57,64 @@ def openai_requests(
     context: dg.AssetExecutionContext,
     database: ReconDatabase,
     openai_exports: OpenAIExportFolder,
+    openai_api: OpenAIAPI,
     settings: ReconciliationSettings,
 ) -> dg.MaterializeResult:
     """OpenAI's own per-request records for each day's match window: created on the day, or
     within RECON_MATCH_WINDOW_MINUTES of it, so that every partition reconciles on its own
-    (a request made at 23:59:59 and logged at 00:00:01 is in both days' records)."""
+    (a request made at 23:59:59 and logged at 00:00:01 is in both days' records).
+
+    Sources (RECON_OPENAI_SOURCE): the export folder, and/or the API: stored Chat Completions
+    listed newest first, and Responses retrieved by the `resp_` ids the day's rows carry. A
+    day is written only once every source has answered, so a failing API writes nothing.
+    """
     db = database.get()
     policy = settings.policy()
-    folder = openai_exports.folder(embedded=database.is_embedded)
+    embedded = database.is_embedded
+    sources = request_sources(
+        settings.openai_source, openai_api, openai_exports.configured(embedded)
+    )
+    client = openai_api.client() if "api" in sources else None
     report = DailyReport(context, "openai_requests")
     files: set[str] = set()
     for day in partition_days(context):
-        read = read_export_folder(folder, *read_window(day, policy))
-        records, identical, conflicting = dedupe_records(read.records)
-        files.update(read.files)
-        batch = int(records["source"].str.startswith("batch_output:").sum())
+        window = read_window(day, policy)
+        frames: list[pd.DataFrame] = []
+        figures: dict[str, int] = {}
+        if client is not None:
+            chat = client.list_chat_completions(*window)
+            logged_ids = db.read_logged(*window)["openai_request_id"].dropna()
+            wanted = sorted({i for i in logged_ids if i.startswith("resp_")})
+            responses, missing = client.retrieve_responses(wanted)
+            frames += [chat, responses]
+            figures |= {
+                "from_chat_completions_api": len(chat),
+                "from_responses_api": len(responses),
+                "responses_not_found": len(missing),
+            }
+        if "exports" in sources:
+            read = read_export_folder(openai_exports.folder(embedded), *window)
+            batch = int(read.records["source"].str.startswith("batch_output:").sum())
+            frames.append(read.records)
+            files.update(read.files)
+            figures |= {
+                "from_export_files": len(read.records) - batch,
+                "from_batch_output": batch,
+                "skipped_lines": sum(read.skipped.values()),
+            }
+        records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
         written = db.replace_days(OPENAI_REQUESTS, records.assign(usage_date=day), [day])
         report.add(
             day,
             rows=written,
-            from_export_files=written - batch,
-            from_batch_output=batch,
-            skipped_lines=sum(read.skipped.values()),
+            **figures,
             duplicate_records_dropped=identical,
             conflicting_duplicates=conflicting,
         )
-        context.log.info(f"{day}: {written} OpenAI records from {len(read.files)} files")
+        context.log.info(f"{day}: {written} OpenAI records from {', '.join(sources)}")
+    described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
     return dg.MaterializeResult(
-        metadata=report.metadata(source=f"export folder ({len(files)} files)")
+        metadata=report.metadata(source=" + ".join(described[s] for s in sources))
     )
 
 

@@ -17,6 +17,9 @@ from pydantic import PrivateAttr
 
 from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.io.database import Database
+from recon_pipeline.io.openai_api import OpenAIClient
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 DEMO_DAYS = 14
 
@@ -101,6 +104,9 @@ class OpenAIExportFolder(dg.ConfigurableResource):
 
     path: str | None = None
 
+    def configured(self, embedded: bool) -> bool:
+        return bool(self.path) or embedded
+
     def folder(self, embedded: bool) -> Path:
         if self.path:
             return Path(self.path)
@@ -112,6 +118,64 @@ class OpenAIExportFolder(dg.ConfigurableResource):
         )
 
 
+class OpenAIAPI(dg.ConfigurableResource):
+    """OpenAI over HTTP: per-request records need OPENAI_API_KEY, daily usage and costs need
+    OPENAI_ADMIN_KEY. Keys are only ever given as EnvVar, so no value reaches the UI."""
+
+    base_url: str = DEFAULT_OPENAI_BASE_URL
+    api_key: str | None = None
+    admin_key: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_total_wait_seconds: float = 120.0
+    max_concurrency: int = 8
+
+    @property
+    def has_request_access(self) -> bool:
+        return bool(self.api_key)
+
+    @property
+    def has_admin_access(self) -> bool:
+        return bool(self.admin_key)
+
+    def client(self) -> OpenAIClient:
+        return OpenAIClient(
+            base_url=self.base_url,
+            api_key=self.api_key,
+            admin_key=self.admin_key,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_total_wait_seconds=self.max_total_wait_seconds,
+            max_concurrency=self.max_concurrency,
+        )
+
+
+SOURCES = ("auto", "exports", "api", "both")
+
+
+def request_sources(choice: str, api: OpenAIAPI, exports_configured: bool) -> tuple[str, ...]:
+    """Where OpenAI's per-request records come from. `auto`: the API when a key is set, the
+    export folder when one is configured (or embedded), both when both are."""
+    if choice not in SOURCES:
+        raise ValueError(f"RECON_OPENAI_SOURCE must be one of {SOURCES}, not {choice!r}")
+    if choice == "auto":
+        chosen = (("api",) if api.has_request_access else ()) + (
+            ("exports",) if exports_configured else ()
+        )
+        if not chosen:
+            raise ValueError(
+                "no source of OpenAI records is configured: set OPENAI_API_KEY or "
+                "RECON_USAGE_EXPORT_DIR"
+            )
+        return chosen
+    chosen = ("api", "exports") if choice == "both" else (choice,)
+    if "api" in chosen and not api.has_request_access:
+        raise ValueError(f"RECON_OPENAI_SOURCE={choice} needs OPENAI_API_KEY")
+    if "exports" in chosen and not exports_configured:
+        raise ValueError(f"RECON_OPENAI_SOURCE={choice} needs RECON_USAGE_EXPORT_DIR")
+    return chosen
+
+
 class ReconciliationSettings(dg.ConfigurableResource):
     """Tolerance, grace period and match window (see the README's configuration table)."""
 
@@ -120,6 +184,9 @@ class ReconciliationSettings(dg.ConfigurableResource):
     grace_days: int = 3
     match_window_minutes: int = 60
     as_of: str | None = None
+    openai_source: str = "auto"
+    unattributed_warn_share: float = 0.10
+    unattributed_fail_share: float = 0.25
 
     def policy(self) -> ReconciliationPolicy:
         try:
@@ -152,10 +219,18 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             output_schema=env_or("RECON_OUTPUT_SCHEMA"),
         ),
         "openai_exports": OpenAIExportFolder(path=env_or("RECON_USAGE_EXPORT_DIR")),
+        "openai_api": OpenAIAPI(
+            base_url=env_or("OPENAI_BASE_URL", DEFAULT_OPENAI_BASE_URL),
+            api_key=env_or("OPENAI_API_KEY"),
+            admin_key=env_or("OPENAI_ADMIN_KEY"),
+        ),
         "settings": ReconciliationSettings(
             tolerance_cents=os.environ.get("RECON_TOLERANCE_CENTS", "5"),
             relative_tolerance=env_or("RECON_RELATIVE_TOLERANCE"),
             grace_days=int(os.environ.get("RECON_GRACE_DAYS", "3")),
             match_window_minutes=int(os.environ.get("RECON_MATCH_WINDOW_MINUTES", "60")),
+            openai_source=os.environ.get("RECON_OPENAI_SOURCE", "auto"),
+            unattributed_warn_share=float(os.environ.get("RECON_UNATTRIBUTED_WARN_SHARE", "0.10")),
+            unattributed_fail_share=float(os.environ.get("RECON_UNATTRIBUTED_FAIL_SHARE", "0.25")),
         ),
     }

@@ -172,7 +172,54 @@ DAILY_VARIANCE_SUMMARY = OutputTable(
     ),
     indexes=(("usage_date",),),
 )
+OPENAI_DAILY_USAGE = OutputTable(
+    "openai_daily_usage",
+    _cols(
+        "usage_date:date",
+        "endpoint:text",
+        "model:text",
+        "batch:bool",
+        "service_tier:text",
+        "project_id:text",
+        "input_tokens:bigint",
+        "input_cached_tokens:bigint",
+        "output_tokens:bigint",
+        "input_audio_tokens:bigint",
+        "output_audio_tokens:bigint",
+        "num_model_requests:bigint",
+        "seconds:bigint",
+    ),
+    indexes=(("usage_date",),),
+)
+OPENAI_DAILY_COSTS = OutputTable(
+    "openai_daily_costs",
+    _cols("usage_date:date", "line_item:text", "project_id:text", "amount:money", "currency:text"),
+    indexes=(("usage_date",),),
+)
+INVOICE_CHECK = OutputTable(
+    "invoice_check",
+    _cols(
+        "usage_date:date",
+        "model:text",
+        "openai_requests:bigint",
+        "openai_input_tokens:bigint",
+        "openai_output_tokens:bigint",
+        "logged_requests:bigint",
+        "logged_input_tokens:bigint",
+        "logged_output_tokens:bigint",
+        "billed:money",
+        "reconciled_actual:money",
+        "unlogged_actual:money",
+        "unattributed:money",
+        "unattributed_share:float",
+        "billed_source:text",
+    ),
+    indexes=(("usage_date",),),
+)
 OUTPUT_TABLES = (
+    OPENAI_DAILY_USAGE,
+    OPENAI_DAILY_COSTS,
+    INVOICE_CHECK,
     OPENAI_REQUESTS,
     RECONCILED_USAGE,
     UNLOGGED_OPENAI_REQUESTS,
@@ -503,23 +550,57 @@ class Database:
             updated = conn.execute(query, params).rowcount
         return WriteBackResult(rows_considered=int(considered), rows_updated=int(updated))
 
-    def read_results(self, day: date) -> pd.DataFrame:
-        """The stored per-request results of a day, money back in pico-dollars."""
-        self.ensure_table(RECONCILED_USAGE)
-        to_pico = "CAST(round({0}_cents * 10000000000) AS BIGINT) AS {0}_pico"
-        query = sa.text(
-            "SELECT usage_date, usage_id, action_type, model_used, reconciliation_status, "
-            + ", ".join(to_pico.format(m) for m in ("estimated_cost", "actual_cost", "variance"))
-            + f" FROM {self.table(RECONCILED_USAGE)} WHERE usage_date = :day"
+    def read_day(
+        self, output: OutputTable, day: date, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """A stored day of an output table, in the core's names and types (money in pico)."""
+        self.ensure_table(output)
+        chosen = [c for c in output.columns if columns is None or output.frame_name(c) in columns]
+        select = ", ".join(
+            f'CAST(round("{c.name}_cents" * 10000000000) AS BIGINT) AS "{c.name}_pico"'
+            if c.kind == "money"
+            else f'"{c.name}"'
+            for c in chosen
         )
+        query = sa.text(f"SELECT {select} FROM {self.table(output)} WHERE usage_date = :day")
         with self.engine.connect() as conn:
             frame = pd.read_sql_query(query, conn, params={"day": self._day(day)})
-        frame["usage_date"] = day
-        for column in ("estimated_cost_pico", "actual_cost_pico", "variance_pico"):
-            frame[column] = frame[column].astype("Int64")
-        for column in ("usage_id", "action_type", "model_used", "reconciliation_status"):
-            frame[column] = frame[column].astype(object)
+        for column in chosen:
+            name = output.frame_name(column)
+            if column.kind in ("money", "bigint"):
+                frame[name] = frame[name].astype("Int64")
+            elif column.kind == "bool":
+                frame[name] = frame[name].astype("boolean")
+            elif column.kind == "float":
+                frame[name] = frame[name].astype("float64")
+            elif column.kind == "date":
+                frame[name] = day
+            elif column.kind == "timestamp":
+                frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
+            else:
+                frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
         return frame
+
+    def read_results(self, day: date) -> pd.DataFrame:
+        """The stored per-request results of a day that the summaries and invoice check read."""
+        return self.read_day(
+            RECONCILED_USAGE,
+            day,
+            [
+                "usage_date",
+                "usage_id",
+                "action_type",
+                "model_used",
+                "openai_model",
+                "openai_request_id",
+                "logged_input_tokens",
+                "logged_output_tokens",
+                "reconciliation_status",
+                "estimated_cost_pico",
+                "actual_cost_pico",
+                "variance_pico",
+            ],
+        )
 
     def summary_matches_rows(self, day: date) -> bool:
         """Whether the stored summary of a day adds up to its stored rows (exact on PostgreSQL)."""

@@ -12,11 +12,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
 
 from recon_pipeline.core.openai_records import RecordError, parse_record, records_frame
+from recon_pipeline.io.openai_api import costs_frame, usage_frame
 
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
@@ -86,3 +88,51 @@ def read_export_folder(folder: Path, start: datetime, end: datetime) -> ExportRe
                     records.append(parsed.record)
     result.records = records_frame(records)
     return result
+
+
+_USAGE_FILE = re.compile(r"openai-usage-(completions|embeddings|audio_transcriptions)\b.*\.json$")
+_COSTS_FILE = re.compile(r"openai-costs\b.*\.json$")
+
+
+@dataclass
+class DailyTotalsRead:
+    usage: pd.DataFrame
+    costs: pd.DataFrame
+    files: list[str] = field(default_factory=list)
+
+
+def read_daily_totals(folder: Path, first: date, last: date) -> DailyTotalsRead:
+    """OpenAI's Usage and Costs API pages saved as files, for the days [first, last].
+
+    A file named `openai-usage-<endpoint>-….json` or `openai-costs-….json` holds one page as
+    the API returns it (`{"object": "page", "data": [buckets…]}`); buckets of other days
+    are ignored. Amounts are decoded as Decimal so that they stay exact.
+    """
+    usage, costs, files = [usage_frame([], "completions")], [costs_frame([])], []
+    if not folder.is_dir():
+        raise FileNotFoundError(f"export folder {folder} does not exist")
+    for path in sorted(folder.rglob("openai-*.json")):
+        usage_match, costs_match = _USAGE_FILE.search(path.name), _COSTS_FILE.search(path.name)
+        if not usage_match and not costs_match:
+            continue
+        try:
+            page = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+            buckets = page["data"] if isinstance(page, dict) else page
+            if usage_match:
+                usage.append(usage_frame(buckets, usage_match.group(1)))
+            else:
+                costs.append(costs_frame(buckets))
+        except json.JSONDecodeError as error:
+            raise ExportFileError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        except (KeyError, TypeError, RecordError) as error:
+            raise ExportFileError(f"{path}: not an API page ({error})") from None
+        files.append(path.name)
+    return DailyTotalsRead(
+        usage=_days_between(pd.concat(usage, ignore_index=True), first, last),
+        costs=_days_between(pd.concat(costs, ignore_index=True), first, last),
+        files=files,
+    )
+
+
+def _days_between(frame: pd.DataFrame, first: date, last: date) -> pd.DataFrame:
+    return frame[(frame["day"] >= first) & (frame["day"] <= last)].reset_index(drop=True)

@@ -1,0 +1,199 @@
+"""The day checked against what OpenAI billed.
+
+OpenAI's Usage API gives the day's tokens per model (no request ids); its Costs API gives
+the day's billed USD per line item. Per model, OpenAI's usage priced at the catalogue is set
+against the actual cost of the reconciled rows; for the whole day, the Costs API total is
+the invoice truth. What the reconciled rows do not explain is the unattributed spend:
+requests nobody logged, routes that record no request id, and anything billed besides tokens.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date
+
+import numpy as np
+import pandas as pd
+
+from recon_pipeline.core.pricing import PRICE_STATUS_PRICED, PriceCatalogue, price_usage
+from recon_pipeline.core.reconcile import snapshot_base
+from recon_pipeline.core.schema import OPENAI_COLUMNS
+
+ALL_MODELS = "(all)"
+
+USAGE_COLUMNS = {
+    "usage_date": "object",
+    "endpoint": "object",
+    "model": "object",
+    "batch": "bool",
+    "service_tier": "object",
+    "input_tokens": "int64",
+    "input_cached_tokens": "int64",
+    "output_tokens": "int64",
+    "input_audio_tokens": "int64",
+    "output_audio_tokens": "int64",
+    "num_model_requests": "int64",
+    "seconds": "int64",
+}
+COSTS_COLUMNS = {"usage_date": "object", "line_item": "object", "amount_pico": "int64"}
+
+INVOICE_COLUMNS = [
+    "usage_date",
+    "model",
+    "openai_requests",
+    "openai_input_tokens",
+    "openai_output_tokens",
+    "logged_requests",
+    "logged_input_tokens",
+    "logged_output_tokens",
+    "billed_pico",
+    "reconciled_actual_pico",
+    "unlogged_actual_pico",
+    "unattributed_pico",
+    "unattributed_share",
+    "billed_source",
+]
+
+
+def price_usage_buckets(usage: pd.DataFrame, catalogue: PriceCatalogue) -> pd.DataFrame:
+    """The Usage API's per-model buckets priced like requests: `actual_cost_pico` per bucket.
+
+    Bucket `input_tokens` include cached and audio input tokens, as request usage does;
+    transcription buckets are priced by `seconds`.
+    """
+    day_start = pd.to_datetime(usage["usage_date"].astype(str)).dt.tz_localize(UTC)
+    as_records = pd.DataFrame(
+        {
+            "request_id": "bucket",
+            "created_at": day_start,
+            "model": usage["model"].fillna("(unknown)"),
+            "service_tier": usage["service_tier"].fillna("default"),
+            "batch": usage["batch"].fillna(False).astype(bool),
+            "input_tokens": usage["input_tokens"],
+            "cached_input_tokens": usage["input_cached_tokens"],
+            "output_tokens": usage["output_tokens"],
+            "reasoning_tokens": 0,
+            "input_audio_tokens": usage["input_audio_tokens"],
+            "output_audio_tokens": usage["output_audio_tokens"],
+            "audio_ms": usage["seconds"] * 1000,
+            "source": "usage_api",
+        }
+    ).astype(OPENAI_COLUMNS)
+    priced = price_usage(as_records, catalogue)
+    return usage.assign(
+        actual_cost_pico=priced["actual_cost_pico"].to_numpy(),
+        price_status=priced["price_status"].to_numpy(),
+    )
+
+
+def _model_of_row(results: pd.DataFrame) -> pd.Series:
+    return snapshot_base(results["openai_model"].fillna(results["model_used"]))
+
+
+def invoice_check(
+    day: date,
+    usage: pd.DataFrame,
+    costs: pd.DataFrame,
+    results: pd.DataFrame,
+    unlogged: pd.DataFrame,
+    catalogue: PriceCatalogue,
+) -> pd.DataFrame:
+    """One row per model OpenAI reported or the application logged, plus a day row.
+
+    Per model, `billed_pico` is OpenAI's usage priced at the catalogue (NA when a bucket
+    cannot be priced); on the `(all)` row it is the Costs API total when there is one.
+    `unattributed_pico` = billed - actual cost of the reconciled rows; the share is of billed.
+    """
+    priced = price_usage_buckets(usage, catalogue) if len(usage) else None
+    rows = results.assign(model_key=_model_of_row(results))
+    logged = rows.groupby("model_key").agg(
+        logged_requests=("usage_id", "size"),
+        logged_input_tokens=("logged_input_tokens", "sum"),
+        logged_output_tokens=("logged_output_tokens", "sum"),
+        reconciled_actual_pico=("actual_cost_pico", "sum"),
+    )
+    orphans = unlogged.assign(model_key=snapshot_base(unlogged["model"]))
+    unlogged_actual = orphans.groupby("model_key")["actual_cost_pico"].sum()
+
+    if priced is not None:
+        priced = priced.assign(model_key=snapshot_base(priced["model"]))
+        unpriced = priced.groupby("model_key")["price_status"].agg(
+            lambda v: bool((v != PRICE_STATUS_PRICED).any())
+        )
+        reported = priced.groupby("model_key").agg(
+            openai_requests=("num_model_requests", "sum"),
+            openai_input_tokens=("input_tokens", "sum"),
+            openai_output_tokens=("output_tokens", "sum"),
+            billed_pico=("actual_cost_pico", "sum"),
+        )
+        reported.loc[unpriced[unpriced].index, "billed_pico"] = pd.NA
+    else:
+        reported = pd.DataFrame(
+            columns=[
+                "openai_requests",
+                "openai_input_tokens",
+                "openai_output_tokens",
+                "billed_pico",
+            ]
+        )
+
+    per_model = reported.join(logged, how="outer").join(
+        unlogged_actual.rename("unlogged_actual_pico"), how="left"
+    )
+    for column in INVOICE_COLUMNS:
+        if column.endswith(("_requests", "_tokens")) or column == "unlogged_actual_pico":
+            per_model[column] = per_model.get(column, pd.Series(dtype="Int64")).fillna(0)
+    per_model["reconciled_actual_pico"] = per_model["reconciled_actual_pico"].fillna(0)
+    per_model["billed_source"] = "usage_api" if priced is not None else "none"
+    if priced is None:
+        per_model["billed_pico"] = pd.NA
+
+    total_billed = int(costs["amount_pico"].sum()) if len(costs) else None
+    day_row = pd.DataFrame(
+        {
+            "openai_requests": [per_model["openai_requests"].sum()],
+            "openai_input_tokens": [per_model["openai_input_tokens"].sum()],
+            "openai_output_tokens": [per_model["openai_output_tokens"].sum()],
+            "logged_requests": [per_model["logged_requests"].sum()],
+            "logged_input_tokens": [per_model["logged_input_tokens"].sum()],
+            "logged_output_tokens": [per_model["logged_output_tokens"].sum()],
+            "billed_pico": [total_billed if total_billed is not None else pd.NA],
+            "reconciled_actual_pico": [per_model["reconciled_actual_pico"].sum()],
+            "unlogged_actual_pico": [per_model["unlogged_actual_pico"].sum()],
+            "billed_source": ["costs_api" if total_billed is not None else "none"],
+        },
+        index=pd.Index([ALL_MODELS], name="model_key"),
+    )
+    table = pd.concat([per_model.sort_index(), day_row])
+    for column in table.columns:
+        if column.endswith(("_requests", "_tokens")):
+            table[column] = table[column].astype("int64")
+        elif column.endswith("_pico"):
+            table[column] = table[column].astype("Int64")
+    table["unattributed_pico"] = table["billed_pico"] - table["reconciled_actual_pico"]
+    billed = table["billed_pico"].astype("Float64")
+    share = (table["unattributed_pico"].astype("Float64") / billed.where(billed > 0)).round(6)
+    table["unattributed_share"] = share
+    table["usage_date"] = day
+    table = table.rename_axis("model").reset_index()
+    return table[INVOICE_COLUMNS]
+
+
+def day_unattributed_share(table: pd.DataFrame) -> float | None:
+    """The `(all)` row's share, or None when the day has no invoice total to check against."""
+    share = table.loc[table["model"] == ALL_MODELS, "unattributed_share"]
+    if share.empty or pd.isna(share.iloc[0]):
+        return None
+    return float(share.iloc[0])
+
+
+def request_id_coverage(results: pd.DataFrame) -> pd.DataFrame:
+    """Per route, the share of rows that carry OpenAI's request id: the verifiable share."""
+    with_id = results["openai_request_id"].notna()
+    coverage = (
+        results.assign(with_request_id=with_id.astype(np.int64))
+        .groupby(results["action_type"].fillna("(none)"))
+        .agg(rows=("usage_id", "size"), with_request_id=("with_request_id", "sum"))
+        .reset_index()
+    )
+    coverage["share_with_id"] = (coverage["with_request_id"] / coverage["rows"]).round(4)
+    return coverage.sort_values(["share_with_id", "action_type"], kind="stable")

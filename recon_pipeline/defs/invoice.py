@@ -1,0 +1,208 @@
+"""The day against OpenAI's invoice: daily usage and costs, and the invoice check."""
+
+from datetime import timedelta
+
+import dagster as dg
+import pandas as pd
+
+from recon_pipeline.core import schema as s
+from recon_pipeline.core.invoice import (
+    ALL_MODELS,
+    day_unattributed_share,
+    invoice_check,
+    request_id_coverage,
+)
+from recon_pipeline.core.pricing import PriceCatalogue
+from recon_pipeline.core.summarise import exact_sum
+from recon_pipeline.defs.assets import GROUP, partition_days, usd
+from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
+from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table
+from recon_pipeline.defs.resources import (
+    OpenAIAPI,
+    OpenAIExportFolder,
+    ReconciliationSettings,
+    ReconDatabase,
+)
+from recon_pipeline.io.database import (
+    INVOICE_CHECK,
+    OPENAI_DAILY_COSTS,
+    OPENAI_DAILY_USAGE,
+    UNLOGGED_OPENAI_REQUESTS,
+)
+from recon_pipeline.io.exports import read_daily_totals
+from recon_pipeline.io.openai_api import costs_frame, usage_frame
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "openai_daily_usage",
+            description="OpenAI's Usage API per day: tokens and requests by model, batch and "
+            "service tier (completions, embeddings, audio transcriptions).",
+            group_name=GROUP,
+            kinds={"openai", "sql"},
+        ),
+        dg.AssetSpec(
+            "openai_daily_costs",
+            description="OpenAI's Costs API per day: billed USD by line item.",
+            group_name=GROUP,
+            kinds={"openai", "sql"},
+        ),
+    ],
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+)
+def openai_daily_totals(
+    context: dg.AssetExecutionContext,
+    database: ReconDatabase,
+    openai_api: OpenAIAPI,
+    openai_exports: OpenAIExportFolder,
+):
+    """From the organization Usage and Costs APIs (OPENAI_ADMIN_KEY), else from API pages saved
+    in the export folder; with neither, the days are stored empty and the invoice check says
+    there was nothing to check against."""
+    db = database.get()
+    days = partition_days(context)
+    first, last = min(days), max(days)
+    embedded = database.is_embedded
+    if openai_api.has_admin_access:
+        client = openai_api.client()
+        usage = client.usage(first, last + timedelta(days=1))
+        costs = client.costs(first, last + timedelta(days=1))
+        source = "OpenAI organization Usage and Costs APIs"
+    elif openai_exports.configured(embedded):
+        read = read_daily_totals(openai_exports.folder(embedded), first, last)
+        usage, costs = read.usage, read.costs
+        source = f"export folder ({len(read.files)} files)"
+    else:
+        usage, costs = usage_frame([], "completions"), costs_frame([])
+        source = "none (set OPENAI_ADMIN_KEY)"
+
+    usage_report = DailyReport(context, "openai_daily_usage")
+    costs_report = DailyReport(context, "openai_daily_costs")
+    usage = usage.rename(columns={"day": "usage_date"})
+    costs = costs.rename(columns={"day": "usage_date"})
+    for day in days:
+        day_usage = usage[usage["usage_date"] == day]
+        day_costs = costs[costs["usage_date"] == day]
+        usage_report.add(
+            day,
+            rows=db.replace_days(OPENAI_DAILY_USAGE, day_usage, [day]),
+            requests=int(day_usage["num_model_requests"].sum()),
+        )
+        costs_report.add(
+            day,
+            rows=db.replace_days(OPENAI_DAILY_COSTS, day_costs, [day]),
+            billed_usd=exact_sum(day_costs["amount_pico"]) / s.PICO_PER_USD,
+        )
+    yield dg.MaterializeResult(
+        asset_key="openai_daily_usage", metadata=usage_report.metadata(source=source)
+    )
+    yield dg.MaterializeResult(
+        asset_key="openai_daily_costs", metadata=costs_report.metadata(source=source)
+    )
+
+
+def _share(figures: Figures) -> dict[str, float]:
+    billed = figures["billed_usd"]
+    unattributed = billed - figures["reconciled_actual_usd"]
+    return {
+        "unattributed_usd": round(unattributed, 6),
+        "unattributed_share": round(unattributed / billed, 6) if billed > 0 else 0.0,
+    }
+
+
+@dg.asset(
+    name="invoice_check",
+    deps=[
+        "openai_daily_usage",
+        "openai_daily_costs",
+        "reconciled_usage",
+        "unlogged_openai_requests",
+    ],
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    group_name=GROUP,
+    kinds={"pandas", "sql"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "unattributed_spend_within_bounds",
+            asset="invoice_check",
+            description="The share of OpenAI's billed USD that reconciled rows do not explain "
+            "stays under RECON_UNATTRIBUTED_WARN_SHARE (warns) and RECON_UNATTRIBUTED_FAIL_SHARE "
+            "(fails).",
+        )
+    ],
+)
+def invoice_check_asset(
+    context: dg.AssetExecutionContext, database: ReconDatabase, settings: ReconciliationSettings
+) -> dg.MaterializeResult:
+    """Per day and model: OpenAI's tokens against the logged rows, OpenAI's billed USD against
+    the actual cost of the reconciled rows, and the unattributed spend; plus, per route, the
+    share of rows that carry a request id (the routes that cannot be verified stand out)."""
+    db = database.get()
+    catalogue = PriceCatalogue()
+    report = DailyReport(context, "invoice_check", derive=_share)
+    shares: dict[str, float | None] = {}
+    coverage_frames, day_rows = [], []
+    for day in partition_days(context):
+        results = db.read_results(day)
+        table = invoice_check(
+            day,
+            db.read_day(OPENAI_DAILY_USAGE, day),
+            db.read_day(OPENAI_DAILY_COSTS, day),
+            results,
+            db.read_day(UNLOGGED_OPENAI_REQUESTS, day, ["model", "actual_cost_pico"]),
+            catalogue,
+        )
+        db.replace_days(INVOICE_CHECK, table, [day])
+        shares[day.isoformat()] = day_unattributed_share(table)
+        whole_day = table[table["model"] == ALL_MODELS].iloc[0]
+        billed = whole_day["billed_pico"]
+        report.add(
+            day,
+            rows=len(table),
+            billed_usd=0.0 if pd.isna(billed) else int(billed) / s.PICO_PER_USD,
+            reconciled_actual_usd=int(whole_day["reconciled_actual_pico"]) / s.PICO_PER_USD,
+        )
+        coverage_frames.append(request_id_coverage(results))
+        day_rows.append(table.assign(usage_date=day.isoformat()))
+
+    coverage = pd.concat(coverage_frames, ignore_index=True)
+    coverage = coverage.groupby("action_type")[["rows", "with_request_id"]].sum().reset_index()
+    coverage["share_with_id"] = (coverage["with_request_id"] / coverage["rows"]).round(4)
+    per_model = pd.concat(day_rows, ignore_index=True)
+    shown = per_model[["usage_date", "model", "openai_requests", "logged_requests"]].assign(
+        billed=[usd(v) if pd.notna(v) else "n/a" for v in per_model["billed_pico"]],
+        reconciled=[usd(v) for v in per_model["reconciled_actual_pico"]],
+        unattributed=[usd(v) if pd.notna(v) else "n/a" for v in per_model["unattributed_pico"]],
+        share=per_model["unattributed_share"],
+    )
+
+    unchecked = [day for day, share in shares.items() if share is None]
+    known = {day: share for day, share in shares.items() if share is not None}
+    worst = max(known.values(), default=None)
+    over_fail = worst is not None and worst > settings.unattributed_fail_share
+    passed = not unchecked and (worst is None or worst <= settings.unattributed_warn_share)
+    return dg.MaterializeResult(
+        metadata=report.metadata(
+            by_model=dg.MetadataValue.md(markdown_table(shown)),
+            request_id_coverage_by_route=dg.MetadataValue.md(
+                markdown_table(coverage.sort_values("share_with_id", kind="stable"))
+            ),
+        ),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="unattributed_spend_within_bounds",
+                passed=passed,
+                severity=dg.AssetCheckSeverity.ERROR if over_fail else dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "worst_unattributed_share": worst if worst is not None else -1.0,
+                    "warn_above": settings.unattributed_warn_share,
+                    "fail_above": settings.unattributed_fail_share,
+                    "days_without_invoice_data": dg.MetadataValue.json(unchecked),
+                    "unattributed_share_by_day": dg.MetadataValue.json(known),
+                },
+            )
+        ],
+    )

@@ -1,0 +1,504 @@
+"""A small fake OpenAI on pytest-httpserver: the documented payload shapes over real HTTP.
+
+What it serves (shapes from the OpenAI API reference):
+- `GET /v1/chat/completions`: the list envelope `{object: "list", data, first_id, last_id,
+  has_more}` of `chat.completion` objects, honouring `order`, `limit` (at most 100) and `after`.
+- `GET /v1/responses/{id}`: a `response` object, or OpenAI's 404 error body.
+- `GET /v1/organization/usage/{completions,embeddings,audio_transcriptions}` and
+  `GET /v1/organization/costs`: the page envelope `{object: "page", data: [bucket], has_more,
+  next_page}`, one `1d` bucket per day of [start_time, end_time), results aggregated by the
+  requested `group_by` (a value the reference does not allow for that endpoint is a 400),
+  `limit` capped per the reference and further by `bucket_page_size` so tests see many pages.
+Per-request paths want the API key, organization paths the admin key; any other key gets a
+401 whose message echoes the key in full (worse than OpenAI, which masks most of it), so tests
+prove the client scrubs what it quotes. `script()` queues scripted replies (429s, 500s, stalls,
+truncated bodies) ahead of the normal ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+API_KEY = "sk-test-SECRET123"
+ADMIN_KEY = "sk-admin-SECRET456"
+
+MODELS = ("gpt-4o-mini-2024-07-18", "gpt-4.1-2025-04-14", "o4-mini-2025-04-16")
+
+USAGE_GROUP_FIELDS = {
+    "completions": ("project_id", "user_id", "api_key_id", "model", "batch", "service_tier"),
+    "embeddings": ("project_id", "user_id", "api_key_id", "model"),
+    "audio_transcriptions": ("project_id", "user_id", "api_key_id", "model"),
+}
+COSTS_GROUP_FIELDS = ("project_id", "line_item")
+_USAGE_LIMIT_MAX = 31
+_COSTS_LIMIT_MAX = 180
+_DECIMAL_MARK = re.compile(r'"@@decimal:([-0-9.eE+]+)@@"')
+
+
+def dumps(payload: Any) -> str:
+    """JSON text in which `Decimal` values appear as the exact number they hold."""
+
+    def mark(value: Any) -> str:
+        if isinstance(value, Decimal):
+            return f"@@decimal:{value}@@"
+        raise TypeError(f"cannot serialise {type(value).__name__}")
+
+    return _DECIMAL_MARK.sub(r"\1", json.dumps(payload, default=mark))
+
+
+def unix(moment: datetime | date) -> int:
+    if not isinstance(moment, datetime):
+        moment = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def _token(prefix: str, seed: str, length: int) -> str:
+    return prefix + hashlib.sha256(seed.encode()).hexdigest()[:length]
+
+
+def chat_completion(
+    number: int,
+    created: int,
+    *,
+    model: str | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    cached_tokens: int = 0,
+    reasoning_tokens: int | None = None,
+    service_tier: str = "default",
+) -> dict[str, Any]:
+    """A stored `chat.completion` object as the list endpoint returns it."""
+    model = model or MODELS[number % len(MODELS)]
+    prompt = prompt_tokens if prompt_tokens is not None else 200 + 37 * (number % 50)
+    completion = completion_tokens if completion_tokens is not None else 40 + 11 * (number % 30)
+    if reasoning_tokens is None:
+        reasoning_tokens = completion // 2 if model.startswith("o4") else 0
+    return {
+        "object": "chat.completion",
+        "id": _token("chatcmpl-", f"chat{number}", 29),
+        "model": model,
+        "created": created,
+        "request_id": _token("req_", f"req{number}", 32),
+        "tool_choice": None,
+        "usage": {
+            "total_tokens": prompt + completion,
+            "completion_tokens": completion,
+            "prompt_tokens": prompt,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "seed": 4944116822809979520,
+        "top_p": 1.0,
+        "temperature": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "system_fingerprint": "fp_50cad350e4",
+        "input_user": None,
+        "service_tier": service_tier,
+        "tools": None,
+        "metadata": {"route": "/api/viva/blueprint"},
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "content": "A blueprint in three parts.",
+                    "role": "assistant",
+                    "tool_calls": None,
+                    "function_call": None,
+                },
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "response_format": None,
+    }
+
+
+def chat_completions(count: int, newest: datetime, spacing: timedelta) -> list[dict[str, Any]]:
+    """`count` completions, the first created at `newest`, each next one `spacing` older."""
+    return [chat_completion(number, unix(newest - number * spacing)) for number in range(count)]
+
+
+def response_object(
+    number: int,
+    created_at: int,
+    *,
+    model: str = "gpt-4.1-2025-04-14",
+    input_tokens: int = 1200,
+    cached_tokens: int = 256,
+    output_tokens: int = 300,
+    reasoning_tokens: int = 0,
+    service_tier: str = "default",
+) -> dict[str, Any]:
+    """A completed `response` object as `GET /v1/responses/{id}` returns it."""
+    response_id = response_id_for(number)
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": "completed",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "max_output_tokens": None,
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": _token("msg_", f"msg{number}", 48),
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Merged.", "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "service_tier": service_tier,
+        "store": True,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": cached_tokens},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+            "total_tokens": input_tokens + output_tokens,
+        },
+        "user": None,
+        "metadata": {},
+    }
+
+
+def response_id_for(number: int) -> str:
+    return _token("resp_", f"resp{number}", 48)
+
+
+def completions_result(
+    model: str,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    num_model_requests: int,
+    input_cached_tokens: int = 0,
+    input_audio_tokens: int = 0,
+    output_audio_tokens: int = 0,
+    batch: bool = False,
+    service_tier: str = "default",
+    project_id: str = "proj_viva",
+) -> dict[str, Any]:
+    return {
+        "object": "organization.usage.completions.result",
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "input_cached_tokens": input_cached_tokens,
+        "input_audio_tokens": input_audio_tokens,
+        "output_audio_tokens": output_audio_tokens,
+        "num_model_requests": num_model_requests,
+        "project_id": project_id,
+        "user_id": "user-abc",
+        "api_key_id": "key_abc",
+        "model": model,
+        "batch": batch,
+        "service_tier": service_tier,
+    }
+
+
+def embeddings_result(
+    model: str, *, input_tokens: int, num_model_requests: int, project_id: str = "proj_viva"
+) -> dict[str, Any]:
+    return {
+        "object": "organization.usage.embeddings.result",
+        "input_tokens": input_tokens,
+        "num_model_requests": num_model_requests,
+        "project_id": project_id,
+        "user_id": "user-abc",
+        "api_key_id": "key_abc",
+        "model": model,
+    }
+
+
+def audio_transcriptions_result(
+    model: str, *, seconds: int, num_model_requests: int, project_id: str = "proj_viva"
+) -> dict[str, Any]:
+    return {
+        "object": "organization.usage.audio_transcriptions.result",
+        "seconds": seconds,
+        "num_model_requests": num_model_requests,
+        "project_id": project_id,
+        "user_id": "user-abc",
+        "api_key_id": "key_abc",
+        "model": model,
+    }
+
+
+def costs_result(
+    value: str | Decimal, line_item: str, *, project_id: str = "proj_viva", currency: str = "usd"
+) -> dict[str, Any]:
+    """A costs result; `value` is kept as the exact decimal text it is given."""
+    return {
+        "object": "organization.costs.result",
+        "amount": {"value": Decimal(value), "currency": currency},
+        "line_item": line_item,
+        "project_id": project_id,
+        "organization_id": "org-viva",
+    }
+
+
+def with_unknown_fields(payload: Any) -> Any:
+    """A copy with a field no client knows added to every object, at every depth."""
+    if isinstance(payload, dict):
+        copy = {key: with_unknown_fields(value) for key, value in payload.items()}
+        copy["x_added_later"] = {"nested": [1, "two", None], "flag": True}
+        return copy
+    if isinstance(payload, list):
+        return [with_unknown_fields(value) for value in payload]
+    return payload
+
+
+@dataclass
+class Scripted:
+    """One scripted reply: status, body, headers, and a stall before answering."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] | None = None
+    stall: float = 0.0
+
+
+def error_body(message: str, *, type_: str = "invalid_request_error", code: str | None = None):
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _page_token(offset: int) -> str:
+    return "page_" + base64.b64encode(offset.to_bytes(8, "big")).decode()
+
+
+def _page_offset(token: str) -> int:
+    return int.from_bytes(base64.b64decode(token.removeprefix("page_")), "big")
+
+
+class FakeOpenAI:
+    """The fake's data and behaviour; tests fill the data and script the faults."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.api_keys = {API_KEY}
+        self.admin_keys = {ADMIN_KEY}
+        self.chat: list[dict[str, Any]] = []
+        self.responses: dict[str, dict[str, Any]] = {}
+        self.usage: dict[str, dict[date, list[dict[str, Any]]]] = {
+            name: {} for name in USAGE_GROUP_FIELDS
+        }
+        self.costs: dict[date, list[dict[str, Any]]] = {}
+        self.bucket_page_size = 31
+        self.unknown_fields = False
+        self.latency = 0.0
+        self.peak_inflight = 0
+        self.arrived: list[str] = []
+        self._inflight = 0
+        self._lock = threading.Lock()
+        self._scripts: dict[str, deque[Scripted]] = defaultdict(deque)
+        self._release = threading.Event()
+        server.expect_request(re.compile(r"^/v1/.*")).respond_with_handler(self._handle)
+
+    @property
+    def base_url(self) -> str:
+        return self.server.url_for("/v1")
+
+    def script(self, path: str, reply: Scripted, times: int = 1) -> None:
+        """Answer the next `times` requests to `path` (e.g. `/v1/organization/costs`) so."""
+        self._scripts[path].extend([reply] * times)
+
+    def requests_to(self, path: str) -> list[Request]:
+        """Requests to `path` answered so far (a stalled one is logged once it answers)."""
+        return [request for request, _ in self.server.log if request.path == path]
+
+    def close(self) -> None:
+        """Release stalled handlers and wait for them, so no reply lands in the next test."""
+        self._release.set()
+        deadline = time.monotonic() + 5
+        while self._inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.server.clear()
+
+    def _handle(self, request: Request) -> Response:
+        with self._lock:
+            self.arrived.append(request.path)
+            self._inflight += 1
+            self.peak_inflight = max(self.peak_inflight, self._inflight)
+        try:
+            if self.latency:
+                time.sleep(self.latency)
+            return self._route(request)
+        finally:
+            with self._lock:
+                self._inflight -= 1
+
+    def _route(self, request: Request) -> Response:
+        path = request.path
+        organization = path.startswith("/v1/organization/")
+        keys = self.admin_keys if organization else self.api_keys
+        presented = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if presented not in keys:
+            return self._json(
+                401,
+                error_body(
+                    f"Incorrect API key provided: {presented}. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.",
+                    code="invalid_api_key",
+                ),
+            )
+        scripts = self._scripts.get(path)
+        if scripts:
+            reply = scripts.popleft()
+            if reply.stall:
+                self._release.wait(reply.stall)
+            if reply.body is not None:
+                return self._json(reply.status, reply.body, reply.headers)
+        if path == "/v1/chat/completions":
+            return self._list_chat(request)
+        if path.startswith("/v1/responses/"):
+            return self._response(path.removeprefix("/v1/responses/"))
+        if path.startswith("/v1/organization/usage/"):
+            return self._usage(request, path.removeprefix("/v1/organization/usage/"))
+        if path == "/v1/organization/costs":
+            return self._costs(request)
+        return self._json(404, error_body(f"Invalid URL (GET {path})"))
+
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+        if isinstance(payload, (str, bytes)):
+            body = payload
+        else:
+            body = dumps(with_unknown_fields(payload) if self.unknown_fields else payload)
+        return Response(body, status, headers=headers, content_type="application/json")
+
+    def _list_chat(self, request: Request) -> Response:
+        args = request.args
+        order = args.get("order", "asc")
+        limit = int(args.get("limit", 20))
+        if order not in ("asc", "desc") or not 1 <= limit <= 100:
+            return self._json(400, error_body("Invalid value for 'order' or 'limit'."))
+        items = sorted(self.chat, key=lambda c: (c["created"], c["id"]), reverse=order == "desc")
+        start = 0
+        after = args.get("after")
+        if after is not None:
+            ids = [item["id"] for item in items]
+            if after not in ids:
+                return self._json(400, error_body(f"No chat completion found with id '{after}'."))
+            start = ids.index(after) + 1
+        page = items[start : start + limit]
+        return self._json(
+            200,
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": start + limit < len(items),
+            },
+        )
+
+    def _response(self, response_id: str) -> Response:
+        body = self.responses.get(response_id)
+        if body is None:
+            return self._json(404, error_body(f"Response with id '{response_id}' not found."))
+        return self._json(200, body)
+
+    def _buckets(
+        self,
+        request: Request,
+        days: dict[date, list[dict[str, Any]]],
+        allowed: tuple[str, ...],
+        limit_max: int,
+    ) -> Response:
+        args = request.args
+        group_by = args.getlist("group_by")
+        bad = [field for field in group_by if field not in allowed]
+        if bad or args.get("bucket_width", "1d") != "1d" or "start_time" not in args:
+            return self._json(400, error_body(f"Invalid query: group_by {bad}."))
+        start = datetime.fromtimestamp(int(args["start_time"]), UTC).date()
+        end_time = args.get("end_time")
+        end = datetime.fromtimestamp(int(end_time), UTC).date() if end_time else max(days)
+        limit = int(args.get("limit", 7))
+        if not 1 <= limit <= limit_max:
+            return self._json(400, error_body(f"limit must be between 1 and {limit_max}."))
+        all_days = [start + timedelta(days=n) for n in range((end - start).days)]
+        offset = _page_offset(args["page"]) if "page" in args else 0
+        size = min(limit, self.bucket_page_size)
+        chosen = all_days[offset : offset + size]
+        has_more = offset + size < len(all_days)
+        buckets = [
+            {
+                "object": "bucket",
+                "start_time": unix(day),
+                "end_time": unix(day + timedelta(days=1)),
+                "results": _aggregate(days.get(day, []), allowed, group_by),
+            }
+            for day in chosen
+        ]
+        return self._json(
+            200,
+            {
+                "object": "page",
+                "data": buckets,
+                "has_more": has_more,
+                "next_page": _page_token(offset + size) if has_more else None,
+            },
+        )
+
+    def _usage(self, request: Request, name: str) -> Response:
+        if name not in USAGE_GROUP_FIELDS:
+            return self._json(404, error_body(f"Invalid URL (GET {request.path})"))
+        return self._buckets(request, self.usage[name], USAGE_GROUP_FIELDS[name], _USAGE_LIMIT_MAX)
+
+    def _costs(self, request: Request) -> Response:
+        return self._buckets(request, self.costs, COSTS_GROUP_FIELDS, _COSTS_LIMIT_MAX)
+
+
+def _aggregate(
+    results: list[dict[str, Any]], fields: tuple[str, ...], group_by: list[str]
+) -> list[dict[str, Any]]:
+    """Results summed over the fields not grouped by, which come back null, as the API does."""
+    grouped: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for result in results:
+        key = tuple(result.get(field) for field in group_by)
+        target = grouped.get(key)
+        if target is None:
+            target = {k: v for k, v in result.items() if k not in fields}
+            target.update(
+                {field: result.get(field) if field in group_by else None for field in fields}
+            )
+            if "amount" in result:
+                target["amount"] = dict(result["amount"])
+            grouped[key] = target
+            continue
+        for name, value in result.items():
+            if name == "amount":
+                target["amount"]["value"] += value["value"]
+            elif isinstance(value, int) and not isinstance(value, bool) and name not in fields:
+                target[name] += value
+    return list(grouped.values())
