@@ -28,6 +28,9 @@ def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.De
         schedules=[daily_reconciliation_schedule],
         sensors=[pending_rows_sensor],
         resources=dict(resources),
+        # Every job, including the asset job behind UI materializations and backfills: the
+        # steps mostly wait on each other, and one process keeps memory predictable.
+        executor=dg.in_process_executor,
     )
 
 

@@ -136,14 +136,13 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> list[dict[str, o
     ]
 
 
-def _observations(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, dict[str, object]]:
-    """partition -> metadata of the AssetObservation logged for it."""
-    found = {}
-    for event in result.get_asset_observation_events():
-        observation = event.asset_observation_data.asset_observation
-        if observation.asset_key == dg.AssetKey(asset):
-            found[observation.partition] = {k: v.value for k, v in observation.metadata.items()}
-    return found
+def _by_partition(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, dict[str, object]]:
+    """partition -> metadata of that partition's materialization."""
+    return {
+        event.partition: {key: value.value for key, value in event.materialization.metadata.items()}
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == dg.AssetKey(asset)
+    }
 
 
 def _status_by_request_id(demo: Demo) -> dict[str, list[tuple[str, str]]]:
@@ -324,10 +323,8 @@ def test_metadata_and_checks(reference: Reference) -> None:
     result, summary = reference.result, reference.demo.summary
     reconciled = _metadata(result, "reconciled_usage")
     assert len(reconciled) == 14
-    # Dagster copies a range run's metadata onto every partition: it carries range totals,
-    # never a per-partition row count that would be wrong for each day.
+    # Every partition's materialization carries its own day's figures, plus the range totals.
     meta = reconciled[0]
-    assert "dagster/row_count" not in meta
     assert meta["range"] == f"{FIRST_DAY.isoformat()}..{LAST_DAY.isoformat()} (14 days)"
     assert meta["range_rows"] == summary.rows_logged
     assert meta["range_pending"] == 3
@@ -342,14 +339,15 @@ def test_metadata_and_checks(reference: Reference) -> None:
     [(summary_rows,)] = reference.demo.rows("SELECT count(*) FROM {s}.daily_variance_summary")
     assert _metadata(result, "daily_variance_summary")[0]["range_rows"] == summary_rows
 
-    # Each day's own figures are observations of that partition, and they add up.
-    per_day = _observations(result, "reconciled_usage")
+    per_day = _by_partition(result, "reconciled_usage")
     assert sorted(per_day) == [(FIRST_DAY + timedelta(days=n)).isoformat() for n in range(14)]
     assert sum(m["dagster/row_count"] for m in per_day.values()) == summary.rows_logged
-    [(rows_on_last_day,)] = reference.demo.rows(
-        "SELECT count(*) FROM {s}.reconciled_usage WHERE usage_date = :d", d=LAST_DAY
-    )
-    assert per_day[LAST_DAY.isoformat()]["dagster/row_count"] == rows_on_last_day
+    for day, figures in per_day.items():
+        [(rows_on_day,)] = reference.demo.rows(
+            "SELECT count(*) FROM {s}.reconciled_usage WHERE usage_date = :d",
+            d=date.fromisoformat(day),
+        )
+        assert figures["dagster/row_count"] == figures["rows"] == rows_on_day
     assert sum(m["pending"] for m in per_day.values()) == 3
 
     evaluations = result.get_asset_check_evaluations()
@@ -411,7 +409,7 @@ def test_late_openai_record_moves_row_from_pending(own_demo: Demo) -> None:
     # Range-wide totals on each of the three partitions; each day's own count as an observation.
     ranges = _metadata(again, "token_usage_reconciliation")
     assert [m["range_rows_updated"] for m in ranges] == [1] * 3
-    per_day = _observations(again, "token_usage_reconciliation")
+    per_day = _by_partition(again, "token_usage_reconciliation")
     changed = {day: m["rows_updated"] for day, m in per_day.items() if m["rows_updated"]}
     assert changed == {late.created_at.astimezone(UTC).date().isoformat(): 1}
     after = {r.id: r for r in demo.token_usage()}

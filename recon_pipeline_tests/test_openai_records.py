@@ -558,3 +558,13 @@ def test_a_failed_response_without_usage_is_skipped_not_an_error():
 def test_an_empty_request_id_is_refused():
     with pytest.raises(RecordError, match="'request_id' is empty"):
         parse_record({"request_id": " ", "created": 1763000000, "model": "gpt-4o"}, "f.jsonl")
+
+
+def test_a_record_far_from_its_files_date_is_refused_not_lost(tmp_path: Path):
+    day = date(2026, 11, 10)
+    far = int(datetime(2026, 11, 20, 12, tzinfo=UTC).timestamp())
+    (tmp_path / "openai-requests-2026-11-10.jsonl").write_text(
+        json.dumps({"request_id": "r-far", "created": far, "model": "gpt-4o"}) + "\n"
+    )
+    with pytest.raises(ExportFileError, match=r"openai-requests-2026-11-10\.jsonl:1: .*2026-11-20"):
+        read_export_folder(tmp_path, *day_bounds(day))

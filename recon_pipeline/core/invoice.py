@@ -17,6 +17,7 @@ import pandas as pd
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED, PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import snapshot_base
 from recon_pipeline.core.schema import OPENAI_COLUMNS
+from recon_pipeline.core.summarise import exact_sum
 
 ALL_MODELS = "(all)"
 
@@ -147,7 +148,7 @@ def invoice_check(
     if priced is None:
         per_model["billed_pico"] = pd.NA
 
-    total_billed = int(costs["amount_pico"].sum()) if len(costs) else None
+    total_billed = exact_sum(costs["amount_pico"]) if len(costs) else None
     day_row = pd.DataFrame(
         {
             "openai_requests": [per_model["openai_requests"].sum()],

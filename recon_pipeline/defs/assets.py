@@ -10,7 +10,7 @@ from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
-from recon_pipeline.core.reconcile import day_bounds, read_window, reconcile_day
+from recon_pipeline.core.reconcile import RESULT_COLUMNS, day_bounds, read_window, reconcile_day
 from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
 from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table
 from recon_pipeline.defs.resources import (
@@ -47,6 +47,18 @@ def usd(pico: int) -> str:
     return "$" + summarise.pico_to_usd_text(pico)
 
 
+def skipped_locked(context: dg.AssetExecutionContext, asset: str, day: date) -> None:
+    """Log a day left to the run that holds its lock (see `Database.day_transaction`)."""
+    context.log.warning(
+        f"{day}: {asset} skipped: another run holds the day's lock and is writing it now;"
+        " nothing was written by this run, and that run's results stand"
+    )
+
+
+def skipped_metadata(days: list[date]) -> dict[str, dg.MetadataValue]:
+    return {"days_skipped_locked": dg.MetadataValue.json([d.isoformat() for d in days])}
+
+
 @dg.asset(
     partitions_def=daily_partitions,
     backfill_policy=backfill_policy,
@@ -77,6 +89,7 @@ def openai_requests(
     client = openai_api.client() if "api" in sources else None
     report = DailyReport(context, "openai_requests")
     files: set[str] = set()
+    skipped: list[date] = []
     for day in partition_days(context):
         window = read_window(day, policy)
         frames: list[pd.DataFrame] = []
@@ -103,19 +116,33 @@ def openai_requests(
                 "skipped_lines": sum(read.skipped.values()),
             }
         records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
-        written = db.replace_days(OPENAI_REQUESTS, records.assign(usage_date=day), [day])
+        # Every source has answered for the day: only now is anything of it written.
+        with db.day_transaction(day, "openai_requests", (OPENAI_REQUESTS,)) as conn:
+            if conn is not None:
+                records = records.assign(usage_date=day)
+                written = db.replace_day(conn, OPENAI_REQUESTS, records, day)
+        if conn is None:
+            skipped.append(day)
+            skipped_locked(context, "openai_requests", day)
+            written = 0
         report.add(
             day,
             rows=written,
             **figures,
             duplicate_records_dropped=identical,
             conflicting_duplicates=conflicting,
+            skipped_locked=int(conn is None),
         )
         context.log.info(f"{day}: {written} OpenAI records from {', '.join(sources)}")
     described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
     return dg.MaterializeResult(
-        metadata=report.metadata(source=" + ".join(described[s] for s in sources))
+        metadata=report.metadata(
+            source=" + ".join(described[s] for s in sources), **skipped_metadata(skipped)
+        )
     )
+
+
+_NO_MONEY = {"estimated_cost_usd": 0.0, "actual_cost_usd": 0.0}
 
 
 def _match_rate(figures: Figures) -> dict[str, float]:
@@ -169,12 +196,27 @@ def reconciled_usage(
     worst: list[pd.DataFrame] = []
     classes: dict[str, int] = {}
     unpriced = unaccounted = 0
+    skipped: list[date] = []
+    tables = (OPENAI_REQUESTS, RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS)
     for day in partition_days(context):
-        logged = db.read_logged(*read_window(day, policy))
-        openai = price_usage(db.read_openai_requests(day), catalogue)
-        outcome = reconcile_day(logged, openai, day, now, policy)
-        db.replace_days(RECONCILED_USAGE, outcome.results, [day])
-        db.replace_days(UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, [day])
+        # Read, reconcile and replace both tables of the day in one transaction under the
+        # day's lock: the records read are those the last writer of the day committed, and
+        # a failure leaves the previous day in both tables.
+        with db.day_transaction(day, "reconciled_usage", tables) as conn:
+            if conn is not None:
+                logged = db.read_logged(*read_window(day, policy), conn=conn)
+                openai = price_usage(db.read_openai_requests(day, conn=conn), catalogue)
+                outcome = reconcile_day(logged, openai, day, now, policy)
+                db.replace_day(conn, RECONCILED_USAGE, outcome.results, day)
+                db.replace_day(conn, UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, day)
+        if conn is None:
+            skipped.append(day)
+            skipped_locked(context, "reconciled_usage", day)
+            results_report.add(
+                day, rows=0, **dict.fromkeys(s.STATUSES, 0), skipped_locked=1, **_NO_MONEY
+            )
+            unlogged_report.add(day, rows=0, actual_cost_usd=0.0, skipped_locked=1)
+            continue
 
         on_day = logged["created_at"].between(*day_bounds(day), inclusive="left")
         unaccounted += int(on_day.sum()) - len(outcome.results)
@@ -189,15 +231,21 @@ def reconciled_usage(
             rows=totals["rows"],
             estimated_cost_usd=totals["estimated_cost_pico"] / s.PICO_PER_USD,
             actual_cost_usd=totals["actual_cost_pico"] / s.PICO_PER_USD,
+            skipped_locked=0,
         )
         unlogged_actual = summarise.exact_sum(outcome.unlogged["actual_cost_pico"])
         unlogged_report.add(
-            day, rows=len(outcome.unlogged), actual_cost_usd=unlogged_actual / s.PICO_PER_USD
+            day,
+            rows=len(outcome.unlogged),
+            actual_cost_usd=unlogged_actual / s.PICO_PER_USD,
+            skipped_locked=0,
         )
         worst.append(summarise.largest_discrepancies(outcome.results))
         context.log.info(f"{day}: {totals}")
 
-    largest = summarise.largest_discrepancies(pd.concat(worst, ignore_index=True))
+    largest = summarise.largest_discrepancies(
+        pd.concat(worst, ignore_index=True) if worst else pd.DataFrame(columns=RESULT_COLUMNS)
+    )
     largest_table = largest[
         ["usage_date", "action_type", "model_used", "openai_request_id", "variance_class"]
     ].assign(
@@ -213,10 +261,12 @@ def reconciled_usage(
             variance_classes=dg.MetadataValue.json(classes),
             by_day=dg.MetadataValue.md(markdown_table(by_day)),
             largest_discrepancies=dg.MetadataValue.md(markdown_table(largest_table)),
+            **skipped_metadata(skipped),
         ),
     )
     yield dg.MaterializeResult(
-        asset_key="unlogged_openai_requests", metadata=unlogged_report.metadata()
+        asset_key="unlogged_openai_requests",
+        metadata=unlogged_report.metadata(**skipped_metadata(skipped)),
     )
     yield dg.AssetCheckResult(
         asset_key="reconciled_usage",
@@ -253,27 +303,40 @@ def token_usage_reconciliation(
     context: dg.AssetExecutionContext, database: ReconDatabase, settings: ReconciliationSettings
 ) -> dg.MaterializeResult:
     """`actual_cost_cents`, `reconciliation_status` and `reconciled_at` on token_usage: one
-    transaction per day, touching only rows whose values change."""
+    transaction per day, touching only rows whose values change.
+
+    Two guards against concurrent runs. Within Dagster, the step runs in the concurrency pool
+    `token_usage_write_back` (limit it with `dagster instance concurrency set
+    token_usage_write_back 1`). Within PostgreSQL, whatever launched the runs, each day's
+    transaction takes the day's advisory lock with `pg_try_advisory_xact_lock`: a run that
+    finds a day taken skips it, logs a warning and lists it in `days_skipped_locked`.
+    """
     db = database.get()
     report = DailyReport(context, "token_usage_reconciliation")
     disagreeing = 0
+    skipped: list[date] = []
     for day in partition_days(context):
         result = db.write_back(day, settings.now())
-        disagreeing += db.count_disagreeing(day)
+        if result.locked:
+            skipped.append(day)
+            skipped_locked(context, "token_usage_reconciliation", day)
+        # Counted inside the write-back's own transaction, so another run cannot skew it.
+        disagreeing += result.rows_disagreeing
         report.add(
             day,
             rows=result.rows_considered,
             rows_updated=result.rows_updated,
             rows_unchanged=result.rows_considered - result.rows_updated,
+            skipped_locked=int(result.locked),
         )
         context.log.info(f"{day}: {result.rows_updated} of {result.rows_considered} rows changed")
     return dg.MaterializeResult(
-        metadata=report.metadata(),
+        metadata=report.metadata(**skipped_metadata(skipped)),
         check_results=[
             dg.AssetCheckResult(
                 check_name="token_usage_agrees_with_results",
                 passed=disagreeing == 0,
-                metadata={"rows_disagreeing": disagreeing},
+                metadata={"rows_disagreeing": disagreeing, **skipped_metadata(skipped)},
             )
         ],
     )
@@ -301,21 +364,34 @@ def daily_variance_summary(
     db = database.get()
     report = DailyReport(context, "daily_variance_summary")
     mismatched_days: list[str] = []
-    summaries = []
+    summaries = [pd.DataFrame(columns=summarise.SUMMARY_COLUMNS)]
+    skipped: list[date] = []
+    tables = (RECONCILED_USAGE, DAILY_VARIANCE_SUMMARY)
     for day in partition_days(context):
-        summary = summarise.daily_variance_summary(db.read_results(day))
-        report.add(day, rows=db.replace_days(DAILY_VARIANCE_SUMMARY, summary, [day]))
-        if not db.summary_matches_rows(day):
-            mismatched_days.append(day.isoformat())
-        summaries.append(summary)
-    summary = pd.concat(summaries, ignore_index=True)
+        # Read, replace and verify in one transaction under the day's lock, so the check
+        # compares the summary with the very rows it was computed from.
+        with db.day_transaction(day, "daily_variance_summary", tables) as conn:
+            if conn is not None:
+                summary = summarise.daily_variance_summary(db.read_results(day, conn))
+                rows = db.replace_day(conn, DAILY_VARIANCE_SUMMARY, summary, day)
+                if not db.summary_matches_rows(day, conn):
+                    mismatched_days.append(day.isoformat())
+                summaries.append(summary)
+        if conn is None:
+            skipped.append(day)
+            skipped_locked(context, "daily_variance_summary", day)
+            rows = 0
+        report.add(day, rows=rows, skipped_locked=int(conn is None))
+    summary = pd.concat([f for f in summaries if len(f)] or summaries[:1], ignore_index=True)
     by_route = (
         summary.groupby("action_type")[["requests", *s.STATUSES]].sum().reset_index()
         if len(summary)
         else summary
     )
     return dg.MaterializeResult(
-        metadata=report.metadata(by_route=dg.MetadataValue.md(markdown_table(by_route))),
+        metadata=report.metadata(
+            by_route=dg.MetadataValue.md(markdown_table(by_route)), **skipped_metadata(skipped)
+        ),
         check_results=[
             dg.AssetCheckResult(
                 check_name="summary_totals_equal_row_sums",

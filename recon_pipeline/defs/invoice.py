@@ -1,6 +1,6 @@
 """The day against OpenAI's invoice: daily usage and costs, and the invoice check."""
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 import pandas as pd
@@ -14,7 +14,13 @@ from recon_pipeline.core.invoice import (
 )
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.summarise import exact_sum
-from recon_pipeline.defs.assets import GROUP, partition_days, usd
+from recon_pipeline.defs.assets import (
+    GROUP,
+    partition_days,
+    skipped_locked,
+    skipped_metadata,
+    usd,
+)
 from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
 from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table
 from recon_pipeline.defs.resources import (
@@ -27,6 +33,7 @@ from recon_pipeline.io.database import (
     INVOICE_CHECK,
     OPENAI_DAILY_COSTS,
     OPENAI_DAILY_USAGE,
+    RECONCILED_USAGE,
     UNLOGGED_OPENAI_REQUESTS,
 )
 from recon_pipeline.io.exports import read_daily_totals
@@ -104,6 +111,8 @@ def openai_daily_totals(
 
 
 def _share(figures: Figures) -> dict[str, float]:
+    if "billed_usd" not in figures or pd.isna(figures["billed_usd"]):
+        return {}
     billed = figures["billed_usd"]
     unattributed = billed - figures["reconciled_actual_usd"]
     return {
@@ -145,17 +154,28 @@ def invoice_check_asset(
     report = DailyReport(context, "invoice_check", derive=_share)
     shares: dict[str, float | None] = {}
     coverage_frames, day_rows = [], []
+    skipped: list[date] = []
+    tables = (OPENAI_DAILY_USAGE, OPENAI_DAILY_COSTS, RECONCILED_USAGE, INVOICE_CHECK)
     for day in partition_days(context):
-        results = db.read_results(day)
-        table = invoice_check(
-            day,
-            db.read_day(OPENAI_DAILY_USAGE, day),
-            db.read_day(OPENAI_DAILY_COSTS, day),
-            results,
-            db.read_day(UNLOGGED_OPENAI_REQUESTS, day, ["model", "actual_cost_pico"]),
-            catalogue,
-        )
-        db.replace_days(INVOICE_CHECK, table, [day])
+        with db.day_transaction(day, "invoice_check", tables) as conn:
+            if conn is not None:
+                results = db.read_results(day, conn)
+                table = invoice_check(
+                    day,
+                    db.read_day(OPENAI_DAILY_USAGE, day, conn=conn),
+                    db.read_day(OPENAI_DAILY_COSTS, day, conn=conn),
+                    results,
+                    db.read_day(
+                        UNLOGGED_OPENAI_REQUESTS, day, ["model", "actual_cost_pico"], conn=conn
+                    ),
+                    catalogue,
+                )
+                db.replace_day(conn, INVOICE_CHECK, table, day)
+        if conn is None:
+            skipped.append(day)
+            skipped_locked(context, "invoice_check", day)
+            report.add(day, rows=0, skipped_locked=1)
+            continue
         shares[day.isoformat()] = day_unattributed_share(table)
         whole_day = table[table["model"] == ALL_MODELS].iloc[0]
         billed = whole_day["billed_pico"]
@@ -164,10 +184,22 @@ def invoice_check_asset(
             rows=len(table),
             billed_usd=0.0 if pd.isna(billed) else int(billed) / s.PICO_PER_USD,
             reconciled_actual_usd=int(whole_day["reconciled_actual_pico"]) / s.PICO_PER_USD,
+            skipped_locked=0,
         )
         coverage_frames.append(request_id_coverage(results))
         day_rows.append(table.assign(usage_date=day.isoformat()))
 
+    if not day_rows:
+        return dg.MaterializeResult(
+            metadata=report.metadata(**skipped_metadata(skipped)),
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="unattributed_spend_within_bounds",
+                    passed=True,
+                    metadata={"days_checked": 0, **skipped_metadata(skipped)},
+                )
+            ],
+        )
     coverage = pd.concat(coverage_frames, ignore_index=True)
     coverage = coverage.groupby("action_type")[["rows", "with_request_id"]].sum().reset_index()
     coverage["share_with_id"] = (coverage["with_request_id"] / coverage["rows"]).round(4)
@@ -186,6 +218,7 @@ def invoice_check_asset(
     passed = not unchecked and (worst is None or worst <= settings.unattributed_warn_share)
     return dg.MaterializeResult(
         metadata=report.metadata(
+            **skipped_metadata(skipped),
             by_model=dg.MetadataValue.md(markdown_table(shown)),
             request_id_coverage_by_route=dg.MetadataValue.md(
                 markdown_table(coverage.sort_values("share_with_id", kind="stable"))

@@ -11,12 +11,13 @@ Figures = dict[str, int | float]
 
 
 class DailyReport:
-    """Additive per-day figures (counts, money) of one asset in one run.
+    """Additive per-day figures (counts, money) of one asset in one run, as Dagster metadata.
 
-    Dagster copies a run's MaterializeResult onto every partition of its range. So a one-day
-    run reports that day's figures directly, while a range run reports the range's totals
-    under `range_` names (no `dagster/row_count`, which would be wrong for each day) and logs
-    each day's own figures as an AssetObservation of that partition.
+    A range run materializes every partition of its range from one MaterializeResult, which
+    would copy one set of metadata onto each. So each partition's materialization gets its own
+    day's figures (with `dagster/row_count`) through `add_asset_metadata`, and on a range run
+    the range's totals under `range_` names. The UI plots figures by partition from these
+    materializations.
     """
 
     def __init__(
@@ -38,27 +39,28 @@ class DailyReport:
         return {k: v.item() if hasattr(v, "item") else v for k, v in frame.sum().items()}
 
     def _one(self, figures: Figures) -> dict[str, Any]:
-        return {**figures, **self._derive(figures)}
+        return {"dagster/row_count": figures["rows"], **figures, **self._derive(figures)}
 
     def metadata(self, **extra: Any) -> dict[str, Any]:
-        if len(self.days) == 1:
-            (figures,) = self.days.values()
-            return {"dagster/row_count": figures["rows"], **self._one(figures), **extra}
+        """Attach every day's metadata to its partition; returns the MaterializeResult's own
+        metadata, which is empty because each partition already carries all of it."""
+        shared = dict(extra)
+        if len(self.days) > 1:
+            first, last = min(self.days), max(self.days)
+            totals = self._one(self.totals())
+            del totals["dagster/row_count"]
+            shared = {
+                "range": f"{first.isoformat()}..{last.isoformat()} ({len(self.days)} days)",
+                **{f"range_{name}": value for name, value in totals.items()},
+                **extra,
+            }
         for day, figures in self.days.items():
-            self._context.log_event(
-                dg.AssetObservation(
-                    asset_key=self._asset_key,
-                    partition=day.isoformat(),
-                    metadata={"dagster/row_count": figures["rows"], **self._one(figures)},
-                )
+            self._context.add_asset_metadata(
+                {**self._one(figures), **shared},
+                asset_key=self._asset_key,
+                partition_key=day.isoformat(),
             )
-        first, last = min(self.days), max(self.days)
-        totals = self._one(self.totals())
-        return {
-            "range": f"{first.isoformat()}..{last.isoformat()} ({len(self.days)} days)",
-            **{f"range_{name}": value for name, value in totals.items()},
-            **extra,
-        }
+        return {}
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from pydantic import PrivateAttr
 
 from recon_pipeline.core.reconcile import ReconciliationPolicy
-from recon_pipeline.io.database import Database
+from recon_pipeline.io.database import Database, connect_engine
+from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.openai_api import OpenAIClient
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -27,6 +28,21 @@ DEMO_DAYS = 14
 def env_or(name: str, default: str | None = None) -> str | dg.EnvVar | None:
     """An EnvVar when the variable is set (so the UI shows its name, never its value)."""
     return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def _shown(name: str, value: object, secret: bool) -> object:
+    """How a resource field appears in repr() and str(): an EnvVar by its name, a secret
+    never, and a database URL with its password masked."""
+    if value is None or isinstance(value, dg.EnvVar) or not isinstance(value, str):
+        return value
+    if secret:
+        return "<set>"
+    if name == "url":
+        try:
+            return sa.make_url(value).render_as_string(hide_password=True)
+        except sa.exc.ArgumentError:
+            return "<unparseable URL>"
+    return value
 
 
 def recon_home() -> Path:
@@ -68,14 +84,24 @@ def ensure_demo(home: Path, last_day: date | None = None) -> bool:
 
 
 class ReconDatabase(dg.ConfigurableResource):
-    """The database holding `token_usage`; the analyst tables go to `output_schema`."""
+    """The database holding `token_usage`; the analyst tables go to `output_schema`.
+
+    Table and schema names are validated identifiers, checked before an engine exists. On
+    PostgreSQL the pipeline's connections carry `application_name` (unless the URL sets
+    one), so an operator finds them in `pg_stat_activity`. A URL that does not parse, or a
+    server that cannot be reached, is reported with the password masked.
+    """
 
     url: str | None = None
     usage_table: str = "token_usage"
     usage_schema: str | None = None
     output_schema: str | None = None
+    application_name: str = "recon_pipeline"
 
     _database: Database | None = PrivateAttr(default=None)
+
+    def __repr_args__(self):
+        return [(name, _shown(name, value, False)) for name, value in super().__repr_args__()]
 
     @property
     def is_embedded(self) -> bool:
@@ -83,8 +109,11 @@ class ReconDatabase(dg.ConfigurableResource):
 
     def get(self) -> Database:
         if self._database is None:
+            qualified(self.usage_table, self.usage_schema)
+            if self.output_schema:
+                validate_identifier(self.output_schema, "schema name")
             if self.url:
-                engine = sa.create_engine(self.url, pool_pre_ping=True)
+                engine = connect_engine(self.url, self.application_name)
             else:
                 home = recon_home()
                 ensure_demo(home)
@@ -129,6 +158,12 @@ class OpenAIAPI(dg.ConfigurableResource):
     read_timeout: float = 60.0
     max_total_wait_seconds: float = 120.0
     max_concurrency: int = 8
+
+    def __repr_args__(self):
+        return [
+            (name, _shown(name, value, name in ("api_key", "admin_key")))
+            for name, value in super().__repr_args__()
+        ]
 
     @property
     def has_request_access(self) -> bool:
@@ -210,7 +245,20 @@ class ReconciliationSettings(dg.ConfigurableResource):
         return datetime.now(UTC)
 
 
+def _check_names_in_env() -> None:
+    """Refuse a hostile table or schema name when the definitions load, before any run."""
+    for variable, what in (
+        ("RECON_USAGE_TABLE", "table name"),
+        ("RECON_USAGE_SCHEMA", "schema name"),
+        ("RECON_OUTPUT_SCHEMA", "schema name"),
+    ):
+        value = os.environ.get(variable)
+        if value:
+            validate_identifier(value, f"{variable}: {what}")
+
+
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    _check_names_in_env()
     return {
         "database": ReconDatabase(
             url=env_or("RECON_DATABASE_URL"),

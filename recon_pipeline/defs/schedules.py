@@ -17,7 +17,6 @@ daily_reconciliation = dg.define_asset_job(
     "daily_reconciliation",
     selection=dg.AssetSelection.groups("reconciliation"),
     partitions_def=daily_partitions,
-    executor_def=dg.in_process_executor,
     description="Extract, reconcile, write back and summarise the selected days.",
 )
 

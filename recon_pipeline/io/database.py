@@ -4,16 +4,28 @@ PostgreSQL gets the fast path (COPY out and in through psycopg 3); SQLite, the e
 demo, goes through plain SQLAlchemy. Every write of a day is one transaction: the day's
 old rows are deleted and the new ones inserted together, so a reader sees either the old
 day or the new one, and a failure leaves the old one.
+
+Concurrent runs. On PostgreSQL each day's writes of the reconciliation (the write-back and
+the per-day replacement of the tables it owns) run in a transaction that first takes
+`pg_try_advisory_xact_lock` on a key derived from (usage table, day). A run that finds the
+key taken skips that day (`day_transaction` yields None, `WriteBackResult.locked`), because
+another run is writing the very same day; the lock ends with the transaction, and a
+transaction never holds more than one such key, so runs can neither deadlock on them nor
+leave one behind. `replace_days`, the generic replacement other assets use, waits instead,
+on a key of (table, day).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -29,6 +41,53 @@ _ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
 
 class SchemaNotReadyError(RuntimeError):
     """`token_usage` lacks the reconciliation columns: the migration has not been applied."""
+
+
+class DatabaseConnectionError(RuntimeError):
+    """The database URL does not parse or the server cannot be reached; the message shows the
+    URL with its password masked and quotes the driver's error with the password removed."""
+
+
+def _redact(message: str, raw_url: str, password: str | None) -> str:
+    """`message` without the URL's password, raw or decoded, even if the URL did not parse."""
+    secrets = {password} if password else set()
+    found = re.search(r"://[^/@]*?:([^/@]+)@", raw_url)
+    if found:
+        secrets |= {found.group(1), unquote(found.group(1))}
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
+def connect_engine(raw_url: str, application_name: str = "recon_pipeline") -> sa.Engine:
+    """An engine for `raw_url`, tried once; no error it raises carries the password.
+
+    On PostgreSQL the connections carry `application_name` unless the URL gives one.
+    """
+    try:
+        url = sa.make_url(raw_url)
+    except Exception:
+        # SQLAlchemy quotes the whole string, password included.
+        raise DatabaseConnectionError(
+            "the database URL is not a valid SQLAlchemy URL (its value is not shown)"
+        ) from None
+    shown = url.render_as_string(hide_password=True)
+    connect_args = {}
+    if url.get_backend_name() == "postgresql" and "application_name" not in url.query:
+        connect_args["application_name"] = application_name
+    engine = None
+    try:
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        with engine.connect():
+            pass
+    except Exception as error:
+        if engine is not None:
+            engine.dispose()
+        cause = getattr(error, "orig", None) or error
+        detail = " ".join(str(cause).split()) or type(cause).__name__
+        detail = _redact(detail, raw_url, url.password)
+        raise DatabaseConnectionError(f"cannot connect to {shown}: {detail}") from None
+    return engine
 
 
 @dataclass(frozen=True)
@@ -229,8 +288,23 @@ OUTPUT_TABLES = (
 
 @dataclass(frozen=True)
 class WriteBackResult:
+    """One day's write-back. `locked`: another run held the day, nothing was written."""
+
     rows_considered: int
     rows_updated: int
+    rows_disagreeing: int = 0
+    locked: bool = False
+
+
+# Reconciliation values that fit the int64 pico-dollar columns: an estimate at or above this
+# many cents (or NaN, or infinite) is read as missing, never as a wrapped or rounded number.
+_MAX_ESTIMATE_CENTS = 900_000_000
+
+
+def lock_key(*parts: str) -> int:
+    """A signed 64-bit advisory-lock key for the parts (stable across processes and hosts)."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class Database:
@@ -253,6 +327,7 @@ class Database:
         self.is_postgres = engine.dialect.name == "postgresql"
         self._usage_columns: set[str] | None = None
         self._ready: set[str] = set()
+        self._id_type: str | None = None
 
     def table(self, output: OutputTable) -> str:
         return qualified(output.name, self._output_schema)
@@ -293,8 +368,16 @@ class Database:
                 f"{self.usage} lacks columns {missing}; apply the migration with `recon-migrate`"
             )
 
-    def read_logged(self, start: datetime, end: datetime) -> pd.DataFrame:
-        """The application's rows created in [start, end), typed as `schema.LOGGED_COLUMNS`."""
+    def read_logged(
+        self, start: datetime, end: datetime, conn: sa.Connection | None = None
+    ) -> pd.DataFrame:
+        """The application's rows created in [start, end), typed as `schema.LOGGED_COLUMNS`.
+
+        An estimate that is not a usable amount (NaN, infinite, or nine million dollars and
+        more for one request) is read as missing, so the row comes out as a discrepancy with
+        class `missing_estimate` instead of stopping the day or wrapping around. `conn`:
+        read inside that transaction.
+        """
         self.check_usage_schema()
         have = self.usage_columns()
         cached = "cached_input_tokens" if "cached_input_tokens" in have else "NULL"
@@ -304,7 +387,9 @@ class Database:
                 f"SELECT id::text AS usage_id, {user}::text AS user_id, action_type::text,"
                 f" model_used::text, input_tokens::bigint, output_tokens::bigint,"
                 f" {cached}::bigint AS cached_input_tokens,"
-                f" round(calculated_cost_cents * 10000000000)::bigint AS calculated_cost_pico,"
+                f" CASE WHEN abs(calculated_cost_cents) < {_MAX_ESTIMATE_CENTS}"
+                f" THEN round(calculated_cost_cents * 10000000000)::bigint END"
+                f" AS calculated_cost_pico,"
                 f" (extract(epoch FROM created_at) * 1000000)::bigint AS created_us,"
                 f" openai_request_id::text"
                 f" FROM {self.usage} WHERE created_at >= %s AND created_at < %s",
@@ -321,6 +406,7 @@ class Database:
                     "calculated_cost_pico": pa.int64(),
                     "created_us": pa.int64(),
                 },
+                conn,
             )
             frame["created_at"] = pd.to_datetime(frame.pop("created_us"), unit="us", utc=True)
         else:
@@ -332,9 +418,9 @@ class Database:
                 f" AS calculated_cost_pico, created_at, openai_request_id"
                 f" FROM {self.usage} WHERE created_at >= :start AND created_at < :end"
             )
-            with self.engine.connect() as conn:
+            with _connection(self.engine, conn) as reader:
                 frame = pd.read_sql_query(
-                    query, conn, params={"start": _sqlite_ts(start), "end": _sqlite_ts(end)}
+                    query, reader, params={"start": _sqlite_ts(start), "end": _sqlite_ts(end)}
                 )
             frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
         # Missing text is None on both backends (pandas' SQLite path would give NaN).
@@ -344,9 +430,13 @@ class Database:
         frame.loc[blank, "openai_request_id"] = None
         return frame.reindex(columns=list(s.LOGGED_COLUMNS)).astype(s.LOGGED_COLUMNS)
 
-    def read_openai_requests(self, day: date) -> pd.DataFrame:
-        """The OpenAI records stored for a day's match window, typed as `schema.OPENAI_COLUMNS`."""
-        self.ensure_table(OPENAI_REQUESTS)
+    def read_openai_requests(self, day: date, conn: sa.Connection | None = None) -> pd.DataFrame:
+        """The OpenAI records stored for a day's match window, typed as `schema.OPENAI_COLUMNS`.
+
+        `conn`: read inside that transaction (a `day_transaction` that ensured the table).
+        """
+        if conn is None:
+            self.ensure_table(OPENAI_REQUESTS)
         table = self.table(OPENAI_REQUESTS)
         names = [c for c in s.OPENAI_COLUMNS if c != "created_at"]
         if self.is_postgres:
@@ -359,14 +449,15 @@ class Database:
                     **{name: _ARROW_TYPES[s.OPENAI_COLUMNS[name]] for name in names},
                     "created_us": pa.int64(),
                 },
+                conn,
             )
             frame["created_at"] = pd.to_datetime(frame.pop("created_us"), unit="us", utc=True)
         else:
             query = sa.text(
                 f"SELECT {', '.join(names)}, created_at FROM {table} WHERE usage_date = :day"
             )
-            with self.engine.connect() as conn:
-                frame = pd.read_sql_query(query, conn, params={"day": day.isoformat()})
+            with _connection(self.engine, conn) as reader:
+                frame = pd.read_sql_query(query, reader, params={"day": day.isoformat()})
             frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
             frame["batch"] = frame["batch"].astype(bool)
         return frame[list(s.OPENAI_COLUMNS)].astype(s.OPENAI_COLUMNS)
@@ -389,13 +480,26 @@ class Database:
                 for (v,) in conn.execute(query, params)
             ]
 
-    def _copy_out(self, select: str, params: tuple, types: dict[str, pa.DataType]) -> pd.DataFrame:
+    def _copy_out(
+        self,
+        select: str,
+        params: tuple,
+        types: dict[str, pa.DataType],
+        conn: sa.Connection | None = None,
+    ) -> pd.DataFrame:
         buffer = io.BytesIO()
-        with self._raw_connection() as raw, raw.cursor() as cursor:
-            with cursor.copy(f"COPY ({select}) TO STDOUT (FORMAT csv, HEADER)", params) as copy:
+        statement = f"COPY ({select}) TO STDOUT (FORMAT csv, HEADER)"
+        if conn is not None:
+            cursor = conn.connection.driver_connection.cursor()
+            with cursor, cursor.copy(statement, params) as copy:
                 for block in copy:
                     buffer.write(block)
-            raw.rollback()
+        else:
+            with self._raw_connection() as raw, raw.cursor() as cursor:
+                with cursor.copy(statement, params) as copy:
+                    for block in copy:
+                        buffer.write(block)
+                raw.rollback()
         buffer.seek(0)
         table = pa_csv.read_csv(
             buffer,
@@ -424,7 +528,13 @@ class Database:
     # -- writing ---------------------------------------------------------------------------
 
     def ensure_table(self, output: OutputTable) -> None:
-        """Create an output table (and its indexes) the first time it is needed."""
+        """Create an output table (and its indexes) the first time it is needed.
+
+        On PostgreSQL the DDL is serialised by an advisory lock on the output schema (two
+        runs creating the same table at once would otherwise race on the catalogue), and the
+        schema is created only when missing: a role with CREATE on that schema alone, and no
+        CREATE on the database, can run the pipeline.
+        """
         if output.name in self._ready:
             return
         definitions = ", ".join(
@@ -432,8 +542,11 @@ class Database:
         )
         table = self.table(output)
         with self.engine.begin() as conn:
-            if self.is_postgres and self._output_schema:
-                conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self._output_schema}"'))
+            if self.is_postgres:
+                key = lock_key("recon_pipeline:ddl", self._output_schema or "")
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+                if self._output_schema and not self._schema_exists(conn, self._output_schema):
+                    conn.execute(sa.text(f'CREATE SCHEMA "{self._output_schema}"'))
             conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {table} ({definitions})"))
             for columns in output.indexes:
                 name = validate_identifier(f"{output.name}_{'_'.join(columns)}_idx")
@@ -441,12 +554,19 @@ class Database:
                 conn.execute(sa.text(f'CREATE INDEX IF NOT EXISTS "{name}" ON {table} ({on})'))
         self._ready.add(output.name)
 
+    @staticmethod
+    def _schema_exists(conn: sa.Connection, schema: str) -> bool:
+        query = sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :schema")
+        return conn.execute(query, {"schema": schema}).first() is not None
+
     def _sql_type(self, column: Column) -> str:
         if column.kind == "usage_id" and self.is_postgres:
             return self._usage_id_type()
         return (_PG_TYPES if self.is_postgres else _SQLITE_TYPES)[column.kind]
 
     def _usage_id_type(self) -> str:
+        if self._id_type is not None:
+            return self._id_type
         query = sa.text(
             "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
             " WHERE a.attrelid = CAST(:rel AS regclass) AND a.attname = 'id'"
@@ -455,11 +575,64 @@ class Database:
             found = conn.execute(query, {"rel": self.usage}).scalar()
         if found is None:
             raise SchemaNotReadyError(f"{self.usage} has no id column")
-        return str(found)
+        self._id_type = str(found)
+        return self._id_type
+
+    def day_lock_key(self, day: date, scope: str) -> int:
+        """The advisory-lock key of one day of one table this usage table's reconciliation
+        writes (`scope`: the table's name). Different tables of a day may be written at once,
+        e.g. by the parallel steps of one run; the same table of a day by one run at a time."""
+        return lock_key("recon_pipeline:day", self.usage, scope, day.isoformat())
+
+    @contextmanager
+    def day_transaction(
+        self, day: date, scope: str, tables: Sequence[OutputTable] = ()
+    ) -> Iterator[sa.Connection | None]:
+        """One transaction for a day's writes, holding the day's advisory lock.
+
+        Yields the connection, or None when another run holds the day (nothing is done
+        then; the caller reports the day as skipped). Commits when the block ends, rolls
+        back if it raises. `tables` are created beforehand, outside the transaction.
+        """
+        for output in tables:
+            self.ensure_table(output)
+        if self.is_postgres:
+            self._usage_id_type()  # cached before the transaction opens
+        with self.engine.connect() as conn, conn.begin():
+            if self.is_postgres:
+                taken = conn.execute(
+                    sa.text("SELECT pg_try_advisory_xact_lock(:key)"),
+                    {"key": self.day_lock_key(day, scope)},
+                ).scalar_one()
+                if not taken:
+                    yield None
+                    return
+            else:
+                _begin_sqlite(conn)
+            yield conn
+
+    def replace_day(
+        self, conn: sa.Connection, output: OutputTable, frame: pd.DataFrame, day: date
+    ) -> int:
+        """Delete a day of an output table and insert `frame` (that day's rows) in its place,
+        inside the caller's transaction (see `day_transaction`)."""
+        conn.execute(
+            sa.text(f"DELETE FROM {self.table(output)} WHERE usage_date = :day"),
+            {"day": self._day(day)},
+        )
+        self._insert(conn, output, frame)
+        return len(frame)
 
     def replace_days(self, output: OutputTable, frame: pd.DataFrame, days: Sequence[date]) -> int:
-        """Load-then-swap: for each day, delete its rows and insert the new ones, atomically."""
+        """Load-then-swap: for each day, delete its rows and insert the new ones, atomically.
+
+        Each day is one transaction; on PostgreSQL it first waits for an advisory lock on
+        (table, day), so two runs replacing the same day one after the other leave one copy
+        of it, never both.
+        """
         self.ensure_table(output)
+        if self.is_postgres:
+            self._usage_id_type()
         by_day = frame.groupby("usage_date", sort=False) if len(frame) else None
         written = 0
         for day in days:
@@ -467,12 +640,10 @@ class Database:
                 by_day.get_group(day) if by_day is not None and day in by_day.groups else frame[:0]
             )
             with self.engine.begin() as conn:
-                conn.execute(
-                    sa.text(f"DELETE FROM {self.table(output)} WHERE usage_date = :day"),
-                    {"day": day if self.is_postgres else day.isoformat()},
-                )
-                self._insert(conn, output, part)
-            written += len(part)
+                if self.is_postgres:
+                    key = lock_key("recon_pipeline:table_day", self.table(output), day.isoformat())
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+                written += self.replace_day(conn, output, part, day)
         return written
 
     def _insert(self, conn: sa.Connection, output: OutputTable, frame: pd.DataFrame) -> None:
@@ -483,7 +654,9 @@ class Database:
             f'"{output.frame_name(c)}" * 0.0000000001' if c.kind == "money" else f'"{c.name}"'
             for c in output.columns
         ]
-        staging = f"staging_{output.name}"
+        # Always the session's own temporary schema: an unqualified name could resolve to a
+        # real table of the same name on the search path.
+        staging = ("pg_temp" if self.is_postgres else "temp") + f'."staging_{output.name}"'
         stage_types = {
             "money": "bigint",
             "usage_id": "text",
@@ -495,13 +668,13 @@ class Database:
         )
         cast_id = "::" + self._usage_id_type() if self.is_postgres else ""
         values = [v + cast_id if v == '"usage_id"' else v for v in values]
-        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{staging}"'))
-        conn.execute(sa.text(f'CREATE TEMPORARY TABLE "{staging}" ({stage_cols})'))
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {staging}"))
+        conn.execute(sa.text(f"CREATE TEMPORARY TABLE {staging.partition('.')[2]} ({stage_cols})"))
         wire = _wire_frame(output, frame, postgres=self.is_postgres)
         if self.is_postgres:
             cursor = conn.connection.driver_connection.cursor()
             columns = ", ".join(f'"{c}"' for c in wire.columns)
-            with cursor.copy(f'COPY "{staging}" ({columns}) FROM STDIN (FORMAT csv)') as copy:
+            with cursor.copy(f"COPY {staging} ({columns}) FROM STDIN (FORMAT csv)") as copy:
                 copy.write(_to_csv(wire))
         else:
             placeholders = ", ".join(f":p{i}" for i in range(len(wire.columns)))
@@ -510,27 +683,26 @@ class Database:
                 {f"p{i}": _plain(v) for i, v in enumerate(row)}
                 for row in wire.itertuples(index=False, name=None)
             ]
-            conn.execute(
-                sa.text(f'INSERT INTO "{staging}" ({names}) VALUES ({placeholders})'), rows
-            )
+            conn.execute(sa.text(f"INSERT INTO {staging} ({names}) VALUES ({placeholders})"), rows)
         target = ", ".join(f'"{c}"' for c in stored)
         conn.execute(
             sa.text(
                 f"INSERT INTO {self.table(output)} ({target})"
-                f' SELECT {", ".join(values)} FROM "{staging}"'
+                f" SELECT {', '.join(values)} FROM {staging}"
             )
         )
-        conn.execute(sa.text(f'DROP TABLE "{staging}"'))
+        conn.execute(sa.text(f"DROP TABLE {staging}"))
 
     def write_back(self, day: date, reconciled_at: datetime) -> WriteBackResult:
         """Copy the day's status and actual cost onto `token_usage`, touching only changed rows.
 
         Only `actual_cost_cents`, `reconciliation_status` and `reconciled_at` are written,
         and only on rows whose status or cost differs from what is stored: re-running an
-        unchanged day updates nothing.
+        unchanged day updates nothing. One transaction holding the day's advisory lock: if
+        another run holds it, nothing is written and the result says `locked`. Rows the
+        application inserts meanwhile are not in the results, so they are not touched.
         """
         self.check_usage_schema()
-        self.ensure_table(RECONCILED_USAGE)
         results = self.table(RECONCILED_USAGE)
         distinct = "IS DISTINCT FROM"
         query = sa.text(
@@ -545,16 +717,31 @@ class Database:
         params = {"day": day, "at": reconciled_at}
         if not self.is_postgres:
             params = {"day": day.isoformat(), "at": _sqlite_ts(reconciled_at)}
-        with self.engine.begin() as conn:
+        with self.day_transaction(day, self._usage_table, (RECONCILED_USAGE,)) as conn:
+            if conn is None:
+                return WriteBackResult(0, 0, 0, locked=True)
             considered = conn.execute(count, {"day": params["day"]}).scalar_one()
             updated = conn.execute(query, params).rowcount
-        return WriteBackResult(rows_considered=int(considered), rows_updated=int(updated))
+            disagreeing = self.count_disagreeing(day, conn)
+        return WriteBackResult(
+            rows_considered=int(considered),
+            rows_updated=int(updated),
+            rows_disagreeing=disagreeing,
+        )
 
     def read_day(
-        self, output: OutputTable, day: date, columns: Sequence[str] | None = None
+        self,
+        output: OutputTable,
+        day: date,
+        columns: Sequence[str] | None = None,
+        conn: sa.Connection | None = None,
     ) -> pd.DataFrame:
-        """A stored day of an output table, in the core's names and types (money in pico)."""
-        self.ensure_table(output)
+        """A stored day of an output table, in the core's names and types (money in pico).
+
+        `conn`: read inside that transaction (e.g. a `day_transaction`) rather than a new one.
+        """
+        if conn is None:
+            self.ensure_table(output)
         chosen = [c for c in output.columns if columns is None or output.frame_name(c) in columns]
         select = ", ".join(
             f'CAST(round("{c.name}_cents" * 10000000000) AS BIGINT) AS "{c.name}_pico"'
@@ -563,8 +750,8 @@ class Database:
             for c in chosen
         )
         query = sa.text(f"SELECT {select} FROM {self.table(output)} WHERE usage_date = :day")
-        with self.engine.connect() as conn:
-            frame = pd.read_sql_query(query, conn, params={"day": self._day(day)})
+        with _connection(self.engine, conn) as reader:
+            frame = pd.read_sql_query(query, reader, params={"day": self._day(day)})
         for column in chosen:
             name = output.frame_name(column)
             if column.kind in ("money", "bigint"):
@@ -581,7 +768,7 @@ class Database:
                 frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
         return frame
 
-    def read_results(self, day: date) -> pd.DataFrame:
+    def read_results(self, day: date, conn: sa.Connection | None = None) -> pd.DataFrame:
         """The stored per-request results of a day that the summaries and invoice check read."""
         return self.read_day(
             RECONCILED_USAGE,
@@ -600,20 +787,21 @@ class Database:
                 "actual_cost_pico",
                 "variance_pico",
             ],
+            conn=conn,
         )
 
-    def summary_matches_rows(self, day: date) -> bool:
+    def summary_matches_rows(self, day: date, conn: sa.Connection | None = None) -> bool:
         """Whether the stored summary of a day adds up to its stored rows (exact on PostgreSQL)."""
         rows, summary = self.table(RECONCILED_USAGE), self.table(DAILY_VARIANCE_SUMMARY)
         sums = ", ".join(
             f"coalesce(sum({m}_cents), 0)" for m in ("estimated_cost", "actual_cost", "variance")
         )
-        with self.engine.connect() as conn:
+        with _connection(self.engine, conn) as reader:
             params = {"day": self._day(day)}
-            from_rows = conn.execute(
+            from_rows = reader.execute(
                 sa.text(f"SELECT count(*), {sums} FROM {rows} WHERE usage_date = :day"), params
             ).one()
-            from_summary = conn.execute(
+            from_summary = reader.execute(
                 sa.text(
                     f"SELECT coalesce(sum(requests), 0), {sums} FROM {summary}"
                     " WHERE usage_date = :day"
@@ -626,7 +814,7 @@ class Database:
             abs(float(a) - float(b)) < 1e-6 for a, b in zip(from_rows, from_summary, strict=True)
         )
 
-    def count_disagreeing(self, day: date) -> int:
+    def count_disagreeing(self, day: date, conn: sa.Connection | None = None) -> int:
         """token_usage rows of the day whose status or actual cost differ from the results."""
         query = sa.text(
             f"SELECT count(*) FROM {self.table(RECONCILED_USAGE)} AS r"
@@ -634,11 +822,28 @@ class Database:
             " AND (t.actual_cost_cents IS DISTINCT FROM r.actual_cost_cents"
             " OR t.reconciliation_status IS DISTINCT FROM r.reconciliation_status)"
         )
-        with self.engine.connect() as conn:
-            return int(conn.execute(query, {"day": self._day(day)}).scalar_one())
+        with _connection(self.engine, conn) as reader:
+            return int(reader.execute(query, {"day": self._day(day)}).scalar_one())
 
     def _day(self, day: date) -> date | str:
         return day if self.is_postgres else day.isoformat()
+
+
+@contextmanager
+def _connection(engine: sa.Engine, conn: sa.Connection | None) -> Iterator[sa.Connection]:
+    """`conn` itself when given (the caller's transaction), else a new connection."""
+    if conn is not None:
+        yield conn
+        return
+    with engine.connect() as fresh:
+        yield fresh
+
+
+def _begin_sqlite(conn: sa.Connection) -> None:
+    """pysqlite opens a transaction only before DML; take the write lock at once instead, so
+    a day's read-then-write is one transaction there too."""
+    if not conn.connection.driver_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_ts(moment: datetime) -> str:

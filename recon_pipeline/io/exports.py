@@ -50,14 +50,19 @@ def files_for_span(folder: Path, start: datetime, end: datetime) -> list[Path]:
     last = (end - timedelta(microseconds=1)).date() + timedelta(days=1)
     chosen = []
     for path in sorted(folder.rglob("*.jsonl")):
-        match = _DATE_IN_NAME.search(path.name)
-        try:
-            named = date.fromisoformat(match.group(1)) if match else None
-        except ValueError:
-            named = None
+        named = named_date(path)
         if named is None or first <= named <= last:
             chosen.append(path)
     return chosen
+
+
+def named_date(path: Path) -> date | None:
+    """The `YYYY-MM-DD` in a file's name, if it has a valid one."""
+    match = _DATE_IN_NAME.search(path.name)
+    try:
+        return date.fromisoformat(match.group(1)) if match else None
+    except ValueError:
+        return None
 
 
 def read_export_folder(folder: Path, start: datetime, end: datetime) -> ExportRead:
@@ -67,6 +72,15 @@ def read_export_folder(folder: Path, start: datetime, end: datetime) -> ExportRe
     start_s, end_s = start.timestamp(), end.timestamp()
     for path in files_for_span(folder, start, end):
         result.files.append(path.name)
+        named = named_date(path)
+        if named is not None:
+            # Only the named day and its neighbours read this file: a record further away
+            # would be read on no day at all, so it is refused rather than lost.
+            reach = datetime(named.year, named.month, named.day, tzinfo=UTC)
+            reach_s = (
+                (reach - timedelta(days=1)).timestamp(),
+                (reach + timedelta(days=2)).timestamp(),
+            )
         with path.open("r", encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
@@ -84,7 +98,15 @@ def read_export_folder(folder: Path, start: datetime, end: datetime) -> ExportRe
                     reason = parsed.skipped_reason or "skipped"
                     result.skipped[reason] = result.skipped.get(reason, 0) + 1
                     continue
-                if start_s <= parsed.record["created"] < end_s:
+                created = parsed.record["created"]
+                if named is not None and not reach_s[0] <= created < reach_s[1]:
+                    moment = datetime.fromtimestamp(created, UTC).isoformat()
+                    raise ExportFileError(
+                        f"{path}:{number}: record created {moment} is more than a day away "
+                        f"from the file's date {named}, so no day would read it; move the line "
+                        "to a file of its day or to a file without a date in its name"
+                    )
+                if start_s <= created < end_s:
                     records.append(parsed.record)
     result.records = records_frame(records)
     return result

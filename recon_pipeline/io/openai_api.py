@@ -531,11 +531,17 @@ class _Call:
 
     def _budget_error(self, endpoint: str, spent: _BudgetSpent) -> OpenAIAPIError:
         status = spent.status
-        kind = _status_kind(status) if status is not None else self._transport_failure(spent)[0]
+        if status is not None:
+            kind, reason = _status_kind(status), ""
+        else:
+            # Say why the attempts failed (e.g. the read timeout), not only that they did.
+            kind, reason = self._transport_failure(spent)
+            reason += "; "
         budget = self.budget.seconds
         detail = (
-            f"gave up after {spent.attempts} attempts: the next retry needs a {spent.wait_s:g} s "
-            f"wait but only {spent.left:g} s of the {budget:g} s retry budget is left"
+            f"{reason}gave up after {spent.attempts} attempts: the next retry needs a "
+            f"{spent.wait_s:g} s wait but only {spent.left:g} s of the {budget:g} s retry "
+            "budget is left"
         )
         log.warning("%s: retry budget of %g s spent", endpoint, budget)
         return OpenAIAPIError(detail, kind=kind, endpoint=endpoint, status=status)

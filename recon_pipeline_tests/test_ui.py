@@ -1,0 +1,541 @@
+"""The Dagster UI as a user drives it: `dagster-webserver` and `dagster-daemon` running as
+processes on the shipped deploy/dagster.yaml (PostgreSQL storage, queued runs), a three-day
+backfill run by the daemon, and the pages looked at in headless Chromium.
+
+Nothing is installed at run time: Chromium and its driver are Debian's `chromium` and
+`chromium-driver` (.ci/run installs them when missing), driven by selenium. Screenshots go to
+the test's temporary folder; with RECON_UPDATE_SCREENSHOTS=1 they also replace docs/*.png.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from recon_pipeline.demo_data import generate_demo_data
+from recon_pipeline.io.migrations import create_demo_token_usage
+
+pytestmark = pytest.mark.timeout(600)
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+BROWSER_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1600,1400",
+)
+ASSETS = (
+    "openai_requests",
+    "openai_daily_usage",
+    "openai_daily_costs",
+    "reconciled_usage",
+    "unlogged_openai_requests",
+    "token_usage_reconciliation",
+    "daily_variance_summary",
+    "invoice_check",
+)
+# Old enough that the grace period is over and the pending-rows sensor has nothing to do.
+LAST_DAY = datetime.now(UTC).date() - timedelta(days=10)
+FIRST_DAY = LAST_DAY - timedelta(days=13)
+BACKFILL_DAYS = [LAST_DAY - timedelta(days=n) for n in (2, 1, 0)]
+STARTUP_SECONDS = 120
+BACKFILL_SECONDS = 240
+PAGE_SECONDS = 60
+
+
+def _wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
+    """`check()` until it returns something truthy, for at most `timeout` seconds. A server not
+    answering yet is retried; any other error (a process that died, a GraphQL error) ends the
+    wait at once."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except requests.RequestException as exc:
+            last_error, value = exc, None
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: {last_error}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    url: str
+    engine: sa.Engine
+    schema: str
+    logs: Path
+    processes: list[subprocess.Popen]
+    backfill_id: str = ""
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        response = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=30
+        )
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def log_tails(self) -> str:
+        return "\n".join(
+            f"--- {path.name}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-25:])
+            for path in sorted(self.logs.glob("*.log"))
+        )
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            assert process.poll() is None, f"{process.args[0]} exited\n{self.log_tails()}"
+
+    def rows(self, sql: str, **params: Any) -> list[sa.Row]:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql.format(s=f'"{self.schema}"')), params).all()
+
+
+def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        # A session of its own, so that teardown can end it with the code servers it starts.
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _environment(home: Path, pg_url: str, dagster_db: str, schema: str, folder: Path) -> dict:
+    url = sa.make_url(pg_url)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RECON_", "OPENAI_", "DAGSTER_")) and k != "PYTEST_CURRENT_TEST"
+    }
+    return env | {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": url.host or "127.0.0.1",
+        "DAGSTER_PG_PORT": str(url.port or 5432),
+        "DAGSTER_PG_USERNAME": url.username or "postgres",
+        "DAGSTER_PG_PASSWORD": url.password or "",
+        "DAGSTER_PG_DB": dagster_db,
+        "RECON_DATABASE_URL": pg_url,
+        "RECON_USAGE_SCHEMA": schema,
+        "RECON_USAGE_EXPORT_DIR": str(folder),
+        "RECON_START_DATE": FIRST_DAY.isoformat(),
+        "RECON_OPENAI_SOURCE": "exports",
+        "RECON_HOME": str(home / "recon"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+  }
+}"""
+
+LOCATIONS = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+@pytest.fixture(scope="module")
+def stack(pg_engine, pg_module_schema, pg_url, tmp_path_factory) -> Iterator[Stack]:
+    """The webserver and the daemon on a fresh Dagster database and a fresh demo schema, with
+    the three-day backfill launched (GraphQL, as the UI's "Launch backfill" does) as soon as the
+    code location has loaded."""
+    engine, schema = pg_module_schema
+    root = tmp_path_factory.mktemp("ui")
+    create_demo_token_usage(engine, schema=schema)
+    generate_demo_data(engine, root / "exports", last_day=LAST_DAY, schema=schema)
+
+    home = root / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    dagster_db = f"dagster_ui_{uuid.uuid4().hex[:12]}"
+    admin = pg_engine.execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{dagster_db}"')
+
+    env = _environment(home, pg_url, dagster_db, schema, root / "exports")
+    logs = root / "logs"
+    logs.mkdir()
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    workspace = str(REPO / "workspace.yaml")
+    processes: list[subprocess.Popen] = []
+    try:
+        webserver = [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)]
+        daemon = [str(bin_dir / "dagster-daemon"), "run"]
+        processes.append(_start([*webserver, "-w", workspace], env, logs / "webserver.log"))
+        processes.append(_start([*daemon, "-w", workspace], env, logs / "daemon.log"))
+        stack = Stack(f"http://127.0.0.1:{port}", engine, schema, logs, processes)
+
+        def location_loaded() -> bool:
+            stack.check_alive()
+            entries = stack.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
+            for entry in entries:
+                error = entry["locationOrLoadError"] or {}
+                assert error.get("__typename") != "PythonError", error.get("message")
+            return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
+
+        _wait_for("the code location to load", location_loaded, STARTUP_SECONDS)
+        launched = stack.graphql(
+            LAUNCH_BACKFILL,
+            params={
+                "partitionNames": [day.isoformat() for day in BACKFILL_DAYS],
+                "assetSelection": [{"path": [name]} for name in ASSETS],
+                "fromFailure": False,
+            },
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        stack.backfill_id = launched["backfillId"]
+        yield stack
+    finally:
+        for process in processes:
+            _stop(process)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{dagster_db}" WITH (FORCE)')
+
+
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status
+      runs(limit: 50) { id status tags { key value } }
+    }
+  }
+}"""
+
+
+@pytest.fixture(scope="module")
+def backfill(stack: Stack) -> dict[str, Any]:
+    """The backfill once the daemon has finished it."""
+
+    def finished() -> dict[str, Any] | None:
+        stack.check_alive()
+        found = stack.graphql(BACKFILL_STATUS, id=stack.backfill_id)["partitionBackfillOrError"]
+        done = found["status"] not in ("REQUESTED", "CANCELING", "FAILING")
+        return found if done else None
+
+    try:
+        return _wait_for("the daemon to run the backfill", finished, BACKFILL_SECONDS, every=2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{stack.log_tails()}") from None
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def browser(screenshots: Path) -> Iterator[Any]:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"missing {', '.join(missing)}: install Debian's chromium and chromium-driver "
+            "(.ci/run does: apt-get install chromium chromium-driver)",
+            pytrace=False,
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(screenshots / "driver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(PAGE_SECONDS)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _page(driver: Any, stack: Stack, path: str, expected: list[str], shots: Path) -> str:
+    """Open `path` and wait until its text shows every string of `expected`."""
+    driver.get(stack.url + path)
+
+    def shows_everything() -> str | None:
+        try:
+            # The first visit of a fresh instance asks to join the community: the user skips it.
+            for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
+                button.click()
+            text = driver.find_element(By.TAG_NAME, "body").text
+        except WebDriverException:  # the page re-rendered under us: look again
+            return None
+        return text if all(item in text for item in expected) else None
+
+    try:
+        return _wait_for(f"{path} to show {expected}", shows_everything, PAGE_SECONDS)
+    except AssertionError:
+        driver.save_screenshot(str(shots / "failed-page.png"))
+        text = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(
+            f"{path} never showed all of {expected}; it shows:\n{text[:3000]}"
+        ) from None
+
+
+def _save(driver: Any, shots: Path, name: str) -> Path:
+    target = shots / name
+    assert driver.save_screenshot(str(target))
+    assert target.stat().st_size > 20_000, f"{name} looks empty"
+    if os.environ.get("RECON_UPDATE_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        shutil.copy(target, DOCS / name)
+    return target
+
+
+# -- the backfill, through the daemon --------------------------------------------------------
+
+
+def test_the_daemon_runs_the_backfill_through_the_queue(stack: Stack, backfill) -> None:
+    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+    runs = backfill["runs"]
+    # BackfillPolicy.multi_run(31): the three days are one run, and it went through the queue
+    # with the backfill's tag (the tag the instance's queue limits).
+    assert runs and all(run["status"] == "SUCCESS" for run in runs)
+    for run in runs:
+        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+        assert tags["dagster/backfill"] == stack.backfill_id
+        assert (
+            tags["dagster/asset_partition_range_start"],
+            tags["dagster/asset_partition_range_end"],
+        ) == (BACKFILL_DAYS[0].isoformat(), BACKFILL_DAYS[-1].isoformat())
+
+
+def test_the_backfilled_days_are_reconciled_in_the_database(stack: Stack, backfill) -> None:
+    first, end = BACKFILL_DAYS[0], BACKFILL_DAYS[-1] + timedelta(days=1)
+    by_day = dict(
+        stack.rows(
+            "SELECT (created_at AT TIME ZONE 'UTC')::date, count(*) FROM {s}.token_usage"
+            " WHERE created_at >= :first AND created_at < :end GROUP BY 1",
+            first=first,
+            end=end,
+        )
+    )
+    results = dict(stack.rows("SELECT usage_date, count(*) FROM {s}.reconciled_usage GROUP BY 1"))
+    assert set(results) == set(BACKFILL_DAYS)
+    assert all(by_day[day] == results[day] > 50 for day in BACKFILL_DAYS)
+    [(pending, unstamped)] = stack.rows(
+        "SELECT count(*) FILTER (WHERE reconciliation_status = 'pending'),"
+        " count(*) FILTER (WHERE reconciled_at IS NULL)"
+        " FROM {s}.token_usage WHERE created_at >= :first AND created_at < :end",
+        first=first,
+        end=end,
+    )
+    assert (pending, unstamped) == (0, 0)  # the grace period is over: every row has a verdict
+    [(touched_outside,)] = stack.rows(
+        "SELECT count(*) FROM {s}.token_usage WHERE (created_at < :first OR created_at >= :end)"
+        " AND reconciled_at IS NOT NULL",
+        first=first,
+        end=end,
+    )
+    assert touched_outside == 0
+    summary_days = {
+        day for (day,) in stack.rows("SELECT usage_date FROM {s}.daily_variance_summary")
+    }
+    assert summary_days == set(BACKFILL_DAYS)
+
+
+PARTITIONS = """
+query Partitions($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      partitionStats { numMaterialized numPartitions numFailed }
+      assetPartitionStatuses {
+        ... on TimePartitionStatuses { ranges { startKey endKey status } }
+      }
+    }
+  }
+}"""
+
+
+def _materialized_days(stack: Stack, asset: str) -> tuple[set[date], dict[str, int]]:
+    node = stack.graphql(PARTITIONS, key={"path": [asset]})["assetNodeOrError"]
+    days: set[date] = set()
+    for span in node["assetPartitionStatuses"]["ranges"]:
+        if span["status"] == "MATERIALIZED":
+            day, end = date.fromisoformat(span["startKey"]), date.fromisoformat(span["endKey"])
+            while day <= end:
+                days.add(day)
+                day += timedelta(days=1)
+    return days, node["partitionStats"]
+
+
+def test_graphql_shows_the_days_materialized(stack: Stack, backfill) -> None:
+    partitions = (datetime.now(UTC).date() - FIRST_DAY).days  # up to yesterday
+    for asset in ASSETS:
+        days, stats = _materialized_days(stack, asset)
+        assert set(BACKFILL_DAYS) <= days, asset
+        # Only a 02:00 UTC schedule tick during the test could add a day (yesterday).
+        assert days - set(BACKFILL_DAYS) <= {datetime.now(UTC).date() - timedelta(days=1)}
+        assert stats["numPartitions"] == partitions and stats["numFailed"] == 0, asset
+
+
+METADATA = """
+query Metadata($key: AssetKeyInput!, $partitions: [String!]) {
+  assetOrError(assetKey: $key) {
+    ... on Asset {
+      assetMaterializations(partitions: $partitions) {
+        partition
+        metadataEntries {
+          label
+          ... on FloatMetadataEntry { floatValue }
+          ... on IntMetadataEntry { intValue }
+        }
+      }
+    }
+  }
+}"""
+
+
+def test_each_partition_carries_its_own_figures(stack: Stack, backfill) -> None:
+    """What the UI plots per partition: each day's materialization has that day's numbers."""
+    days = [day.isoformat() for day in BACKFILL_DAYS]
+    for asset, figures in {
+        "reconciled_usage": ("match_rate", "estimated_cost_usd", "actual_cost_usd", "rows"),
+        "invoice_check": ("unattributed_share", "billed_usd", "reconciled_actual_usd"),
+    }.items():
+        found = stack.graphql(METADATA, key={"path": [asset]}, partitions=days)["assetOrError"]
+        values: dict[str, dict[str, float]] = {}
+        for event in found["assetMaterializations"]:
+            entries = {
+                e["label"]: e.get("floatValue", e.get("intValue")) for e in event["metadataEntries"]
+            }
+            values[event["partition"]] = {name: entries[name] for name in figures}
+        assert sorted(values) == days, asset
+        if asset == "reconciled_usage":
+            rows = dict(
+                stack.rows("SELECT usage_date::text, count(*) FROM {s}.reconciled_usage GROUP BY 1")
+            )
+            assert {day: v["rows"] for day, v in values.items()} == rows
+        # Different days, different numbers: not the range's totals copied onto each.
+        assert len({v[figures[0]] for v in values.values()}) > 1, (asset, values)
+
+
+# -- the pages -------------------------------------------------------------------------------
+
+
+def test_the_backfill_page_shows_it_succeeded(stack, backfill, browser, screenshots) -> None:
+    text = _page(
+        browser, stack, f"/runs/b/{stack.backfill_id}", ["Succeeded", *ASSETS], screenshots
+    )
+    assert f"{BACKFILL_DAYS[0].isoformat()}...{BACKFILL_DAYS[-1].isoformat()}" in text
+
+
+def test_the_asset_page_shows_the_partitions(stack, backfill, browser, screenshots) -> None:
+    days = [day.isoformat() for day in BACKFILL_DAYS]
+    # The last day is selected, as a user clicks it: its own figures come first.
+    text = _page(
+        browser,
+        stack,
+        f"/assets/reconciled_usage?view=partitions&partition={days[-1]}",
+        ["Materialized (", "Missing (", *days, "Latest materialization", "match_rate", "range"],
+        screenshots,
+    )
+    materialized = int(re.search(r"Materialized \((\d+)\)", text).group(1))
+    missing = int(re.search(r"Missing \((\d+)\)", text).group(1))
+    partitions = (datetime.now(UTC).date() - FIRST_DAY).days
+    assert materialized >= 3 and materialized + missing == partitions
+    _save(browser, screenshots, "asset-page.png")
+
+
+def _plots(browser: Any, stack: Stack, asset: str, labels: tuple[str, ...], shots: Path) -> None:
+    """The asset's overview, with its metadata shown as plots by partition."""
+    _page(browser, stack, f"/assets/{asset}", ["Metadata", "Plots"], shots)
+    browser.find_element(By.XPATH, "//button[normalize-space()='Plots']").click()
+    _wait_for(
+        f"the plots of {asset} to show {labels}",
+        lambda: all(
+            label in browser.find_element(By.TAG_NAME, "body").text
+            for label in (*labels, "Partition")
+        ),
+        PAGE_SECONDS,
+    )
+    assert len(browser.find_elements(By.TAG_NAME, "canvas")) >= len(labels)
+
+
+def test_the_plots_show_the_daily_figures(stack, backfill, browser, screenshots) -> None:
+    _plots(
+        browser,
+        stack,
+        "invoice_check",
+        ("unattributed_share", "billed_usd", "reconciled_actual_usd"),
+        screenshots,
+    )
+    _plots(
+        browser,
+        stack,
+        "reconciled_usage",
+        ("match_rate", "estimated_cost_usd", "actual_cost_usd"),
+        screenshots,
+    )
+    _save(browser, screenshots, "plots.png")
+
+
+def test_the_asset_graph_shows_the_pipeline(stack, backfill, browser, screenshots) -> None:
+    _page(
+        browser,
+        stack,
+        "/locations/recon_pipeline.definitions/asset-groups/reconciliation",
+        ["reconciliation", "token_usage", *ASSETS],
+        screenshots,
+    )
+    _save(browser, screenshots, "asset-graph.png")
