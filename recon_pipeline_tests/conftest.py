@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -41,17 +42,23 @@ def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+@contextmanager
+def _fresh_schema(engine: sa.Engine, prefix: str) -> Iterator[tuple[sa.Engine, str]]:
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield engine, schema
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @pytest.fixture
 def pg_schema(pg_engine: sa.Engine) -> Iterator[tuple[sa.Engine, str]]:
     """A fresh schema per test, dropped with everything in it afterwards."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with pg_engine.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield pg_engine, schema
-    finally:
-        with pg_engine.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with _fresh_schema(pg_engine, "t") as fresh:
+        yield fresh
 
 
 @pytest.fixture
@@ -65,11 +72,5 @@ def sqlite_engine(tmp_path) -> Iterator[sa.Engine]:
 @pytest.fixture(scope="module")
 def pg_module_schema(pg_engine: sa.Engine) -> Iterator[tuple[sa.Engine, str]]:
     """Like `pg_schema`, shared by the tests of one module (for one expensive setup)."""
-    schema = f"m_{uuid.uuid4().hex[:12]}"
-    with pg_engine.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield pg_engine, schema
-    finally:
-        with pg_engine.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with _fresh_schema(pg_engine, "m") as fresh:
+        yield fresh

@@ -584,74 +584,57 @@ class _Call:
 
     def cursor_pages(self, path: str, params: Mapping[str, Any]) -> Iterator[list[Any]]:
         """Pages of a list endpoint (`after`/`has_more`/`last_id`), until `has_more` is false."""
+        return self._pages(path, params, "list", request="after", response="last_id")
+
+    def bucket_pages(
+        self, path: str, params: Mapping[str, Any], *, decimals: bool = False
+    ) -> Iterator[list[Any]]:
+        """Pages of an organization endpoint (`page`/`has_more`/`next_page`)."""
+        return self._pages(
+            path, params, "page", request="page", response="next_page", decimals=decimals
+        )
+
+    def _pages(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        envelope: str,
+        *,
+        request: str,
+        response: str,
+        decimals: bool = False,
+    ) -> Iterator[list[Any]]:
+        """Follow a pagination cursor (sent as `request`, read from `response`) until
+        `has_more` is false; a missing or repeated cursor, or too many pages, is an error."""
         endpoint = f"GET {path}"
         cursor: str | None = None
         seen: set[str] = set()
         for number in range(1, self._client.max_pages + 1):
             query = dict(params)
             if cursor is not None:
-                query["after"] = cursor
-            payload = self.get(path, query)
-            data, has_more = _envelope(payload, endpoint, "list")
+                query[request] = cursor
+            payload = self.get(path, query, decimals=decimals)
+            data, has_more = _envelope(payload, endpoint, envelope)
             log.debug("%s page %d: %d items, has_more=%s", endpoint, number, len(data), has_more)
             yield data
             if not has_more:
                 return
-            last_id = payload.get("last_id")
-            if not isinstance(last_id, str) or not last_id:
+            following = payload.get(response)
+            if not isinstance(following, str) or not following:
                 raise OpenAIAPIError(
-                    f"page {number}: has_more is true but 'last_id' is missing",
+                    f"page {number}: has_more is true but {response!r} is missing",
                     kind="malformed",
                     endpoint=endpoint,
                 )
-            if last_id in seen:
+            if following in seen:
                 raise OpenAIAPIError(
-                    f"page {number}: the server repeated cursor {last_id!r}; stopping instead "
+                    f"page {number}: the server repeated cursor {following!r}; stopping instead "
                     "of looping",
                     kind="pagination",
                     endpoint=endpoint,
                 )
-            seen.add(last_id)
-            cursor = last_id
-        raise OpenAIAPIError(
-            f"more than {self._client.max_pages} pages; raise max_pages or narrow the range",
-            kind="pagination",
-            endpoint=endpoint,
-        )
-
-    def bucket_pages(
-        self, path: str, params: Mapping[str, Any], *, decimals: bool = False
-    ) -> Iterator[list[Any]]:
-        """Pages of an organization endpoint (`page`/`has_more`/`next_page`)."""
-        endpoint = f"GET {path}"
-        page: str | None = None
-        seen: set[str] = set()
-        for number in range(1, self._client.max_pages + 1):
-            query = dict(params)
-            if page is not None:
-                query["page"] = page
-            payload = self.get(path, query, decimals=decimals)
-            data, has_more = _envelope(payload, endpoint, "page")
-            log.debug("%s page %d: %d buckets, has_more=%s", endpoint, number, len(data), has_more)
-            yield data
-            if not has_more:
-                return
-            next_page = payload.get("next_page")
-            if not isinstance(next_page, str) or not next_page:
-                raise OpenAIAPIError(
-                    f"page {number}: has_more is true but 'next_page' is missing",
-                    kind="malformed",
-                    endpoint=endpoint,
-                )
-            if next_page in seen:
-                raise OpenAIAPIError(
-                    f"page {number}: the server repeated page cursor {next_page!r}; stopping "
-                    "instead of looping",
-                    kind="pagination",
-                    endpoint=endpoint,
-                )
-            seen.add(next_page)
-            page = next_page
+            seen.add(following)
+            cursor = following
         raise OpenAIAPIError(
             f"more than {self._client.max_pages} pages; raise max_pages or narrow the range",
             kind="pagination",
