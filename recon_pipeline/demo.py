@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     _print_summary(database)
     print(
         "\nNext: open the Dagster UI on the same data and run history:\n"
-        f"  DAGSTER_HOME={dagster_home} uv run dagster dev -w workspace.yaml\n"
+        f"  env -u RECON_DATABASE_URL -u RECON_USAGE_EXPORT_DIR RECON_HOME={home}"
+        f" DAGSTER_HOME={dagster_home} uv run dagster dev -w workspace.yaml\n"
         f"and query the tables in {demo_database_path(home)} "
         "(reconciled_usage, daily_variance_summary, unlogged_openai_requests, invoice_check,\n"
         " token_usage_with_costs)."

@@ -12,13 +12,14 @@ import json
 import random
 import string
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 
 from recon_pipeline.io.identifiers import qualified
@@ -588,8 +589,8 @@ def _write_exports(export_dir: Path, window: list[date], calls: list[_Call]) -> 
 
 
 def _write_daily_totals(export_dir: Path, window: list[date]) -> list[Path]:
-    """OpenAI's Usage and Costs API pages for each day, as the API would return them, built
-    from the day's exported records priced at the catalogue (plus a non-token charge)."""
+    """OpenAI's Usage and Costs API pages for each day, built from the day's exported records
+    priced at the catalogue, plus a non-token charge."""
     from recon_pipeline.core.pricing import PriceCatalogue, price_usage
     from recon_pipeline.io.exports import read_export_folder
 
@@ -597,48 +598,62 @@ def _write_daily_totals(export_dir: Path, window: list[date]) -> list[Path]:
     files = []
     for day in window:
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        end = start + timedelta(days=1)
-        records = price_usage(read_export_folder(export_dir, start, end).records, catalogue)
-        whisper = records["model"] == "whisper-1"
-        completions = (
-            records[~whisper]
-            .groupby(["model", "batch", "service_tier"], sort=True)
-            .agg(
-                input_tokens=("input_tokens", "sum"),
-                input_cached_tokens=("cached_input_tokens", "sum"),
-                output_tokens=("output_tokens", "sum"),
-                num_model_requests=("request_id", "size"),
-            )
-            .reset_index()
+        records = read_export_folder(export_dir, start, start + timedelta(days=1)).records
+        priced = price_usage(records, catalogue)
+        files += write_daily_totals_pages(export_dir, day, priced, DAILY_NON_TOKEN_CHARGES_USD)
+    return files
+
+
+def write_daily_totals_pages(
+    folder: Path,
+    day: date,
+    priced: pd.DataFrame,
+    non_token_charges_usd: Mapping[str, Decimal] | None = None,
+) -> list[Path]:
+    """Write the day's Usage and Costs API pages, as the API returns them, for OpenAI records
+    created on `day` and priced (`actual_cost_pico`): completions and transcriptions usage by
+    model, and one cost line item per model plus any non-token charges."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    end = start + timedelta(days=1)
+    whisper = priced["model"] == "whisper-1"
+    completions = (
+        priced[~whisper]
+        .groupby(["model", "batch", "service_tier"], sort=True)
+        .agg(
+            input_tokens=("input_tokens", "sum"),
+            input_cached_tokens=("cached_input_tokens", "sum"),
+            output_tokens=("output_tokens", "sum"),
+            num_model_requests=("request_id", "size"),
         )
-        transcriptions = (
-            records[whisper]
-            .groupby("model", sort=True)
-            .agg(ms=("audio_ms", "sum"), num_model_requests=("request_id", "size"))
-            .reset_index()
-        )
-        pages = {
-            "completions": [
-                {
-                    "object": "organization.usage.completions.result",
-                    **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
-                }
-                for row in completions.to_dict("records")
-            ],
-            "audio_transcriptions": [
-                {
-                    "object": "organization.usage.audio_transcriptions.result",
-                    "model": row["model"],
-                    "seconds": round(int(row["ms"]) / 1000),
-                    "num_model_requests": int(row["num_model_requests"]),
-                }
-                for row in transcriptions.to_dict("records")
-            ],
-        }
-        by_model = records.groupby("model", sort=True)["actual_cost_pico"].sum()
-        costs = [(str(model), int(pico)) for model, pico in by_model.items()]
-        costs += [(item, int(usd * 10**12)) for item, usd in DAILY_NON_TOKEN_CHARGES_USD.items()]
-        pages["costs"] = [
+        .reset_index()
+    )
+    transcriptions = (
+        priced[whisper]
+        .groupby("model", sort=True)
+        .agg(ms=("audio_ms", "sum"), num_model_requests=("request_id", "size"))
+        .reset_index()
+    )
+    by_model = priced.groupby("model", sort=True)["actual_cost_pico"].sum()
+    costs = [(str(model), int(pico)) for model, pico in by_model.items()]
+    costs += [(item, int(usd * 10**12)) for item, usd in (non_token_charges_usd or {}).items()]
+    pages = {
+        "openai-usage-completions": [
+            {
+                "object": "organization.usage.completions.result",
+                **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
+            }
+            for row in completions.to_dict("records")
+        ],
+        "openai-usage-audio_transcriptions": [
+            {
+                "object": "organization.usage.audio_transcriptions.result",
+                "model": row["model"],
+                "seconds": round(int(row["ms"]) / 1000),
+                "num_model_requests": int(row["num_model_requests"]),
+            }
+            for row in transcriptions.to_dict("records")
+        ],
+        "openai-costs": [
             {
                 "object": "organization.costs.result",
                 "amount": {"value": float(Decimal(pico) / 10**12), "currency": "usd"},
@@ -646,25 +661,26 @@ def _write_daily_totals(export_dir: Path, window: list[date]) -> list[Path]:
                 "project_id": None,
             }
             for item, pico in costs
-        ]
-        for endpoint, results in pages.items():
-            name = "openai-costs" if endpoint == "costs" else f"openai-usage-{endpoint}"
-            page = {
-                "object": "page",
-                "data": [
-                    {
-                        "object": "bucket",
-                        "start_time": int(start.timestamp()),
-                        "end_time": int(end.timestamp()),
-                        "results": results,
-                    }
-                ],
-                "has_more": False,
-                "next_page": None,
-            }
-            path = export_dir / f"{name}-{day.isoformat()}.json"
-            path.write_text(json.dumps(page, separators=(",", ":")) + "\n", encoding="utf-8")
-            files.append(path)
+        ],
+    }
+    files = []
+    for name, results in pages.items():
+        page = {
+            "object": "page",
+            "data": [
+                {
+                    "object": "bucket",
+                    "start_time": int(start.timestamp()),
+                    "end_time": int(end.timestamp()),
+                    "results": results,
+                }
+            ],
+            "has_more": False,
+            "next_page": None,
+        }
+        path = folder / f"{name}-{day.isoformat()}.json"
+        path.write_text(json.dumps(page, separators=(",", ":")) + "\n", encoding="utf-8")
+        files.append(path)
     return files
 
 

@@ -593,3 +593,33 @@ def test_embedded_sqlite_default_builds_the_demo_and_runs(monkeypatch, tmp_path)
     assert logged == results > 100
     assert statuses[s.MATCHED] > 100 and statuses[s.UNVERIFIABLE] > 10
     assert untouched == 0  # days outside the run are not written
+
+
+def test_a_day_whose_openai_source_is_missing_fails_instead_of_writing_not_found(
+    own_demo: Demo,
+) -> None:
+    quiet_day = LAST_DAY + timedelta(days=3)
+    with own_demo.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f'INSERT INTO "{own_demo.schema}".token_usage (user_id, action_type, model_used,'
+                " input_tokens, output_tokens, calculated_cost_cents, created_at,"
+                " openai_request_id) VALUES ('u', 'blueprint', 'gpt-4o', 10, 10, 0.01, :at,"
+                " 'chatcmpl-never-exported')"
+            ),
+            {"at": datetime(quiet_day.year, quiet_day.month, quiet_day.day, 12, tzinfo=UTC)},
+        )
+    usage_before = own_demo.token_usage()
+
+    result = own_demo.run(
+        quiet_day, quiet_day, as_of="2026-12-31T00:00:00+00:00", raise_on_error=False
+    )
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    error, message = failure.event_specific_data.error, ""
+    while error is not None:
+        message, error = message + error.message, error.cause
+    assert "no OpenAI records are stored for the day while 1 rows carry request ids" in message
+    assert own_demo.token_usage() == usage_before
+    assert own_demo.results(quiet_day) == []

@@ -47,7 +47,7 @@ def _usage_row(created_at: datetime, **overrides: object) -> dict[str, object]:
         "audio_seconds": None,
         "calculated_cost_cents": Decimal("0.027"),
         "created_at": created_at,
-        "openai_request_id": f"chatcmpl-{created_at.timestamp():.6f}",
+        "openai_request_id": "chatcmpl-x",
         "openai_created": int(created_at.timestamp()),
         "system_fingerprint": "fp_1",
     }
@@ -519,14 +519,28 @@ def test_write_back_sets_three_columns_on_the_days_rows_only(request, backend) -
     yesterday = DAY - timedelta(days=1)
     db.replace_days(
         RECONCILED_USAGE,
-        _result_frame([{"usage_id": ids["yesterday"], "usage_date": yesterday}]),
+        _result_frame(
+            [
+                {
+                    "usage_id": ids["yesterday"],
+                    "openai_request_id": "yesterday",
+                    "usage_date": yesterday,
+                }
+            ]
+        ),
         [yesterday],
     )
     results = _result_frame(
         [
-            {"usage_id": ids["a"], "actual_cost_pico": 1, "variance_pico": -269_999_999},
+            {
+                "usage_id": ids["a"],
+                "openai_request_id": "a",
+                "actual_cost_pico": 1,
+                "variance_pico": -269_999_999,
+            },
             {
                 "usage_id": ids["b"],
+                "openai_request_id": "b",
                 "reconciliation_status": s.DISCREPANCY,
                 "variance_class": s.CLASS_UNDER_ESTIMATE,
                 "actual_cost_pico": 123_456_789_012,
@@ -571,8 +585,13 @@ def test_write_back_status_change_gets_new_reconciled_at(pg_schema) -> None:
     first = _result_frame(
         [
             _pending(ids["a"]),
-            {"usage_id": ids["b"]},
-            {"usage_id": ids["c"], "actual_cost_pico": 300_000_000, "variance_pico": 30_000_000},
+            {"usage_id": ids["b"], "openai_request_id": "b"},
+            {
+                "usage_id": ids["c"],
+                "openai_request_id": "c",
+                "actual_cost_pico": 300_000_000,
+                "variance_pico": 30_000_000,
+            },
         ]
     )
     db.replace_days(RECONCILED_USAGE, first, [DAY])
@@ -584,9 +603,14 @@ def test_write_back_status_change_gets_new_reconciled_at(pg_schema) -> None:
     # OpenAI's record for `a` arrives; `c` is re-priced with the same status; `b` unchanged.
     second = _result_frame(
         [
-            {"usage_id": ids["a"]},
-            {"usage_id": ids["b"]},
-            {"usage_id": ids["c"], "actual_cost_pico": 310_000_000, "variance_pico": 40_000_000},
+            {"usage_id": ids["a"], "openai_request_id": "a"},
+            {"usage_id": ids["b"], "openai_request_id": "b"},
+            {
+                "usage_id": ids["c"],
+                "openai_request_id": "c",
+                "actual_cost_pico": 310_000_000,
+                "variance_pico": 40_000_000,
+            },
         ]
     )
     db.replace_days(RECONCILED_USAGE, second, [DAY])
@@ -607,8 +631,8 @@ def test_write_back_is_one_transaction(pg_schema) -> None:
         RECONCILED_USAGE,
         _result_frame(
             [
-                {"usage_id": ids["a"]},
-                {"usage_id": ids["b"], "reconciliation_status": "bogus"},
+                {"usage_id": ids["a"], "openai_request_id": "a"},
+                {"usage_id": ids["b"], "openai_request_id": "b", "reconciliation_status": "bogus"},
             ]
         ),
         [DAY],
@@ -642,3 +666,27 @@ def test_pending_days(pg_schema) -> None:
     assert db.pending_days(since, END) == [DAY - timedelta(days=1), DAY]
     assert db.pending_days(since, START) == [DAY - timedelta(days=1)]
     assert db.pending_days(START + US, END) == []
+
+
+def test_write_back_leaves_a_row_the_application_changed_since_it_was_read(pg_schema) -> None:
+    db = _pg_db(pg_schema)
+    ids = _day_fixture(db)
+    results = _result_frame(
+        [
+            {"usage_id": ids["a"], "openai_request_id": "a"},
+            {"usage_id": ids["b"], "openai_request_id": "b"},
+        ]
+    )
+    db.replace_days(RECONCILED_USAGE, results, [DAY])
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE {db.usage} SET calculated_cost_cents = 9.5 WHERE id = :id"),
+            {"id": int(ids["b"])},
+        )
+
+    outcome = db.write_back(DAY, T1)
+
+    assert (outcome.rows_updated, outcome.rows_disagreeing) == (1, 1)
+    stored = _by_id(db)
+    assert stored[ids["a"]] == (Decimal("0.0270000000"), T1, s.MATCHED)
+    assert stored[ids["b"]] == (None, None, s.PENDING)

@@ -594,3 +594,34 @@ def test_main_without_url_or_with_bad_name(monkeypatch, capsys, pg_url) -> None:
     assert "RECON_DATABASE_URL" in capsys.readouterr().err
     assert main(["--url", pg_url, "--table", "token_usage; DROP TABLE x"]) == 1
     assert "not a plain SQL identifier" in capsys.readouterr().err
+
+
+def test_recon_migrate_reads_the_same_schema_and_table_variables_as_the_pipeline(
+    pg_schema, pg_url, monkeypatch, capsys
+):
+    engine, schema = pg_schema
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f'CREATE TABLE "{schema}".app_calls (id bigint PRIMARY KEY, user_id text,'
+                " action_type text NOT NULL, model_used text NOT NULL, input_tokens integer,"
+                " output_tokens integer, calculated_cost_cents numeric(12,6),"
+                " created_at timestamptz NOT NULL)"
+            )
+        )
+    monkeypatch.setenv("RECON_DATABASE_URL", pg_url)
+    monkeypatch.setenv("RECON_USAGE_SCHEMA", schema)
+    monkeypatch.setenv("RECON_USAGE_TABLE", "app_calls")
+    assert main([]) == 0
+    with engine.connect() as conn:
+        columns = {
+            name
+            for (name,) in conn.execute(
+                sa.text(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = :s AND table_name = 'app_calls'"
+                ),
+                {"s": schema},
+            )
+        }
+    assert {"actual_cost_cents", "reconciled_at", "reconciliation_status"} <= columns

@@ -431,6 +431,43 @@ def test_401_is_an_auth_error(fake: FakeOpenAI) -> None:
     assert len(fake.requests_to(CHAT)) == 1
 
 
+@pytest.mark.parametrize("padding", [260, 290])
+def test_a_long_echoed_key_is_scrubbed_before_the_message_is_shortened(
+    fake: FakeOpenAI, padding: int
+) -> None:
+    # The fake's 401 echoes the key in full; OpenAI's message is shortened to 300 characters,
+    # which used to cut a key not starting with sk- so that no scrubbing recognised it.
+    key = "x" * padding + "gw_live_SECRETKEY123"
+    client = client_for(fake, api_key=key)
+    error = raises("auth", client.list_chat_completions, START, END)
+    assert "Incorrect API key provided" in str(error)
+    for part in ("gw_live", "SECR", "x" * 40):
+        assert part not in str(error)
+    # A key shaped like ours (same prefix) but not ours is scrubbed too.
+    other = "x" * padding + "gw_live_OTHERKEY456"
+    fake.script(CHAT, Scripted(401, error_body(other, code="invalid_api_key")))
+    client = client_for(fake, api_key="gw_live_SECRETKEY123")
+    error = raises("auth", client.list_chat_completions, START, END)
+    assert "gw_live" not in str(error) and "OTHER" not in str(error)
+
+
+@pytest.mark.parametrize("host", ["api.example.com", "10.0.0.1", "[fe80::1]", "127.example.com"])
+def test_http_to_a_host_that_is_not_loopback_is_refused(host: str) -> None:
+    with pytest.raises(OpenAIAPIError) as caught:
+        OpenAIClient(f"http://{host}/v1", api_key="sk-test-PLAIN123")
+    assert caught.value.kind == "config"
+    assert "https://" in str(caught.value)
+    assert "PLAIN123" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080/v1", "http://127.1.2.3/v1", "http://[::1]:9/v1", "http://localhost/v1"],
+)
+def test_http_to_a_loopback_host_is_accepted(url: str) -> None:
+    assert OpenAIClient(url, api_key="sk-test-PLAIN123").base_url == url
+
+
 def test_truncated_body_is_malformed(fake: FakeOpenAI) -> None:
     fake.script(CHAT, Scripted(body='{"object": "list", "data": ['))
     error = raises("malformed", client_for(fake).list_chat_completions, START, END)

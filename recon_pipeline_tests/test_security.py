@@ -34,11 +34,13 @@ from werkzeug import Request, Response
 from recon_pipeline.core import schema as s
 from recon_pipeline.definitions import build_definitions
 from recon_pipeline.defs import resources as resources_module
-from recon_pipeline.defs.resources import resources_from_env
+from recon_pipeline.defs.resources import ReconDatabase, resources_from_env
 from recon_pipeline.demo_data import generate_demo_data
-from recon_pipeline.io.database import Database
+from recon_pipeline.io.database import Database, DatabaseConnectionError, connect_engine
 from recon_pipeline.io.identifiers import InvalidIdentifierError
 from recon_pipeline.io.migrations import create_demo_token_usage
+from recon_pipeline.io.migrations import main as recon_migrate
+from recon_pipeline.io.secrets import masked_url
 from recon_pipeline_tests.runs import (
     LAST_DAY,
     QUIET,
@@ -407,3 +409,64 @@ def test_keys_and_password_stay_out_of_a_run_even_when_openai_echoes_them(
         server.stop()
     for secret in (PASSWORD, API_KEY, ADMIN_KEY):
         assert secret not in recorded
+
+
+# A password in the URL's query string (libpq's password, sslpassword, passfile) is masked
+# like the one in `user:pw@`.
+
+QUERY_PASSWORD = "S3cretQ"
+
+
+def _query_password_url(pg_url: str, **changes) -> str:
+    url = sa.make_url(pg_url).set(**changes)
+    url = url.update_query_dict({"password": QUERY_PASSWORD, "sslpassword": "SslS3cretQ"})
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql+psycopg://u:pw1@h/db?password=S3cretQ&sslpassword=S3cretQ&app=x",
+            "postgresql+psycopg://u:***@h/db?app=x&password=***&sslpassword=***",
+        ),
+        (
+            "postgresql://u@h:notaport/db?passfile=/S3cretQ&PASSWORD=S3cretQ",
+            "postgresql://u@h:notaport/db?passfile=***&PASSWORD=***",
+        ),
+        ("postgresql://u:S3cretQ@h:notaport/db", "postgresql://u:***@h:notaport/db"),
+    ],
+    ids=["parsed", "unparseable-query", "unparseable-authority"],
+)
+def test_masked_url_masks_authority_and_query_passwords(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
+    assert QUERY_PASSWORD not in masked_url(url)
+
+
+def test_a_query_password_is_masked_in_a_connection_error(pg_url) -> None:
+    url = _query_password_url(pg_url, port=1)
+    with pytest.raises(DatabaseConnectionError) as caught:
+        connect_engine(url)
+    assert "password=***" in str(caught.value)
+    assert QUERY_PASSWORD not in str(caught.value)
+
+
+def test_a_query_password_is_masked_in_the_resource_repr(pg_url) -> None:
+    for url in (_query_password_url(pg_url), _query_password_url(pg_url) + ":bad:port"):
+        resource = ReconDatabase(url=url)
+        for text in (repr(resource), str(resource)):
+            assert QUERY_PASSWORD not in text
+            assert "password=***" in text
+
+
+def test_recon_migrate_masks_a_query_password(pg_schema, pg_url, capsys) -> None:
+    engine, schema = pg_schema
+    create_demo_token_usage(engine, schema=schema)
+    url = _query_password_url(pg_url)
+    assert recon_migrate(["--url", url, "--schema", schema]) == 0  # trust auth ignores it
+    assert recon_migrate(["--url", url, "--schema", schema, "--table", "absent"]) == 1
+    unreachable = _query_password_url(pg_url, port=1)
+    assert recon_migrate(["--url", unreachable, "--schema", schema]) == 1
+    captured = capsys.readouterr()
+    assert "password=***" in captured.out
+    assert QUERY_PASSWORD not in captured.out + captured.err

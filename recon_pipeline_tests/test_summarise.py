@@ -78,9 +78,9 @@ def test_daily_variance_summary_counts_sums_and_match_rate():
             s.DISCREPANCY: np.array([1, 0, 1], dtype=np.int64),
             s.NOT_FOUND: np.array([0, 0, 0], dtype=np.int64),
             s.UNVERIFIABLE: np.array([0, 0, 1], dtype=np.int64),
-            "estimated_cost_pico": np.array([0, 70, 100 + 300 + 50], dtype=np.int64),
-            "actual_cost_pico": np.array([900, 0, 100 + 500], dtype=np.int64),
-            "variance_pico": np.array([0, 0, 0 + 200], dtype=np.int64),
+            "estimated_cost_pico": pd.array([None, 70, 100 + 300 + 50], dtype="Int64"),
+            "actual_cost_pico": pd.array([900, None, 100 + 500], dtype="Int64"),
+            "variance_pico": pd.array([None, None, 0 + 200], dtype="Int64"),
             "match_rate": np.array([0 / 1, np.nan, 1 / 2]),
         }
     )

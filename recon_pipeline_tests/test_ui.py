@@ -534,7 +534,7 @@ def test_the_asset_graph_shows_the_pipeline(stack, backfill, browser, screenshot
     _page(
         browser,
         stack,
-        "/locations/recon_pipeline.definitions/asset-groups/reconciliation",
+        "/locations/recon_pipeline/asset-groups/reconciliation",
         ["reconciliation", "token_usage", *ASSETS],
         screenshots,
     )

@@ -37,8 +37,9 @@ def exact_sum(values: pd.Series) -> int:
 def daily_variance_summary(results: pd.DataFrame) -> pd.DataFrame:
     """One row per day x action_type x model: counts per status, money, and the match rate.
 
-    Money sums skip rows without a value (NULL actual on pending or unpriced rows); the
-    variance sums only rows that have both an estimate and an actual. The match rate is
+    Money sums skip rows without a value (NULL actual on pending or unpriced rows), and are
+    NULL, not 0, for a group where no row has one; the variance sums only rows that have both
+    an estimate and an actual. The match rate is
     matched / (matched + discrepancy): the share of verifiable rows whose cost agreed.
     """
     if results.empty:
@@ -54,17 +55,13 @@ def daily_variance_summary(results: pd.DataFrame) -> pd.DataFrame:
         },
     )
     grouped = frame.groupby(keys, sort=True, dropna=False)
+    money = ["estimated_cost_pico", "actual_cost_pico", "variance_pico"]
     summary = grouped.agg(
-        requests=("usage_id", "size"),
-        **{status: (status, "sum") for status in s.STATUSES},
-        estimated_cost_pico=("estimated_cost_pico", "sum"),
-        actual_cost_pico=("actual_cost_pico", "sum"),
-        variance_pico=("variance_pico", "sum"),
-    ).reset_index()
+        requests=("usage_id", "size"), **{status: (status, "sum") for status in s.STATUSES}
+    ).join(grouped[money].sum(min_count=1).astype("Int64"))
+    summary = summary.reset_index()
     verifiable = summary[s.MATCHED] + summary[s.DISCREPANCY]
     summary["match_rate"] = (summary[s.MATCHED] / verifiable.where(verifiable > 0)).round(6)
-    for column in ("estimated_cost_pico", "actual_cost_pico", "variance_pico"):
-        summary[column] = summary[column].astype(np.int64)
     return summary[SUMMARY_COLUMNS]
 
 

@@ -37,7 +37,6 @@ from recon_pipeline.io.database import (
     UNLOGGED_OPENAI_REQUESTS,
 )
 from recon_pipeline.io.exports import read_daily_totals
-from recon_pipeline.io.openai_api import costs_frame, usage_frame
 
 
 @dg.multi_asset(
@@ -82,8 +81,14 @@ def openai_daily_totals(
         usage, costs = read.usage, read.costs
         source = f"export folder ({len(read.files)} files)"
     else:
-        usage, costs = usage_frame([], "completions"), costs_frame([])
-        source = "none (set OPENAI_ADMIN_KEY)"
+        context.log.warning(
+            "no source of OpenAI's daily usage and costs (set OPENAI_ADMIN_KEY or "
+            "RECON_USAGE_EXPORT_DIR); the stored days are left as they were"
+        )
+        none = {"source": "none (set OPENAI_ADMIN_KEY)", "days_left_unchanged": len(days)}
+        yield dg.MaterializeResult(asset_key="openai_daily_usage", metadata=none)
+        yield dg.MaterializeResult(asset_key="openai_daily_costs", metadata=none)
+        return
 
     usage_report = DailyReport(context, "openai_daily_usage")
     costs_report = DailyReport(context, "openai_daily_costs")
@@ -108,6 +113,22 @@ def openai_daily_totals(
     yield dg.MaterializeResult(
         asset_key="openai_daily_costs", metadata=costs_report.metadata(source=source)
     )
+
+
+def _verdict(worst: float | None, unchecked: list[str], settings: ReconciliationSettings) -> str:
+    parts = []
+    if unchecked:
+        parts.append(f"no invoice total to check against for {', '.join(unchecked)}")
+    if worst is not None:
+        bound = (
+            f"over the fail bound {settings.unattributed_fail_share:.0%}"
+            if abs(worst) > settings.unattributed_fail_share
+            else f"over the warn bound {settings.unattributed_warn_share:.0%}"
+            if abs(worst) > settings.unattributed_warn_share
+            else "within bounds"
+        )
+        parts.append(f"worst unattributed share {worst:.1%}, {bound}")
+    return "; ".join(parts) or "no day was checked"
 
 
 def _share(figures: Figures) -> dict[str, float]:
@@ -174,7 +195,7 @@ def invoice_check_asset(
         if conn is None:
             skipped.append(day)
             skipped_locked(context, "invoice_check", day)
-            report.add(day, rows=0, skipped_locked=1)
+            report.skip(day)
             continue
         shares[day.isoformat()] = day_unattributed_share(table)
         whole_day = table[table["model"] == ALL_MODELS].iloc[0]
@@ -182,7 +203,7 @@ def invoice_check_asset(
         report.add(
             day,
             rows=len(table),
-            billed_usd=0.0 if pd.isna(billed) else int(billed) / s.PICO_PER_USD,
+            **({} if pd.isna(billed) else {"billed_usd": int(billed) / s.PICO_PER_USD}),
             reconciled_actual_usd=int(whole_day["reconciled_actual_pico"]) / s.PICO_PER_USD,
             skipped_locked=0,
         )
@@ -213,9 +234,10 @@ def invoice_check_asset(
 
     unchecked = [day for day, share in shares.items() if share is None]
     known = {day: share for day, share in shares.items() if share is not None}
-    worst = max(known.values(), default=None)
-    over_fail = worst is not None and worst > settings.unattributed_fail_share
-    passed = not unchecked and (worst is None or worst <= settings.unattributed_warn_share)
+    # Reconciled rows explaining more than was billed is as wrong as less: compare magnitudes.
+    worst = max(known.values(), key=abs, default=None)
+    over_fail = worst is not None and abs(worst) > settings.unattributed_fail_share
+    passed = not unchecked and (worst is None or abs(worst) <= settings.unattributed_warn_share)
     return dg.MaterializeResult(
         metadata=report.metadata(
             **skipped_metadata(skipped),
@@ -228,9 +250,10 @@ def invoice_check_asset(
             dg.AssetCheckResult(
                 check_name="unattributed_spend_within_bounds",
                 passed=passed,
+                description=_verdict(worst, unchecked, settings),
                 severity=dg.AssetCheckSeverity.ERROR if over_fail else dg.AssetCheckSeverity.WARN,
                 metadata={
-                    "worst_unattributed_share": worst if worst is not None else -1.0,
+                    **({} if worst is None else {"worst_unattributed_share": worst}),
                     "warn_above": settings.unattributed_warn_share,
                     "fail_above": settings.unattributed_fail_share,
                     "days_without_invoice_data": dg.MetadataValue.json(unchecked),

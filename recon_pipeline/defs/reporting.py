@@ -30,9 +30,15 @@ class DailyReport:
         self._asset_key = dg.AssetKey(asset_key)
         self._derive = derive or (lambda figures: {})
         self.days: dict[date, Figures] = {}
+        self.skipped: list[date] = []
 
     def add(self, day: date, **figures: int | float) -> None:
         self.days[day] = figures
+
+    def skip(self, day: date) -> None:
+        """A day this run did not write (another run held it): its partition gets no figures,
+        so it never shows zeros that were not measured."""
+        self.skipped.append(day)
 
     def totals(self) -> Figures:
         frame = pd.DataFrame(list(self.days.values()))
@@ -45,18 +51,25 @@ class DailyReport:
         """Attach every day's metadata to its partition; returns the MaterializeResult's own
         metadata, which is empty because each partition already carries all of it."""
         shared = dict(extra)
-        if len(self.days) > 1:
-            first, last = min(self.days), max(self.days)
+        every_day = [*self.days, *self.skipped]
+        if len(every_day) > 1 and self.days:
+            first, last = min(every_day), max(every_day)
             totals = self._one(self.totals())
             del totals["dagster/row_count"]
             shared = {
-                "range": f"{first.isoformat()}..{last.isoformat()} ({len(self.days)} days)",
+                "range": f"{first.isoformat()}..{last.isoformat()} ({len(every_day)} days)",
                 **{f"range_{name}": value for name, value in totals.items()},
                 **extra,
             }
         for day, figures in self.days.items():
             self._context.add_asset_metadata(
                 {**self._one(figures), **shared},
+                asset_key=self._asset_key,
+                partition_key=day.isoformat(),
+            )
+        for day in self.skipped:
+            self._context.add_asset_metadata(
+                {"skipped_locked": 1, **shared},
                 asset_key=self._asset_key,
                 partition_key=day.isoformat(),
             )

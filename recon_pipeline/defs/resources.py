@@ -1,4 +1,4 @@
-"""Resources, configured from the environment (names in DESIGN.md and the README).
+"""Resources, configured from the environment (see the README's configuration table).
 
 With no RECON_DATABASE_URL the pipeline runs on the embedded SQLite demo under RECON_HOME
 (default `.recon/`), generating two weeks of demo data the first time it is needed.
@@ -19,6 +19,7 @@ from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.io.database import Database, connect_engine
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.openai_api import OpenAIClient
+from recon_pipeline.io.secrets import masked_url
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -38,10 +39,7 @@ def _shown(name: str, value: object, secret: bool) -> object:
     if secret:
         return "<set>"
     if name == "url":
-        try:
-            return sa.make_url(value).render_as_string(hide_password=True)
-        except sa.exc.ArgumentError:
-            return "<unparseable URL>"
+        return masked_url(value)
     return value
 
 

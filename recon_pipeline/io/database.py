@@ -20,12 +20,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
-from urllib.parse import unquote
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -35,6 +33,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.io.identifiers import qualified, validate_identifier
+from recon_pipeline.io.secrets import masked_url, scrub_url_secrets
 
 _ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
 
@@ -46,17 +45,6 @@ class SchemaNotReadyError(RuntimeError):
 class DatabaseConnectionError(RuntimeError):
     """The database URL does not parse or the server cannot be reached; the message shows the
     URL with its password masked and quotes the driver's error with the password removed."""
-
-
-def _redact(message: str, raw_url: str, password: str | None) -> str:
-    """`message` without the URL's password, raw or decoded, even if the URL did not parse."""
-    secrets = {password} if password else set()
-    found = re.search(r"://[^/@]*?:([^/@]+)@", raw_url)
-    if found:
-        secrets |= {found.group(1), unquote(found.group(1))}
-    for secret in sorted(secrets, key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return message
 
 
 def connect_engine(raw_url: str, application_name: str = "recon_pipeline") -> sa.Engine:
@@ -71,7 +59,7 @@ def connect_engine(raw_url: str, application_name: str = "recon_pipeline") -> sa
         raise DatabaseConnectionError(
             "the database URL is not a valid SQLAlchemy URL (its value is not shown)"
         ) from None
-    shown = url.render_as_string(hide_password=True)
+    shown = masked_url(raw_url)
     connect_args = {}
     if url.get_backend_name() == "postgresql" and "application_name" not in url.query:
         connect_args["application_name"] = application_name
@@ -85,7 +73,7 @@ def connect_engine(raw_url: str, application_name: str = "recon_pipeline") -> sa
             engine.dispose()
         cause = getattr(error, "orig", None) or error
         detail = " ".join(str(cause).split()) or type(cause).__name__
-        detail = _redact(detail, raw_url, url.password)
+        detail = scrub_url_secrets(detail, raw_url)
         raise DatabaseConnectionError(f"cannot connect to {shown}: {detail}") from None
     return engine
 
@@ -366,6 +354,7 @@ class Database:
         if missing:
             raise SchemaNotReadyError(
                 f"{self.usage} lacks columns {missing}; apply the migration with `recon-migrate`"
+                " (it reads RECON_DATABASE_URL, RECON_USAGE_SCHEMA and RECON_USAGE_TABLE)"
             )
 
     def read_logged(
@@ -705,13 +694,30 @@ class Database:
         self.check_usage_schema()
         results = self.table(RECONCILED_USAGE)
         distinct = "IS DISTINCT FROM"
+        usage = self.usage
+        if self.is_postgres:
+            # The estimate as read_logged read it: NaN or absurd amounts count as missing.
+            same_estimate = (
+                f"(CASE WHEN abs({usage}.calculated_cost_cents) < {_MAX_ESTIMATE_CENTS}"
+                f" THEN round({usage}.calculated_cost_cents, 10) END)"
+                " IS NOT DISTINCT FROM r.estimated_cost_cents"
+            )
+        else:
+            same_estimate = (
+                f"(({usage}.calculated_cost_cents IS NULL AND r.estimated_cost_cents IS NULL)"
+                f" OR abs({usage}.calculated_cost_cents - r.estimated_cost_cents) < 0.000001)"
+            )
         query = sa.text(
-            f"UPDATE {self.usage} SET actual_cost_cents = r.actual_cost_cents,"
+            f"UPDATE {usage} SET actual_cost_cents = r.actual_cost_cents,"
             " reconciliation_status = r.reconciliation_status, reconciled_at = :at"
             f" FROM {results} AS r"
-            f" WHERE r.usage_date = :day AND {self.usage}.id = r.usage_id"
-            f" AND ({self.usage}.actual_cost_cents {distinct} r.actual_cost_cents"
-            f" OR {self.usage}.reconciliation_status {distinct} r.reconciliation_status)"
+            f" WHERE r.usage_date = :day AND {usage}.id = r.usage_id"
+            f" AND ({usage}.actual_cost_cents {distinct} r.actual_cost_cents"
+            f" OR {usage}.reconciliation_status {distinct} r.reconciliation_status)"
+            # A row the application changed since it was read keeps its values; the check
+            # token_usage_agrees_with_results then reports it, and the next run reconciles it.
+            f" AND NULLIF({usage}.openai_request_id, '') IS NOT DISTINCT FROM r.openai_request_id"
+            f" AND {same_estimate}"
         )
         count = sa.text(f"SELECT count(*) FROM {results} WHERE usage_date = :day")
         params = {"day": day, "at": reconciled_at}
@@ -824,6 +830,23 @@ class Database:
         )
         with _connection(self.engine, conn) as reader:
             return int(reader.execute(query, {"day": self._day(day)}).scalar_one())
+
+    def count_without_result(self, day: date) -> int:
+        """token_usage rows created on the day that have no row in reconciled_usage (e.g.
+        inserted by the application after the day was read)."""
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        end = start + timedelta(days=1)
+        query = sa.text(
+            f"SELECT count(*) FROM {self.usage} AS t"
+            " WHERE t.created_at >= :start AND t.created_at < :end AND NOT EXISTS ("
+            f" SELECT 1 FROM {self.table(RECONCILED_USAGE)} AS r"
+            " WHERE r.usage_date = :day AND r.usage_id = t.id)"
+        )
+        params = {"day": self._day(day), "start": start, "end": end}
+        if not self.is_postgres:
+            params |= {"start": _sqlite_ts(start), "end": _sqlite_ts(end)}
+        with self.engine.connect() as conn:
+            return int(conn.execute(query, params).scalar_one())
 
     def _day(self, day: date) -> date | str:
         return day if self.is_postgres else day.isoformat()

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core.schema import STATUSES
 from recon_pipeline.io.identifiers import qualified, validate_identifier
+from recon_pipeline.io.secrets import masked_url, scrub_url_secrets
 
 RECONCILIATION_STATUSES = STATUSES
 
@@ -378,21 +379,6 @@ def create_demo_token_usage(
         _migrate(conn, names)
 
 
-def _scrub(message: str, raw_url: str) -> str:
-    """Remove the URL's password from a message, even when the URL did not parse."""
-    match = re.search(r"://[^/@]*?:([^/@]+)@", raw_url)
-    secrets = {match.group(1)} if match else set()
-    try:
-        password = sa.make_url(raw_url).password
-    except Exception:
-        password = None
-    if password:
-        secrets.add(str(password))
-    for secret in secrets:
-        message = message.replace(secret, "***")
-    return message
-
-
 def main(argv: list[str] | None = None) -> int:
     """`recon-migrate`: apply the migration to RECON_DATABASE_URL (or --url)."""
     parser = argparse.ArgumentParser(
@@ -400,9 +386,15 @@ def main(argv: list[str] | None = None) -> int:
         description="Add the reconciliation columns, indexes and view to token_usage.",
     )
     parser.add_argument("--url", default=None, help="SQLAlchemy URL (default: $RECON_DATABASE_URL)")
-    parser.add_argument("--table", default="token_usage", help="table name (default: %(default)s)")
     parser.add_argument(
-        "--schema", default=None, help="schema (default: search_path; `main` on SQLite)"
+        "--table",
+        default=os.environ.get("RECON_USAGE_TABLE", "token_usage"),
+        help="table name (default: $RECON_USAGE_TABLE, else token_usage)",
+    )
+    parser.add_argument(
+        "--schema",
+        default=os.environ.get("RECON_USAGE_SCHEMA") or None,
+        help="schema (default: $RECON_USAGE_SCHEMA, else the search_path; `main` on SQLite)",
     )
     args = parser.parse_args(argv)
 
@@ -415,12 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         target = qualified(args.table, args.schema)
         engine = sa.create_engine(url)
         try:
-            print(f"recon-migrate: {target} at {url.render_as_string(hide_password=True)}")
+            print(f"recon-migrate: {target} at {masked_url(raw_url)}")
             steps = apply_migration(engine, args.table, args.schema)
         finally:
             engine.dispose()
     except Exception as exc:
-        detail = _scrub(f"{type(exc).__name__}: {exc}", raw_url)
+        detail = scrub_url_secrets(f"{type(exc).__name__}: {exc}", raw_url)
         print(f"recon-migrate: failed: {detail}", file=sys.stderr)
         return 1
     for step in steps:

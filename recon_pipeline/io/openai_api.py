@@ -13,6 +13,7 @@ error text the server sends back is scrubbed of anything key-shaped before it is
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -118,6 +119,9 @@ _MAX_COUNT = 10**12
 _INT64_MAX = 2**63 - 1
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
 _KEY_SHAPED = re.compile(r"\bsk-[A-Za-z0-9_*.\-]+")
+# A key's leading words (`sk-proj-`, `gw_live_`): another key with the same prefix is masked too.
+_KEY_PREFIX = re.compile(r"(?:[A-Za-z]+[_-])+")
+_MAX_SERVER_MESSAGE = 300
 
 
 class OpenAIAPIError(RuntimeError):
@@ -221,13 +225,22 @@ def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bo
 
 
 def _scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` without our keys, nor anything shaped like them (same prefix, or `sk-`)."""
+    secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
     for secret in secrets:
         text = text.replace(secret, "***")
+    for secret in secrets:
+        prefix = _KEY_PREFIX.match(secret)
+        if prefix and len(prefix.group()) >= 3:
+            text = re.sub(re.escape(prefix.group()) + r"[A-Za-z0-9_*.\-]+", "***", text)
     return _KEY_SHAPED.sub("sk-***", text)
 
 
 def _server_detail(content: bytes, secrets: Iterable[str]) -> str:
-    """OpenAI's `{"error": {...}}` body, shortened and scrubbed; empty if it has none."""
+    """OpenAI's `{"error": {...}}` body, scrubbed then shortened; empty if it has none.
+
+    Scrubbing comes first: a key cut by the shortening would no longer match."""
+    secrets = list(secrets)
     try:
         payload = json.loads(content)
     except (ValueError, RecursionError):
@@ -238,7 +251,7 @@ def _server_detail(content: bytes, secrets: Iterable[str]) -> str:
     parts = [str(error[k]) for k in ("type", "code") if isinstance(error.get(k), str)]
     message = error.get("message")
     if isinstance(message, str) and message:
-        parts.append(message[:300])
+        parts.append(_scrub(message, secrets)[:_MAX_SERVER_MESSAGE])
     return _scrub(": ".join(parts), secrets)
 
 
@@ -273,7 +286,24 @@ def _check_base_url(url: str) -> str:
         raise ValueError(f"{BASE_URL_ENV} must not carry credentials; use the key variables")
     if parts.query or parts.fragment:
         raise ValueError(f"{BASE_URL_ENV} must not carry a query string or fragment")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise OpenAIAPIError(
+            f"{BASE_URL_ENV} must use https:// so the key never travels in clear text"
+            f" (http:// is accepted only for a loopback host), got http://{parts.hostname}",
+            kind="config",
+            endpoint=BASE_URL_ENV,
+        )
     return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _whole(value: Any, name: str) -> int:

@@ -1,0 +1,652 @@
+"""Seed a fresh PostgreSQL schema with N `token_usage` rows for a day and OpenAI's records.
+
+Everything is drawn with numpy, column at a time, from one seed: the same arguments give the
+same rows and the same files. The mix follows the demo's routes (`recon_pipeline.demo_data`):
+eleven routes with their models and token ranges, two calls per `final_assembly` request,
+no request id on the streaming chat and the wrapper, 30% of Whisper calls without one. A
+share of rows carries each variance the pipeline has to find (see `Mix`).
+
+What a seeded day consists of:
+
+- `<schema>.token_usage`: created and migrated by `create_demo_token_usage`, filled by COPY;
+- `<schema>.token_usage_floor`: an identical copy (same ids, indexes, statistics), which the
+  hand-written floor updates, so that the floor and the pipeline each start from a freshly
+  loaded, vacuumed table;
+- `<schema>.openai_source`: OpenAI's records as a table, which the floor reads;
+- the export folder: the same records as JSONL in the README's canonical line format
+  (`openai-requests-<day>.jsonl`), Batch API output lines for batch requests
+  (`batch-output-<day>.jsonl`), and the day's Usage and Costs API pages
+  (`openai-usage-*-<day>.json`, `openai-costs-<day>.json`), which the pipeline reads.
+
+Run alone: `uv run python -m benchmarks.seed --rows 100000` (prints what it made).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import sqlalchemy as sa
+
+from recon_pipeline.core.pricing import PriceCatalogue, price_usage
+from recon_pipeline.core.schema import OPENAI_COLUMNS
+from recon_pipeline.demo_data import (
+    APP_PRICES_USD_PER_MTOK,
+    APP_STALE_O4_MINI_USD_PER_MTOK,
+    OPENAI_SNAPSHOTS,
+    ROUTES,
+    write_daily_totals_pages,
+)
+from recon_pipeline.io.migrations import create_demo_token_usage
+
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEFAULT_DAY = date(2026, 11, 10)
+# The schedule's morning after: inside the 3-day grace period, as a daily run is.
+AS_OF = "2026-11-11T06:00:00+00:00"
+
+# Share of the day's requests by UTC hour (as in the demo): quiet at night, busy afternoons.
+HOUR_WEIGHTS = (2, 1, 1, 1, 1, 2, 3, 5, 7, 9, 10, 11, 12, 12, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3)
+USERS = 20_000
+
+_ALNUM = np.frombuffer(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", dtype=np.uint8
+)
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_US = 1_000_000
+
+USAGE_COPY_COLUMNS = (
+    "user_id",
+    "action_type",
+    "model_used",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "audio_seconds",
+    "calculated_cost_cents",
+    "created_at",
+    "openai_request_id",
+    "openai_created",
+    "system_fingerprint",
+)
+RECORD_COLUMNS = (
+    "request_id",
+    "created",
+    "model",
+    "service_tier",
+    "batch",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "audio_seconds",
+)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Share of calls carrying each variance; every other call reconciles exactly."""
+
+    cached_at_openai: float = 0.10  # OpenAI reports cached input the estimate ignored
+    token_mismatch: float = 0.005  # the app logged fewer output tokens than OpenAI billed
+    model_mismatch: float = 0.001  # gpt-4o-mini logged, gpt-4o billed
+    stale_o4_mini_price: float = 0.30  # o4-mini rows estimated at an old, higher price
+    missing_at_openai: float = 0.002  # logged with an id, no record at OpenAI (yet)
+    unlogged_at_app: float = 0.003  # billed by OpenAI, never logged
+    duplicate_id: float = 0.0005  # the same id logged on two rows
+    missing_estimate: float = 0.0005  # calculated_cost_cents is NULL
+    batch_category_summary: float = 0.10  # category_summary calls sent through the Batch API
+    flex_o4_mini: float = 0.05  # o4-mini calls on the flex tier
+    priority_gpt_4o: float = 0.02  # gpt-4o calls on the priority tier
+    transcribe_without_id: float = 0.30  # Whisper calls whose id the app did not capture
+
+
+@dataclass(frozen=True)
+class _Kinds:
+    """One entry per (route, call) of the demo's routes, as parallel arrays."""
+
+    action_type: np.ndarray
+    api: np.ndarray
+    model_used: np.ndarray
+    openai_model: np.ndarray
+    in_lo: np.ndarray
+    in_hi: np.ndarray
+    out_lo: np.ndarray
+    out_hi: np.ndarray
+    reasoning_lo: np.ndarray
+    reasoning_hi: np.ndarray
+    captures_id: np.ndarray
+    weight: np.ndarray
+
+
+def _kinds() -> _Kinds:
+    rows = []
+    for route in ROUTES:
+        for spec in route.calls:
+            share = spec.reasoning_share or (0.0, 0.0)
+            rows.append(
+                (
+                    route.action_type,
+                    route.api,
+                    spec.model,
+                    OPENAI_SNAPSHOTS[spec.model],
+                    *spec.input_tokens,
+                    *spec.output_tokens,
+                    *share,
+                    route.captures_id,
+                    float(route.weight),
+                )
+            )
+    columns = list(zip(*rows, strict=True))
+    arrays = [np.array(c, dtype=object) for c in columns[:4]]
+    arrays += [np.array(c, dtype=np.int64) for c in columns[4:8]]
+    arrays += [np.array(c, dtype=np.float64) for c in columns[8:10]]
+    arrays += [np.array(columns[10], dtype=bool), np.array(columns[11], dtype=np.float64)]
+    weight = arrays[-1]
+    arrays[-1] = weight / weight.sum()
+    return _Kinds(*arrays)
+
+
+KINDS = _kinds()
+
+
+def _pico_per_token(usd_per_mtok: Decimal) -> int:
+    return int(usd_per_mtok * 10**6)
+
+
+_APP_RATES = {m: tuple(_pico_per_token(p) for p in pr) for m, pr in APP_PRICES_USD_PER_MTOK.items()}
+_APP_STALE_O4 = tuple(_pico_per_token(p) for p in APP_STALE_O4_MINI_USD_PER_MTOK)
+
+
+def random_strings(
+    rng: np.random.Generator, n: int, prefix: str, alphabet: np.ndarray, length: int
+) -> np.ndarray:
+    """n strings `prefix` + `length` characters drawn from `alphabet`, as an object array."""
+    body = alphabet[rng.integers(0, len(alphabet), size=(n, length))]
+    head = np.broadcast_to(np.frombuffer(prefix.encode(), np.uint8), (n, len(prefix)))
+    full = np.ascontiguousarray(np.concatenate([head, body], axis=1))
+    width = full.shape[1]
+    return full.view(f"S{width}").ravel().astype(f"U{width}").astype(object)
+
+
+def _between(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Uniform integers in [lo, hi], per element."""
+    return lo + np.floor(rng.random(len(lo)) * (hi - lo + 1)).astype(np.int64)
+
+
+@dataclass
+class DayData:
+    """One generated day: the application's rows and OpenAI's records."""
+
+    day: date
+    usage: pa.Table  # USAGE_COPY_COLUMNS, sorted by created_at
+    records: pd.DataFrame  # RECORD_COLUMNS, sorted by created
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _users(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    raw = rng.integers(0, 256, size=(USERS, 16), dtype=np.uint8)
+    ids = np.array([str(uuid.UUID(bytes=bytes(r), version=4)) for r in raw], dtype=object)
+    weights = 1.0 / np.arange(1, USERS + 1) ** 0.8
+    return ids, weights / weights.sum()
+
+
+def generate_day(day: date, rows: int, seed: int = 7, mix: Mix | None = None) -> DayData:
+    """`rows` token_usage rows created on `day` (UTC) and OpenAI's records of those calls."""
+    mix = mix or Mix()
+    rng = np.random.default_rng([seed, day.toordinal()])
+    n_dup = round(rows * mix.duplicate_id)
+    n_unlogged = round(rows * mix.unlogged_at_app)
+    n = rows - n_dup + n_unlogged  # distinct OpenAI calls
+
+    kind = rng.choice(len(KINDS.weight), size=n, p=KINDS.weight)
+    action = KINDS.action_type[kind]
+    api = KINDS.api[kind]
+    model_used = KINDS.model_used[kind]
+    openai_model = KINDS.openai_model[kind].copy()
+    transcription = api == "transcription"
+    text = ~transcription
+
+    # When: the row is inserted when the answer arrives, 0.2-3 s after OpenAI's `created`.
+    day_start_us = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * _US
+    hours = np.array(HOUR_WEIGHTS, dtype=np.float64)
+    hour = rng.choice(24, size=n, p=hours / hours.sum())
+    created_us = day_start_us + hour * 3600 * _US + rng.integers(0, 3600 * _US, size=n)
+    latency = rng.integers(200_000, 3_000_000, size=n)
+    openai_created = (created_us - latency) // _US  # a few fall on the day before: midnight
+
+    input_tokens = np.where(text, _between(rng, KINDS.in_lo[kind], KINDS.in_hi[kind]), 0)
+    output_tokens = np.where(text, _between(rng, KINDS.out_lo[kind], KINDS.out_hi[kind]), 0)
+    r_lo, r_hi = KINDS.reasoning_lo[kind], KINDS.reasoning_hi[kind]
+    reasoning = np.floor(output_tokens * (r_lo + rng.random(n) * (r_hi - r_lo))).astype(np.int64)
+    audio_cs = np.where(transcription, rng.integers(300, 24_001, size=n), 0)
+
+    captured = KINDS.captures_id[kind].copy()
+    captured[transcription] = rng.random(int(transcription.sum())) >= mix.transcribe_without_id
+
+    request_id = np.empty(n, dtype=object)
+    for kind_of_api, prefix, alphabet, length in (
+        ("chat", "chatcmpl-", _ALNUM, 29),
+        ("responses", "resp_", _HEX, 48),
+        ("transcription", "req_", _HEX, 32),
+    ):
+        where = api == kind_of_api
+        request_id[where] = random_strings(rng, int(where.sum()), prefix, alphabet, length)
+    if not pd.Series(request_id).is_unique:
+        raise RuntimeError("request id collision; use another seed")
+
+    # OpenAI's side of the variances.
+    u = rng.random((8, n))
+    cached = np.zeros(n, dtype=np.int64)
+    cacheable = text & (input_tokens >= 1024) & (u[0] < mix.cached_at_openai)
+    steps = np.maximum((input_tokens * 9 // 10 - 1024) // 128, 0)
+    cached[cacheable] = 1024 + 128 * np.floor(u[1] * (steps + 1)).astype(np.int64)[cacheable]
+    mismatched_model = captured & (model_used == "gpt-4o-mini") & (u[2] < mix.model_mismatch)
+    openai_model[mismatched_model] = OPENAI_SNAPSHOTS["gpt-4o"]
+    batch = (action == "category_summary") & (u[3] < mix.batch_category_summary)
+    tier = np.full(n, "default", dtype=object)
+    tier[(model_used == "o4-mini") & (u[4] < mix.flex_o4_mini)] = "flex"
+    tier[(model_used == "gpt-4o") & ~batch & (u[4] < mix.priority_gpt_4o)] = "priority"
+
+    # The application's side.
+    app_output = output_tokens.copy()
+    token_mismatch = captured & text & (u[5] < mix.token_mismatch)
+    cut = np.maximum(1, np.floor(output_tokens * (0.1 + 0.3 * u[6])).astype(np.int64))
+    app_output[token_mismatch] -= cut[token_mismatch]
+    rate_in = np.zeros(n, dtype=np.int64)
+    rate_out = np.zeros(n, dtype=np.int64)
+    for model, (p_in, p_out) in _APP_RATES.items():
+        rate_in[model_used == model] = p_in
+        rate_out[model_used == model] = p_out
+    stale = (model_used == "o4-mini") & (u[7] < mix.stale_o4_mini_price)
+    rate_in[stale], rate_out[stale] = _APP_STALE_O4
+    estimate_pico = input_tokens * rate_in + app_output * rate_out
+    # Cents with 6 decimals; every app rate is a multiple of 1e4 pico, so this is exact.
+    estimate_ucents = np.where(transcription, audio_cs * 100, estimate_pico // 10_000)
+    app_cached = np.where(cacheable & (rng.random(n) < 0.5), cached, -1)
+
+    fingerprints = {m: random_strings(rng, 2, "fp_", _HEX, 10) for m in OPENAI_SNAPSHOTS.values()}
+    fingerprint = np.full(n, None, dtype=object)
+    chat_rows = captured & (api == "chat")
+    pick = rng.integers(0, 2, size=n)
+    for model, options in fingerprints.items():
+        where = chat_rows & (openai_model == model)
+        fingerprint[where] = options[pick[where]]
+
+    users, user_weights = _users(rng)
+    user = users[rng.choice(USERS, size=n, p=user_weights)]
+
+    # Who saw what: unlogged calls have no row, missing ones no record, duplicates two rows.
+    logged = np.ones(n, dtype=bool)
+    logged[rng.choice(n, size=n_unlogged, replace=False)] = False
+    at_openai = ~(captured & logged & (rng.random(n) < mix.missing_at_openai))
+    no_estimate = rng.random(n) < mix.missing_estimate
+    candidates = np.flatnonzero(logged & captured)
+    duplicated = rng.choice(candidates, size=min(n_dup, len(candidates)), replace=False)
+
+    row_index = np.concatenate([np.flatnonzero(logged), duplicated])
+    row_created = created_us[row_index].copy()
+    shift = rng.integers(50_000, 900_000, size=len(duplicated))
+    later = row_created[-len(duplicated) :] + shift if len(duplicated) else shift
+    day_end_us = day_start_us + 86_400 * _US
+    row_created[len(row_created) - len(duplicated) :] = np.where(
+        later < day_end_us, later, row_created[len(row_created) - len(duplicated) :] - shift
+    )
+    order = np.argsort(row_created, kind="stable")
+    row_index, row_created = row_index[order], row_created[order]
+
+    has_id = captured[row_index]
+    usage = pa.table(
+        {
+            "user_id": pa.array(user[row_index], pa.string()),
+            "action_type": pa.array(action[row_index], pa.string()),
+            "model_used": pa.array(model_used[row_index], pa.string()),
+            "input_tokens": pa.array(input_tokens[row_index]),
+            "output_tokens": pa.array(app_output[row_index]),
+            "cached_input_tokens": pa.array(app_cached[row_index], mask=app_cached[row_index] < 0),
+            "audio_seconds": decimal_array(
+                audio_cs[row_index], 10, 2, valid=transcription[row_index]
+            ),
+            "calculated_cost_cents": decimal_array(
+                estimate_ucents[row_index], 12, 6, valid=~no_estimate[row_index]
+            ),
+            "created_at": pa.array(row_created).cast(pa.timestamp("us", tz="UTC")),
+            "openai_request_id": pa.array(request_id[row_index], pa.string(), mask=~has_id),
+            "openai_created": pa.array(
+                openai_created[row_index], mask=~has_id | transcription[row_index]
+            ),
+            "system_fingerprint": pa.array(fingerprint[row_index], pa.string()),
+        }
+    )
+
+    keep = np.flatnonzero(at_openai)
+    keep = keep[np.argsort(openai_created[keep], kind="stable")]
+    records = pd.DataFrame(
+        {
+            "request_id": request_id[keep],
+            "created": openai_created[keep],
+            "model": openai_model[keep],
+            "service_tier": tier[keep],
+            "batch": batch[keep],
+            "input_tokens": input_tokens[keep],
+            "cached_input_tokens": cached[keep],
+            "output_tokens": output_tokens[keep],
+            "reasoning_tokens": reasoning[keep],
+            "input_audio_tokens": 0,
+            "output_audio_tokens": 0,
+            "audio_seconds": audio_cs[keep] / 100,
+        }
+    )
+    counts = {
+        "rows": usage.num_rows,
+        "rows_with_request_id": int(has_id.sum()),
+        "openai_records": len(records),
+        "batch_records": int(batch[keep].sum()),
+        "unlogged_at_app": n_unlogged,
+        "duplicate_rows": len(duplicated),
+        "missing_at_openai": int((~at_openai).sum()),
+        "cached_at_openai": int(cacheable.sum()),
+        "token_mismatch": int(token_mismatch.sum()),
+        "model_mismatch": int(mismatched_model.sum()),
+    }
+    return DayData(day=day, usage=usage, records=records, counts=counts)
+
+
+def decimal_array(
+    unscaled: np.ndarray, precision: int, scale: int, valid: np.ndarray | None = None
+) -> pa.Array:
+    """Exact decimals from integers in units of 10^-scale (no float on the way)."""
+    values = np.ascontiguousarray(unscaled, dtype=np.int64)
+    words = np.empty((len(values), 2), dtype=np.int64)
+    words[:, 0] = values
+    words[:, 1] = values >> 63  # sign extension to 128 bits
+    array = pa.Array.from_buffers(
+        pa.decimal128(precision, scale), len(values), [None, pa.py_buffer(words)]
+    )
+    if valid is not None:
+        array = pc.if_else(pa.array(valid), array, pa.scalar(None, array.type))
+    return array
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+def conninfo(url: str) -> str:
+    """A libpq connection string from a SQLAlchemy URL."""
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def copy_in(conn: psycopg.Connection, table: str, data: pa.Table, chunk: int = 1 << 22) -> None:
+    """COPY an Arrow table into `table` (CSV; NULL is an unquoted empty field)."""
+    buffer = io.BytesIO()
+    pa_csv.write_csv(data, buffer, pa_csv.WriteOptions(quoting_style="needed"))
+    view = buffer.getbuffer()
+    columns = ", ".join(f'"{c}"' for c in data.column_names)
+    with (
+        conn.cursor() as cursor,
+        cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv, HEADER true)") as copy,
+    ):
+        for start in range(0, len(view), chunk):
+            copy.write(view[start : start + chunk])
+    del view
+
+
+def fresh_schema(url: str, schema: str) -> sa.Engine:
+    """Drop and create `schema`, create the migrated `token_usage` in it, return an engine."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    create_demo_token_usage(engine, schema=schema)
+    return engine
+
+
+def drop_schema(url: str, schema: str) -> None:
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _records_table(records: pd.DataFrame) -> pa.Table:
+    """OpenAI records in the shape of `openai_source` (what the floor reads)."""
+    return pa.table(
+        {
+            "request_id": pa.array(records["request_id"].to_numpy(), pa.string()),
+            "created_at": pa.array(records["created"].to_numpy() * _US).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+            "model": pa.array(records["model"].to_numpy(), pa.string()),
+            "service_tier": pa.array(records["service_tier"].to_numpy(), pa.string()),
+            "batch": pa.array(records["batch"].to_numpy()),
+            **{
+                name: pa.array(records[name].to_numpy())
+                for name in (
+                    "input_tokens",
+                    "cached_input_tokens",
+                    "output_tokens",
+                    "reasoning_tokens",
+                    "input_audio_tokens",
+                    "output_audio_tokens",
+                )
+            },
+            "audio_ms": pa.array(np.round(records["audio_seconds"].to_numpy() * 1000).astype(int)),
+        }
+    )
+
+
+OPENAI_SOURCE_DDL = """
+CREATE TABLE {table} (
+    request_id text PRIMARY KEY,
+    created_at timestamptz NOT NULL,
+    model text NOT NULL,
+    service_tier text NOT NULL,
+    batch boolean NOT NULL,
+    input_tokens bigint NOT NULL,
+    cached_input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    reasoning_tokens bigint NOT NULL,
+    input_audio_tokens bigint NOT NULL,
+    output_audio_tokens bigint NOT NULL,
+    audio_ms bigint NOT NULL
+);
+CREATE INDEX ON {table} (created_at);
+"""
+
+
+# -- export files -------------------------------------------------------------------------------
+
+
+def _batch_line(row: dict) -> str:
+    body = {
+        "id": row["request_id"],
+        "object": "chat.completion",
+        "created": int(row["created"]),
+        "model": row["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Summary of the category."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": int(row["input_tokens"]),
+            "completion_tokens": int(row["output_tokens"]),
+            "total_tokens": int(row["input_tokens"] + row["output_tokens"]),
+            "prompt_tokens_details": {
+                "cached_tokens": int(row["cached_input_tokens"]),
+                "audio_tokens": 0,
+            },
+            "completion_tokens_details": {
+                "reasoning_tokens": int(row["reasoning_tokens"]),
+                "audio_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+    }
+    line = {
+        "id": "batch_req_" + row["request_id"][-24:],
+        "custom_id": "category-summary-" + row["request_id"][-12:],
+        "response": {
+            "status_code": 200,
+            "request_id": "req_" + row["request_id"][-24:],
+            "body": body,
+        },
+        "error": None,
+    }
+    return json.dumps(line, separators=(",", ":"))
+
+
+def write_exports(folder: Path, data: DayData, catalogue: PriceCatalogue) -> list[Path]:
+    """The day's records as export files named after the day (a gateway's daily export)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = data.day.isoformat()
+    records = data.records
+    batch = records["batch"].to_numpy()
+    canonical = records[~batch].reset_index(drop=True)
+    paths = [folder / f"openai-requests-{stamp}.jsonl"]
+    canonical.to_json(paths[0], orient="records", lines=True)
+    if batch.any():
+        lines = [_batch_line(row) for row in records[batch].to_dict("records")]
+        paths.append(folder / f"batch-output-{stamp}.jsonl")
+        paths[-1].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    paths += _write_daily_totals(folder, data, catalogue)
+    return paths
+
+
+def typed_records(records: pd.DataFrame, source: str = "bench") -> pd.DataFrame:
+    """The records as the core's `OPENAI_COLUMNS` frame (for pricing the Costs pages)."""
+    frame = records.assign(
+        created_at=pd.to_datetime(records["created"], unit="s", utc=True),
+        audio_ms=np.round(records["audio_seconds"].to_numpy() * 1000).astype(np.int64),
+        source=source,
+    )
+    return frame[list(OPENAI_COLUMNS)].astype(OPENAI_COLUMNS)
+
+
+def _write_daily_totals(folder: Path, data: DayData, catalogue: PriceCatalogue) -> list[Path]:
+    """The Usage and Costs API pages of the day, built from the records created on it."""
+    start = datetime(data.day.year, data.day.month, data.day.day, tzinfo=UTC)
+    on_day = data.records[data.records["created"] >= int(start.timestamp())]
+    priced = price_usage(typed_records(on_day), catalogue)
+    return write_daily_totals_pages(folder, data.day, priced)
+
+
+@dataclass
+class Seeded:
+    """What `seed_days` created: where, for which days, and how long it took."""
+
+    url: str
+    schema: str
+    days: list[date]
+    export_dir: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    files: int = 0
+
+
+def seed_days(
+    url: str,
+    schema: str,
+    days: Sequence[date],
+    rows_per_day: int,
+    export_dir: Path,
+    seed: int = 7,
+    floor_tables: bool = True,
+    log: bool = True,
+) -> Seeded:
+    """A fresh `schema` holding `rows_per_day` rows for each of `days`, plus export files;
+    with `floor_tables`, also the floor's copy of token_usage and `openai_source`."""
+    started = time.perf_counter()
+    engine = fresh_schema(url, schema)
+    engine.dispose()
+    catalogue = PriceCatalogue()
+    usage = f'"{schema}".token_usage'
+    source = f'"{schema}".openai_source'
+    totals: dict[str, int] = {}
+    files = 0
+    with psycopg.connect(conninfo(url)) as conn:
+        if floor_tables:
+            conn.execute(OPENAI_SOURCE_DDL.format(table=source))
+        for number, day in enumerate(days, start=1):
+            data = generate_day(day, rows_per_day, seed)
+            copy_in(conn, usage, data.usage)
+            if floor_tables:
+                copy_in(conn, source, _records_table(data.records))
+            files += len(write_exports(export_dir, data, catalogue))
+            for key, value in data.counts.items():
+                totals[key] = totals.get(key, 0) + value
+            if log and (len(days) == 1 or number % 30 == 0 or number == len(days)):
+                print(
+                    f"  seeded {number}/{len(days)} days, {totals['rows']:,} rows"
+                    f" ({time.perf_counter() - started:.1f} s)",
+                    flush=True,
+                )
+        if floor_tables:
+            conn.execute(f'CREATE TABLE "{schema}".token_usage_floor (LIKE {usage} INCLUDING ALL)')
+            conn.execute(
+                f'INSERT INTO "{schema}".token_usage_floor OVERRIDING SYSTEM VALUE'
+                f" SELECT * FROM {usage}"
+            )
+        conn.commit()
+    tables = [usage] + ([f'"{schema}".token_usage_floor', source] if floor_tables else [])
+    vacuum(url, tables)
+    return Seeded(
+        url=url,
+        schema=schema,
+        days=list(days),
+        export_dir=export_dir,
+        counts=totals,
+        seconds=time.perf_counter() - started,
+        files=files,
+    )
+
+
+def vacuum(url: str, tables: Iterable[str]) -> None:
+    """VACUUM (ANALYZE) then CHECKPOINT, so a measurement inherits no dirty pages or hint-bit
+    writes from the load before it."""
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        for table in tables:
+            conn.execute(f"VACUUM (ANALYZE) {table}")
+        conn.execute("CHECKPOINT")
+
+
+def checkpoint(url: str) -> None:
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=1, help="consecutive days ending on --day")
+    parser.add_argument("--day", type=date.fromisoformat, default=DEFAULT_DAY)
+    parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--schema", default=None, help="default: bench_<rows>")
+    parser.add_argument("--export-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    schema = args.schema or f"bench_{args.rows}"
+    folder = args.export_dir or Path("benchmarks/results") / f"exports_{schema}"
+    days = [args.day - timedelta(days=args.days - 1 - i) for i in range(args.days)]
+    seeded = seed_days(args.database_url, schema, days, args.rows, folder)
+    print(json.dumps({**seeded.counts, "seconds": round(seeded.seconds, 1)}, indent=2))
+    print(f"schema {schema}, exports in {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
