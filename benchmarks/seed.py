@@ -68,20 +68,6 @@ _ALNUM = np.frombuffer(
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _US = 1_000_000
 
-USAGE_COPY_COLUMNS = (
-    "user_id",
-    "action_type",
-    "model_used",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "audio_seconds",
-    "calculated_cost_cents",
-    "created_at",
-    "openai_request_id",
-    "openai_created",
-    "system_fingerprint",
-)
 RECORD_COLUMNS = (
     "request_id",
     "created",
@@ -194,7 +180,7 @@ class DayData:
     """One generated day: the application's rows and OpenAI's records."""
 
     day: date
-    usage: pa.Table  # USAGE_COPY_COLUMNS, sorted by created_at
+    usage: pa.Table  # demo_data.APP_ROW_COLUMNS, sorted by created_at
     records: pd.DataFrame  # RECORD_COLUMNS, sorted by created
     counts: dict[str, int] = field(default_factory=dict)
 

@@ -684,7 +684,7 @@ def write_daily_totals_pages(
     return files
 
 
-_COLUMNS = (
+APP_ROW_COLUMNS = (
     "user_id",
     "action_type",
     "model_used",
@@ -707,8 +707,8 @@ def _insert_rows(
     if engine.dialect.name == "sqlite":
         rows = [_for_sqlite(row) for row in rows]
     statement = sa.text(
-        f"INSERT INTO {target} ({', '.join(_COLUMNS)}) "
-        f"VALUES ({', '.join(':' + column for column in _COLUMNS)})"
+        f"INSERT INTO {target} ({', '.join(APP_ROW_COLUMNS)}) "
+        f"VALUES ({', '.join(':' + column for column in APP_ROW_COLUMNS)})"
     )
     with engine.begin() as connection:
         for start in range(0, len(rows), batch_size):
