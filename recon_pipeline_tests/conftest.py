@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
+from pytest_httpserver import HTTPServer
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -74,3 +75,12 @@ def pg_module_schema(pg_engine: sa.Engine) -> Iterator[tuple[sa.Engine, str]]:
     """Like `pg_schema`, shared by the tests of one module (for one expensive setup)."""
     with _fresh_schema(pg_engine, "m") as fresh:
         yield fresh
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[HTTPServer]:
+    """A real HTTP server on 127.0.0.1 for the fake OpenAI (pytest-httpserver)."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.stop()

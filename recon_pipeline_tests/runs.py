@@ -29,6 +29,16 @@ from recon_pipeline.io.migrations import create_demo_token_usage
 LAST_DAY = date(2026, 11, 10)
 AS_OF = "2026-11-11T06:00:00+00:00"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+PIPELINE_ASSETS = {
+    "openai_requests",
+    "openai_daily_usage",
+    "openai_daily_costs",
+    "invoice_check",
+    "reconciled_usage",
+    "unlogged_openai_requests",
+    "token_usage_reconciliation",
+    "daily_variance_summary",
+}
 APPLICATION_NAME = "recon_pipeline"
 
 
@@ -106,15 +116,18 @@ def run_job(
     first: date,
     last: date,
     instance: dg.DagsterInstance | None = None,
+    raise_on_error: bool = False,
+    run_config: dict[str, Any] = QUIET,
 ) -> dg.ExecuteInProcessResult:
+    """`daily_reconciliation` over [first, last] as one range run, as a backfill runs it."""
     job = build_definitions(resources).resolve_job_def("daily_reconciliation")
     return job.execute_in_process(
         tags={
             "dagster/asset_partition_range_start": first.isoformat(),
             "dagster/asset_partition_range_end": last.isoformat(),
         },
-        run_config=QUIET,
-        raise_on_error=False,
+        run_config=run_config,
+        raise_on_error=raise_on_error,
         instance=instance,
     )
 

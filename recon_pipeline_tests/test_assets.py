@@ -37,21 +37,10 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.demo_data import OPENAI_SNAPSHOTS, DemoDataSummary, generate_demo_data
 from recon_pipeline.io.migrations import create_demo_token_usage
+from recon_pipeline_tests.runs import AS_OF, PIPELINE_ASSETS, QUIET, run_job
 
 LAST_DAY = date(2026, 11, 10)
 FIRST_DAY = LAST_DAY - timedelta(days=13)
-AS_OF = "2026-11-11T06:00:00+00:00"
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-RECONCILIATION_ASSETS = {
-    "openai_requests",
-    "openai_daily_usage",
-    "openai_daily_costs",
-    "invoice_check",
-    "reconciled_usage",
-    "unlogged_openai_requests",
-    "token_usage_reconciliation",
-    "daily_variance_summary",
-}
 CHECKS = {
     ("reconciled_usage", "every_logged_row_reconciled"),
     ("reconciled_usage", "every_model_priced"),
@@ -80,15 +69,7 @@ class Demo:
     def run(
         self, first: date, last: date, as_of: str = AS_OF, raise_on_error: bool = True
     ) -> dg.ExecuteInProcessResult:
-        job = build_definitions(self.resources(as_of)).resolve_job_def("daily_reconciliation")
-        return job.execute_in_process(
-            tags={
-                "dagster/asset_partition_range_start": first.isoformat(),
-                "dagster/asset_partition_range_end": last.isoformat(),
-            },
-            run_config=QUIET,
-            raise_on_error=raise_on_error,
-        )
+        return run_job(self.resources(as_of), first, last, raise_on_error=raise_on_error)
 
     def rows(self, sql: str, **params: object) -> list[sa.Row]:
         with self.engine.connect() as conn:
@@ -172,7 +153,7 @@ def _export_line(demo: Demo, request_id: str) -> dict[str, object]:
 def test_range_run_succeeds_over_every_day(reference: Reference) -> None:
     result, demo = reference.result, reference.demo
     assert result.success
-    for asset in RECONCILIATION_ASSETS:
+    for asset in PIPELINE_ASSETS:
         partitions = {
             e.partition
             for e in result.get_asset_materialization_events()
@@ -505,7 +486,7 @@ def test_a_failed_run_leaves_token_usage_as_it_was(own_demo: Demo) -> None:
 
 def test_a_year_backfills_in_twelve_runs() -> None:
     graph = definitions.defs.resolve_asset_graph()  # what `dagster dev` loads
-    keys = [dg.AssetKey(name) for name in sorted(RECONCILIATION_ASSETS)]
+    keys = [dg.AssetKey(name) for name in sorted(PIPELINE_ASSETS)]
     for key in keys:
         assert graph.get(key).backfill_policy == dg.BackfillPolicy.multi_run(31)
         assert graph.get(key).partitions_def == daily_partitions

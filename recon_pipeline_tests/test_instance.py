@@ -45,24 +45,13 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.demo_data import generate_demo_data
 from recon_pipeline.io.migrations import create_demo_token_usage
+from recon_pipeline_tests.runs import AS_OF, PIPELINE_ASSETS, QUIET
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCE_YAML = REPO / "deploy" / "dagster.yaml"
 K8S = REPO / "deploy" / "kubernetes"
 LAST_DAY = date(2026, 11, 10)
 DAY = LAST_DAY - timedelta(days=1)
-AS_OF = "2026-11-11T06:00:00+00:00"
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-ASSETS = {
-    "openai_requests",
-    "openai_daily_usage",
-    "openai_daily_costs",
-    "invoice_check",
-    "reconciled_usage",
-    "unlogged_openai_requests",
-    "token_usage_reconciliation",
-    "daily_variance_summary",
-}
 
 
 def dagster_pg_env(url: sa.URL, database: str) -> dict[str, str]:
@@ -143,7 +132,7 @@ def test_a_partition_runs_through_the_postgres_instance(
     run = instance.get_run_by_id(result.run_id)
     assert run is not None and run.status == DagsterRunStatus.SUCCESS
     assert run.tags["dagster/partition"] == DAY.isoformat()
-    for name in ASSETS:
+    for name in PIPELINE_ASSETS:
         event = instance.get_latest_materialization_event(dg.AssetKey(name))
         assert event is not None and event.run_id == result.run_id, name
         assert event.asset_materialization.partition == DAY.isoformat()
@@ -175,7 +164,7 @@ def test_a_partition_runs_through_the_postgres_instance(
         storage.dispose()
     assert (status, partition) == ("SUCCESS", DAY.isoformat())
     assert {(dg.AssetKey.from_db_string(key).to_user_string(), p) for key, p in stored} == {
-        (name, DAY.isoformat()) for name in ASSETS
+        (name, DAY.isoformat()) for name in PIPELINE_ASSETS
     }
 
     # The run did the work: every row of the day has its result.
@@ -350,7 +339,7 @@ def test_the_definitions_load_with_the_k8s_job_executor() -> None:
     }
     # Same assets, schedule and sensor as recon_pipeline.definitions, all on the k8s job.
     graph = defs.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.materializable_asset_keys} == ASSETS
+    assert {key.to_user_string() for key in graph.materializable_asset_keys} == PIPELINE_ASSETS
     schedule = defs.resolve_schedule_def("daily_reconciliation_schedule")
     assert schedule.job_name == "daily_reconciliation"
     assert defs.resolve_sensor_def("pending_rows_sensor").job_name == "daily_reconciliation"

@@ -45,14 +45,6 @@ COSTS = "/v1/organization/costs"
 KEYS = (API_KEY, ADMIN_KEY, "SECRET123", "SECRET456")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def fake(server: HTTPServer) -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI(server)

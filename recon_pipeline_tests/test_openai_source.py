@@ -30,7 +30,6 @@ from pytest_httpserver import HTTPServer
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.openai_records import parse_record, records_frame
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED, price_usage
-from recon_pipeline.definitions import build_definitions
 from recon_pipeline.defs import invoice
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
@@ -55,6 +54,7 @@ from recon_pipeline_tests.openai_server import (
     response_object,
     unix,
 )
+from recon_pipeline_tests.runs import QUIET, run_job
 
 DAY = date(2026, 11, 10)
 MIDNIGHT = datetime(2026, 11, 10, tzinfo=UTC)
@@ -63,7 +63,6 @@ AS_OF = "2026-11-15T06:00:00+00:00"
 DB_PASSWORD = "pw-SECRET789"
 # The full strings, and the parts a partial mask (`sk-test-****T123`) would still show.
 SECRETS = (API_KEY, ADMIN_KEY, DB_PASSWORD, "SECRET123", "SECRET456", "SECRET789")
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 CHAT = "/v1/chat/completions"
 COSTS = "/v1/organization/costs"
 USAGE_COMPLETIONS = "/v1/organization/usage/completions"
@@ -456,16 +455,7 @@ def run_day(
     instance: dg.DagsterInstance | None = None,
     run_config: dict[str, Any] = QUIET,
 ) -> dg.ExecuteInProcessResult:
-    job = build_definitions(chosen).resolve_job_def("daily_reconciliation")
-    return job.execute_in_process(
-        tags={
-            "dagster/asset_partition_range_start": DAY.isoformat(),
-            "dagster/asset_partition_range_end": DAY.isoformat(),
-        },
-        run_config=run_config,
-        instance=instance,
-        raise_on_error=False,
-    )
+    return run_job(chosen, DAY, DAY, instance, run_config=run_config)
 
 
 def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
@@ -494,14 +484,6 @@ def step_failure(result: dg.ExecuteInProcessResult) -> tuple[str, str]:
         messages.append(error.message)
         error = error.cause
     return failure.step_key, "\n".join(messages)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

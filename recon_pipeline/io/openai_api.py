@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -351,10 +351,12 @@ def _frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows, columns=list(columns)).astype(columns)
 
 
-def _usage_rows(buckets: Iterable[Any], endpoint: str) -> list[dict[str, Any]]:
-    if endpoint not in USAGE_ENDPOINTS:
-        raise ValueError(f"unknown usage endpoint {endpoint!r}; expected one of {USAGE_ENDPOINTS}")
-    required = _USAGE_REQUIRED[endpoint]
+def _result_rows(
+    buckets: Iterable[Any],
+    expected: str,
+    parse: Callable[[date, Mapping[str, Any]], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """One row per result of every bucket; a bad result is a `RecordError` naming where."""
     rows = []
     for b_index, bucket in enumerate(buckets):
         day, results = _bucket_day(bucket)
@@ -362,27 +364,38 @@ def _usage_rows(buckets: Iterable[Any], endpoint: str) -> list[dict[str, Any]]:
             try:
                 if not isinstance(result, Mapping):
                     raise RecordError(f"expected a JSON object, got {type(result).__name__}")
-                _check_object(result, f"organization.usage.{endpoint}.result")
-                batch = result.get("batch")
-                if batch is not None and not isinstance(batch, bool):
-                    raise RecordError(f"field 'batch' must be true, false or null, got {batch!r}")
-                row: dict[str, Any] = {
-                    "day": day,
-                    "endpoint": endpoint,
-                    "model": _optional_str(result, "model"),
-                    "batch": bool(batch),
-                    "service_tier": _optional_str(result, "service_tier") or "default",
-                    "project_id": _optional_str(result, "project_id"),
-                }
-                for name in _USAGE_COUNTS:
-                    value = result.get(name)
-                    if value is None and name in required:
-                        raise RecordError(f"missing required field {name!r}")
-                    row[name] = 0 if value is None else _whole(value, name)
+                _check_object(result, expected)
+                rows.append(parse(day, result))
             except RecordError as error:
                 raise RecordError(f"bucket {b_index} result {r_index}: {error}") from None
-            rows.append(row)
     return rows
+
+
+def _usage_rows(buckets: Iterable[Any], endpoint: str) -> list[dict[str, Any]]:
+    if endpoint not in USAGE_ENDPOINTS:
+        raise ValueError(f"unknown usage endpoint {endpoint!r}; expected one of {USAGE_ENDPOINTS}")
+    required = _USAGE_REQUIRED[endpoint]
+
+    def parse(day: date, result: Mapping[str, Any]) -> dict[str, Any]:
+        batch = result.get("batch")
+        if batch is not None and not isinstance(batch, bool):
+            raise RecordError(f"field 'batch' must be true, false or null, got {batch!r}")
+        row: dict[str, Any] = {
+            "day": day,
+            "endpoint": endpoint,
+            "model": _optional_str(result, "model"),
+            "batch": bool(batch),
+            "service_tier": _optional_str(result, "service_tier") or "default",
+            "project_id": _optional_str(result, "project_id"),
+        }
+        for name in _USAGE_COUNTS:
+            value = result.get(name)
+            if value is None and name in required:
+                raise RecordError(f"missing required field {name!r}")
+            row[name] = 0 if value is None else _whole(value, name)
+        return row
+
+    return _result_rows(buckets, f"organization.usage.{endpoint}.result", parse)
 
 
 def usage_frame(buckets: Iterable[Any], endpoint: str) -> pd.DataFrame:
@@ -407,39 +420,28 @@ def _pico(value: Any) -> int:
     return int(pico)
 
 
+def _cost_row(day: date, result: Mapping[str, Any]) -> dict[str, Any]:
+    amount = result.get("amount")
+    if not isinstance(amount, Mapping):
+        raise RecordError("missing required field 'amount'")
+    if amount.get("value") is None:
+        raise RecordError("missing required field 'amount.value'")
+    currency = amount.get("currency")
+    if currency is None:
+        raise RecordError("missing required field 'amount.currency'")
+    if not isinstance(currency, str) or currency.lower() != "usd":
+        raise RecordError(f"field 'amount.currency' is {currency!r}; only 'usd' is known")
+    return {
+        "day": day,
+        "line_item": _optional_str(result, "line_item"),
+        "project_id": _optional_str(result, "project_id"),
+        "amount_pico": _pico(amount["value"]),
+        "currency": "usd",
+    }
+
+
 def _costs_rows(buckets: Iterable[Any]) -> list[dict[str, Any]]:
-    rows = []
-    for b_index, bucket in enumerate(buckets):
-        day, results = _bucket_day(bucket)
-        for r_index, result in enumerate(results):
-            try:
-                if not isinstance(result, Mapping):
-                    raise RecordError(f"expected a JSON object, got {type(result).__name__}")
-                _check_object(result, "organization.costs.result")
-                amount = result.get("amount")
-                if not isinstance(amount, Mapping):
-                    raise RecordError("missing required field 'amount'")
-                if amount.get("value") is None:
-                    raise RecordError("missing required field 'amount.value'")
-                currency = amount.get("currency")
-                if currency is None:
-                    raise RecordError("missing required field 'amount.currency'")
-                if not isinstance(currency, str) or currency.lower() != "usd":
-                    raise RecordError(
-                        f"field 'amount.currency' is {currency!r}; only 'usd' is known"
-                    )
-                rows.append(
-                    {
-                        "day": day,
-                        "line_item": _optional_str(result, "line_item"),
-                        "project_id": _optional_str(result, "project_id"),
-                        "amount_pico": _pico(amount["value"]),
-                        "currency": "usd",
-                    }
-                )
-            except RecordError as error:
-                raise RecordError(f"bucket {b_index} result {r_index}: {error}") from None
-    return rows
+    return _result_rows(buckets, "organization.costs.result", _cost_row)
 
 
 def costs_frame(buckets: Iterable[Any]) -> pd.DataFrame:
