@@ -33,8 +33,8 @@ RANGE_END = "dagster/asset_partition_range_end"
 STEP_LABELS = {
     "openai_requests": "OpenAI side: parse export files, store openai_requests",
     "openai_daily_totals": "OpenAI daily usage and costs (invoice inputs)",
-    "reconciled_usage": "extract + price + join/classify + store result tables",
-    "token_usage_reconciliation": "write-back to token_usage (+ agreement check)",
+    "reconciled_usage": "extract + price + join/classify + store result tables, with the"
+    " write-back to token_usage running alongside",
     "daily_variance_summary": "analyst table: daily_variance_summary (+ check)",
     "invoice_check": "analyst table: invoice_check (+ check)",
 }

@@ -60,7 +60,6 @@ STEP_ORDER = (
     "openai_requests",
     "openai_daily_totals",
     "reconciled_usage",
-    "token_usage_reconciliation",
     "daily_variance_summary",
     "invoice_check",
 )

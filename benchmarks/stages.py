@@ -1,10 +1,12 @@
 """The finer split: the functions the assets call (io + core), timed one by one, in order.
 
 This mirrors the bodies of `recon_pipeline.defs.assets` and `recon_pipeline.defs.invoice` for
-one day, without Dagster, so each phase inside a step gets its own wall time, CPU time (wall
-minus CPU is, roughly, waiting on PostgreSQL or the disk) and peak memory. Peak memory per
-phase: the process's high-water mark (VmHWM) is reset before each phase through
-/proc/self/clear_refs, then read after it.
+one day, without Dagster, except in one place: the job runs the write-back's UPDATE on its own
+connection while it stores the result tables (`_store_and_write_back`); here they run one
+after the other, so that each gets its own time. Otherwise it is the same calls, so each phase
+inside a step gets its own wall time, CPU time (wall minus CPU is, roughly, waiting on
+PostgreSQL or the disk) and peak memory. Peak memory per phase: the process's high-water mark
+(VmHWM) is reset before each phase through /proc/self/clear_refs, then read after it.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ PHASES: dict[str, tuple[str, str]] = {
     "write.reconciled_usage": ("analyst tables", "reconciled_usage"),
     "write.unlogged_openai_requests": ("analyst tables", "reconciled_usage"),
     "report.totals+largest": ("join and classify", "reconciled_usage"),
-    "write_back.update": ("write-back", "token_usage_reconciliation"),
-    "write_back.check_disagreeing": ("write-back", "token_usage_reconciliation"),
-    "summary.read_results": ("analyst tables", "daily_variance_summary"),
+    "write_back.stage_and_update": ("write-back", "reconciled_usage"),
+    "write_back.count_without_result": ("write-back", "reconciled_usage"),
+    "summary.read_rollup": ("analyst tables", "daily_variance_summary"),
     "summary.summarise": ("analyst tables", "daily_variance_summary"),
     "summary.store": ("analyst tables", "daily_variance_summary"),
     "summary.check_sums": ("analyst tables", "daily_variance_summary"),
@@ -165,17 +167,19 @@ def run_stages(
         summarise.largest_discrepancies(outcome.results)
     rows = len(outcome.results)
     unlogged_rows = len(outcome.unlogged)
-    del logged, openai, outcome
+    del logged, openai
 
-    # token_usage_reconciliation
-    with phase("write_back.update"):
-        written = db.write_back(day, now)
-    with phase("write_back.check_disagreeing"):
-        disagreeing = db.count_disagreeing(day)
+    # the write-back, part of the reconciled_usage step
+    with phase("write_back.stage_and_update"), db.write_back_transaction(day) as conn:
+        written = db.write_back_rows(conn, day, now, outcome.results)
+    del outcome
+    with phase("write_back.count_without_result"):
+        db.count_without_result(day)
+    disagreeing = written.rows_disagreeing
 
     # daily_variance_summary
-    with phase("summary.read_results"):
-        results = db.read_results(day)
+    with phase("summary.read_rollup"):
+        results = db.read_results_rollup(day)
     with phase("summary.summarise"):
         summary = summarise.daily_variance_summary(results)
     with phase("summary.store"):
@@ -186,7 +190,7 @@ def run_stages(
 
     # invoice_check
     with phase("invoice.read_inputs"):
-        results = db.read_results(day)
+        results = db.read_results_rollup(day)
         day_usage = db.read_day(OPENAI_DAILY_USAGE, day)
         day_costs = db.read_day(OPENAI_DAILY_COSTS, day)
         unlogged = db.read_day(UNLOGGED_OPENAI_REQUESTS, day, ["model", "actual_cost_pico"])

@@ -19,7 +19,6 @@ def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.De
             assets.token_usage,
             assets.openai_requests,
             assets.reconciled_usage,
-            assets.token_usage_reconciliation,
             assets.daily_variance_summary,
             invoice.openai_daily_totals,
             invoice.invoice_check_asset,

@@ -420,7 +420,6 @@ def test_single_partition_runs_equal_the_range_run(reference: Reference, own_dem
             assets.token_usage,
             assets.openai_requests,
             assets.reconciled_usage,
-            assets.token_usage_reconciliation,
             assets.daily_variance_summary,
         ],
         partition_key=day.isoformat(),

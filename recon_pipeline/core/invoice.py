@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from datetime import UTC, date
 
-import numpy as np
 import pandas as pd
 
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED, PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import snapshot_base
 from recon_pipeline.core.schema import OPENAI_COLUMNS
-from recon_pipeline.core.summarise import exact_sum
+from recon_pipeline.core.summarise import exact_sum, request_counts
 
 ALL_MODELS = "(all)"
 
@@ -105,9 +104,9 @@ def invoice_check(
     `unattributed_pico` = billed - actual cost of the reconciled rows; the share is of billed.
     """
     priced = price_usage_buckets(usage, catalogue) if len(usage) else None
-    rows = results.assign(model_key=_model_of_row(results))
+    rows = results.assign(model_key=_model_of_row(results), requests=request_counts(results))
     logged = rows.groupby("model_key").agg(
-        logged_requests=("usage_id", "size"),
+        logged_requests=("requests", "sum"),
         logged_input_tokens=("logged_input_tokens", "sum"),
         logged_output_tokens=("logged_output_tokens", "sum"),
         reconciled_actual_pico=("actual_cost_pico", "sum"),
@@ -188,12 +187,19 @@ def day_unattributed_share(table: pd.DataFrame) -> float | None:
 
 
 def request_id_coverage(results: pd.DataFrame) -> pd.DataFrame:
-    """Per route, the share of rows that carry OpenAI's request id: the verifiable share."""
-    with_id = results["openai_request_id"].notna()
+    """Per route, the share of rows that carry OpenAI's request id: the verifiable share.
+
+    `results`: per-request rows, or rolled-up rows with `requests` and `with_request_id`.
+    """
+    counts = request_counts(results)
+    if "with_request_id" in results:
+        with_id = results["with_request_id"].astype(bool).to_numpy()
+    else:
+        with_id = results["openai_request_id"].notna().to_numpy()
     coverage = (
-        results.assign(with_request_id=with_id.astype(np.int64))
+        results.assign(rows=counts, with_request_id=with_id * counts)
         .groupby(results["action_type"].fillna("(none)"))
-        .agg(rows=("usage_id", "size"), with_request_id=("with_request_id", "sum"))
+        .agg(rows=("rows", "sum"), with_request_id=("with_request_id", "sum"))
         .reset_index()
     )
     coverage["share_with_id"] = (coverage["with_request_id"] / coverage["rows"]).round(4)

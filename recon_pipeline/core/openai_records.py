@@ -16,13 +16,51 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from recon_pipeline.core.schema import OPENAI_COLUMNS
 
 _MAX_TOKENS = 10**9
 _MAX_AUDIO_MS = 10 * 24 * 3600 * 1000
 _MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z; a millisecond timestamp is far above it
+
+_COUNT_FIELDS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+)
+_NAMES = ("request_id", "model")
+_API_OBJECTS = ("chat.completion", "response")
+
+# The canonical line for pyarrow to read a whole file of them at once (`canonical_columns`);
+# `object` only to tell API objects apart. A value of another type fails the read.
+CANONICAL_LINE = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("created", pa.float64()),  # JSON integers too
+        ("model", pa.string()),
+        ("service_tier", pa.string()),
+        ("batch", pa.bool_()),
+        *((name, pa.int64()) for name in _COUNT_FIELDS),  # 5.0 too fails (`_count` takes it)
+        ("audio_seconds", pa.float64()),
+        ("object", pa.string()),
+    ]
+)
+
+# A string `str.strip` empties: RE2's `\s` and `\p{Z}` lack a few of Python's white spaces.
+_BLANK = r"^[\s\p{Z}\x0b\x1c-\x1f\x85]*$"
+
+# The fields of a parsed record, and the dtype of each as a column (`created` is unix seconds).
+RECORD_FIELDS: dict[str, str] = {
+    **{name: dtype for name, dtype in OPENAI_COLUMNS.items() if name != "created_at"},
+    "created": "float64",
+}
 
 
 class RecordError(ValueError):
@@ -154,6 +192,53 @@ def _from_canonical(line: Mapping[str, Any], source: str) -> dict[str, Any]:
     }
 
 
+def canonical_columns(table: pa.Table, source: str) -> dict[str, np.ndarray] | None:
+    """Lines read by pyarrow as `CANONICAL_LINE` -> the columns `_from_canonical` gives them,
+    or None if a line is an API object or a line `_from_canonical` refuses.
+
+    pyarrow reads a missing field and a null alike, as does `_from_canonical` except for
+    `batch`: the caller makes sure no line holds `"batch": null`, nor a `custom_id` (a Batch
+    API line, whatever its value).
+    """
+    column = table.column
+    if any(column(name).null_count for name in ("request_id", "created", "model")):
+        return None
+    if pc.any(pc.is_in(column("object"), value_set=pa.array(_API_OBJECTS))).as_py():
+        return None
+    if any(pc.any(pc.match_substring_regex(column(name), _BLANK)).as_py() for name in _NAMES):
+        return None
+    created = column("created").to_numpy()
+    counts = {name: column(name).fill_null(0).to_numpy() for name in _COUNT_FIELDS}
+    seconds = column("audio_seconds").fill_null(0.0).to_numpy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        audio_ms = np.rint(seconds * 1000)  # half to even, as `round`
+    valid = (
+        bool((np.isfinite(created) & (created >= 0) & (created <= _MAX_UNIX_S)).all())
+        and all(bool(((n >= 0) & (n <= _MAX_TOKENS)).all()) for n in counts.values())
+        and bool((np.isfinite(seconds) & (seconds >= 0) & (audio_ms <= _MAX_AUDIO_MS)).all())
+    )
+    if not valid:
+        return None
+    tier = column("service_tier")
+    tier = pc.if_else(pc.or_kleene(pc.is_null(tier), pc.equal(tier, "auto")), "default", tier)
+    return {
+        "request_id": column("request_id").to_numpy(),
+        "model": _shared_strings(column("model")),
+        "service_tier": _shared_strings(tier),
+        "batch": column("batch").fill_null(False).to_numpy(),
+        **counts,
+        "audio_ms": audio_ms.astype("int64"),
+        "source": np.full(table.num_rows, source, dtype=object),
+        "created": created,
+    }
+
+
+def _shared_strings(column: pa.ChunkedArray) -> np.ndarray:
+    """A column of few distinct strings as Python objects, one object per distinct value."""
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    return encoded.dictionary.to_numpy(zero_copy_only=False)[encoded.indices.to_numpy()]
+
+
 def parse_record(obj: Any, source: str) -> ParsedLine:
     """One decoded JSON line -> a record, or a reason it carries no billable request."""
     if not isinstance(obj, Mapping):
@@ -178,10 +263,32 @@ def parse_record(obj: Any, source: str) -> ParsedLine:
 
 def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Parsed records -> the typed frame of `schema.OPENAI_COLUMNS`."""
-    frame = pd.DataFrame.from_records(list(records), columns=[*OPENAI_COLUMNS, "created"])
-    frame["created_at"] = pd.to_datetime(frame["created"].astype("float64"), unit="s", utc=True)
-    frame = frame.drop(columns="created")
-    return frame.astype(OPENAI_COLUMNS)[list(OPENAI_COLUMNS)]
+    return columns_frame(records_columns(records))
+
+
+def records_columns(records: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Parsed records -> one array per field (`created` still in unix seconds), typed as
+    `columns_frame` takes them, so that records read in other ways can be joined to them."""
+    frame = pd.DataFrame.from_records(list(records), columns=list(RECORD_FIELDS))
+    return {name: frame[name].to_numpy(dtype=dtype) for name, dtype in RECORD_FIELDS.items()}
+
+
+def columns_frame(columns: Mapping[str, Any]) -> pd.DataFrame:
+    """One array per field of `RECORD_FIELDS` -> the typed frame of `schema.OPENAI_COLUMNS`.
+
+    The one place `created` becomes `created_at`: pandas picks the unit of the conversion
+    from the whole column, so every reader converts once, over all of its records.
+    """
+    created = pd.Series(np.asarray(columns["created"], dtype="float64"))
+    data = {
+        name: (
+            pd.to_datetime(created, unit="s", utc=True).astype(dtype)
+            if name == "created_at"
+            else pd.Series(columns[name], dtype=dtype, copy=False)
+        )
+        for name, dtype in OPENAI_COLUMNS.items()
+    }
+    return pd.DataFrame(data, copy=False)
 
 
 def empty_records() -> pd.DataFrame:

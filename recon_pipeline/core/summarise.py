@@ -34,8 +34,19 @@ def exact_sum(values: pd.Series) -> int:
     return int(array.sum())
 
 
+def request_counts(results: pd.DataFrame) -> pd.Series:
+    """How many requests each row stands for: 1 per result row, or the `requests` column of
+    rows already added up by the database (`Database.read_results_rollup`)."""
+    if "requests" in results:
+        return results["requests"].astype(np.int64)
+    return pd.Series(1, index=results.index, dtype=np.int64)
+
+
 def daily_variance_summary(results: pd.DataFrame) -> pd.DataFrame:
     """One row per day x action_type x model: counts per status, money, and the match rate.
+
+    `results`: per-request rows, or rows added up by route, model and status with a
+    `requests` count (the same sums, without moving every row out of the database).
 
     Money sums skip rows without a value (NULL actual on pending or unpriced rows), and are
     NULL, not 0, for a group where no row has one; the variance sums only rows that have both
@@ -46,18 +57,20 @@ def daily_variance_summary(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     _guard_overflow(results)
     keys = ["usage_date", "action_type", "model_used"]
+    counts = request_counts(results)
     frame = results.assign(
         action_type=results["action_type"].fillna("(none)"),
         model_used=results["model_used"].fillna("(none)"),
+        requests=counts,
         **{
-            status: (results["reconciliation_status"] == status).astype(np.int64)
+            status: (results["reconciliation_status"] == status).to_numpy() * counts
             for status in s.STATUSES
         },
     )
     grouped = frame.groupby(keys, sort=True, dropna=False)
     money = ["estimated_cost_pico", "actual_cost_pico", "variance_pico"]
     summary = grouped.agg(
-        requests=("usage_id", "size"), **{status: (status, "sum") for status in s.STATUSES}
+        requests=("requests", "sum"), **{status: (status, "sum") for status in s.STATUSES}
     ).join(grouped[money].sum(min_count=1).astype("Int64"))
     summary = summary.reset_index()
     verifiable = summary[s.MATCHED] + summary[s.DISCREPANCY]

@@ -1,16 +1,25 @@
 """The daily reconciliation, as assets. Each reads, calls the core, writes one day at a time,
 and reports; the rules themselves live in `recon_pipeline.core`."""
 
-from datetime import date
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack
+from datetime import date, datetime
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
-from recon_pipeline.core.reconcile import RESULT_COLUMNS, day_bounds, read_window, reconcile_day
+from recon_pipeline.core.reconcile import (
+    RESULT_COLUMNS,
+    DayReconciliation,
+    day_bounds,
+    read_window,
+    reconcile_day,
+)
 from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
 from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table
 from recon_pipeline.defs.resources import (
@@ -25,6 +34,8 @@ from recon_pipeline.io.database import (
     OPENAI_REQUESTS,
     RECONCILED_USAGE,
     UNLOGGED_OPENAI_REQUESTS,
+    Database,
+    WriteBackResult,
 )
 from recon_pipeline.io.exports import read_export_folder
 
@@ -134,7 +145,9 @@ def openai_requests(
             conflicting_duplicates=conflicting,
             skipped_locked=0,
         )
-        context.log.info(f"{day}: {written} OpenAI records from {', '.join(sources)}")
+    # One line a run, not a day: each log line is a write to the instance's event storage.
+    stored = sum(figures["rows"] for figures in report.days.values())
+    context.log.info(f"{len(report.days)} days: {stored} OpenAI records from {', '.join(sources)}")
     described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
     return dg.MaterializeResult(
         metadata=report.metadata(
@@ -182,6 +195,14 @@ def _match_rate(figures: Figures) -> dict[str, float]:
             group_name=GROUP,
             kinds={"pandas", "sql"},
         ),
+        dg.AssetSpec(
+            "token_usage_reconciliation",
+            description="`actual_cost_cents`, `reconciliation_status` and `reconciled_at` "
+            "written back onto token_usage, on the rows whose values change.",
+            deps=["reconciled_usage"],
+            group_name=GROUP,
+            kinds={"sql"},
+        ),
     ],
     check_specs=[
         dg.AssetCheckSpec(
@@ -195,45 +216,75 @@ def _match_rate(figures: Figures) -> dict[str, float]:
             asset="reconciled_usage",
             description="No OpenAI record of the day is left without a price.",
         ),
+        dg.AssetCheckSpec(
+            "token_usage_agrees_with_results",
+            asset="token_usage_reconciliation",
+            description="After the write-back, every token_usage row of the day has a result "
+            "and agrees with it on status and actual cost (a row the application changed in "
+            "the meantime, or logged after the day was read, fails it).",
+        ),
     ],
     partitions_def=daily_partitions,
     backfill_policy=backfill_policy,
+    pool=WRITE_BACK_POOL,
 )
 def reconciled_usage(
     context: dg.AssetExecutionContext, database: ReconDatabase, settings: ReconciliationSettings
 ):
-    """Join on the request id, price OpenAI's usage, classify, and store both result tables."""
+    """Join on the request id, price OpenAI's usage, classify, store both result tables, and
+    write the verdicts back onto token_usage.
+
+    The write-back is part of this step, not a step of its own, so that PostgreSQL runs its
+    UPDATE while the result tables are COPYed in: the two slowest statements of a day, on two
+    connections and two cores (benchmarks/README.md). Each day is two transactions, each
+    under its advisory lock (`Database.day_transaction`): the result tables commit first,
+    then the write-back; if either fails before that, neither is written. A run that finds
+    either lock of a day taken skips the day, logs a warning and lists it in
+    `days_skipped_locked`. Within Dagster the step runs in the concurrency pool
+    `token_usage_write_back` (`dagster instance concurrency set token_usage_write_back 1`).
+    """
     db = database.get()
     policy = settings.policy()
     now = settings.now()
     catalogue = PriceCatalogue()
     results_report = DailyReport(context, "reconciled_usage", derive=_match_rate)
     unlogged_report = DailyReport(context, "unlogged_openai_requests")
+    write_back_report = DailyReport(context, "token_usage_reconciliation")
+    reports = (results_report, unlogged_report, write_back_report)
     worst: list[pd.DataFrame] = []
     classes: dict[str, int] = {}
-    unpriced = unaccounted = 0
+    unpriced = unaccounted = disagreeing = 0
     skipped: list[date] = []
     tables = (OPENAI_REQUESTS, RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS)
     for day in partition_days(context):
-        # Read, reconcile and replace both tables of the day in one transaction under the
-        # day's lock: the records read are those the last writer of the day committed, and
-        # a failure leaves the previous day in both tables.
-        with db.day_transaction(day, "reconciled_usage", tables) as conn:
-            if conn is not None:
+        with ExitStack() as stack:
+            # Entered first, so it commits last: after the result tables it was computed with.
+            write_conn = (
+                stack.enter_context(db.write_back_transaction(day)) if db.is_postgres else None
+            )
+            # Read, reconcile and replace both tables of the day in one transaction under the
+            # day's lock: the records read are those the last writer of the day committed.
+            locked = db.is_postgres and write_conn is None
+            if not locked:
+                conn = stack.enter_context(db.day_transaction(day, "reconciled_usage", tables))
+                locked = conn is None
+            if not locked:
                 logged = db.read_logged(*read_window(day, policy), conn=conn)
                 openai = price_usage(db.read_openai_requests(day, conn=conn), catalogue)
                 _refuse_missing_source(day, logged, openai)
                 outcome = reconcile_day(logged, openai, day, now, policy)
-                db.replace_day(conn, RECONCILED_USAGE, outcome.results, day)
-                db.replace_day(conn, UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, day)
-        if conn is None:
+                del logged, openai
+                written = _store_and_write_back(db, conn, write_conn, day, now, outcome)
+        if locked:
             skipped.append(day)
             skipped_locked(context, "reconciled_usage", day)
-            results_report.skip(day)
-            unlogged_report.skip(day)
+            for report in reports:
+                report.skip(day)
             continue
 
-        unaccounted += db.count_without_result(day)
+        without_result = db.count_without_result(day)
+        unaccounted += without_result
+        disagreeing += written.rows_disagreeing
         unpriced += int((outcome.results["variance_class"] == s.CLASS_UNPRICED).sum())
         unpriced += int((outcome.unlogged["variance_class"] == s.CLASS_UNPRICED).sum())
         for name, count in outcome.results["variance_class"].value_counts().items():
@@ -254,9 +305,25 @@ def reconciled_usage(
             actual_cost_usd=unlogged_actual / s.PICO_PER_USD,
             skipped_locked=0,
         )
+        write_back_report.add(
+            day,
+            rows=written.rows_considered,
+            rows_updated=written.rows_updated,
+            rows_unchanged=written.rows_considered - written.rows_updated,
+            rows_disagreeing=written.rows_disagreeing,
+            rows_without_result=without_result,
+            skipped_locked=0,
+        )
         worst.append(summarise.largest_discrepancies(outcome.results))
-        context.log.info(f"{day}: {totals}")
 
+    if results_report.days:
+        counts = results_report.totals()
+        changed = write_back_report.totals()["rows_updated"]
+        by_status = ", ".join(f"{counts[status]} {status}" for status in s.STATUSES)
+        context.log.info(
+            f"{len(results_report.days)} days, {counts['rows']} rows: {by_status};"
+            f" {changed} token_usage rows changed"
+        )
     largest = summarise.largest_discrepancies(
         pd.concat(worst, ignore_index=True) if worst else pd.DataFrame(columns=RESULT_COLUMNS)
     )
@@ -282,6 +349,10 @@ def reconciled_usage(
         asset_key="unlogged_openai_requests",
         metadata=unlogged_report.metadata(**skipped_metadata(skipped)),
     )
+    yield dg.MaterializeResult(
+        asset_key="token_usage_reconciliation",
+        metadata=write_back_report.metadata(**skipped_metadata(skipped)),
+    )
     yield dg.AssetCheckResult(
         asset_key="reconciled_usage",
         check_name="every_logged_row_reconciled",
@@ -295,76 +366,44 @@ def reconciled_usage(
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"unpriced_records": unpriced},
     )
-
-
-@dg.asset(
-    deps=["reconciled_usage"],
-    partitions_def=daily_partitions,
-    backfill_policy=backfill_policy,
-    group_name=GROUP,
-    kinds={"sql"},
-    pool=WRITE_BACK_POOL,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "token_usage_agrees_with_results",
-            asset="token_usage_reconciliation",
-            description="After the write-back, every token_usage row of the day has a result "
-            "and agrees with it on status and actual cost (a row the application changed in "
-            "the meantime, or logged after the day was read, fails it).",
-        )
-    ],
-)
-def token_usage_reconciliation(
-    context: dg.AssetExecutionContext, database: ReconDatabase, settings: ReconciliationSettings
-) -> dg.MaterializeResult:
-    """`actual_cost_cents`, `reconciliation_status` and `reconciled_at` on token_usage: one
-    transaction per day, touching only rows whose values change.
-
-    Two guards against concurrent runs. Within Dagster, the step runs in the concurrency pool
-    `token_usage_write_back` (limit it with `dagster instance concurrency set
-    token_usage_write_back 1`). Within PostgreSQL, whatever launched the runs, each day's
-    transaction takes the day's advisory lock with `pg_try_advisory_xact_lock`: a run that
-    finds a day taken skips it, logs a warning and lists it in `days_skipped_locked`.
-    """
-    db = database.get()
-    report = DailyReport(context, "token_usage_reconciliation")
-    disagreeing = without_result = 0
-    skipped: list[date] = []
-    for day in partition_days(context):
-        result = db.write_back(day, settings.now())
-        if result.locked:
-            skipped.append(day)
-            skipped_locked(context, "token_usage_reconciliation", day)
-            report.skip(day)
-            continue
-        # Counted inside the write-back's own transaction, so another run cannot skew it.
-        disagreeing += result.rows_disagreeing
-        without_result += db.count_without_result(day)
-        report.add(
-            day,
-            rows=result.rows_considered,
-            rows_updated=result.rows_updated,
-            rows_unchanged=result.rows_considered - result.rows_updated,
-            skipped_locked=0,
-        )
-        context.log.info(f"{day}: {result.rows_updated} of {result.rows_considered} rows changed")
-    return dg.MaterializeResult(
-        metadata=report.metadata(**skipped_metadata(skipped)),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="token_usage_agrees_with_results",
-                passed=disagreeing == 0 and without_result == 0,
-                # Rows logged after the day was read are still pending and will be picked up;
-                # rows changed under the write-back keep a stale verdict until a re-run.
-                severity=dg.AssetCheckSeverity.ERROR if disagreeing else dg.AssetCheckSeverity.WARN,
-                metadata={
-                    "rows_disagreeing": disagreeing,
-                    "rows_without_result": without_result,
-                    **skipped_metadata(skipped),
-                },
-            )
-        ],
+    yield dg.AssetCheckResult(
+        asset_key="token_usage_reconciliation",
+        check_name="token_usage_agrees_with_results",
+        passed=disagreeing == 0 and unaccounted == 0,
+        # Rows logged after the day was read are still pending and will be picked up;
+        # rows changed under the write-back keep a stale verdict until a re-run.
+        severity=dg.AssetCheckSeverity.ERROR if disagreeing else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "rows_disagreeing": disagreeing,
+            "rows_without_result": unaccounted,
+            **skipped_metadata(skipped),
+        },
     )
+
+
+def _store_and_write_back(
+    db: Database,
+    conn: sa.Connection,
+    write_conn: sa.Connection | None,
+    day: date,
+    now: datetime,
+    outcome: DayReconciliation,
+) -> WriteBackResult:
+    """Replace the day's result tables on `conn` while a worker thread runs the write-back
+    on `write_conn`; SQLite, one writer, does both in turn on `conn`."""
+    if write_conn is None:
+        db.replace_day(conn, RECONCILED_USAGE, outcome.results, day)
+        db.replace_day(conn, UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, day)
+        return db.write_back_rows(conn, day, now)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-back") as worker:
+        pending = worker.submit(db.write_back_rows, write_conn, day, now, outcome.results)
+        try:
+            db.replace_day(conn, RECONCILED_USAGE, outcome.results, day)
+            db.replace_day(conn, UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, day)
+        except BaseException:
+            wait([pending])  # its transaction then rolls back with this one
+            raise
+        return pending.result()
 
 
 @dg.asset(
@@ -397,7 +436,7 @@ def daily_variance_summary(
         # compares the summary with the very rows it was computed from.
         with db.day_transaction(day, "daily_variance_summary", tables) as conn:
             if conn is not None:
-                summary = summarise.daily_variance_summary(db.read_results(day, conn))
+                summary = summarise.daily_variance_summary(db.read_results_rollup(day, conn))
                 rows = db.replace_day(conn, DAILY_VARIANCE_SUMMARY, summary, day)
                 if not db.summary_matches_rows(day, conn):
                     mismatched_days.append(day.isoformat())

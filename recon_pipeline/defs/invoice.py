@@ -180,7 +180,7 @@ def invoice_check_asset(
     for day in partition_days(context):
         with db.day_transaction(day, "invoice_check", tables) as conn:
             if conn is not None:
-                results = db.read_results(day, conn)
+                results = db.read_results_rollup(day, conn)
                 table = invoice_check(
                     day,
                     db.read_day(OPENAI_DAILY_USAGE, day, conn=conn),

@@ -8,6 +8,7 @@ timestamp, so where a line sits never decides which day it belongs to.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from dataclasses import dataclass, field
@@ -15,9 +16,21 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
-from recon_pipeline.core.openai_records import RecordError, parse_record, records_frame
+from recon_pipeline.core.openai_records import (
+    CANONICAL_LINE,
+    RECORD_FIELDS,
+    RecordError,
+    canonical_columns,
+    columns_frame,
+    parse_record,
+    records_columns,
+)
 from recon_pipeline.io.openai_api import costs_frame, usage_frame
 
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
@@ -66,50 +79,204 @@ def named_date(path: Path) -> date | None:
 
 
 def read_export_folder(folder: Path, start: datetime, end: datetime) -> ExportRead:
-    """Records created in [start, end) from the folder; a bad line stops with file:line."""
-    records = []
+    """Records created in [start, end) from the folder; a bad line stops with file:line.
+
+    A file of canonical lines is read by pyarrow in one go; any other file, or one with a line
+    pyarrow and `json` might read apart or a line the record parser refuses, line by line.
+    """
     result = ExportRead(records=pd.DataFrame())
-    start_s, end_s = start.timestamp(), end.timestamp()
+    window = (start.timestamp(), end.timestamp())
+    parts = []
     for path in files_for_span(folder, start, end):
         result.files.append(path.name)
         named = named_date(path)
-        if named is not None:
-            # Only the named day and its neighbours read this file: a record further away
-            # would be read on no day at all, so it is refused rather than lost.
-            reach = datetime(named.year, named.month, named.day, tzinfo=UTC)
-            reach_s = (
-                (reach - timedelta(days=1)).timestamp(),
-                (reach + timedelta(days=2)).timestamp(),
-            )
-        with path.open("r", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                result.lines += 1
-                try:
-                    parsed = parse_record(json.loads(line), source=path.name)
-                except json.JSONDecodeError as error:
-                    raise ExportFileError(
-                        f"{path}:{number}: not valid JSON ({error.msg})"
-                    ) from None
-                except RecordError as error:
-                    raise ExportFileError(f"{path}:{number}: {error}") from None
-                if parsed.record is None:
-                    reason = parsed.skipped_reason or "skipped"
-                    result.skipped[reason] = result.skipped.get(reason, 0) + 1
-                    continue
-                created = parsed.record["created"]
-                if named is not None and not reach_s[0] <= created < reach_s[1]:
-                    moment = datetime.fromtimestamp(created, UTC).isoformat()
-                    raise ExportFileError(
-                        f"{path}:{number}: record created {moment} is more than a day away "
-                        f"from the file's date {named}, so no day would read it; move the line "
-                        "to a file of its day or to a file without a date in its name"
-                    )
-                if start_s <= created < end_s:
-                    records.append(parsed.record)
-    result.records = records_frame(records)
+        columns = _read_canonical_file(path, named)
+        if columns is None:
+            parts.append(_read_by_line(path, named, window, result))
+            continue
+        result.lines += len(columns["created"])
+        created = columns["created"]
+        keep = (created >= window[0]) & (created < window[1])
+        if not keep.all():
+            columns = {name: values[keep] for name, values in columns.items()}
+        parts.append(columns)
+    if not parts:
+        parts.append(records_columns([]))
+    # Each column joined in turn, its parts let go at once: a million rows are a few hundred MB.
+    joined = {name: np.concatenate([part.pop(name) for part in parts]) for name in RECORD_FIELDS}
+    result.records = columns_frame(joined)
     return result
+
+
+def _reach(named: date | None) -> tuple[float, float] | None:
+    """Unix seconds [from, to) of the records a file named for `named` may hold.
+
+    Only the named day and its neighbours read the file: a record further away would be read
+    on no day at all, so it is refused rather than lost.
+    """
+    if named is None:
+        return None
+    day = datetime(named.year, named.month, named.day, tzinfo=UTC)
+    return (day - timedelta(days=1)).timestamp(), (day + timedelta(days=2)).timestamp()
+
+
+def _read_by_line(
+    path: Path, named: date | None, window: tuple[float, float], result: ExportRead
+) -> dict[str, np.ndarray]:
+    """The file's records created in `window`, parsed one line at a time: any shape of line,
+    and the first bad line stops the read with its file:line."""
+    records = []
+    reach = _reach(named)
+    with path.open("r", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            result.lines += 1
+            try:
+                parsed = parse_record(json.loads(line), source=path.name)
+            except json.JSONDecodeError as error:
+                raise ExportFileError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            except RecordError as error:
+                raise ExportFileError(f"{path}:{number}: {error}") from None
+            if parsed.record is None:
+                reason = parsed.skipped_reason or "skipped"
+                result.skipped[reason] = result.skipped.get(reason, 0) + 1
+                continue
+            created = parsed.record["created"]
+            if reach is not None and not reach[0] <= created < reach[1]:
+                moment = datetime.fromtimestamp(created, UTC).isoformat()
+                raise ExportFileError(
+                    f"{path}:{number}: record created {moment} is more than a day away "
+                    f"from the file's date {named}, so no day would read it; move the line "
+                    "to a file of its day or to a file without a date in its name"
+                )
+            if window[0] <= created < window[1]:
+                records.append(parsed.record)
+    return records_columns(records)
+
+
+def _read_canonical_file(path: Path, named: date | None) -> dict[str, np.ndarray] | None:
+    """Every record of a file of canonical lines, read by pyarrow in one go and checked column
+    by column; None if the line reader must read the file (then it says which line and why)."""
+    data = path.read_bytes()
+    if not data:
+        return records_columns([])  # pyarrow refuses an empty file
+    if data.startswith(codecs.BOM_UTF8) or not _is_utf8(data):
+        return None  # both refused when read as UTF-8 text; pyarrow skips or ignores them
+    try:
+        table = pa_json.read_json(pa.BufferReader(data), parse_options=_CANONICAL_PARSE)
+    except Exception:  # for any reason: the line reader finds the line, or reads it anyway
+        return None
+    if not _one_object_per_line(data, table.num_rows) or _json_may_differ(data, table):
+        return None
+    del data  # the file's bytes, no longer needed while the columns are made
+    columns = canonical_columns(table, source=path.name)
+    reach = _reach(named)
+    if columns is None or reach is None:
+        return columns
+    created = columns["created"]
+    return columns if bool(((created >= reach[0]) & (created < reach[1])).all()) else None
+
+
+_CANONICAL_PARSE = pa_json.ParseOptions(
+    explicit_schema=CANONICAL_LINE, unexpected_field_behavior="ignore"
+)
+# JSON's white space within a line (a line ends at "\n").
+_LINE_SPACE = np.zeros(256, dtype=bool)
+_LINE_SPACE[[ord(" "), ord("\t"), ord("\r")]] = True
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Whether the line reader can decode the file: pyarrow skips fields it does not read."""
+    if data.isascii():
+        return True
+    try:
+        _as_one_value(data, pa.large_string()).validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _as_one_value(data: bytes, kind: pa.DataType) -> pa.Array:
+    """The bytes as an array of one string or binary value, without a copy."""
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+    return pa.Array.from_buffers(kind, 1, [None, offsets, pa.py_buffer(data)])
+
+
+def _one_object_per_line(data: bytes, rows: int) -> bool:
+    """Whether the `rows` objects pyarrow read are one to each non-blank line, as `json.loads`
+    of each line needs: pyarrow also reads an object split over lines, or two on one line."""
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+        return False  # a lone "\r" ends a line when read as text
+    raw = np.frombuffer(data, dtype=np.uint8)
+    stops = _positions(raw, ord("\n"))
+    if raw.size and raw[-1] != ord("\n"):
+        stops = np.append(stops, raw.size)
+    starts = np.concatenate(([0], stops[:-1] + 1)) if stops.size else stops
+    first, stop = _trimmed(raw, starts, stops)
+    filled = first < stop
+    if int(filled.sum()) != rows:
+        return False
+    # pyarrow refuses a raw "\n" in a string, so a "{" or "}" at either end of a line is JSON's
+    # own, and inside an object "}" is followed by "," "}" or "]", never "{". So if every
+    # non-blank line runs from "{" to "}", objects and lines break at the same places.
+    return bool(
+        (raw[first[filled]] == ord("{")).all() and (raw[stop[filled] - 1] == ord("}")).all()
+    )
+
+
+def _positions(raw: np.ndarray, byte: int) -> np.ndarray:
+    """Where `byte` is in `raw`, a block at a time to keep the comparison's memory small."""
+    block = 1 << 24
+    found = [np.flatnonzero(raw[at : at + block] == byte) + at for at in range(0, raw.size, block)]
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
+
+
+def _trimmed(
+    raw: np.ndarray, starts: np.ndarray, stops: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each line [start, stop) without the white space at its ends, a byte a round."""
+    first, stop = starts.copy(), stops.copy()
+    todo = np.flatnonzero(first < stop)
+    while todo.size:
+        todo = todo[_LINE_SPACE[raw[first[todo]]]]
+        first[todo] += 1
+        todo = todo[first[todo] < stop[todo]]
+    todo = np.flatnonzero(first < stop)
+    while todo.size:
+        todo = todo[_LINE_SPACE[raw[stop[todo] - 1]]]
+        stop[todo] -= 1
+        todo = todo[first[todo] < stop[todo]]
+    return first, stop
+
+
+def _json_key(name: str) -> str:
+    """RE2 for `"name"` as a JSON key, any character of it perhaps a `\\u00XX` escape."""
+    return '"' + "".join(f"(?:{char}|\\\\u00(?i:{ord(char):02x}))" for char in name) + '"'
+
+
+_SPACE = r"[ \t\r\n]*"
+# What pyarrow cannot show or reads unlike `json`, found in the file's bytes (or in a string,
+# which only sends the file to the line reader for nothing).
+_JSON_MAY_DIFFER = "|".join(
+    (
+        _json_key("custom_id"),  # a Batch API line, even with a null custom_id
+        _json_key("batch") + _SPACE + ":" + _SPACE + "null",  # refused, unlike a missing one
+        r"[:,\[]" + _SPACE + r"(?:-?Inf|-NaN)" + _SPACE + r"[,}\]]",  # not JSON to `json`
+        r"(?:[^\n\[{]*[\[{]){200}",  # nesting too deep for `json`'s recursion, or near it
+        r"[0-9]{1000}",  # towards an integer over `json`'s 4300 digits
+    )
+)
+
+
+def _json_may_differ(data: bytes, table: pa.Table) -> bool:
+    """Whether a line may hold what pyarrow cannot show (a key with a null value is a missing
+    field to it) or reads unlike `json`; both only in fields outside `CANONICAL_LINE`, or in
+    fields given a null, so counting every ":" as a value read rules them out at once."""
+    if data.count(b":") == sum(len(column) - column.null_count for column in table.columns):
+        return False
+    found = pc.match_substring_regex(_as_one_value(data, pa.large_binary()), _JSON_MAY_DIFFER)
+    return bool(found[0].as_py())
 
 
 _USAGE_FILE = re.compile(r"openai-usage-(completions|embeddings|audio_transcriptions)\b.*\.json$")
@@ -129,13 +296,21 @@ def read_daily_totals(folder: Path, first: date, last: date) -> DailyTotalsRead:
     A file named `openai-usage-<endpoint>-….json` or `openai-costs-….json` holds one page as
     the API returns it (`{"object": "page", "data": [buckets…]}`); buckets of other days
     are ignored. Amounts are decoded as Decimal so that they stay exact.
+
+    As for JSONL exports, a name dated more than a day outside [first, last] is not read (a
+    range run of a year's backfill would otherwise parse every page of the year); an undated
+    one always is.
     """
     usage, costs, files = [usage_frame([], "completions")], [costs_frame([])], []
     if not folder.is_dir():
         raise FileNotFoundError(f"export folder {folder} does not exist")
+    earliest, latest = first - timedelta(days=1), last + timedelta(days=1)
     for path in sorted(folder.rglob("openai-*.json")):
         usage_match, costs_match = _USAGE_FILE.search(path.name), _COSTS_FILE.search(path.name)
         if not usage_match and not costs_match:
+            continue
+        named = named_date(path)
+        if named is not None and not earliest <= named <= latest:
             continue
         try:
             page = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
