@@ -269,8 +269,8 @@ def price_usage(records: pd.DataFrame, catalogue: PriceCatalogue) -> pd.DataFram
 
     status[invalid] = PRICE_STATUS_INVALID_USAGE
     priced = status == PRICE_STATUS_PRICED
-    out = records.copy()
-    out["actual_cost_pico"] = pd.array(np.where(priced, cost, 0), dtype="Int64")
-    out.loc[~priced, "actual_cost_pico"] = pd.NA
-    out["price_status"] = status
-    return out
+    # assign, not copy(): the records' own columns are shared, not duplicated.
+    return records.assign(
+        actual_cost_pico=pd.arrays.IntegerArray(np.where(priced, cost, 0), ~priced),
+        price_status=status,
+    )

@@ -300,6 +300,7 @@ def reconcile_day(
             "openai_source": joined["openai_source"],
         },
         columns=RESULT_COLUMNS,
+        copy=False,
     )
     claimed = np.zeros(len(openai), dtype=bool)
     claimed[positions[positions >= 0]] = True
