@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+import sqlalchemy as sa
 
 from benchmarks.seed import (
     AS_OF,
@@ -355,8 +356,13 @@ def bench_backfill(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     schema = f"bench_backfill_{args.backfill_rows}x{args.backfill_days}"
     export_dir = Path(tempfile.mkdtemp(prefix="recon_bench_backfill_"))
     home = Path(tempfile.mkdtemp(prefix="recon_bench_dagster_home_"))
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     url = args.database_url
+    storage_db = None
+    if args.dagster_storage == "postgres":
+        storage_db = f"bench_dagster_{os.getpid()}"
+        (home / "dagster.yaml").write_text(_postgres_instance_yaml(url, storage_db))
+    else:
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     print(f"\n== backfill: {len(days)} days x {args.backfill_rows:,} rows ({schema}) ==")
     try:
         seeded = seed_days(
@@ -407,6 +413,7 @@ def bench_backfill(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
             for key, timing in run["steps"].items():
                 steps[key] += timing["wall_s"]
         return {
+            "dagster_storage": args.dagster_storage,
             "days": len(days),
             "rows_per_day": args.backfill_rows,
             "rows": seeded.counts["rows"],
@@ -427,8 +434,32 @@ def bench_backfill(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     finally:
         shutil.rmtree(export_dir, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+        if storage_db:
+            _database(url, f'DROP DATABASE IF EXISTS "{storage_db}"')
         if not args.keep:
             drop_schema(url, schema)
+
+
+def _database(url: str, statement: str) -> None:
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def _postgres_instance_yaml(url: str, db_name: str) -> str:
+    """deploy/dagster.yaml's storage (PostgreSQL, as in production) on a fresh database of
+    the benchmark's server."""
+    _database(url, f'CREATE DATABASE "{db_name}"')
+    parsed = sa.make_url(url)
+    return (
+        "telemetry:\n  enabled: false\n"
+        "storage:\n  postgres:\n    postgres_db:\n"
+        f"      hostname: {parsed.host or '127.0.0.1'}\n"
+        f"      port: {parsed.port or 5432}\n"
+        f"      username: {parsed.username or 'postgres'}\n"
+        f"      password: '{parsed.password or ''}'\n"
+        f"      db_name: {db_name}\n"
+        "      scheme: postgresql+psycopg2\n"
+    )
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -701,6 +732,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backfill", action="store_true", help="run the year-of-days backfill")
     parser.add_argument("--backfill-days", type=int, default=365)
     parser.add_argument("--backfill-rows", type=int, default=10_000)
+    parser.add_argument(
+        "--dagster-storage",
+        choices=("postgres", "sqlite"),
+        default="sqlite",
+        help="the backfill's Dagster instance storage: the SQLite files `dagster dev` uses"
+        " (default, as in the baseline), or PostgreSQL as deploy/dagster.yaml",
+    )
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--day", type=date.fromisoformat, default=DEFAULT_DAY)
     parser.add_argument("--seed", type=int, default=7)

@@ -26,6 +26,7 @@ from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.io import exports
 from recon_pipeline.io.exports import (
     ExportFileError,
+    ParsedFiles,
     files_for_span,
     named_date,
     read_daily_totals,
@@ -439,3 +440,37 @@ def test_a_broken_page_dated_within_a_day_of_the_range_is_still_an_error(tmp_pat
     with pytest.raises(ExportFileError, match="not valid JSON") as caught:
         read_daily_totals(tmp_path, D, D)
     assert str(caught.value).startswith(f"{path}:1:")
+
+
+def test_a_range_reads_each_file_once_and_gets_each_days_records(
+    tmp_path: Path, monkeypatch
+) -> None:
+    days = [D + timedelta(days=n) for n in range(4)]
+    for n, day in enumerate(days):
+        noon = int(day_bounds(day)[0].timestamp()) + 12 * 3600
+        lines = [canonical(f"r{n}-{i}", noon + i * 3000) for i in range(20)]
+        write(tmp_path, f"requests-{day}.jsonl", *lines)
+    reads: list[str] = []
+    original = exports._read_canonical_file
+    monkeypatch.setattr(
+        exports,
+        "_read_canonical_file",
+        lambda path, named: reads.append(path.name) or original(path, named),
+    )
+    cache = ParsedFiles()
+    for day in days:
+        start, end = day_bounds(day)
+        cached = read_export_folder(tmp_path, start, end, cache)
+        alone = read_export_folder(tmp_path, start, end)
+        assert_frame_equal(cached.records, alone.records)
+        assert len(cached.records) > 0 and cached.lines == alone.lines
+    read_with_cache = len(reads) - sum(len(files_for_span(tmp_path, *day_bounds(d))) for d in days)
+    assert read_with_cache == len(days)  # every file parsed once for the whole range
+
+    # A file that changed is read again; a cache too small for a file keeps nothing.
+    write(tmp_path, f"requests-{days[0]}.jsonl", canonical("changed", T))
+    again = read_export_folder(tmp_path, *day_bounds(days[0]), cache)
+    assert "changed" in set(again.records["request_id"])
+    tiny = ParsedFiles(max_records=5)
+    read_export_folder(tmp_path, *day_bounds(days[1]), tiny)
+    assert tiny.get(tmp_path / f"requests-{days[1]}.jsonl") is None

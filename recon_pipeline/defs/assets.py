@@ -37,7 +37,7 @@ from recon_pipeline.io.database import (
     Database,
     WriteBackResult,
 )
-from recon_pipeline.io.exports import read_export_folder
+from recon_pipeline.io.exports import ParsedFiles, read_export_folder
 
 GROUP = "reconciliation"
 WRITE_BACK_POOL = "token_usage_write_back"
@@ -101,6 +101,7 @@ def openai_requests(
     report = DailyReport(context, "openai_requests")
     files: set[str] = set()
     skipped: list[date] = []
+    parsed = ParsedFiles()
     for day in partition_days(context):
         window = read_window(day, policy)
         frames: list[pd.DataFrame] = []
@@ -117,7 +118,7 @@ def openai_requests(
                 "responses_not_found": len(missing),
             }
         if "exports" in sources:
-            read = read_export_folder(openai_exports.folder(embedded), *window)
+            read = read_export_folder(openai_exports.folder(embedded), *window, parsed)
             batch = int(read.records["source"].str.startswith("batch_output:").sum())
             frames.append(read.records)
             files.update(read.files)

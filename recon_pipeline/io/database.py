@@ -831,7 +831,8 @@ class Database:
             )
         )
         _copy_in(conn, staging, WRITE_BACK_ROWS, results)
-        conn.execute(sa.text(f"ANALYZE {staging}"))
+        if len(results) >= 100_000:  # a small day plans well enough from the table's size
+            conn.execute(sa.text(f"ANALYZE {staging}"))
         return staging
 
     def read_day(

@@ -78,11 +78,55 @@ def named_date(path: Path) -> date | None:
         return None
 
 
-def read_export_folder(folder: Path, start: datetime, end: datetime) -> ExportRead:
+@dataclass
+class FileRead:
+    """Every record of one file (whatever its window), with its line and skip counts."""
+
+    columns: dict[str, np.ndarray]
+    lines: int
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.columns["created"])
+
+
+class ParsedFiles:
+    """Files already read in this run, so that a range run reads each file once, not once
+    for each of the five days whose window it may hold.
+
+    Bounded by `max_records` in all (oldest let go first); a file is read again when its
+    size or modification time changed. A day of a million records is not kept at all.
+    """
+
+    def __init__(self, max_records: int = 500_000) -> None:
+        self.max_records = max_records
+        self._files: dict[Path, tuple[tuple[int, int], FileRead]] = {}
+
+    def get(self, path: Path) -> FileRead | None:
+        kept = self._files.get(path)
+        return kept[1] if kept is not None and kept[0] == self._stamp(path) else None
+
+    def put(self, path: Path, read: FileRead) -> None:
+        if len(read) > self.max_records:
+            return
+        self._files[path] = (self._stamp(path), read)
+        while sum(len(kept) for _, kept in self._files.values()) > self.max_records:
+            del self._files[next(iter(self._files))]
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        stat = path.stat()
+        return stat.st_mtime_ns, stat.st_size
+
+
+def read_export_folder(
+    folder: Path, start: datetime, end: datetime, cache: ParsedFiles | None = None
+) -> ExportRead:
     """Records created in [start, end) from the folder; a bad line stops with file:line.
 
     A file of canonical lines is read by pyarrow in one go; any other file, or one with a line
     pyarrow and `json` might read apart or a line the record parser refuses, line by line.
+    `cache`: files already read in this run.
     """
     result = ExportRead(records=pd.DataFrame())
     window = (start.timestamp(), end.timestamp())
@@ -90,16 +134,20 @@ def read_export_folder(folder: Path, start: datetime, end: datetime) -> ExportRe
     for path in files_for_span(folder, start, end):
         result.files.append(path.name)
         named = named_date(path)
-        columns = _read_canonical_file(path, named)
-        if columns is None:
-            parts.append(_read_by_line(path, named, window, result))
-            continue
-        result.lines += len(columns["created"])
+        read = cache.get(path) if cache is not None else None
+        if read is None:
+            read = _read_file(path, named)
+            if cache is not None:
+                cache.put(path, read)
+        result.lines += read.lines
+        for reason, count in read.skipped.items():
+            result.skipped[reason] = result.skipped.get(reason, 0) + count
+        columns = read.columns
         created = columns["created"]
         keep = (created >= window[0]) & (created < window[1])
         if not keep.all():
             columns = {name: values[keep] for name, values in columns.items()}
-        parts.append(columns)
+        parts.append(dict(columns))  # its own dict: the join below pops from it
     if not parts:
         parts.append(records_columns([]))
     # Each column joined in turn, its parts let go at once: a million rows are a few hundred MB.
@@ -120,18 +168,25 @@ def _reach(named: date | None) -> tuple[float, float] | None:
     return (day - timedelta(days=1)).timestamp(), (day + timedelta(days=2)).timestamp()
 
 
-def _read_by_line(
-    path: Path, named: date | None, window: tuple[float, float], result: ExportRead
-) -> dict[str, np.ndarray]:
-    """The file's records created in `window`, parsed one line at a time: any shape of line,
-    and the first bad line stops the read with its file:line."""
+def _read_file(path: Path, named: date | None) -> FileRead:
+    """A file of canonical lines in one go, any other file line by line."""
+    columns = _read_canonical_file(path, named)
+    if columns is not None:
+        return FileRead(columns, lines=len(columns["created"]))
+    return _read_by_line(path, named)
+
+
+def _read_by_line(path: Path, named: date | None) -> FileRead:
+    """The file's records parsed one line at a time: any shape of line, and the first bad line
+    stops the read with its file:line."""
+    read = FileRead(columns={}, lines=0)
     records = []
     reach = _reach(named)
     with path.open("r", encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            result.lines += 1
+            read.lines += 1
             try:
                 parsed = parse_record(json.loads(line), source=path.name)
             except json.JSONDecodeError as error:
@@ -140,7 +195,7 @@ def _read_by_line(
                 raise ExportFileError(f"{path}:{number}: {error}") from None
             if parsed.record is None:
                 reason = parsed.skipped_reason or "skipped"
-                result.skipped[reason] = result.skipped.get(reason, 0) + 1
+                read.skipped[reason] = read.skipped.get(reason, 0) + 1
                 continue
             created = parsed.record["created"]
             if reach is not None and not reach[0] <= created < reach[1]:
@@ -150,9 +205,9 @@ def _read_by_line(
                     f"from the file's date {named}, so no day would read it; move the line "
                     "to a file of its day or to a file without a date in its name"
                 )
-            if window[0] <= created < window[1]:
-                records.append(parsed.record)
-    return records_columns(records)
+            records.append(parsed.record)
+    read.columns = records_columns(records)
+    return read
 
 
 def _read_canonical_file(path: Path, named: date | None) -> dict[str, np.ndarray] | None:
