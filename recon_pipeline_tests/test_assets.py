@@ -311,6 +311,11 @@ def test_metadata_and_checks(reference: Reference) -> None:
     assert meta["range_pending"] == 3
     assert sum(meta[f"range_{status}"] for status in s.STATUSES) == summary.rows_logged
     assert meta["variance_classes"][s.CLASS_DUPLICATE_ID] == 1
+    # The run's tables are on the newest partition, and each partition says which that is.
+    by_day = _by_partition(result, "reconciled_usage")
+    with_tables = [day for day, m in by_day.items() if "largest_discrepancies" in m]
+    assert with_tables == [LAST_DAY.isoformat()] == [meta["range_tables_on"]]
+    assert "| day |" in by_day[LAST_DAY.isoformat()]["by_day"]
     assert _metadata(result, "openai_requests")[0]["range_rows"] >= summary.openai_records
     unlogged = _metadata(result, "unlogged_openai_requests")[0]
     assert unlogged["range_rows"] == summary.openai_only_records

@@ -61,15 +61,22 @@ class DailyReport:
                 **{f"range_{name}": value for name, value in totals.items()},
                 **extra,
             }
+        # The run's tables (markdown) go on its newest partition only, the one the asset page
+        # shows first: copied onto every day of a month they cost storage and time, not news.
+        tables = {k: v for k, v in shared.items() if isinstance(v, dg.MarkdownMetadataValue)}
+        newest = max(every_day, default=None)
+        if len(every_day) > 1 and tables:
+            shared = {k: v for k, v in shared.items() if k not in tables}
+            shared["range_tables_on"] = newest.isoformat()
         for day, figures in self.days.items():
             self._context.add_asset_metadata(
-                {**self._one(figures), **shared},
+                {**self._one(figures), **shared, **(tables if day == newest else {})},
                 asset_key=self._asset_key,
                 partition_key=day.isoformat(),
             )
         for day in self.skipped:
             self._context.add_asset_metadata(
-                {"skipped_locked": 1, **shared},
+                {"skipped_locked": 1, **shared, **(tables if day == newest else {})},
                 asset_key=self._asset_key,
                 partition_key=day.isoformat(),
             )
