@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 
+from recon_pipeline.core.openai_records import COUNT_FIELDS
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.schema import OPENAI_COLUMNS
 from recon_pipeline.demo_data import (
@@ -418,17 +419,7 @@ def _records_table(records: pd.DataFrame) -> pa.Table:
             "model": pa.array(records["model"].to_numpy(), pa.string()),
             "service_tier": pa.array(records["service_tier"].to_numpy(), pa.string()),
             "batch": pa.array(records["batch"].to_numpy()),
-            **{
-                name: pa.array(records[name].to_numpy())
-                for name in (
-                    "input_tokens",
-                    "cached_input_tokens",
-                    "output_tokens",
-                    "reasoning_tokens",
-                    "input_audio_tokens",
-                    "output_audio_tokens",
-                )
-            },
+            **{name: pa.array(records[name].to_numpy()) for name in COUNT_FIELDS},
             "audio_ms": pa.array(np.round(records["audio_seconds"].to_numpy() * 1000).astype(int)),
         }
     )

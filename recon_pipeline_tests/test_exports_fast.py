@@ -93,17 +93,7 @@ audio_seconds = st.one_of(
 FIELDS = {
     "service_tier": st.sampled_from([MISSING, None, "auto", "default", "flex", "priority", ""]),
     "batch": st.sampled_from([MISSING, True, False]),
-    **{
-        name: counts
-        for name in (
-            "input_tokens",
-            "cached_input_tokens",
-            "output_tokens",
-            "reasoning_tokens",
-            "input_audio_tokens",
-            "output_audio_tokens",
-        )
-    },
+    **{name: counts for name in openai_records.COUNT_FIELDS},
     "audio_seconds": audio_seconds,
     "object": st.sampled_from([MISSING, None, "gateway.record"]),
     "user": st.sampled_from([MISSING, "ana", "zoë", None, 7]),  # fields nobody reads

@@ -274,7 +274,7 @@ def test_the_kubernetes_instance_loads_with_the_k8s_run_launcher(
         assert run_launcher.postgres_password_secret == "dagster-postgresql-secret"
         assert run_launcher.instance_config_map == "dagster-instance"
         # Sized for a 1M-row day until the benchmark numbers arrive.
-        assert run_launcher.resources["requests"] == {"cpu": "1", "memory": "3Gi"}
+        assert run_launcher.resources["requests"] == {"cpu": "1", "memory": "2Gi"}
         queue = loaded.get_concurrency_config().run_queue_config
         assert queue is not None
         [backfill] = [t for t in queue.tag_concurrency_limits if t["key"] == BACKFILL_ID_TAG]
@@ -295,7 +295,7 @@ def test_the_helm_values_reference_the_secrets_and_the_sizing() -> None:
     assert launcher["type"] == "K8sRunLauncher"
     k8s = launcher["config"]["k8sRunLauncher"]
     assert {"name": "recon-pipeline-secrets"} in k8s["envSecrets"]
-    assert k8s["resources"]["requests"] == {"cpu": "1", "memory": "3Gi"}
+    assert k8s["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
     [deployment] = values["dagster-user-deployments"]["deployments"]
     assert {"name": "recon-pipeline-secrets"} in deployment["envSecrets"]
     queue = values["concurrency"]["runs"]
@@ -335,7 +335,7 @@ def test_the_definitions_load_with_the_k8s_job_executor() -> None:
     assert checked.success, checked.errors
     assert executor_config["step_k8s_config"]["container_config"]["resources"]["requests"] == {
         "cpu": "1",
-        "memory": "3Gi",
+        "memory": "2Gi",
     }
     # Same assets, schedule and sensor as recon_pipeline.definitions, all on the k8s job.
     graph = defs.resolve_asset_graph()

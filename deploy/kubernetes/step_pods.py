@@ -19,7 +19,7 @@ from recon_pipeline.defs.schedules import (
     pending_rows_sensor,
 )
 
-# Per step pod. Sized from the benchmark (2,177 MB peak for a 1M-row day, one core).
+# Per step pod. Sized from the benchmark (1,378 MB peak for a 1M-row day, one core).
 # Secrets and settings come in as they do for run pods.
 STEP_POD_CONFIG = {
     "env_config_maps": ["recon-pipeline-config"],
@@ -27,8 +27,8 @@ STEP_POD_CONFIG = {
     "step_k8s_config": {
         "container_config": {
             "resources": {
-                "requests": {"cpu": "1", "memory": "3Gi"},
-                "limits": {"memory": "4Gi"},
+                "requests": {"cpu": "1", "memory": "2Gi"},
+                "limits": {"memory": "3Gi"},
             }
         },
         "job_spec_config": {"backoff_limit": 0, "ttl_seconds_after_finished": 86400},

@@ -27,7 +27,7 @@ _MAX_TOKENS = 10**9
 _MAX_AUDIO_MS = 10 * 24 * 3600 * 1000
 _MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z; a millisecond timestamp is far above it
 
-_COUNT_FIELDS = (
+COUNT_FIELDS = (
     "input_tokens",
     "cached_input_tokens",
     "output_tokens",
@@ -47,7 +47,7 @@ CANONICAL_LINE = pa.schema(
         ("model", pa.string()),
         ("service_tier", pa.string()),
         ("batch", pa.bool_()),
-        *((name, pa.int64()) for name in _COUNT_FIELDS),  # 5.0 too fails (`_count` takes it)
+        *((name, pa.int64()) for name in COUNT_FIELDS),  # 5.0 too fails (`_count` takes it)
         ("audio_seconds", pa.float64()),
         ("object", pa.string()),
     ]
@@ -208,7 +208,7 @@ def canonical_columns(table: pa.Table, source: str) -> dict[str, np.ndarray] | N
     if any(pc.any(pc.match_substring_regex(column(name), _BLANK)).as_py() for name in _NAMES):
         return None
     created = column("created").to_numpy()
-    counts = {name: column(name).fill_null(0).to_numpy() for name in _COUNT_FIELDS}
+    counts = {name: column(name).fill_null(0).to_numpy() for name in COUNT_FIELDS}
     seconds = column("audio_seconds").fill_null(0.0).to_numpy()
     with np.errstate(over="ignore", invalid="ignore"):
         audio_ms = np.rint(seconds * 1000)  # half to even, as `round`
