@@ -433,6 +433,15 @@ def test_replace_days_round_trips_every_column_type(pg_schema) -> None:
     assert row["openai_source"] == "export:test.jsonl"
 
 
+def test_text_that_looks_like_null_stays_text_through_copy(pg_schema) -> None:
+    """Only an unquoted empty field is NULL: pyarrow's defaults would read "N/A" or "null"."""
+    db = _pg_db(pg_schema)
+    words = ["N/A", "null", "NULL", "nan", "#N/A", "", "chat"]
+    db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, [(w, 1) for w in words]), [DAY])
+    stored = db.read_day(DAILY_VARIANCE_SUMMARY, DAY)
+    assert sorted(stored["action_type"].tolist()) == sorted(words)
+
+
 def test_replace_days_bad_value_leaves_previous_rows(pg_schema) -> None:
     db = _pg_db(pg_schema)
     db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, [("a", 1), ("b", 2)]), [DAY])

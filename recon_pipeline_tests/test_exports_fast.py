@@ -464,3 +464,13 @@ def test_a_range_reads_each_file_once_and_gets_each_days_records(
     tiny = ParsedFiles(max_records=5)
     read_export_folder(tmp_path, *day_bounds(days[1]), tiny)
     assert tiny.get(tmp_path / f"requests-{days[1]}.jsonl") is None
+
+
+def test_a_dated_page_holding_a_bucket_far_from_its_date_is_refused(tmp_path: Path):
+    """Runs of that far day would skip the page by its name: an error, never a silent gap."""
+    path = write(tmp_path, "openai-costs-2025-03-10.json", costs_page(D + timedelta(days=5), 9))
+    with pytest.raises(ExportFileError, match="2025-03-15, more than a day away") as caught:
+        read_daily_totals(tmp_path, D, D)
+    assert str(caught.value).startswith(f"{path}:")
+    write(tmp_path, "openai-costs-2025-03-10.json", costs_page(D + timedelta(days=1), 9))
+    assert read_daily_totals(tmp_path, D, D).costs.empty  # a day away: read, not of D

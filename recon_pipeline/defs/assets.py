@@ -402,7 +402,9 @@ def _store_and_write_back(
             db.replace_day(conn, RECONCILED_USAGE, outcome.results, day)
             db.replace_day(conn, UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, day)
         except BaseException:
-            wait([pending])  # its transaction then rolls back with this one
+            # Stop the UPDATE rather than wait it out; its transaction rolls back with this one.
+            write_conn.connection.driver_connection.cancel_safe()
+            wait([pending])
             raise
         return pending.result()
 

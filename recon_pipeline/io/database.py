@@ -516,6 +516,9 @@ class Database:
             buffer,
             convert_options=pa_csv.ConvertOptions(
                 column_types=types,
+                # Only PostgreSQL's unquoted empty field is NULL: a route named "N/A" or a
+                # model named "null" stays text (pyarrow's default would read them as NULL).
+                null_values=[""],
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
                 true_values=["t"],
@@ -750,8 +753,10 @@ class Database:
 
         Only rows whose status or cost differs are touched, so re-running an unchanged day
         updates nothing. A row the application changed since it was read (request id or
-        estimate) keeps its values and is counted in `rows_disagreeing`. Rows the application
-        inserts meanwhile are not in the results, so they are not touched.
+        estimate) keeps its values and is counted in `rows_disagreeing`; on PostgreSQL it is
+        counted by the same UPDATE, which rewrites that row with its own values (so an
+        application trigger ON UPDATE sees it) rather than join the day a second time. Rows
+        the application inserts meanwhile are not in the results, so they are not touched.
         """
         usage = self.usage
         distinct = "IS DISTINCT FROM"

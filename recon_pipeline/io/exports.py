@@ -354,7 +354,8 @@ def read_daily_totals(folder: Path, first: date, last: date) -> DailyTotalsRead:
 
     As for JSONL exports, a name dated more than a day outside [first, last] is not read (a
     range run of a year's backfill would otherwise parse every page of the year); an undated
-    one always is.
+    one always is. So a dated page holding a bucket more than a day from its date is an
+    error, never skipped in silence.
     """
     usage, costs, files = [usage_frame([], "completions")], [costs_frame([])], []
     if not folder.is_dir():
@@ -371,13 +372,23 @@ def read_daily_totals(folder: Path, first: date, last: date) -> DailyTotalsRead:
             page = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
             buckets = page["data"] if isinstance(page, dict) else page
             if usage_match:
-                usage.append(usage_frame(buckets, usage_match.group(1)))
+                frame = usage_frame(buckets, usage_match.group(1))
+                usage.append(frame)
             else:
-                costs.append(costs_frame(buckets))
+                frame = costs_frame(buckets)
+                costs.append(frame)
         except json.JSONDecodeError as error:
             raise ExportFileError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
         except (KeyError, TypeError, RecordError) as error:
             raise ExportFileError(f"{path}: not an API page ({error})") from None
+        far = [d for d in frame["day"] if named is not None and abs((d - named).days) > 1]
+        if far:
+            # Runs of that day would skip this file by its name: refuse rather than lose it.
+            raise ExportFileError(
+                f"{path}: holds a bucket of {min(far)}, more than a day away from the file's "
+                f"date {named}, so no run of that day would read it; save one page per day "
+                "named after it, or leave the date out of the name"
+            )
         files.append(path.name)
     return DailyTotalsRead(
         usage=_days_between(pd.concat(usage, ignore_index=True), first, last),
