@@ -69,21 +69,6 @@ _ALNUM = np.frombuffer(
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _US = 1_000_000
 
-RECORD_COLUMNS = (
-    "request_id",
-    "created",
-    "model",
-    "service_tier",
-    "batch",
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "audio_seconds",
-)
-
 
 @dataclass(frozen=True)
 class Mix:
@@ -182,7 +167,7 @@ class DayData:
 
     day: date
     usage: pa.Table  # demo_data.APP_ROW_COLUMNS, sorted by created_at
-    records: pd.DataFrame  # RECORD_COLUMNS, sorted by created
+    records: pd.DataFrame  # the canonical line's fields (openai_records.CANONICAL_LINE), by created
     counts: dict[str, int] = field(default_factory=dict)
 
 

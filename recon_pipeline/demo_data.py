@@ -592,13 +592,14 @@ def _write_daily_totals(export_dir: Path, window: list[date]) -> list[Path]:
     """OpenAI's Usage and Costs API pages for each day, built from the day's exported records
     priced at the catalogue, plus a non-token charge."""
     from recon_pipeline.core.pricing import PriceCatalogue, price_usage
-    from recon_pipeline.io.exports import read_export_folder
+    from recon_pipeline.core.reconcile import day_bounds
+    from recon_pipeline.io.exports import ParsedFiles, read_export_folder
 
     catalogue = PriceCatalogue()
+    parsed = ParsedFiles()
     files = []
     for day in window:
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        records = read_export_folder(export_dir, start, start + timedelta(days=1)).records
+        records = read_export_folder(export_dir, *day_bounds(day), parsed).records
         priced = price_usage(records, catalogue)
         files += write_daily_totals_pages(export_dir, day, priced, DAILY_NON_TOKEN_CHARGES_USD)
     return files
@@ -613,8 +614,9 @@ def write_daily_totals_pages(
     """Write the day's Usage and Costs API pages, as the API returns them, for OpenAI records
     created on `day` and priced (`actual_cost_pico`): completions and transcriptions usage by
     model, and one cost line item per model plus any non-token charges."""
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    end = start + timedelta(days=1)
+    from recon_pipeline.core.reconcile import day_bounds
+
+    start, end = day_bounds(day)
     whisper = priced["model"] == "whisper-1"
     completions = (
         priced[~whisper]

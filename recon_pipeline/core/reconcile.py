@@ -231,7 +231,6 @@ def reconcile_day(
         within,
         model_mismatch,
         token_mismatch,
-        abs_variance != np.iinfo(np.int64).max,
     ]
     classes = [
         s.CLASS_NO_REQUEST_ID,
@@ -244,7 +243,6 @@ def reconcile_day(
         s.CLASS_WITHIN_TOLERANCE,
         s.CLASS_MODEL_MISMATCH,
         s.CLASS_TOKEN_MISMATCH,
-        None,
     ]
     statuses = [
         s.UNVERIFIABLE,
@@ -257,12 +255,12 @@ def reconcile_day(
         s.MATCHED,
         s.DISCREPANCY,
         s.DISCREPANCY,
-        s.DISCREPANCY,
     ]
     direction = np.where(
         variance.fillna(0).to_numpy(np.int64) > 0, s.CLASS_UNDER_ESTIMATE, s.CLASS_OVER_ESTIMATE
     )
-    variance_class = np.select(conditions[:-1], classes[:-1], default=direction)
+    # What no rule above decides is a discrepancy in the variance's direction.
+    variance_class = np.select(conditions, classes, default=direction)
     status = np.select(conditions, statuses, default=s.DISCREPANCY)
 
     actual_float = actual.astype("Float64")

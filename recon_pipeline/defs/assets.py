@@ -58,18 +58,6 @@ def usd(pico: int) -> str:
     return "$" + summarise.pico_to_usd_text(pico)
 
 
-def skipped_locked(context: dg.AssetExecutionContext, asset: str, day: date) -> None:
-    """Log a day left to the run that holds its lock (see `Database.day_transaction`)."""
-    context.log.warning(
-        f"{day}: {asset} skipped: another run holds the day's lock and is writing it now;"
-        " nothing was written by this run, and that run's results stand"
-    )
-
-
-def skipped_metadata(days: list[date]) -> dict[str, dg.MetadataValue]:
-    return {"days_skipped_locked": dg.MetadataValue.json([d.isoformat() for d in days])}
-
-
 @dg.asset(
     partitions_def=daily_partitions,
     backfill_policy=backfill_policy,
@@ -100,7 +88,6 @@ def openai_requests(
     client = openai_api.client() if "api" in sources else None
     report = DailyReport(context, "openai_requests")
     files: set[str] = set()
-    skipped: list[date] = []
     parsed = ParsedFiles()
     for day in partition_days(context):
         window = read_window(day, policy)
@@ -108,8 +95,8 @@ def openai_requests(
         figures: dict[str, int] = {}
         if client is not None:
             chat = client.list_chat_completions(*window)
-            logged_ids = db.read_logged(*window)["openai_request_id"].dropna()
-            wanted = sorted({i for i in logged_ids if i.startswith("resp_")})
+            ids = db.read_logged(*window)["openai_request_id"]
+            wanted = sorted(ids[ids.str.startswith("resp_", na=False)].unique())
             responses, missing = client.retrieve_responses(wanted)
             frames += [chat, responses]
             figures |= {
@@ -134,8 +121,6 @@ def openai_requests(
                 records = records.assign(usage_date=day)
                 written = db.replace_day(conn, OPENAI_REQUESTS, records, day)
         if conn is None:
-            skipped.append(day)
-            skipped_locked(context, "openai_requests", day)
             report.skip(day)
             continue
         report.add(
@@ -152,7 +137,7 @@ def openai_requests(
     described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
     return dg.MaterializeResult(
         metadata=report.metadata(
-            source=" + ".join(described[s] for s in sources), **skipped_metadata(skipped)
+            source=" + ".join(described[s] for s in sources), **report.skipped_metadata()
         )
     )
 
@@ -251,11 +236,9 @@ def reconciled_usage(
     results_report = DailyReport(context, "reconciled_usage", derive=_match_rate)
     unlogged_report = DailyReport(context, "unlogged_openai_requests")
     write_back_report = DailyReport(context, "token_usage_reconciliation")
-    reports = (results_report, unlogged_report, write_back_report)
     worst: list[pd.DataFrame] = []
     classes: dict[str, int] = {}
     unpriced = unaccounted = disagreeing = 0
-    skipped: list[date] = []
     tables = (OPENAI_REQUESTS, RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS)
     for day in partition_days(context):
         with ExitStack() as stack:
@@ -277,18 +260,18 @@ def reconciled_usage(
                 del logged, openai
                 written = _store_and_write_back(db, conn, write_conn, day, now, outcome)
         if locked:
-            skipped.append(day)
-            skipped_locked(context, "reconciled_usage", day)
-            for report in reports:
-                report.skip(day)
+            results_report.skip(day)
+            unlogged_report.skip(day, warn=False)
+            write_back_report.skip(day, warn=False)
             continue
 
         without_result = db.count_without_result(day)
         unaccounted += without_result
         disagreeing += written.rows_disagreeing
-        unpriced += int((outcome.results["variance_class"] == s.CLASS_UNPRICED).sum())
+        day_classes = outcome.results["variance_class"].value_counts()
+        unpriced += int(day_classes.get(s.CLASS_UNPRICED, 0))
         unpriced += int((outcome.unlogged["variance_class"] == s.CLASS_UNPRICED).sum())
-        for name, count in outcome.results["variance_class"].value_counts().items():
+        for name, count in day_classes.items():
             classes[name] = classes.get(name, 0) + int(count)
         totals = summarise.totals(outcome.results)
         results_report.add(
@@ -343,16 +326,16 @@ def reconciled_usage(
             variance_classes=dg.MetadataValue.json(classes),
             by_day=dg.MetadataValue.md(markdown_table(by_day)),
             largest_discrepancies=dg.MetadataValue.md(markdown_table(largest_table)),
-            **skipped_metadata(skipped),
+            **results_report.skipped_metadata(),
         ),
     )
     yield dg.MaterializeResult(
         asset_key="unlogged_openai_requests",
-        metadata=unlogged_report.metadata(**skipped_metadata(skipped)),
+        metadata=unlogged_report.metadata(**unlogged_report.skipped_metadata()),
     )
     yield dg.MaterializeResult(
         asset_key="token_usage_reconciliation",
-        metadata=write_back_report.metadata(**skipped_metadata(skipped)),
+        metadata=write_back_report.metadata(**write_back_report.skipped_metadata()),
     )
     yield dg.AssetCheckResult(
         asset_key="reconciled_usage",
@@ -377,7 +360,7 @@ def reconciled_usage(
         metadata={
             "rows_disagreeing": disagreeing,
             "rows_without_result": unaccounted,
-            **skipped_metadata(skipped),
+            **write_back_report.skipped_metadata(),
         },
     )
 
@@ -432,7 +415,6 @@ def daily_variance_summary(
     report = DailyReport(context, "daily_variance_summary")
     mismatched_days: list[str] = []
     summaries = [pd.DataFrame(columns=summarise.SUMMARY_COLUMNS)]
-    skipped: list[date] = []
     tables = (RECONCILED_USAGE, DAILY_VARIANCE_SUMMARY)
     for day in partition_days(context):
         # Read, replace and verify in one transaction under the day's lock, so the check
@@ -445,8 +427,6 @@ def daily_variance_summary(
                     mismatched_days.append(day.isoformat())
                 summaries.append(summary)
         if conn is None:
-            skipped.append(day)
-            skipped_locked(context, "daily_variance_summary", day)
             report.skip(day)
             continue
         report.add(day, rows=rows, skipped_locked=0)
@@ -458,7 +438,7 @@ def daily_variance_summary(
     )
     return dg.MaterializeResult(
         metadata=report.metadata(
-            by_route=dg.MetadataValue.md(markdown_table(by_route)), **skipped_metadata(skipped)
+            by_route=dg.MetadataValue.md(markdown_table(by_route)), **report.skipped_metadata()
         ),
         check_results=[
             dg.AssetCheckResult(

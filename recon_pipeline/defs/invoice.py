@@ -1,6 +1,6 @@
 """The day against OpenAI's invoice: daily usage and costs, and the invoice check."""
 
-from datetime import date, timedelta
+from datetime import timedelta
 
 import dagster as dg
 import pandas as pd
@@ -17,8 +17,6 @@ from recon_pipeline.core.summarise import exact_sum
 from recon_pipeline.defs.assets import (
     GROUP,
     partition_days,
-    skipped_locked,
-    skipped_metadata,
     usd,
 )
 from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
@@ -174,8 +172,7 @@ def invoice_check_asset(
     catalogue = PriceCatalogue()
     report = DailyReport(context, "invoice_check", derive=_share)
     shares: dict[str, float | None] = {}
-    coverage_frames, day_rows = [], []
-    skipped: list[date] = []
+    rollups, day_rows = [], []
     tables = (OPENAI_DAILY_USAGE, OPENAI_DAILY_COSTS, RECONCILED_USAGE, INVOICE_CHECK)
     for day in partition_days(context):
         with db.day_transaction(day, "invoice_check", tables) as conn:
@@ -193,8 +190,6 @@ def invoice_check_asset(
                 )
                 db.replace_day(conn, INVOICE_CHECK, table, day)
         if conn is None:
-            skipped.append(day)
-            skipped_locked(context, "invoice_check", day)
             report.skip(day)
             continue
         shares[day.isoformat()] = day_unattributed_share(table)
@@ -207,23 +202,21 @@ def invoice_check_asset(
             reconciled_actual_usd=int(whole_day["reconciled_actual_pico"]) / s.PICO_PER_USD,
             skipped_locked=0,
         )
-        coverage_frames.append(request_id_coverage(results))
+        rollups.append(results)
         day_rows.append(table.assign(usage_date=day.isoformat()))
 
     if not day_rows:
         return dg.MaterializeResult(
-            metadata=report.metadata(**skipped_metadata(skipped)),
+            metadata=report.metadata(**report.skipped_metadata()),
             check_results=[
                 dg.AssetCheckResult(
                     check_name="unattributed_spend_within_bounds",
                     passed=True,
-                    metadata={"days_checked": 0, **skipped_metadata(skipped)},
+                    metadata={"days_checked": 0, **report.skipped_metadata()},
                 )
             ],
         )
-    coverage = pd.concat(coverage_frames, ignore_index=True)
-    coverage = coverage.groupby("action_type")[["rows", "with_request_id"]].sum().reset_index()
-    coverage["share_with_id"] = (coverage["with_request_id"] / coverage["rows"]).round(4)
+    coverage = request_id_coverage(pd.concat(rollups, ignore_index=True))
     per_model = pd.concat(day_rows, ignore_index=True)
     shown = per_model[["usage_date", "model", "openai_requests", "logged_requests"]].assign(
         billed=[usd(v) if pd.notna(v) else "n/a" for v in per_model["billed_pico"]],
@@ -240,11 +233,9 @@ def invoice_check_asset(
     passed = not unchecked and (worst is None or abs(worst) <= settings.unattributed_warn_share)
     return dg.MaterializeResult(
         metadata=report.metadata(
-            **skipped_metadata(skipped),
+            **report.skipped_metadata(),
             by_model=dg.MetadataValue.md(markdown_table(shown)),
-            request_id_coverage_by_route=dg.MetadataValue.md(
-                markdown_table(coverage.sort_values("share_with_id", kind="stable"))
-            ),
+            request_id_coverage_by_route=dg.MetadataValue.md(markdown_table(coverage)),
         ),
         check_results=[
             dg.AssetCheckResult(

@@ -35,10 +35,21 @@ class DailyReport:
     def add(self, day: date, **figures: int | float) -> None:
         self.days[day] = figures
 
-    def skip(self, day: date) -> None:
-        """A day this run did not write (another run held it): its partition gets no figures,
-        so it never shows zeros that were not measured."""
+    def skip(self, day: date, warn: bool = True) -> None:
+        """A day this run did not write (another run held its lock, see
+        `Database.day_transaction`): logged as a warning unless `warn` is off (a sibling
+        asset of the same step already said it), and its partition gets no figures, so it
+        never shows zeros that were not measured."""
         self.skipped.append(day)
+        if warn:
+            self._context.log.warning(
+                f"{day}: {self._asset_key.to_user_string()} skipped: another run holds the"
+                " day's lock and is writing it now; nothing was written by this run, and that"
+                " run's results stand"
+            )
+
+    def skipped_metadata(self) -> dict[str, dg.MetadataValue]:
+        return {"days_skipped_locked": dg.MetadataValue.json([d.isoformat() for d in self.skipped])}
 
     def totals(self) -> Figures:
         frame = pd.DataFrame(list(self.days.values()))

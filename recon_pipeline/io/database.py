@@ -22,7 +22,7 @@ import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.secrets import masked_url, scrub_url_secrets
 
@@ -283,15 +284,6 @@ WRITE_BACK_ROWS = OutputTable(
         "reconciliation_status:text",
     ),
 )
-OUTPUT_TABLES = (
-    OPENAI_DAILY_USAGE,
-    OPENAI_DAILY_COSTS,
-    INVOICE_CHECK,
-    OPENAI_REQUESTS,
-    RECONCILED_USAGE,
-    UNLOGGED_OPENAI_REQUESTS,
-    DAILY_VARIANCE_SUMMARY,
-)
 
 
 @dataclass(frozen=True)
@@ -303,6 +295,9 @@ class WriteBackResult:
     rows_disagreeing: int = 0
     locked: bool = False
 
+
+# The money columns of the results (`<name>_cents` stored, `<name>_pico` in the core).
+_MONEY_COLUMNS = ("estimated_cost", "actual_cost", "variance")
 
 # Reconciliation values that fit the int64 pico-dollar columns: an estimate at or above this
 # many cents (or NaN, or infinite) is read as missing, never as a wrapped or rounded number.
@@ -500,17 +495,13 @@ class Database:
         `read_sql`, and no per-row Python objects but the strings."""
         buffer = io.BytesIO()
         statement = f"COPY ({select}) TO STDOUT (FORMAT csv, HEADER)"
-        if conn is not None:
-            cursor = conn.connection.driver_connection.cursor()
-            with cursor, cursor.copy(statement, params) as copy:
-                for block in copy:
-                    buffer.write(block)
-        else:
-            with self._raw_connection() as raw, raw.cursor() as cursor:
-                with cursor.copy(statement, params) as copy:
-                    for block in copy:
-                        buffer.write(block)
-                raw.rollback()
+        with (
+            _driver_connection(self.engine, conn) as raw,
+            raw.cursor() as cursor,
+            cursor.copy(statement, params) as copy,
+        ):
+            for block in copy:
+                buffer.write(block)
         buffer.seek(0)
         table = pa_csv.read_csv(
             buffer,
@@ -530,14 +521,6 @@ class Database:
             {name: _pandas_column(table.column(name)) for name in table.column_names}
         )
 
-    @contextmanager
-    def _raw_connection(self) -> Iterator:
-        connection = self.engine.raw_connection()
-        try:
-            yield connection.driver_connection
-        finally:
-            connection.close()
-
     # -- writing ---------------------------------------------------------------------------
 
     def ensure_table(self, output: OutputTable) -> None:
@@ -555,9 +538,7 @@ class Database:
             # run is writing: look in the catalogue first.
             self._ready.add(output.name)
             return
-        definitions = ", ".join(
-            f'"{output.stored_name(c)}" {self._sql_type(c)}' for c in output.columns
-        )
+        definitions = self._column_definitions(output)
         table = self.table(output)
         with self.engine.begin() as conn:
             if self.is_postgres:
@@ -593,6 +574,9 @@ class Database:
     def _schema_exists(conn: sa.Connection, schema: str) -> bool:
         query = sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :schema")
         return conn.execute(query, {"schema": schema}).first() is not None
+
+    def _column_definitions(self, output: OutputTable) -> str:
+        return ", ".join(f'"{output.stored_name(c)}" {self._sql_type(c)}' for c in output.columns)
 
     def _sql_type(self, column: Column) -> str:
         if column.kind == "usage_id" and self.is_postgres:
@@ -643,7 +627,7 @@ class Database:
                     yield None
                     return
             else:
-                _begin_sqlite(conn)
+                begin_sqlite(conn)
             yield conn
 
     def replace_day(
@@ -725,8 +709,7 @@ class Database:
         One transaction holding the day's advisory lock: if another run holds it, nothing is
         written and the result says `locked`. See `write_back_rows` for what is written.
         """
-        self.check_usage_schema()
-        with self.day_transaction(day, self._usage_table, (RECONCILED_USAGE,)) as conn:
+        with self.write_back_transaction(day) as conn:
             if conn is None:
                 return WriteBackResult(0, 0, 0, locked=True)
             return self.write_back_rows(conn, day, reconciled_at)
@@ -828,13 +811,12 @@ class Database:
 
     def _stage_write_back(self, conn: sa.Connection, results: pd.DataFrame) -> str:
         """COPY the columns the write-back needs into a temporary table dropped at commit."""
-        staging = "pg_temp.recon_write_back"
+        staging = f"pg_temp.{WRITE_BACK_ROWS.name}"
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {staging}"))
         conn.execute(
             sa.text(
-                f"CREATE TEMPORARY TABLE recon_write_back (usage_id {self._usage_id_type()},"
-                " openai_request_id text, estimated_cost_cents numeric(24,10),"
-                " actual_cost_cents numeric(24,10), reconciliation_status text) ON COMMIT DROP"
+                f"CREATE TEMPORARY TABLE {WRITE_BACK_ROWS.name}"
+                f" ({self._column_definitions(WRITE_BACK_ROWS)}) ON COMMIT DROP"
             )
         )
         _copy_in(conn, staging, WRITE_BACK_ROWS, results)
@@ -957,53 +939,38 @@ class Database:
         Sums are exact: NUMERIC on PostgreSQL, integer pico-dollars on SQLite; a money sum
         is NULL where no row of the group has a value, as pandas' `sum(min_count=1)`.
         """
-        keys = "action_type, model_used, openai_model, reconciliation_status"
+        texts = ("action_type", "model_used", "openai_model", "reconciliation_status")
         if self.is_postgres:
-            money = ", ".join(
-                f"round(sum({m}_cents) * 10000000000)::bigint AS {m}_pico"
-                for m in ("estimated_cost", "actual_cost", "variance")
-            )
-            select = (
-                f"SELECT {keys}, openai_request_id IS NOT NULL AS with_request_id,"
-                " count(*) AS requests, sum(logged_input_tokens)::bigint AS logged_input_tokens,"
-                f" sum(logged_output_tokens)::bigint AS logged_output_tokens, {money}"
-                f" FROM {self.table(RECONCILED_USAGE)} WHERE usage_date = %s"
-                " GROUP BY 1, 2, 3, 4, 5"
-            )
-            texts = ("action_type", "model_used", "openai_model", "reconciliation_status")
-            numbers = (
-                "requests",
-                "logged_input_tokens",
-                "logged_output_tokens",
-                "estimated_cost_pico",
-                "actual_cost_pico",
-                "variance_pico",
-            )
+            money = "round(sum({m}_cents) * 10000000000)::bigint"
+            tokens, day_param = "sum({t})::bigint", "%s"
+        else:
+            money = "sum(CAST(round({m}_cents * 10000000000) AS INTEGER))"
+            tokens, day_param = "sum({t})", ":day"
+        sums = {
+            **{t: tokens.format(t=t) for t in ("logged_input_tokens", "logged_output_tokens")},
+            **{f"{m}_pico": money.format(m=m) for m in _MONEY_COLUMNS},
+        }
+        select = (
+            f"SELECT {', '.join(texts)}, openai_request_id IS NOT NULL AS with_request_id,"
+            f" count(*) AS requests, {', '.join(f'{v} AS {k}' for k, v in sums.items())}"
+            f" FROM {self.table(RECONCILED_USAGE)} WHERE usage_date = {day_param}"
+            " GROUP BY 1, 2, 3, 4, 5"
+        )
+        if self.is_postgres:
             types = {
                 **dict.fromkeys(texts, pa.string()),
                 "with_request_id": pa.bool_(),
-                **dict.fromkeys(numbers, pa.int64()),
+                **dict.fromkeys(["requests", *sums], pa.int64()),
             }
             if conn is None:
                 self.ensure_table(RECONCILED_USAGE)
             frame = self._copy_out(select, (day,), types, conn)
         else:
-            money = ", ".join(
-                f"sum(CAST(round({m}_cents * 10000000000) AS INTEGER)) AS {m}_pico"
-                for m in ("estimated_cost", "actual_cost", "variance")
-            )
-            query = sa.text(
-                f"SELECT {keys}, openai_request_id IS NOT NULL AS with_request_id,"
-                " count(*) AS requests, sum(logged_input_tokens) AS logged_input_tokens,"
-                f" sum(logged_output_tokens) AS logged_output_tokens, {money}"
-                f" FROM {self.table(RECONCILED_USAGE)} WHERE usage_date = :day"
-                " GROUP BY 1, 2, 3, 4, 5"
-            )
             with _connection(self.engine, conn) as reader:
-                frame = pd.read_sql_query(query, reader, params={"day": self._day(day)})
-            for name in ("action_type", "model_used", "openai_model", "reconciliation_status"):
+                frame = pd.read_sql_query(sa.text(select), reader, params={"day": self._day(day)})
+            for name in texts:
                 frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
-            for name in frame.columns[5:]:
+            for name in sums:
                 frame[name] = frame[name].astype("Int64")
             frame["with_request_id"] = frame["with_request_id"].astype(bool)
         frame["requests"] = frame["requests"].astype(np.int64)
@@ -1012,9 +979,7 @@ class Database:
     def summary_matches_rows(self, day: date, conn: sa.Connection | None = None) -> bool:
         """Whether the stored summary of a day adds up to its stored rows (exact on PostgreSQL)."""
         rows, summary = self.table(RECONCILED_USAGE), self.table(DAILY_VARIANCE_SUMMARY)
-        sums = ", ".join(
-            f"coalesce(sum({m}_cents), 0)" for m in ("estimated_cost", "actual_cost", "variance")
-        )
+        sums = ", ".join(f"coalesce(sum({m}_cents), 0)" for m in _MONEY_COLUMNS)
         with _connection(self.engine, conn) as reader:
             params = {"day": self._day(day)}
             from_rows = reader.execute(
@@ -1047,8 +1012,7 @@ class Database:
     def count_without_result(self, day: date) -> int:
         """token_usage rows created on the day that have no row in reconciled_usage (e.g.
         inserted by the application after the day was read)."""
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        end = start + timedelta(days=1)
+        start, end = day_bounds(day)
         query = sa.text(
             f"SELECT count(*) FROM {self.usage} AS t"
             " WHERE t.created_at >= :start AND t.created_at < :end AND NOT EXISTS ("
@@ -1075,9 +1039,16 @@ def _connection(engine: sa.Engine, conn: sa.Connection | None) -> Iterator[sa.Co
         yield fresh
 
 
-def _begin_sqlite(conn: sa.Connection) -> None:
+@contextmanager
+def _driver_connection(engine: sa.Engine, conn: sa.Connection | None) -> Iterator:
+    """The psycopg connection under `conn`, or under a new one (rolled back when returned)."""
+    with _connection(engine, conn) as chosen:
+        yield chosen.connection.driver_connection
+
+
+def begin_sqlite(conn: sa.Connection) -> None:
     """pysqlite opens a transaction only before DML; take the write lock at once instead, so
-    a day's read-then-write is one transaction there too."""
+    a day's read-then-write (or a migration's DDL) is one transaction there too."""
     if not conn.connection.driver_connection.in_transaction:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 

@@ -31,6 +31,7 @@ from recon_pipeline.core.openai_records import (
     parse_record,
     records_columns,
 )
+from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.io.openai_api import costs_frame, usage_frame
 
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
@@ -50,8 +51,7 @@ class ExportRead:
 
 def files_for_day(folder: Path, day: date) -> list[Path]:
     """The export files that may hold records created on `day`."""
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return files_for_span(folder, start, start + timedelta(days=1))
+    return files_for_span(folder, *day_bounds(day))
 
 
 def files_for_span(folder: Path, start: datetime, end: datetime) -> list[Path]:

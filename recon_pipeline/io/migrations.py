@@ -20,6 +20,7 @@ from importlib import resources
 import sqlalchemy as sa
 
 from recon_pipeline.core.schema import STATUSES
+from recon_pipeline.io.database import begin_sqlite
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.secrets import masked_url, scrub_url_secrets
 
@@ -300,12 +301,6 @@ def _sqlite_migrate(conn: sa.Connection, names: _Names) -> list[str]:
     return _describe_changes(before, _sqlite_snapshot(conn, schema, names.table, names.view))
 
 
-def _begin_sqlite(conn: sa.Connection) -> None:
-    """pysqlite only opens a transaction before DML; DDL must be inside one too."""
-    if not conn.connection.driver_connection.in_transaction:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 # Shared
 
 
@@ -353,7 +348,7 @@ def apply_migration(
     names = _names(table, schema)
     with engine.begin() as conn:
         if conn.dialect.name == "sqlite":
-            _begin_sqlite(conn)
+            begin_sqlite(conn)
         return _migrate(conn, names)
 
 
@@ -368,7 +363,7 @@ def create_demo_token_usage(
     with engine.begin() as conn:
         dialect = conn.dialect.name
         if dialect == "sqlite":
-            _begin_sqlite(conn)
+            begin_sqlite(conn)
             target = qualified(table, schema or "main")
             conn.exec_driver_sql(_blocks("sqlite_migration.sql")["demo_table"].format(table=target))
         elif dialect == "postgresql":

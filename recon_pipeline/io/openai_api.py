@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pandas as pd
@@ -49,6 +50,8 @@ from recon_pipeline.core.openai_records import (
     records_frame,
 )
 from recon_pipeline.core.schema import PICO_PER_USD
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -626,6 +629,22 @@ class _Call:
             path, params, "page", request="page", response="next_page", decimals=decimals
         )
 
+    def parsed_buckets(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        parse: Callable[[list[Any]], _T],
+        *,
+        decimals: bool = False,
+    ) -> _T:
+        """Every bucket of an organization listing, parsed by `parse`; a malformed bucket is
+        an error naming the endpoint."""
+        buckets = [b for page in self.bucket_pages(path, params, decimals=decimals) for b in page]
+        try:
+            return parse(buckets)
+        except RecordError as error:
+            raise OpenAIAPIError(str(error), kind="malformed", endpoint=f"GET {path}") from None
+
     def _pages(
         self,
         path: str,
@@ -695,13 +714,8 @@ def _envelope(payload: Any, endpoint: str, kind: str) -> tuple[list[Any], bool]:
     return payload["data"], payload["has_more"]
 
 
-def _api_record(item: Any, source: str, endpoint: str) -> dict[str, Any]:
-    if not isinstance(item, Mapping):
-        raise OpenAIAPIError(
-            f"item must be a JSON object, got {type(item).__name__}",
-            kind="malformed",
-            endpoint=endpoint,
-        )
+def _api_record(item: Mapping[str, Any], source: str, endpoint: str) -> dict[str, Any]:
+    """`item` is a mapping: its caller has read `created` from it (`_created`)."""
     try:
         return _from_api_object(item, batch=False, source=source)
     except RecordError as error:
@@ -908,17 +922,9 @@ class OpenAIClient:
             for name in USAGE_ENDPOINTS:
                 path = f"/organization/usage/{name}"
                 group_by = [*USAGE_GROUP_BY[name], *(["project_id"] if by_project else [])]
-                buckets = [
-                    bucket
-                    for page in call.bucket_pages(path, {**base, "group_by": group_by})
-                    for bucket in page
-                ]
-                try:
-                    rows.extend(_usage_rows(buckets, name))
-                except RecordError as error:
-                    raise OpenAIAPIError(
-                        str(error), kind="malformed", endpoint=f"GET {path}"
-                    ) from None
+                rows += call.parsed_buckets(
+                    path, {**base, "group_by": group_by}, partial(_usage_rows, endpoint=name)
+                )
         return _frame(rows, USAGE_COLUMNS)
 
     def costs(self, start: date, end_exclusive: date, *, by_project: bool = False) -> pd.DataFrame:
@@ -927,12 +933,6 @@ class OpenAIClient:
         group_by = ["line_item", *(["project_id"] if by_project else [])]
         params = {**_day_range(start, end_exclusive), "limit": _COSTS_BUCKET_LIMIT}
         with self._call(admin=True, endpoint=f"GET {path}") as call:
-            buckets = [
-                bucket
-                for page in call.bucket_pages(path, {**params, "group_by": group_by}, decimals=True)
-                for bucket in page
-            ]
-        try:
-            return costs_frame(buckets)
-        except RecordError as error:
-            raise OpenAIAPIError(str(error), kind="malformed", endpoint=f"GET {path}") from None
+            return call.parsed_buckets(
+                path, {**params, "group_by": group_by}, costs_frame, decimals=True
+            )
