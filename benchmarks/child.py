@@ -20,7 +20,8 @@ from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
-def _status_mb(field: str) -> float:
+def status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM) in MB."""
     with open("/proc/self/status") as handle:
         for line in handle:
             if line.startswith(field + ":"):
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> int:
         from benchmarks.job import run_job
 
         imported = time.perf_counter() - _STARTED
-        rss_imported = _status_mb("VmRSS")
+        rss_imported = status_mb("VmRSS")
         instance = dg.DagsterInstance.get() if args.get("persistent_instance") else None
         result = run_job(
             args["url"],
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> int:
         from benchmarks.stages import run_stages
 
         imported = time.perf_counter() - _STARTED
-        rss_imported = _status_mb("VmRSS")
+        rss_imported = status_mb("VmRSS")
         result = run_stages(
             args["url"],
             args["schema"],
@@ -66,7 +67,7 @@ def main(argv: list[str]) -> int:
         from benchmarks.floor import run_floor
 
         imported = time.perf_counter() - _STARTED
-        rss_imported = _status_mb("VmRSS")
+        rss_imported = status_mb("VmRSS")
         result = run_floor(
             args["url"],
             args["schema"],
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> int:
     result |= {
         "import_s": imported,
         "rss_after_import_mb": rss_imported,
-        "peak_rss_mb": _status_mb("VmHWM"),
+        "peak_rss_mb": status_mb("VmHWM"),
         "process_s": time.perf_counter() - _STARTED,
     }
     Path(out).write_text(json.dumps(result, default=str))

@@ -29,16 +29,6 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 
-# Step key -> what it is, in the words of the issue.
-STEP_LABELS = {
-    "openai_requests": "OpenAI side: parse export files, store openai_requests",
-    "openai_daily_totals": "OpenAI daily usage and costs (invoice inputs)",
-    "reconciled_usage": "extract + price + join/classify + store result tables, with the"
-    " write-back to token_usage running alongside",
-    "daily_variance_summary": "analyst table: daily_variance_summary (+ check)",
-    "invoice_check": "analyst table: invoice_check (+ check)",
-}
-
 
 def resources(url: str, schema: str, export_dir: Path, as_of: str) -> dict[str, Any]:
     return {

@@ -54,6 +54,7 @@ from benchmarks.seed import (
     vacuum,
 )
 from benchmarks.stages import PHASES
+from recon_pipeline.core.reconcile import day_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -125,12 +126,11 @@ def child_env(**extra: str) -> dict[str, str]:
 def reset_write_back(url: str, schema: str, day: date) -> float:
     """Put the day's rows back to never reconciled, then VACUUM ANALYZE and CHECKPOINT."""
     started = time.perf_counter()
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     with psycopg.connect(conninfo(url)) as conn:
         conn.execute(
             f'UPDATE "{schema}".token_usage SET actual_cost_cents = NULL, reconciled_at = NULL,'
             " reconciliation_status = 'pending' WHERE created_at >= %s AND created_at < %s",
-            (start, start + timedelta(days=1)),
+            day_bounds(day),
         )
     vacuum(url, [f'"{schema}".token_usage'])
     return time.perf_counter() - started

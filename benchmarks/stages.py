@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from benchmarks.child import status_mb
 from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
 from recon_pipeline.core.invoice import invoice_check, request_id_coverage
@@ -64,20 +65,12 @@ PHASES: dict[str, tuple[str, str]] = {
 }
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def rss_mb() -> float:
-    return _status_kb("VmRSS") / 1024
+    return status_mb("VmRSS")
 
 
 def peak_mb() -> float:
-    return _status_kb("VmHWM") / 1024
+    return status_mb("VmHWM")
 
 
 def reset_peak() -> bool:

@@ -84,3 +84,11 @@ def server() -> Iterator[HTTPServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def demo(pg_schema, pg_url, tmp_path):
+    """Three days of the demo's data in a fresh PostgreSQL schema (`runs.SmallDemo`)."""
+    from recon_pipeline_tests.runs import make_small_demo  # Dagster only where it is used
+
+    return make_small_demo(pg_schema, pg_url, tmp_path / "exports")

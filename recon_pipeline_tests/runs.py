@@ -8,13 +8,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
 
+from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.definitions import build_definitions
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
@@ -89,7 +90,7 @@ class SmallDemo:
         return self.rows(f"SELECT * FROM {{s}}.{name} t {where} ORDER BY t::text", day=day)
 
     def day_ids(self, day: date, with_request_id: bool = True) -> list[int]:
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        start, end = day_bounds(day)
         having = "AND openai_request_id IS NOT NULL" if with_request_id else ""
         return [
             r.id
@@ -97,7 +98,7 @@ class SmallDemo:
                 "SELECT id FROM {s}.token_usage WHERE created_at >= :start"
                 f" AND created_at < :end {having} ORDER BY id",
                 start=start,
-                end=start + timedelta(days=1),
+                end=end,
             )
         ]
 

@@ -37,9 +37,8 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.demo_data import OPENAI_SNAPSHOTS, DemoDataSummary, generate_demo_data
 from recon_pipeline.io.migrations import create_demo_token_usage
-from recon_pipeline_tests.runs import AS_OF, PIPELINE_ASSETS, QUIET, run_job
+from recon_pipeline_tests.runs import AS_OF, LAST_DAY, PIPELINE_ASSETS, QUIET, run_job
 
-LAST_DAY = date(2026, 11, 10)
 FIRST_DAY = LAST_DAY - timedelta(days=13)
 CHECKS = {
     ("reconciled_usage", "every_logged_row_reconciled"),

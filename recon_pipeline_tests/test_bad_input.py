@@ -93,11 +93,6 @@ def shared_demo(pg_module_schema, pg_url, tmp_path_factory) -> SmallDemo:
 
 
 @pytest.fixture
-def demo(pg_schema, pg_url, tmp_path) -> SmallDemo:
-    return make_small_demo(pg_schema, pg_url, tmp_path / "exports")
-
-
-@pytest.fixture
 def extra_file(shared_demo: SmallDemo) -> Iterator:
     """An undated export file (read for every day), removed afterwards."""
     path = shared_demo.exports / "gateway-extra.jsonl"

@@ -13,7 +13,6 @@ import threading
 from datetime import UTC, datetime
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
@@ -33,11 +32,6 @@ from recon_pipeline_tests.runs import (
 
 WRITE_BACK_WAITING = "wait_event_type = 'Lock' AND query LIKE 'WITH changed AS (UPDATE %'"
 DAY_TABLES = ("openai_requests", "reconciled_usage", "unlogged_openai_requests")
-
-
-@pytest.fixture
-def demo(pg_schema, pg_url, tmp_path) -> SmallDemo:
-    return make_small_demo(pg_schema, pg_url, tmp_path / "exports")
 
 
 def _hold_row(demo: SmallDemo, row_id: int, output_tokens: int) -> sa.Connection:

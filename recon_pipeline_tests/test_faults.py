@@ -22,7 +22,6 @@ from recon_pipeline_tests.runs import (
     SmallDemo,
     checks,
     holds_advisory_lock,
-    make_small_demo,
     step_failure,
     wait_for_pipeline_backend,
 )
@@ -30,11 +29,6 @@ from recon_pipeline_tests.runs import (
 LATER = "2026-11-11T07:00:00+00:00"
 HOLD = (7071, 1)  # the test's own advisory lock (two-int form: never one of the pipeline's)
 ANALYST_TABLES = ("openai_requests", "reconciled_usage", "unlogged_openai_requests")
-
-
-@pytest.fixture
-def demo(pg_schema, pg_url, tmp_path) -> SmallDemo:
-    return make_small_demo(pg_schema, pg_url, tmp_path / "exports")
 
 
 def _terminate(engine: sa.Engine, pid: int) -> None:

@@ -11,7 +11,7 @@ import importlib.util
 import shutil
 import uuid
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -45,12 +45,11 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.demo_data import generate_demo_data
 from recon_pipeline.io.migrations import create_demo_token_usage
-from recon_pipeline_tests.runs import AS_OF, PIPELINE_ASSETS, QUIET
+from recon_pipeline_tests.runs import AS_OF, LAST_DAY, PIPELINE_ASSETS, QUIET
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCE_YAML = REPO / "deploy" / "dagster.yaml"
 K8S = REPO / "deploy" / "kubernetes"
-LAST_DAY = date(2026, 11, 10)
 DAY = LAST_DAY - timedelta(days=1)
 
 

@@ -54,7 +54,7 @@ from recon_pipeline_tests.openai_server import (
     response_object,
     unix,
 )
-from recon_pipeline_tests.runs import QUIET, run_job
+from recon_pipeline_tests.runs import QUIET, run_job, step_failure
 
 DAY = date(2026, 11, 10)
 MIDNIGHT = datetime(2026, 11, 10, tzinfo=UTC)
@@ -474,16 +474,6 @@ def markdown_rows(table: str) -> list[dict[str, str]]:
         dict(zip(names, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
         for line in body
     ]
-
-
-def step_failure(result: dg.ExecuteInProcessResult) -> tuple[str, str]:
-    """(step key, the failure's message with its whole cause chain)."""
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    error, messages = failure.step_failure_data.error, []
-    while error is not None:
-        messages.append(error.message)
-        error = error.cause
-    return failure.step_key, "\n".join(messages)
 
 
 @pytest.fixture

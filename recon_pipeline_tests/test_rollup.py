@@ -4,7 +4,6 @@ figures, exactly, as from every stored row."""
 from __future__ import annotations
 
 import pandas.testing as pdt
-import pytest
 
 from recon_pipeline.core import summarise
 from recon_pipeline.core.invoice import invoice_check, request_id_coverage
@@ -16,12 +15,7 @@ from recon_pipeline.io.database import (
     UNLOGGED_OPENAI_REQUESTS,
     Database,
 )
-from recon_pipeline_tests.runs import SmallDemo, make_small_demo
-
-
-@pytest.fixture
-def demo(pg_schema, pg_url, tmp_path) -> SmallDemo:
-    return make_small_demo(pg_schema, pg_url, tmp_path / "exports")
+from recon_pipeline_tests.runs import SmallDemo
 
 
 def test_summary_and_invoice_inputs_added_up_in_the_database_equal_the_rows(

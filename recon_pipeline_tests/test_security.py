@@ -46,7 +46,6 @@ from recon_pipeline_tests.runs import (
     QUIET,
     SmallDemo,
     checks,
-    make_small_demo,
 )
 
 SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "least_privilege.sql"
@@ -65,11 +64,6 @@ RECON_ENV = (
     "OPENAI_ADMIN_KEY",
     "OPENAI_BASE_URL",
 )
-
-
-@pytest.fixture
-def demo(pg_schema, pg_url, tmp_path) -> SmallDemo:
-    return make_small_demo(pg_schema, pg_url, tmp_path / "exports")
 
 
 @pytest.fixture
