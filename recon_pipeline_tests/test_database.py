@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.reconcile import RESULT_COLUMNS, day_bounds
+from recon_pipeline.io import database
 from recon_pipeline.io.database import (
     DAILY_VARIANCE_SUMMARY,
     RECONCILED_USAGE,
@@ -457,6 +458,28 @@ def test_replace_days_bad_value_leaves_previous_rows(pg_schema) -> None:
     assert [r[1] for r in _stored_summary(db)] == ["c"]
 
 
+def test_copy_in_chunks_arrive_whole_and_a_bad_last_chunk_writes_nothing(
+    pg_schema, monkeypatch
+) -> None:
+    """Chunks of two rows: each is sent while the next is written, so the bad value in the
+    last one is found with an earlier chunk already at the server."""
+    monkeypatch.setattr(database, "_COPY_CHUNK_ROWS", 2)
+    db = _pg_db(pg_schema)
+    names = [f"route-{n}" for n in range(7)]
+    assert (
+        db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, [(n, 1) for n in names]), [DAY])
+        == 7
+    )
+    before = _stored_summary(db)
+    assert [row[1] for row in before] == names
+    bad = _summary_frame(DAY, [(f"x-{n}", 9) for n in range(5)])
+    bad["requests"] = bad["requests"].astype(object)
+    bad.loc[4, "requests"] = "not a number"
+    with pytest.raises(ValueError, match=r"daily_variance_summary\.requests: .*not a number"):
+        db.replace_days(DAILY_VARIANCE_SUMMARY, bad, [DAY])
+    assert _stored_summary(db) == before
+
+
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_replace_days_failure_after_delete_and_insert_rolls_back(
     request, monkeypatch, backend
@@ -698,3 +721,41 @@ def test_write_back_leaves_a_row_the_application_changed_since_it_was_read(pg_sc
     stored = _by_id(db)
     assert stored[ids["a"]] == (Decimal("0.0270000000"), T1, s.MATCHED)
     assert stored[ids["b"]] == (None, None, s.PENDING)
+
+
+def _work_mem_kb(conn: sa.Connection) -> int:
+    return conn.execute(
+        sa.text("SELECT setting::bigint FROM pg_settings WHERE name = 'work_mem'")
+    ).scalar_one()
+
+
+@pytest.mark.parametrize(("session_kb", "expected_kb"), [(None, 18_750), (1_048_576, 1_048_576)])
+def test_a_large_write_back_gets_memory_for_its_join_in_its_own_transaction(
+    pg_schema, session_kb, expected_kb
+) -> None:
+    """120,000 staged rows at 160 bytes each: 18,750 kB of work_mem for the UPDATE's hash
+    join, set for the write-back's transaction only and never below the session's setting."""
+    db = _pg_db(pg_schema)
+    rows = 120_000
+    results = pd.DataFrame(
+        {
+            "usage_id": [str(n) for n in range(1, rows + 1)],
+            "openai_request_id": "chatcmpl-x",
+            "estimated_cost_pico": pd.array([270_000_000] * rows, dtype="Int64"),
+            "actual_cost_pico": pd.array([270_000_000] * rows, dtype="Int64"),
+            "reconciliation_status": s.MATCHED,
+        }
+    )
+    with db.engine.connect() as conn:
+        if session_kb:
+            conn.execute(sa.text(f"SET work_mem = '{session_kb}kB'"))
+        before = _work_mem_kb(conn)
+        conn.commit()
+        with conn.begin():
+            outcome = db.write_back_rows(conn, DAY, T1, results)
+            during = _work_mem_kb(conn)
+        after = _work_mem_kb(conn)
+
+    assert (outcome.rows_considered, outcome.rows_updated) == (rows, 0)
+    assert during == expected_kb
+    assert after == before
