@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.defs import assets
+from recon_pipeline.io.database import Database
 from recon_pipeline_tests.runs import (
     AS_OF,
     InThread,
@@ -196,6 +197,45 @@ def test_a_second_run_of_the_same_day_skips_it_while_the_first_holds_it(
     assert metadata(first_result, "token_usage_reconciliation")["skipped_locked"] == 0
     _no_duplicates(demo, day)
     assert _agrees(demo, day)
+
+
+def test_the_write_back_lock_is_taken_only_once_the_day_is_reconciled(
+    demo: SmallDemo, monkeypatch
+) -> None:
+    """While the day is read and reconciled only the results' lock is held; token_usage's
+    lock, and its transaction, come when there is something to write back."""
+    day = demo.days[1]
+    db = demo.db()
+    keys = {
+        "results": db.day_lock_key(day, "reconciled_usage"),
+        "write_back": db.day_lock_key(day, "token_usage"),
+    }
+    seen: dict[str, dict[str, int]] = {}
+
+    def held(moment: str) -> None:
+        seen[moment] = {
+            name: len(advisory_lock_holders(demo.engine, key)) for name, key in keys.items()
+        }
+
+    reconcile_day, write_back_rows = assets.reconcile_day, Database.write_back_rows
+
+    def reconciling(*args, **kwargs):
+        held("reconciling")
+        return reconcile_day(*args, **kwargs)
+
+    def writing_back(self, *args, **kwargs):
+        held("writing_back")
+        return write_back_rows(self, *args, **kwargs)
+
+    monkeypatch.setattr(assets, "reconcile_day", reconciling)
+    monkeypatch.setattr(Database, "write_back_rows", writing_back)
+    result = demo.run(day)
+
+    assert result.success and all(checks(result).values())
+    assert seen == {
+        "reconciling": {"results": 1, "write_back": 0},
+        "writing_back": {"results": 1, "write_back": 1},
+    }
 
 
 SCOPES = (

@@ -16,6 +16,7 @@ from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import (
     RESULT_COLUMNS,
     DayReconciliation,
+    ReconciliationPolicy,
     day_bounds,
     read_window,
     reconcile_day,
@@ -239,32 +240,14 @@ def reconciled_usage(
     worst: list[pd.DataFrame] = []
     classes: dict[str, int] = {}
     unpriced = unaccounted = disagreeing = 0
-    tables = (OPENAI_REQUESTS, RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS)
     for day in partition_days(context):
-        with ExitStack() as stack:
-            # Entered first, so it commits last: after the result tables it was computed with.
-            write_conn = (
-                stack.enter_context(db.write_back_transaction(day)) if db.is_postgres else None
-            )
-            # Read, reconcile and replace both tables of the day in one transaction under the
-            # day's lock: the records read are those the last writer of the day committed.
-            locked = db.is_postgres and write_conn is None
-            if not locked:
-                conn = stack.enter_context(db.day_transaction(day, "reconciled_usage", tables))
-                locked = conn is None
-            if not locked:
-                logged = db.read_logged(*read_window(day, policy), conn=conn)
-                openai = price_usage(db.read_openai_requests(day, conn=conn), catalogue)
-                _refuse_missing_source(day, logged, openai)
-                outcome = reconcile_day(logged, openai, day, now, policy)
-                del logged, openai
-                written = _store_and_write_back(db, conn, write_conn, day, now, outcome)
-        if locked:
+        done = _reconcile_and_write_back(db, day, now, policy, catalogue)
+        if done is None:
             results_report.skip(day)
             unlogged_report.skip(day, warn=False)
             write_back_report.skip(day, warn=False)
             continue
-
+        outcome, written = done
         without_result = db.count_without_result(day)
         unaccounted += without_result
         disagreeing += written.rows_disagreeing
@@ -363,6 +346,39 @@ def reconciled_usage(
             **write_back_report.skipped_metadata(),
         },
     )
+
+
+def _reconcile_and_write_back(
+    db: Database,
+    day: date,
+    now: datetime,
+    policy: ReconciliationPolicy,
+    catalogue: PriceCatalogue,
+) -> tuple[DayReconciliation, WriteBackResult] | None:
+    """One day: read, reconcile, store both result tables and write back, in two
+    transactions that each hold one of the day's locks. None: another run holds either lock
+    and nothing was written.
+
+    The results' transaction reads the day under its lock, so the records read are those the
+    last writer of the day committed. The write-back's transaction opens only once the day is
+    reconciled, so it is never idle while the day is read; entered on the outer stack, it
+    still commits after the result tables it was computed with.
+    """
+    tables = (OPENAI_REQUESTS, RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS)
+    with ExitStack() as write_back, db.day_transaction(day, "reconciled_usage", tables) as conn:
+        if conn is None:
+            return None
+        logged = db.read_logged(*read_window(day, policy), conn=conn)
+        openai = price_usage(db.read_openai_requests(day, conn=conn), catalogue)
+        _refuse_missing_source(day, logged, openai)
+        outcome = reconcile_day(logged, openai, day, now, policy)
+        del logged, openai
+        write_conn = None
+        if db.is_postgres:
+            write_conn = write_back.enter_context(db.write_back_transaction(day))
+            if write_conn is None:
+                return None  # nothing was written in the results' transaction yet
+        return outcome, _store_and_write_back(db, conn, write_conn, day, now, outcome)
 
 
 def _store_and_write_back(
