@@ -238,6 +238,32 @@ def test_the_write_back_lock_is_taken_only_once_the_day_is_reconciled(
     }
 
 
+def test_a_day_whose_write_back_lock_is_taken_after_it_is_reconciled_writes_nothing(
+    demo: SmallDemo,
+) -> None:
+    """The write-back's lock is tried only once the day is reconciled; if another session
+    holds it then, the day is skipped whole: the results' transaction has written nothing."""
+    day = demo.days[1]
+    first = demo.run(day)
+    assert first.success
+    stored = {name: demo.table(name, day) for name in DAY_TABLES}
+    usage = demo.token_usage()
+    key = demo.db().day_lock_key(day, "token_usage")
+    with demo.engine.connect() as other:
+        other.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            second = demo.run(day, as_of="2026-11-20T06:00:00+00:00")
+        finally:
+            other.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            other.commit()
+
+    assert second.success
+    for asset in ("reconciled_usage", "unlogged_openai_requests", "token_usage_reconciliation"):
+        assert metadata(second, asset)["days_skipped_locked"] == [day.isoformat()], asset
+    assert {name: demo.table(name, day) for name in DAY_TABLES} == stored
+    assert demo.token_usage() == usage
+
+
 SCOPES = (
     "openai_requests",
     "reconciled_usage",

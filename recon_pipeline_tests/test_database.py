@@ -7,10 +7,12 @@ nothing else of the application's table is ever written.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pandas as pd
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -461,8 +463,8 @@ def test_replace_days_bad_value_leaves_previous_rows(pg_schema) -> None:
 def test_copy_in_chunks_arrive_whole_and_a_bad_last_chunk_writes_nothing(
     pg_schema, monkeypatch
 ) -> None:
-    """Chunks of two rows: each is sent while the next is written, so the bad value in the
-    last one is found with an earlier chunk already at the server."""
+    """Chunks of two rows: a bad value in the last chunk, found after earlier chunks went to
+    the server, leaves the previous rows."""
     monkeypatch.setattr(database, "_COPY_CHUNK_ROWS", 2)
     db = _pg_db(pg_schema)
     names = [f"route-{n}" for n in range(7)]
@@ -477,6 +479,44 @@ def test_copy_in_chunks_arrive_whole_and_a_bad_last_chunk_writes_nothing(
     bad.loc[4, "requests"] = "not a number"
     with pytest.raises(ValueError, match=r"daily_variance_summary\.requests: .*not a number"):
         db.replace_days(DAILY_VARIANCE_SUMMARY, bad, [DAY])
+    assert _stored_summary(db) == before
+
+
+def test_copy_in_a_chunk_the_server_rejects_writes_nothing(pg_schema, monkeypatch) -> None:
+    """PostgreSQL refuses text holding a NUL byte; the refusal of the third chunk fails the
+    day and leaves the previous rows."""
+    monkeypatch.setattr(database, "_COPY_CHUNK_ROWS", 2)
+    db = _pg_db(pg_schema)
+    db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, [("a", 1)]), [DAY])
+    before = _stored_summary(db)
+    rows = [(f"x-{n}", 9) for n in range(4)] + [("nul\x00byte", 9)]
+    with pytest.raises(psycopg.errors.CharacterNotInRepertoire, match="0x00"):
+        db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, rows), [DAY])
+    assert _stored_summary(db) == before
+
+
+def test_copy_in_a_send_failing_in_the_worker_reaches_the_caller(pg_schema, monkeypatch) -> None:
+    """Chunks go to the server from the worker thread; a send that fails there fails the
+    day, and the chunk already sent is rolled back with it."""
+    monkeypatch.setattr(database, "_COPY_CHUNK_ROWS", 2)
+    db = _pg_db(pg_schema)
+    db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, [("a", 1)]), [DAY])
+    before = _stored_summary(db)
+    senders: list[str] = []
+    write = psycopg.Copy.write
+
+    def failing_second_send(self, buffer):
+        senders.append(threading.current_thread().name)
+        if len(senders) == 2:
+            raise OSError("connection lost while sending")
+        return write(self, buffer)
+
+    monkeypatch.setattr(psycopg.Copy, "write", failing_second_send)
+    rows = [(f"x-{n}", 9) for n in range(5)]
+    with pytest.raises(OSError, match="connection lost while sending"):
+        db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, rows), [DAY])
+    assert len(senders) == 2 and all(name.startswith("copy-in") for name in senders)
+    monkeypatch.undo()
     assert _stored_summary(db) == before
 
 
