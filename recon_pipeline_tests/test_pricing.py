@@ -208,6 +208,12 @@ def test_tiered_model_uses_cliff_pricing_above_272k_input_tokens(
     assert oracle.total_price * 10**12 == expected
 
 
+def test_a_record_without_a_time_has_no_day_to_price_at_and_is_invalid_usage():
+    out = priced({"created_at": pd.NaT}, {"created_at": at(DAY)})
+    assert_statuses(out, [PRICE_STATUS_INVALID_USAGE, PRICE_STATUS_PRICED])
+    assert out["actual_cost_pico"].isna().tolist() == [True, False]
+
+
 def test_unknown_model_is_an_explicit_status_and_never_a_zero_cost():
     out = priced(
         {"model": "no-such-model-9000"},

@@ -240,11 +240,14 @@ def price_usage(records: pd.DataFrame, catalogue: PriceCatalogue) -> pd.DataFram
     for values in counts.values():
         invalid |= values < 0
 
-    day = records["created_at"].dt.date
+    # The UTC day as datetime64, not a Python date per row; a date only per group below.
+    created = records["created_at"]
+    if created.dt.tz is not None:
+        created = created.dt.tz_convert(None)
     keys = pd.DataFrame(
         {
             "model": records["model"].to_numpy(),
-            "day": day.to_numpy(),
+            "day": created.dt.floor("D").to_numpy(),
             "tier": records["service_tier"].to_numpy(),
             "batch": records["batch"].to_numpy(),
         }
@@ -256,7 +259,7 @@ def price_usage(records: pd.DataFrame, catalogue: PriceCatalogue) -> pd.DataFram
             missing = PRICE_STATUS_UNKNOWN_MODEL if pd.isna(model) else PRICE_STATUS_INVALID_USAGE
             status[rows] = missing
             continue
-        rates = catalogue.rates(model, on_day, tier, bool(batch))
+        rates = catalogue.rates(model, on_day.date(), tier, bool(batch))
         if rates is None:
             status[rows] = PRICE_STATUS_UNKNOWN_MODEL
             continue
