@@ -826,7 +826,7 @@ class Database:
             # batches, it updates token_usage in batch order and revisits each heap page once
             # per batch: at 1M rows, 32 batches read 1.36M buffers and took 14.0 s; one batch
             # read 56k and took 9.6 s (benchmarks/README.md). Local to this transaction, never
-            # lower than the server's setting.
+            # lower than the session's own setting.
             kilobytes = min(len(results) * _WRITE_BACK_HASH_BYTES_PER_ROW // 1024, 1024 * 1024)
             conn.execute(
                 sa.text(
