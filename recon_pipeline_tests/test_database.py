@@ -436,6 +436,41 @@ def test_replace_days_round_trips_every_column_type(pg_schema) -> None:
     assert row["openai_source"] == "export:test.jsonl"
 
 
+def test_timestamps_keep_their_instant_whatever_the_session_time_zone(pg_schema) -> None:
+    """COPY sends UTC text marked `Z`, so a session in another zone (+05:45 here) stores the
+    same instants; a missing time stays NULL."""
+    engine, schema = pg_schema
+    create_demo_token_usage(engine, schema=schema)
+    nepal = sa.create_engine(engine.url, connect_args={"options": "-c TimeZone=Asia/Kathmandu"})
+    try:
+        db = Database(nepal, usage_schema=schema)
+        ids = _insert_usage(db, [_usage_row(START + timedelta(hours=h)) for h in (1, 2, 3)])
+        times = [
+            pd.Timestamp("2026-11-10T01:02:03.456789Z"),
+            pd.Timestamp("2026-11-10T23:59:59Z"),
+            pd.NaT,
+        ]
+        rows = [
+            {"usage_id": usage_id, "created_at": moment, "openai_request_id": f"chatcmpl-{n}"}
+            for n, (usage_id, moment) in enumerate(zip(ids, times, strict=True))
+        ]
+        db.replace_days(RECONCILED_USAGE, _result_frame(rows), [DAY])
+        with nepal.connect() as conn:
+            stored = conn.execute(
+                sa.text(
+                    "SELECT created_at AT TIME ZONE 'UTC' FROM"
+                    f" {db.table(RECONCILED_USAGE)} ORDER BY openai_request_id"
+                )
+            ).scalars()
+            assert list(stored) == [
+                datetime(2026, 11, 10, 1, 2, 3, 456789),
+                datetime(2026, 11, 10, 23, 59, 59),
+                None,
+            ]
+    finally:
+        nepal.dispose()
+
+
 def test_text_that_looks_like_null_stays_text_through_copy(pg_schema) -> None:
     """Only an unquoted empty field is NULL: pyarrow's defaults would read "N/A" or "null"."""
     db = _pg_db(pg_schema)
@@ -761,6 +796,42 @@ def test_write_back_leaves_a_row_the_application_changed_since_it_was_read(pg_sc
     stored = _by_id(db)
     assert stored[ids["a"]] == (Decimal("0.0270000000"), T1, s.MATCHED)
     assert stored[ids["b"]] == (None, None, s.PENDING)
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_write_back_leaves_a_row_the_application_moved_to_another_day(request, backend) -> None:
+    """The write-back updates the rows created on its day: one whose created_at moved to
+    the next day since it was read is that day's, neither written nor counted here."""
+    if backend == "postgres":
+        db = _pg_db(request.getfixturevalue("pg_schema"))
+    else:
+        db = _sqlite_db(request.getfixturevalue("sqlite_engine"))
+    ids = _day_fixture(db)
+    results = _result_frame(
+        [
+            {"usage_id": ids["a"], "openai_request_id": "a"},
+            {"usage_id": ids["b"], "openai_request_id": "b"},
+        ]
+    )
+    db.replace_days(RECONCILED_USAGE, results, [DAY])
+    moved = END + timedelta(hours=2)
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE {db.usage} SET created_at = :at WHERE id = :id"),
+            {
+                "at": moved if db.is_postgres else moved.isoformat(timespec="microseconds"),
+                "id": int(ids["b"]),
+            },
+        )
+
+    outcome = db.write_back(DAY, T1)
+
+    assert (outcome.rows_updated, outcome.rows_disagreeing) == (1, 0)
+    stored = _by_id(db)
+    at = T1 if db.is_postgres else T1.isoformat(timespec="microseconds")
+    assert stored[ids["a"]][1:] == (at, s.MATCHED)
+    assert stored[ids["b"]] == (None, None, s.PENDING)
+    assert db.count_disagreeing(DAY) == 0
 
 
 def _work_mem_kb(conn: sa.Connection) -> int:
