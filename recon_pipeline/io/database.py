@@ -740,8 +740,7 @@ class Database:
         estimate) keeps its values and is counted in `rows_disagreeing`; on PostgreSQL it is
         counted by the same UPDATE, which rewrites that row with its own values (so an
         application trigger ON UPDATE sees it) rather than join the day a second time. Rows
-        the application inserts meanwhile are not in the results, so they are not touched,
-        nor is a row whose `created_at` it moved out of the day: that row is its new day's.
+        the application inserts meanwhile are not in the results, so they are not touched.
         """
         usage = self.usage
         distinct = "IS DISTINCT FROM"
@@ -776,12 +775,7 @@ class Database:
             f"(NULLIF({usage}.openai_request_id, '') IS NOT DISTINCT FROM r.openai_request_id"
             f" AND {same_estimate})"
         )
-        # The day's bounds let PostgreSQL find the day's rows by the created_at index rather
-        # than scan the whole table for every day of a backfill (benchmarks/README.md).
-        join = (
-            f" FROM {source} AS r WHERE {usage}.id = r.usage_id{where}"
-            f" AND {usage}.created_at >= :start AND {usage}.created_at < :end"
-        )
+        join = f" FROM {source} AS r WHERE {usage}.id = r.usage_id{where}"
         if self.is_postgres:
             # One pass: rows that differ are updated where the app left them unchanged, and
             # the others, counted as disagreeing, keep their values. No second join to count.
@@ -800,15 +794,14 @@ class Database:
                 " SELECT count(*) FILTER (WHERE applied), count(*) FILTER (WHERE NOT applied)"
                 " FROM changed"
             )
-            params = self._day_params(day) | {"at": reconciled_at}
-            updated, disagreeing = conn.execute(query, params).one()
+            updated, disagreeing = conn.execute(query, {"day": day, "at": reconciled_at}).one()
         else:
             query = sa.text(
                 f"UPDATE {usage} SET actual_cost_cents = r.actual_cost_cents,"
                 f" reconciliation_status = r.reconciliation_status, reconciled_at = :at"
                 f"{join} AND {differs} AND {unchanged_by_app}"
             )
-            params = self._day_params(day) | {"at": _sqlite_ts(reconciled_at)}
+            params = {"day": day.isoformat(), "at": _sqlite_ts(reconciled_at)}
             updated = conn.execute(query, params).rowcount
             disagreeing = self.count_disagreeing(day, conn)
         return WriteBackResult(
@@ -1020,39 +1013,34 @@ class Database:
         )
 
     def count_disagreeing(self, day: date, conn: sa.Connection | None = None) -> int:
-        """token_usage rows of the day (created on it) whose status or actual cost differ
-        from the results."""
+        """token_usage rows of the day whose status or actual cost differ from the results."""
         query = sa.text(
             f"SELECT count(*) FROM {self.table(RECONCILED_USAGE)} AS r"
             f" JOIN {self.usage} AS t ON t.id = r.usage_id WHERE r.usage_date = :day"
-            " AND t.created_at >= :start AND t.created_at < :end"
             " AND (t.actual_cost_cents IS DISTINCT FROM r.actual_cost_cents"
             " OR t.reconciliation_status IS DISTINCT FROM r.reconciliation_status)"
         )
         with _connection(self.engine, conn) as reader:
-            return int(reader.execute(query, self._day_params(day)).scalar_one())
+            return int(reader.execute(query, {"day": self._day(day)}).scalar_one())
 
     def count_without_result(self, day: date) -> int:
         """token_usage rows created on the day that have no row in reconciled_usage (e.g.
         inserted by the application after the day was read)."""
+        start, end = day_bounds(day)
         query = sa.text(
             f"SELECT count(*) FROM {self.usage} AS t"
             " WHERE t.created_at >= :start AND t.created_at < :end AND NOT EXISTS ("
             f" SELECT 1 FROM {self.table(RECONCILED_USAGE)} AS r"
             " WHERE r.usage_date = :day AND r.usage_id = t.id)"
         )
+        params = {"day": self._day(day), "start": start, "end": end}
+        if not self.is_postgres:
+            params |= {"start": _sqlite_ts(start), "end": _sqlite_ts(end)}
         with self.engine.connect() as conn:
-            return int(conn.execute(query, self._day_params(day)).scalar_one())
+            return int(conn.execute(query, params).scalar_one())
 
     def _day(self, day: date) -> date | str:
         return day if self.is_postgres else day.isoformat()
-
-    def _day_params(self, day: date) -> dict[str, object]:
-        """`:day`, and the bounds `:start`/`:end` of its `created_at`, for this dialect."""
-        start, end = day_bounds(day)
-        if self.is_postgres:
-            return {"day": day, "start": start, "end": end}
-        return {"day": day.isoformat(), "start": _sqlite_ts(start), "end": _sqlite_ts(end)}
 
 
 @contextmanager
@@ -1180,9 +1168,10 @@ def _arrow_column(kind: str, values: pd.Series) -> pa.Array:
 
 
 def _utc_text(instants: pa.Array) -> pa.Array:
-    """UTC instants as ISO text with a `Z`, as pyarrow's CSV writer prints them, but formatted
-    as naive times: pyarrow looks up the zone for every zoned value (1M rows: 1.6 s against
-    0.18 s, benchmarks/README.md). The `Z` keeps them independent of the session's TimeZone."""
+    """UTC instants as ISO text ending in `Z`, as pyarrow's CSV writer prints them, but
+    formatted as naive times: pyarrow looks up the zone for every zoned value (1M values:
+    1.17 s against 0.09 s, benchmarks/experiments/csv_timestamps.py). The `Z` keeps the
+    text independent of the session's TimeZone."""
     naive = instants.cast(pa.timestamp("us")).cast(pa.string())
     return pc.binary_join_element_wise(naive, pa.scalar("Z"), "")
 
