@@ -1,6 +1,8 @@
 -- One day's write-back UPDATE on a table holding many days, without and with the day's
--- created_at bounds (benchmarks/README.md, "Now: …"). One-off, by hand, on a schema seeded by
--- `uv run python -m benchmarks.seed --rows 10000 --days 31 --schema bench_bf31`:
+-- created_at bounds (benchmarks/README.md, "Now: timestamps as text", measured and dropped).
+-- One-off, by hand, on a schema seeded by
+-- `uv run python -m benchmarks.seed --rows 10000 --days 31 --schema bench_bf31`
+-- (and `--days 365 --schema bench_y365` for the year):
 --
 --   psql -h 127.0.0.1 -U postgres test -v schema=bench_bf31 -v day=2026-11-01 \
 --        -f benchmarks/experiments/write_back_day_bounds.sql

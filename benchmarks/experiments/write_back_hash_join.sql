@@ -1,5 +1,5 @@
 -- The write-back's UPDATE against the floor's, with the server's work_mem and with 64 MB
--- (benchmarks/README.md, "Now: the write-back's hash join"). One-off, by hand, on a schema
+-- (benchmarks/README.md, "Earlier: the write-back's hash join"). One-off, by hand, on a schema
 -- seeded by `uv run python -m benchmarks.seed --rows 1000000 --schema bench_x`:
 --
 --   psql -h 127.0.0.1 -U postgres test -v schema=bench_x -f benchmarks/experiments/write_back_hash_join.sql
