@@ -466,6 +466,40 @@ def test_a_range_reads_each_file_once_and_gets_each_days_records(
     assert tiny.get(tmp_path / f"requests-{days[1]}.jsonl") is None
 
 
+@pytest.mark.parametrize("latest_first", [False, True], ids=["earliest-first", "latest-first"])
+def test_a_cache_holding_one_days_files_reads_each_file_once_in_either_order(
+    tmp_path: Path, monkeypatch, latest_first: bool
+) -> None:
+    """A range run goes latest day first when the API lists its records: the cache lets go
+    of the file read longest ago, so it keeps the files the next day, either way, still needs."""
+    days = [D + timedelta(days=n) for n in range(8)]
+    for n, day in enumerate(days):
+        noon = int(day_bounds(day)[0].timestamp()) + 12 * 3600
+        write(
+            tmp_path,
+            f"requests-{day}.jsonl",
+            *(canonical(f"r{n}-{i}", noon + i) for i in range(10)),
+        )
+    reads: list[str] = []
+    original = exports._read_canonical_file
+    monkeypatch.setattr(
+        exports,
+        "_read_canonical_file",
+        lambda path, named: reads.append(path.name) or original(path, named),
+    )
+    hour = timedelta(hours=1)
+    windows = [(day_bounds(day)[0] - hour, day_bounds(day)[1] + hour) for day in days]
+    widest = max(len(files_for_span(tmp_path, *window)) for window in windows)
+    cache = ParsedFiles(max_records=10 * widest)
+    for window in reversed(windows) if latest_first else windows:
+        assert_frame_equal(
+            read_export_folder(tmp_path, *window, cache).records,
+            read_export_folder(tmp_path, *window).records,
+        )
+    with_cache = len(reads) - sum(len(files_for_span(tmp_path, *window)) for window in windows)
+    assert with_cache == len(days)
+
+
 def test_a_dated_page_holding_a_bucket_far_from_its_date_is_refused(tmp_path: Path):
     """Runs of that far day would skip the page by its name: an error, never a silent gap."""
     path = write(tmp_path, "openai-costs-2025-03-10.json", costs_page(D + timedelta(days=5), 9))

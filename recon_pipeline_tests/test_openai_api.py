@@ -160,6 +160,66 @@ def test_chat_completions_desc_stops_once_older_than_margin(fake: FakeOpenAI) ->
     assert len(records) == sum(created) == 180
 
 
+def test_chat_completions_of_several_days_come_from_one_walk(fake: FakeOpenAI) -> None:
+    # Six days of completions, one every 15 minutes, newest first from START + 4 days (576,
+    # about six pages); three days' windows of an hour either side, as a range run reads them.
+    fake.chat = chat_completions(6 * 96, START + timedelta(days=4), timedelta(minutes=15))
+    hour = timedelta(hours=1)
+    midnights = {START.date() + timedelta(days=n): START + timedelta(days=n) for n in range(3)}
+    days = list(midnights)
+    windows = {day: (at - hour, at + timedelta(days=1) + hour) for day, at in midnights.items()}
+    walk = client_for(fake).chat_completions_by_window(windows, margin=hour)
+
+    def pages_until_older_than(moment: datetime) -> int:
+        first_older = next(n for n, c in enumerate(fake.chat) if c["created"] < unix(moment))
+        return first_older // 100 + 1
+
+    latest_day, latest = next(walk)
+    # Handed over as soon as the walk passed the latest window, before older pages were read.
+    assert latest_day == days[2]
+    assert len(fake.requests_to(CHAT)) == pages_until_older_than(windows[days[2]][0] - hour)
+    by_day = {latest_day: latest, **dict(walk)}
+
+    assert list(by_day) == [days[2], days[1], days[0]]
+    # One walk in all, ending at the page that reaches past the earliest window.
+    assert len(fake.requests_to(CHAT)) == pages_until_older_than(windows[days[0]][0] - hour)
+    for day, (start, end) in windows.items():
+        expected = [c["id"] for c in fake.chat if unix(start) <= c["created"] < unix(end)]
+        assert list(by_day[day]["request_id"]) == expected  # newest first, each once
+        assert len(expected) == 96 + 2 * 4
+    # A completion in the hour after midnight belongs to both days' windows.
+    straddling = {
+        c["id"] for c in fake.chat if c["created"] == unix(START + timedelta(days=1, minutes=30))
+    }
+    assert straddling <= set(by_day[days[0]]["request_id"]) & set(by_day[days[1]]["request_id"])
+    assert len(straddling) == 1
+
+
+def test_each_days_stretch_of_one_walk_gets_the_retry_budget_afresh(fake: FakeOpenAI) -> None:
+    # Three days of completions (three pages); two days' windows, each reached after one 429
+    # that asks for a second's wait, under a budget of 1.5 s: enough for one wait, not two.
+    fake.chat = chat_completions(3 * 96, START + timedelta(days=2), timedelta(minutes=15))
+    hour = timedelta(hours=1)
+    windows = {
+        n: (START + timedelta(days=n) - hour, START + timedelta(days=n + 1) + hour) for n in (0, 1)
+    }
+    rate_limited = Scripted(
+        429, error_body("Rate limit reached", type_="requests"), {"Retry-After": "1"}
+    )
+    walk = client_for(fake, max_total_wait_seconds=1.5).chat_completions_by_window(windows, hour)
+    fake.script(CHAT, rate_limited)
+    assert next(walk)[0] == 1
+    fake.script(CHAT, rate_limited)
+    assert next(walk)[0] == 0
+    assert list(walk) == []
+    assert len(fake.requests_to(CHAT)) == 3 + 2  # three pages, two of them asked twice
+
+
+def test_chat_completions_for_no_window_ask_nothing(fake: FakeOpenAI) -> None:
+    assert list(client_for(fake).chat_completions_by_window({})) == []
+    assert fake.requests_to(CHAT) == []
+
+
 def test_chat_completion_without_usage_is_an_error_naming_it(fake: FakeOpenAI) -> None:
     broken = chat_completion(7, unix(START) + 60)
     del broken["usage"]

@@ -30,6 +30,7 @@ from pytest_httpserver import HTTPServer
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.openai_records import parse_record, records_frame
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED, price_usage
+from recon_pipeline.core.reconcile import ReconciliationPolicy, read_window
 from recon_pipeline.defs import invoice
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
@@ -765,6 +766,31 @@ def test_both_sources_deduplicated_by_id(fresh: Store, fake: FakeOpenAI, tmp_pat
     for row in SCENARIO.rows:
         if row.request_id not in (None, SCENARIO.unlisted_chat_id):
             assert statuses[row.request_id] == row.status
+
+
+def test_range_run_lists_stored_completions_once(
+    reference: Reference, fresh: Store, fake: FakeOpenAI
+) -> None:
+    # Two earlier days of completions nobody logged, clear of the day's match window, push
+    # the listing to three pages.
+    first = DAY - timedelta(days=2)
+    earlier = [chat_completion(1000 + n, unix(at(-44 + n // 6))) for n in range(200)]
+    fake.chat = [*fake.chat, *earlier]
+
+    result = run_job(resources(fresh, fake), first, DAY)
+
+    assert result.success, step_failure(result)
+    # The whole listing (222 completions, none older than the first day's window) once:
+    # three pages of 100, where a walk for each day read six (1 + 2 + 3).
+    assert len(fake.chat) == 222
+    assert len(fake.requests_to(CHAT)) == 3
+    stored = fresh.rows("SELECT usage_date, request_id FROM {s}.openai_requests")
+    for day in (first, first + timedelta(days=1)):
+        start, end = read_window(day, ReconciliationPolicy())
+        in_window = {c["id"] for c in fake.chat if unix(start) <= c["created"] < unix(end)}
+        assert {r.request_id for r in stored if r.usage_date == day} == in_window
+    # The day itself comes out row for row as when it is run alone.
+    assert fresh.snapshot() == reference.store.snapshot()
 
 
 # -- 3. retries inside a run -----------------------------------------------------------------

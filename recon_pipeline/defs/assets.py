@@ -2,7 +2,7 @@
 and reports; the rules themselves live in `recon_pipeline.core`."""
 
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from datetime import date, datetime
 
 import dagster as dg
@@ -78,7 +78,10 @@ def openai_requests(
 
     Sources (RECON_OPENAI_SOURCE): the export folder, and/or the API: stored Chat Completions
     listed newest first, and Responses retrieved by the `resp_` ids the day's rows carry. A
-    day is written only once every source has answered, so a failing API writes nothing.
+    day is written only once every source has answered for it, so a failing API writes
+    nothing of that day. With the API, a range run goes latest day first (the listing's
+    order, walked once for the whole range): days the walk has passed are written before it
+    reaches the earlier ones.
     """
     db = database.get()
     policy = settings.policy()
@@ -90,48 +93,56 @@ def openai_requests(
     report = DailyReport(context, "openai_requests")
     files: set[str] = set()
     parsed = ParsedFiles()
-    for day in partition_days(context):
-        window = read_window(day, policy)
-        frames: list[pd.DataFrame] = []
-        figures: dict[str, int] = {}
-        if client is not None:
-            chat = client.list_chat_completions(*window)
-            ids = db.read_logged(*window)["openai_request_id"]
-            wanted = sorted(ids[ids.str.startswith("resp_", na=False)].unique())
-            responses, missing = client.retrieve_responses(wanted)
-            frames += [chat, responses]
-            figures |= {
-                "from_chat_completions_api": len(chat),
-                "from_responses_api": len(responses),
-                "responses_not_found": len(missing),
-            }
-        if "exports" in sources:
-            read = read_export_folder(openai_exports.folder(embedded), *window, parsed)
-            batch = int(read.records["source"].str.startswith("batch_output:").sum())
-            frames.append(read.records)
-            files.update(read.files)
-            figures |= {
-                "from_export_files": len(read.records) - batch,
-                "from_batch_output": batch,
-                "skipped_lines": sum(read.skipped.values()),
-            }
-        records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
-        # Every source has answered for the day: only now is anything of it written.
-        with db.day_transaction(day, "openai_requests", (OPENAI_REQUESTS,)) as conn:
-            if conn is not None:
-                records = records.assign(usage_date=day)
-                written = db.replace_day(conn, OPENAI_REQUESTS, records, day)
-        if conn is None:
-            report.skip(day)
-            continue
-        report.add(
-            day,
-            rows=written,
-            **figures,
-            duplicate_records_dropped=identical,
-            conflicting_duplicates=conflicting,
-            skipped_locked=0,
-        )
+    windows = {day: read_window(day, policy) for day in partition_days(context)}
+    # One walk of OpenAI's newest-first listing serves the whole range, latest day first;
+    # closed with the step, so a failing day does not leave the listing's session open.
+    days = closing(
+        client.chat_completions_by_window(windows)
+        if client is not None
+        else ((day, None) for day in windows)
+    )
+    with days as chat_by_day:
+        for day, chat in chat_by_day:
+            window = windows[day]
+            frames: list[pd.DataFrame] = []
+            figures: dict[str, int] = {}
+            if chat is not None:
+                ids = db.read_logged(*window)["openai_request_id"]
+                wanted = sorted(ids[ids.str.startswith("resp_", na=False)].unique())
+                responses, missing = client.retrieve_responses(wanted)
+                frames += [chat, responses]
+                figures |= {
+                    "from_chat_completions_api": len(chat),
+                    "from_responses_api": len(responses),
+                    "responses_not_found": len(missing),
+                }
+            if "exports" in sources:
+                read = read_export_folder(openai_exports.folder(embedded), *window, parsed)
+                batch = int(read.records["source"].str.startswith("batch_output:").sum())
+                frames.append(read.records)
+                files.update(read.files)
+                figures |= {
+                    "from_export_files": len(read.records) - batch,
+                    "from_batch_output": batch,
+                    "skipped_lines": sum(read.skipped.values()),
+                }
+            records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
+            # Every source has answered for the day: only now is anything of it written.
+            with db.day_transaction(day, "openai_requests", (OPENAI_REQUESTS,)) as conn:
+                if conn is not None:
+                    records = records.assign(usage_date=day)
+                    written = db.replace_day(conn, OPENAI_REQUESTS, records, day)
+            if conn is None:
+                report.skip(day)
+                continue
+            report.add(
+                day,
+                rows=written,
+                **figures,
+                duplicate_records_dropped=identical,
+                conflicting_duplicates=conflicting,
+                skipped_locked=0,
+            )
     # One line a run, not a day: each log line is a write to the instance's event storage.
     stored = sum(figures["rows"] for figures in report.days.values())
     context.log.info(f"{len(report.days)} days: {stored} OpenAI records from {', '.join(sources)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -94,8 +95,11 @@ class ParsedFiles:
     """Files already read in this run, so that a range run reads each file once, not once
     for each of the five days whose window it may hold.
 
-    Bounded by `max_records` in all (oldest let go first); a file is read again when its
-    size or modification time changed. A day of a million records is not kept at all.
+    Bounded by `max_records` in all. Over it, a file the current day does not read is let go
+    first (the earliest such, then the earliest of all): a range goes through its days in
+    order, earliest or latest first, so a file the current day skips is not read again. A
+    file is read again when its size or modification time changed. A day of a million
+    records is not kept at all.
     """
 
     def __init__(self, max_records: int = 500_000) -> None:
@@ -106,12 +110,14 @@ class ParsedFiles:
         kept = self._files.get(path)
         return kept[1] if kept is not None and kept[0] == self._stamp(path) else None
 
-    def put(self, path: Path, read: FileRead) -> None:
+    def put(self, path: Path, read: FileRead, reading: Collection[Path] = ()) -> None:
+        """Keep `read`; `reading`: the files the current day reads."""
         if len(read) > self.max_records:
             return
         self._files[path] = (self._stamp(path), read)
         while sum(len(kept) for _, kept in self._files.values()) > self.max_records:
-            del self._files[next(iter(self._files))]
+            skipped = (kept for kept in self._files if kept not in reading)
+            del self._files[next(skipped, next(iter(self._files)))]
 
     @staticmethod
     def _stamp(path: Path) -> tuple[int, int]:
@@ -131,14 +137,15 @@ def read_export_folder(
     result = ExportRead(records=pd.DataFrame())
     window = (start.timestamp(), end.timestamp())
     parts = []
-    for path in files_for_span(folder, start, end):
+    paths = files_for_span(folder, start, end)
+    for path in paths:
         result.files.append(path.name)
         named = named_date(path)
         read = cache.get(path) if cache is not None else None
         if read is None:
             read = _read_file(path, named)
             if cache is not None:
-                cache.put(path, read)
+                cache.put(path, read, paths)
         result.lines += read.lines
         for reason, count in read.skipped.items():
             result.skipped[reason] = result.skipped.get(reason, 0) + count

@@ -52,6 +52,7 @@ from recon_pipeline.core.openai_records import (
 from recon_pipeline.core.schema import PICO_PER_USD
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,10 @@ class _RetryBudget:
     @property
     def left(self) -> float:
         return max(self.seconds - self.spent, 0.0)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.spent = 0.0
 
 
 class _BudgetSpent(Exception):
@@ -823,39 +828,78 @@ class OpenAIClient:
     def list_chat_completions(
         self, start: datetime, end: datetime, margin: timedelta = timedelta(hours=1)
     ) -> pd.DataFrame:
-        """Stored chat completions created in [start, end), as normalised records.
+        """Stored chat completions created in [start, end), as normalised records (one
+        window of `chat_completions_by_window`)."""
+        return dict(self.chat_completions_by_window({0: (start, end)}, margin))[0]
 
-        Pages newest first and stops after the first page holding an item older than
-        `start - margin`: the margin absorbs small disorder in the listing. A completion
-        without `usage` is an error naming `usage` (and the id), never a silent skip: a
-        stored completion always has one, so its absence means the payload is not what the
-        reference documents.
+    def chat_completions_by_window(
+        self,
+        windows: Mapping[_K, tuple[datetime, datetime]],
+        margin: timedelta = timedelta(hours=1),
+    ) -> Iterator[tuple[_K, pd.DataFrame]]:
+        """Stored chat completions created in each [start, end) window, as normalised records,
+        from one walk of the listing: `(key, records)`, the latest-starting window first.
+
+        The listing cannot be filtered by time, so reaching a window means paging newest first
+        from today back past it. One walk serves every window: a window is yielded once the
+        walk reaches a page holding an item older than its start less `margin` (which absorbs
+        small disorder in the listing), and the walk stops after the last one. So a month's
+        range run pages back once, not once a day, and holds about one day's records at a time
+        (its days' windows are adjacent). Each window's stretch of the walk gets the retry
+        budget afresh, as a walk of its own would.
+
+        A completion without `usage` is an error naming `usage` (and the id), never a silent
+        skip: a stored completion always has one, so its absence means the payload is not what
+        the reference documents.
         """
-        start_s, end_s = _aware(start, "start"), _aware(end, "end")
-        if end_s <= start_s:
-            raise ValueError("end must be after start")
-        cutoff = start_s - margin.total_seconds()
+        pending: list[tuple[float, float, _K]] = []
+        for key, (start, end) in windows.items():
+            start_s, end_s = _aware(start, "start"), _aware(end, "end")
+            if end_s <= start_s:
+                raise ValueError("end must be after start")
+            pending.append((start_s, end_s, key))
+        if not pending:
+            return
+        pending.sort(key=lambda window: window[0], reverse=True)
+        margin_s = margin.total_seconds()
         path = "/chat/completions"
         endpoint = f"GET {path}"
-        records: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        pages = 0
+        # Records of windows not yet yielded, by request id (the first listed is kept).
+        held: dict[str, tuple[float, dict[str, Any]]] = {}
+        pages = found = 0
+
+        def take(window: tuple[float, float, _K]) -> tuple[_K, pd.DataFrame]:
+            start_s, end_s, key = window
+            records = [record for created, record in held.values() if start_s <= created < end_s]
+            newest_end = max((end for _, end, _ in pending), default=-math.inf)
+            for request_id in [i for i, (created, _) in held.items() if created >= newest_end]:
+                del held[request_id]
+            return key, records_frame(records)
+
         with self._call(admin=False, endpoint=endpoint) as call:
             for items in call.cursor_pages(path, {"order": "desc", "limit": _CHAT_PAGE_LIMIT}):
                 pages += 1
                 oldest = math.inf
+                earliest = pending[-1][0]
+                latest = max(end for _, end, _ in pending)
                 for item in items:
                     created = _created(item, endpoint)
                     oldest = min(oldest, created)
-                    if start_s <= created < end_s:
+                    if earliest <= created < latest:
                         record = _api_record(item, CHAT_COMPLETIONS_SOURCE, endpoint)
-                        if record["request_id"] not in seen:
-                            seen.add(record["request_id"])
-                            records.append(record)
-                if oldest < cutoff:
+                        if record["request_id"] not in held:
+                            held[record["request_id"]] = (created, record)
+                            found += 1
+                while pending and oldest < pending[0][0] - margin_s:
+                    yield take(pending.pop(0))
+                    call.budget.reset()
+                if not pending:
                     break
-        log.info("%s: %d completions in range from %d pages", endpoint, len(records), pages)
-        return records_frame(records)
+            while pending:
+                yield take(pending.pop(0))
+        log.info(
+            "%s: %d completions in %d windows from %d pages", endpoint, found, len(windows), pages
+        )
 
     def retrieve_responses(self, ids: Iterable[str]) -> tuple[pd.DataFrame, list[str]]:
         """Responses by id, `max_concurrency` at a time -> (records, ids OpenAI does not know).
