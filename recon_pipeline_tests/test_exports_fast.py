@@ -432,14 +432,18 @@ def test_a_broken_page_dated_within_a_day_of_the_range_is_still_an_error(tmp_pat
     assert str(caught.value).startswith(f"{path}:1:")
 
 
-def test_a_range_reads_each_file_once_and_gets_each_days_records(
-    tmp_path: Path, monkeypatch
-) -> None:
-    days = [D + timedelta(days=n) for n in range(4)]
-    for n, day in enumerate(days):
+def daily_files(folder: Path, days: int, per_day: int, spacing_s: int) -> list[date]:
+    """A file of `per_day` canonical lines from noon of each of `days` days from D."""
+    dates = [D + timedelta(days=n) for n in range(days)]
+    for n, day in enumerate(dates):
         noon = int(day_bounds(day)[0].timestamp()) + 12 * 3600
-        lines = [canonical(f"r{n}-{i}", noon + i * 3000) for i in range(20)]
-        write(tmp_path, f"requests-{day}.jsonl", *lines)
+        lines = [canonical(f"r{n}-{i}", noon + i * spacing_s) for i in range(per_day)]
+        write(folder, f"requests-{day}.jsonl", *lines)
+    return dates
+
+
+def count_file_reads(monkeypatch) -> list[str]:
+    """The names of the files parsed from now on, one entry a parse."""
     reads: list[str] = []
     original = exports._read_canonical_file
     monkeypatch.setattr(
@@ -447,6 +451,14 @@ def test_a_range_reads_each_file_once_and_gets_each_days_records(
         "_read_canonical_file",
         lambda path, named: reads.append(path.name) or original(path, named),
     )
+    return reads
+
+
+def test_a_range_reads_each_file_once_and_gets_each_days_records(
+    tmp_path: Path, monkeypatch
+) -> None:
+    days = daily_files(tmp_path, days=4, per_day=20, spacing_s=3000)
+    reads = count_file_reads(monkeypatch)
     cache = ParsedFiles()
     for day in days:
         start, end = day_bounds(day)
@@ -471,22 +483,9 @@ def test_a_cache_holding_one_days_files_reads_each_file_once_in_either_order(
     tmp_path: Path, monkeypatch, latest_first: bool
 ) -> None:
     """A range run goes latest day first when the API lists its records: the cache lets go
-    of the file read longest ago, so it keeps the files the next day, either way, still needs."""
-    days = [D + timedelta(days=n) for n in range(8)]
-    for n, day in enumerate(days):
-        noon = int(day_bounds(day)[0].timestamp()) + 12 * 3600
-        write(
-            tmp_path,
-            f"requests-{day}.jsonl",
-            *(canonical(f"r{n}-{i}", noon + i) for i in range(10)),
-        )
-    reads: list[str] = []
-    original = exports._read_canonical_file
-    monkeypatch.setattr(
-        exports,
-        "_read_canonical_file",
-        lambda path, named: reads.append(path.name) or original(path, named),
-    )
+    first of the files the current day does not read, which neither order reads again."""
+    days = daily_files(tmp_path, days=8, per_day=10, spacing_s=1)
+    reads = count_file_reads(monkeypatch)
     hour = timedelta(hours=1)
     windows = [(day_bounds(day)[0] - hour, day_bounds(day)[1] + hour) for day in days]
     widest = max(len(files_for_span(tmp_path, *window)) for window in windows)
