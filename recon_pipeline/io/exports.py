@@ -95,11 +95,11 @@ class ParsedFiles:
     """Files already read in this run, so that a range run reads each file once, not once
     for each of the five days whose window it may hold.
 
-    Bounded by `max_records` in all. Over it, a file the current day does not read is let go
-    first (the earliest such, then the earliest of all): a range goes through its days in
-    order, earliest or latest first, so a file the current day skips is not read again. A
-    file is read again when its size or modification time changed. A day of a million
-    records is not kept at all.
+    Bounded by `max_records` in all. Over it, the file kept longest that the current day does
+    not read is let go first (failing that, the file kept longest): a range goes through its
+    days in order, earliest or latest first, so a file the current day skips is not read
+    again. A file is read again when its size or modification time changed. A day of a
+    million records is not kept at all.
     """
 
     def __init__(self, max_records: int = 500_000) -> None:
