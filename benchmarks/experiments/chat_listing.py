@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 
+from benchmarks.job import JOB, QUIET, RANGE_END, RANGE_START
 from benchmarks.seed import drop_schema, fresh_schema
 from recon_pipeline.definitions import build_definitions
 from recon_pipeline.defs.resources import (
@@ -70,14 +71,10 @@ def main() -> None:
                 openai_source="api", as_of=f"{NEWEST_DAY + timedelta(days=1)}T06:00:00+00:00"
             ),
         }
-        job = build_definitions(resources).resolve_job_def("daily_reconciliation")
+        job = build_definitions(resources).resolve_job_def(JOB)
         started = time.perf_counter()
         result = job.execute_in_process(
-            tags={
-                "dagster/asset_partition_range_start": first.isoformat(),
-                "dagster/asset_partition_range_end": last.isoformat(),
-            },
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            tags={RANGE_START: first.isoformat(), RANGE_END: last.isoformat()}, run_config=QUIET
         )
         wall = time.perf_counter() - started
         step = next(
