@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         f" DAGSTER_HOME={dagster_home} uv run dagster dev -w workspace.yaml\n"
         f"and query the tables in {demo_database_path(home)} "
         "(reconciled_usage, daily_variance_summary, unlogged_openai_requests, invoice_check,\n"
-        " token_usage_with_costs)."
+        " token_usage_reconciliation)."
     )
     return 0
 

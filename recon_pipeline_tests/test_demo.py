@@ -59,7 +59,7 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
         engine.dispose()
     assert {
         "token_usage",
-        "token_usage_with_costs",
+        "token_usage_reconciliation",
         "openai_requests",
         "reconciled_usage",
         "unlogged_openai_requests",

@@ -13,12 +13,13 @@ from recon_pipeline.core.schema import STATUSES
 from recon_pipeline.io.identifiers import InvalidIdentifierError, qualified
 from recon_pipeline.io.migrations import (
     RECONCILIATION_STATUSES,
+    MigrationError,
     apply_migration,
     create_demo_token_usage,
     main,
 )
 
-VIEW = "token_usage_with_costs"
+VIEW = "token_usage_reconciliation"
 VIEW_COLUMNS = [
     "id",
     "user_id",
@@ -159,7 +160,7 @@ def test_populated_table_with_dependent_view(pg_schema) -> None:
         "created index token_usage_created_at_idx",
         "created index token_usage_openai_request_id_idx",
         "created index token_usage_pending_created_at_idx",
-        f'created view "{schema}"."token_usage_with_costs"',
+        f'created view "{schema}"."token_usage_reconciliation"',
     ]
     # Not rewritten, not updated: same file, same row versions, same values.
     assert _pg_state(engine, schema)["filenode"] == filenode_before
@@ -174,11 +175,11 @@ def test_populated_table_with_dependent_view(pg_schema) -> None:
         == daily_before
     )
 
-    view = qualified("token_usage_with_costs", schema)
+    view = qualified("token_usage_reconciliation", schema)
     view_columns = _rows(
         engine,
         "SELECT column_name FROM information_schema.columns"
-        " WHERE table_schema = :s AND table_name = 'token_usage_with_costs'"
+        " WHERE table_schema = :s AND table_name = 'token_usage_reconciliation'"
         " ORDER BY ordinal_position",
         s=schema,
     )
@@ -251,14 +252,15 @@ def test_lock_timeout_gives_up_and_leaves_table_untouched(pg_schema) -> None:
     assert _pg_state(engine, schema) == state
 
 
-def test_failure_midway_rolls_everything_back(pg_schema) -> None:
-    """A table squatting on the view's name fails the last step; nothing before it stays."""
+def test_a_relation_on_the_views_name_is_refused_before_any_change(pg_schema) -> None:
+    """A table squatting on the pipeline view's name is not the pipeline's: it is never
+    replaced, and the migration stops before its first change."""
     engine, schema = pg_schema
     t = _make_app_v1_table(engine, schema, rows=10)
     with engine.begin() as conn:
-        conn.exec_driver_sql(f"CREATE TABLE {qualified('token_usage_with_costs', schema)} (x int)")
+        conn.exec_driver_sql(f"CREATE TABLE {qualified('token_usage_reconciliation', schema)} (x int)")
     state = _pg_state(engine, schema)
-    with pytest.raises(sa.exc.ProgrammingError, match="is not a view"):
+    with pytest.raises(MigrationError, match="not created by recon-migrate"):
         apply_migration(engine, schema=schema)
     assert _pg_state(engine, schema) == state
     assert _scalar(engine, f"SELECT count(*) FROM {t}") == 10
@@ -337,7 +339,7 @@ def test_table_that_already_has_openai_columns(pg_schema) -> None:
         )
         == "character varying(255)"
     )
-    view = qualified("token_usage_with_costs", schema)
+    view = qualified("token_usage_reconciliation", schema)
     assert _scalar(engine, f"SELECT count(openai_request_id) FROM {view}") == 150
     assert apply_migration(engine, schema=schema) == []
 
@@ -373,7 +375,7 @@ def test_actual_cost_keeps_ten_decimal_places(pg_schema) -> None:
     assert all(isinstance(v, Decimal) for (v,) in stored)
     variances = _rows(
         engine,
-        f"SELECT variance_cents FROM {qualified('token_usage_with_costs', schema)} ORDER BY id",
+        f"SELECT variance_cents FROM {qualified('token_usage_reconciliation', schema)} ORDER BY id",
     )
     assert [v for (v,) in variances] == [v - Decimal("0.000001") for v in values]
 
@@ -415,7 +417,7 @@ def test_default_schema_follows_search_path(pg_schema, pg_url) -> None:
     _make_app_v1_table(engine, schema, rows=5)
     scoped = sa.create_engine(pg_url, connect_args={"options": f"-c search_path={schema}"})
     try:
-        assert apply_migration(scoped)[-1] == f'created view "{schema}"."token_usage_with_costs"'
+        assert apply_migration(scoped)[-1] == f'created view "{schema}"."token_usage_reconciliation"'
         assert apply_migration(scoped) == []
     finally:
         scoped.dispose()
@@ -444,7 +446,7 @@ def test_other_table_name_gets_its_own_view(pg_schema) -> None:
     names = {
         n for (n,) in _rows(engine, "SELECT viewname FROM pg_views WHERE schemaname = :s", s=schema)
     }
-    assert names == {"usage_log_with_costs"}
+    assert names == {"usage_log_reconciliation"}
     assert apply_migration(engine, table="usage_log", schema=schema) == []
 
 
@@ -465,7 +467,7 @@ def test_sqlite_demo_table(sqlite_engine) -> None:
         ("index", "token_usage_created_at_idx"),
         ("index", "token_usage_openai_request_id_idx"),
         ("index", "token_usage_pending_created_at_idx"),
-        ("view", "token_usage_with_costs"),
+        ("view", "token_usage_reconciliation"),
     } <= names
 
     with sqlite_engine.begin() as conn:
@@ -476,7 +478,7 @@ def test_sqlite_demo_table(sqlite_engine) -> None:
         )
     assert _rows(
         sqlite_engine,
-        "SELECT reconciliation_status, best_cost_cents, variance_cents FROM token_usage_with_costs",
+        "SELECT reconciliation_status, best_cost_cents, variance_cents FROM token_usage_reconciliation",
     ) == [("pending", 1.5, None)]
     for status in STATUSES:
         with sqlite_engine.begin() as conn:
@@ -526,7 +528,7 @@ def test_sqlite_app_table_with_rows_and_dependent_view(sqlite_engine) -> None:
     steps = apply_migration(sqlite_engine)
 
     assert len([s for s in steps if s.startswith("added column")]) == 6
-    assert "created view token_usage_with_costs" in steps
+    assert "created view token_usage_reconciliation" in steps
     assert _rows(sqlite_engine, "SELECT * FROM app_daily ORDER BY day") == daily
     assert _rows(
         sqlite_engine,
@@ -543,7 +545,7 @@ def test_sqlite_failure_midway_rolls_everything_back(sqlite_engine) -> None:
             " model_used TEXT, input_tokens INTEGER, output_tokens INTEGER,"
             " calculated_cost_cents NUMERIC, created_at TEXT)"
         )
-        conn.exec_driver_sql("CREATE TABLE token_usage_with_costs (x INTEGER)")
+        conn.exec_driver_sql("CREATE TABLE token_usage_reconciliation (x INTEGER)")
     objects = _sqlite_objects(sqlite_engine)
     with pytest.raises(sa.exc.OperationalError):
         apply_migration(sqlite_engine)

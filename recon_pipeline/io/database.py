@@ -35,7 +35,9 @@ import sqlalchemy as sa
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.io.identifiers import qualified, validate_identifier
+from recon_pipeline.io.row_security import inspect_row_security
 from recon_pipeline.io.secrets import masked_url, scrub_url_secrets
+from recon_pipeline.io.whole_cents import INTEGER_TYPES, cost_column_type, half_even
 
 _ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
 _COPY_TYPES = {
@@ -49,6 +51,10 @@ _COPY_TYPES = {
 
 class SchemaNotReadyError(RuntimeError):
     """`token_usage` lacks the reconciliation columns: the migration has not been applied."""
+
+
+class RowSecurityError(SchemaNotReadyError):
+    """Row-level security would hide rows of `token_usage` from the pipeline's role."""
 
 
 class DatabaseConnectionError(RuntimeError):
@@ -332,6 +338,7 @@ class Database:
         self._usage_columns: set[str] | None = None
         self._ready: set[str] = set()
         self._id_type: str | None = None
+        self._whole_cents: bool | None = None
 
     def table(self, output: OutputTable) -> str:
         return qualified(output.name, self._output_schema)
@@ -372,6 +379,21 @@ class Database:
                 f"{self.usage} lacks columns {missing}; apply the migration with `recon-migrate`"
                 " (it reads RECON_DATABASE_URL, RECON_USAGE_SCHEMA and RECON_USAGE_TABLE)"
             )
+        if self._whole_cents is None:
+            self._whole_cents = False
+            if self.is_postgres:
+                with self.engine.connect() as conn:
+                    problem = inspect_row_security(conn, self.usage).problem
+                    if problem is not None:
+                        self._whole_cents = None
+                        raise RowSecurityError(problem)
+                    self._whole_cents = cost_column_type(conn, self.usage) in INTEGER_TYPES
+
+    def written_cost(self, cents: str) -> str:
+        """The SQL of the actual cost as token_usage stores it: whole cents rounded half to
+        even when the application kept its column INTEGER (`io/whole_cents.py`)."""
+        self.check_usage_schema()
+        return half_even(cents) if self._whole_cents else cents
 
     def read_logged(
         self, start: datetime, end: datetime, conn: sa.Connection | None = None
@@ -765,8 +787,9 @@ class Database:
                 f"(({usage}.calculated_cost_cents IS NULL AND r.estimated_cost_cents IS NULL)"
                 f" OR abs({usage}.calculated_cost_cents - r.estimated_cost_cents) < 0.000001)"
             )
+        cost = self.written_cost("r.actual_cost_cents")
         differs = (
-            f"({usage}.actual_cost_cents {distinct} r.actual_cost_cents"
+            f"({usage}.actual_cost_cents {distinct} {cost}"
             f" OR {usage}.reconciliation_status {distinct} r.reconciliation_status)"
         )
         # A row the application changed since it was read keeps its values; the check
@@ -780,7 +803,7 @@ class Database:
             # One pass: rows that differ are updated where the app left them unchanged, and
             # the others, counted as disagreeing, keep their values. No second join to count.
             kept = {
-                "actual_cost_cents": "r.actual_cost_cents",
+                "actual_cost_cents": cost,
                 "reconciliation_status": "r.reconciliation_status",
                 "reconciled_at": "CAST(:at AS timestamptz)",
             }
@@ -1017,7 +1040,7 @@ class Database:
         query = sa.text(
             f"SELECT count(*) FROM {self.table(RECONCILED_USAGE)} AS r"
             f" JOIN {self.usage} AS t ON t.id = r.usage_id WHERE r.usage_date = :day"
-            " AND (t.actual_cost_cents IS DISTINCT FROM r.actual_cost_cents"
+            f" AND (t.actual_cost_cents IS DISTINCT FROM {self.written_cost('r.actual_cost_cents')}"
             " OR t.reconciliation_status IS DISTINCT FROM r.reconciliation_status)"
         )
         with _connection(self.engine, conn) as reader:

@@ -6,6 +6,15 @@
 -- name: lock_timeout
 SET LOCAL lock_timeout = '10s'
 
+-- Serialises concurrent runs of recon-migrate within a database.
+-- name: advisory_lock
+SELECT pg_advisory_xact_lock({lock_key})
+
+-- Every name below is schema-qualified, and the captured view definitions are read under
+-- this setting, so they name every object by its schema.
+-- name: search_path
+SET LOCAL search_path = ''
+
 -- name: add_column.openai_request_id
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS openai_request_id text
 
@@ -29,6 +38,8 @@ ALTER TABLE {table} ADD COLUMN IF NOT EXISTS reconciliation_status text NOT NULL
 -- NOT VALID then VALIDATE, the pattern that keeps the scan out of the exclusive lock. Inside
 -- this single transaction the lock taken by ADD COLUMN is held until commit all the same;
 -- lock_timeout bounds the wait for it, and the scan is one pass over the table.
+-- Rows holding another value keep the constraint NOT VALID (new rows are checked all the
+-- same) until they are dealt with; recon-migrate then validates it.
 -- name: add_status_check
 ALTER TABLE {table} ADD CONSTRAINT {status_check}
     CHECK (reconciliation_status IN ({statuses})) NOT VALID
@@ -44,12 +55,19 @@ CREATE INDEX IF NOT EXISTS {created_at_idx} ON {table} (created_at)
 CREATE INDEX IF NOT EXISTS {request_id_idx} ON {table} (openai_request_id)
     WHERE openai_request_id IS NOT NULL
 
+-- Whole cents cannot hold pico-dollars. Rewrites the table; the views that read the column
+-- are dropped before and recreated after it (io/view_rebuild.py).
+-- name: widen_actual_cost_cents
+ALTER TABLE {table} ALTER COLUMN actual_cost_cents TYPE numeric(20, 10)
+
 -- The re-check of rows OpenAI had not reported yet.
 -- name: index.pending
 CREATE INDEX IF NOT EXISTS {pending_idx} ON {table} (created_at)
     WHERE reconciliation_status = 'pending'
 
--- Explicit columns, never *, so the view's shape does not follow the table's.
+-- Explicit columns, never *, so the view's shape does not follow the table's. Its name is
+-- the pipeline's own (<table>_reconciliation); the comment marks it as the pipeline's, the
+-- only view recon-migrate ever replaces.
 -- name: view
 CREATE OR REPLACE VIEW {view} AS
 SELECT
@@ -70,6 +88,9 @@ SELECT
     COALESCE(actual_cost_cents, calculated_cost_cents) AS best_cost_cents,
     actual_cost_cents - calculated_cost_cents AS variance_cents
 FROM {table}
+
+-- name: view_comment
+COMMENT ON VIEW {view} IS {view_marker}
 
 -- The application's table as it looks before this migration (embedded demo and tests).
 -- name: demo_table
