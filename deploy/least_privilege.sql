@@ -6,7 +6,8 @@
 --     reconciled_at, reconciliation_status). Every other column, INSERT, DELETE and
 --     TRUNCATE are refused;
 --   * create and own the analyst tables in a schema of their own (USAGE and CREATE on it);
---   * connect, and create the temporary staging tables of a session (CONNECT, TEMPORARY).
+--   * connect, and create the temporary staging tables of a session (CONNECT, TEMPORARY);
+--   * see every row under row-level security, and update every row (two policies below).
 -- It is not the owner of the application's table, so it cannot alter it: apply the
 -- migration (`recon-migrate`) as the table's owner first.
 --
@@ -38,3 +39,13 @@ GRANT UPDATE (actual_cost_cents, reconciled_at, reconciliation_status)
 
 CREATE SCHEMA IF NOT EXISTS :"output_schema";
 GRANT USAGE, CREATE ON SCHEMA :"output_schema" TO :"role";
+
+-- Row-level security. With RLS enabled (Supabase enables it on every exposed table) and no
+-- policy for the role, PostgreSQL shows it no row and lets it update none, silently; the
+-- pipeline refuses to run then. These policies let the role read every row and update every
+-- row, and the column grant above still limits the update to the three columns. They do
+-- nothing while RLS is disabled, and no other role is affected.
+CREATE POLICY recon_pipeline_read ON :"usage_schema".:"usage_table"
+    FOR SELECT TO :"role" USING (true);
+CREATE POLICY recon_pipeline_write ON :"usage_schema".:"usage_table"
+    FOR UPDATE TO :"role" USING (true) WITH CHECK (true);

@@ -46,6 +46,7 @@ from recon_pipeline_tests.runs import (
     QUIET,
     SmallDemo,
     checks,
+    step_failure,
 )
 
 SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "least_privilege.sql"
@@ -202,6 +203,13 @@ def restricted(pg_engine, pg_url, tmp_path) -> Iterator[Restricted]:
         with pg_engine.begin() as conn:
             for statement in statements:
                 conn.execute(sa.text(statement))
+            # As Supabase advises for every exposed table; forced, so even an owner is bound.
+            conn.execute(
+                sa.text(
+                    f'ALTER TABLE "{app}".token_usage ENABLE ROW LEVEL SECURITY,'
+                    " FORCE ROW LEVEL SECURITY"
+                )
+            )
         url = sa.make_url(pg_url).set(username=role, password=None)
         demo = SmallDemo(pg_engine, pg_url, app, tmp_path / "exports", summary)
         yield Restricted(role, url.render_as_string(hide_password=False), app, output, demo)
@@ -249,6 +257,40 @@ def test_the_least_privilege_role_runs_the_whole_pipeline(restricted: Restricted
     ]
     as_admin = Database(demo.engine, usage_schema=demo.schema, output_schema=restricted.output)
     assert all(as_admin.count_disagreeing(day) == 0 for day in days)
+
+
+def test_row_level_security_without_the_policies_fails_the_run(restricted: Restricted) -> None:
+    """Without the script's policies RLS would show the role no row: the run fails, naming
+    the table, the role and the fix, instead of reporting an empty day."""
+    demo = restricted.demo
+    with demo.engine.begin() as conn:
+        for policy in ("recon_pipeline_read", "recon_pipeline_write"):
+            conn.execute(sa.text(f'DROP POLICY {policy} ON "{demo.schema}".token_usage'))
+    before = demo.token_usage()
+    resources = demo.resources(url=restricted.url, output_schema=restricted.output)
+
+    result = demo.run(demo.days[-1], resources=resources)
+
+    assert not result.success
+    _, text = step_failure(result)
+    assert "RowSecurityError" in text
+    assert f'"{demo.schema}"."token_usage"' in text
+    assert f"role {restricted.role}" in text
+    assert "deploy/least_privilege.sql" in text and "CREATE POLICY recon_pipeline_read" in text
+    assert demo.token_usage() == before
+    # With only the read policy, every row would stay pending: refused all the same.
+    with demo.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f'CREATE POLICY recon_pipeline_read ON "{demo.schema}".token_usage'
+                f' FOR SELECT TO "{restricted.role}" USING (true)'
+            )
+        )
+    result = demo.run(demo.days[-1], resources=resources)
+    assert not result.success
+    assert "does not let role" in step_failure(result)[1]
+    assert "update every row" in step_failure(result)[1]
+    assert demo.token_usage() == before
 
 
 def test_the_least_privilege_role_cannot_write_anything_else(restricted: Restricted) -> None:
