@@ -258,7 +258,9 @@ def test_a_relation_on_the_views_name_is_refused_before_any_change(pg_schema) ->
     engine, schema = pg_schema
     t = _make_app_v1_table(engine, schema, rows=10)
     with engine.begin() as conn:
-        conn.exec_driver_sql(f"CREATE TABLE {qualified('token_usage_reconciliation', schema)} (x int)")
+        conn.exec_driver_sql(
+            f"CREATE TABLE {qualified('token_usage_reconciliation', schema)} (x int)"
+        )
     state = _pg_state(engine, schema)
     with pytest.raises(MigrationError, match="not created by recon-migrate"):
         apply_migration(engine, schema=schema)
@@ -417,7 +419,9 @@ def test_default_schema_follows_search_path(pg_schema, pg_url) -> None:
     _make_app_v1_table(engine, schema, rows=5)
     scoped = sa.create_engine(pg_url, connect_args={"options": f"-c search_path={schema}"})
     try:
-        assert apply_migration(scoped)[-1] == f'created view "{schema}"."token_usage_reconciliation"'
+        assert (
+            apply_migration(scoped)[-1] == f'created view "{schema}"."token_usage_reconciliation"'
+        )
         assert apply_migration(scoped) == []
     finally:
         scoped.dispose()
@@ -478,7 +482,8 @@ def test_sqlite_demo_table(sqlite_engine) -> None:
         )
     assert _rows(
         sqlite_engine,
-        "SELECT reconciliation_status, best_cost_cents, variance_cents FROM token_usage_reconciliation",
+        "SELECT reconciliation_status, best_cost_cents, variance_cents"
+        " FROM token_usage_reconciliation",
     ) == [("pending", 1.5, None)]
     for status in STATUSES:
         with sqlite_engine.begin() as conn:

@@ -351,8 +351,10 @@ def _pg_migrate(
     plan, oid, before, view = _pg_plan(conn, names, keep_integer_cents)
     if not execute:
         return plan
+    # Without parameters, so a captured view's `LIKE 'x%'` is not read as a placeholder.
+    literal = conn.execution_options(no_parameters=True)
     for statement in plan.statements:
-        conn.exec_driver_sql(statement)
+        literal.exec_driver_sql(statement)
     after = _pg_snapshot(conn, oid, view)
     plan.steps = _describe_changes(before, after)
     plan.steps += [f"recreated view {v} (reads actual_cost_cents)" for v in plan.rebuilt_views]
