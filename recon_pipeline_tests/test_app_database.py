@@ -11,6 +11,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import pytest
 import sqlalchemy as sa
 
+from recon_pipeline.io.doctor import main as recon_doctor
 from recon_pipeline.io.migrations import VIEW_MARKER, MigrationError, apply_migration
 from recon_pipeline.io.migrations import main as recon_migrate
 from recon_pipeline_tests.app_database import VIEWS, AppDatabase, app_database
@@ -237,3 +238,76 @@ def test_a_day_reconciles_onto_it_through_the_least_privilege_role(
     assert again.success and all(checks(again).values())
     assert db.rows(f"SELECT id, xmin::text FROM {db.table} ORDER BY id") == versions
     assert set(VIEWS) <= {v for (v,) in db.rows("SELECT viewname FROM pg_views")}
+
+
+# recon-doctor
+
+
+def _doctor(capsys, *args: str) -> tuple[int, str]:
+    code = recon_doctor(list(args))
+    captured = capsys.readouterr()
+    assert "failed:" not in captured.err, captured.err
+    return code, captured.out
+
+
+def test_recon_doctor_says_what_stops_the_run_and_how_to_fix_it(app_db: AppDatabase, capsys):
+    db = app_db
+    db.execute(
+        f"INSERT INTO {db.table} (action_type, model_used, openai_request_id, created_at)"
+        " SELECT CASE WHEN g % 4 = 0 THEN '/api/stream' ELSE '/api/chat' END, 'gpt-4o',"
+        " CASE WHEN g % 4 <> 0 THEN 'chatcmpl-new' || g END, now() - g * interval '1 hour'"
+        " FROM generate_series(1, 40) g;"
+        f" CREATE INDEX app_created_again ON {db.table} (created_at);"
+        f" DROP POLICY recon_pipeline_read ON {db.table}"
+    )
+    state = _catalogue(db)
+    as_role = ["--url", db.role_url, "--schema", db.app, "--output-schema", db.output]
+
+    code, out = _doctor(capsys, *as_role)
+
+    assert code == 1
+    assert _catalogue(db) == state  # read-only
+    assert f"row-level security on {db.table} does not let role {db.role} read" in out
+    assert "fix: run deploy/least_privilege.sql for this role, or CREATE POLICY" in out
+    assert "actual_cost_cents: integer" in out and "recreating the 3 views" in out
+    assert "the connected role sees no row (row-level security)" in out
+    assert "the pipeline cannot run: 1 problem(s) to fix" in out
+    # The table's owner sees the rows, and checks the pipeline's role all the same.
+    as_admin = ["--url", db.url, "--schema", db.app, "--output-schema", db.output]
+    code, out = _doctor(capsys, *as_admin, "--role", db.role)
+    assert code == 1
+    assert f"row-level security on {db.table} does not let role {db.role} read" in out
+    assert "'not found': 3" in out and "2 rows with a NULL status" in out
+    assert "a day's rows: app_created_again, idx_token_usage_created_at" in out
+    assert "pending rows: idx_token_usage_reconciliation_status" in out
+    assert "app_created_again duplicates idx_token_usage_created_at" in out
+    assert f'fix: DROP INDEX "{db.app}"."app_created_again";' in out
+    assert f"{db.analytics}.daily_spend (owner " in out
+    assert "security_invoker=true" in out
+    assert "/api/chat: 100.0% of 30 rows carry a request id" in out
+    assert "/api/stream: 0.0% of 10 rows carry a request id" in out
+    assert "the pipeline cannot run: 1 problem(s) to fix" in out
+
+    db.execute(
+        f'CREATE POLICY recon_pipeline_read ON {db.table} FOR SELECT TO "{db.role}" USING (true)'
+    )
+    code, out = _doctor(capsys, *as_role)
+    assert code == 0, out
+    assert f"role {db.role}" not in out.split("access")[0]
+    assert "row-level security enabled; " in out
+    assert "the pipeline can run" in out
+    # An administrator checks the pipeline's role the same way.
+    code, admin_out = _doctor(capsys, *as_admin, "--role", db.role)
+    assert code == 0
+    assert admin_out.split("\n", 1)[1] == out.split("\n", 1)[1]
+
+    _run(capsys, "--url", db.url, "--schema", db.app)
+    code, out = _doctor(capsys, *as_role)
+    assert code == 0
+    assert "actual_cost_cents: numeric(20,10)" in out
+
+    db.execute(f'REVOKE UPDATE (reconciled_at) ON {db.table} FROM "{db.role}"')
+    code, out = _doctor(capsys, *as_role)
+    assert code == 1
+    assert f"fail  {db.role}: UPDATE (reconciled_at) on {db.table}" in out
+    assert "GRANT UPDATE (actual_cost_cents, reconciled_at, reconciliation_status) ON" in out

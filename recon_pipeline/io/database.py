@@ -303,6 +303,22 @@ class WriteBackResult:
     locked: bool = False
 
 
+# The columns of token_usage the pipeline reads, then the three it writes.
+REQUIRED_USAGE_COLUMNS = (
+    "id",
+    "action_type",
+    "model_used",
+    "input_tokens",
+    "output_tokens",
+    "calculated_cost_cents",
+    "created_at",
+    "openai_request_id",
+    "actual_cost_cents",
+    "reconciled_at",
+    "reconciliation_status",
+)
+WRITTEN_USAGE_COLUMNS = REQUIRED_USAGE_COLUMNS[-3:]
+
 # The money columns of the results (`<name>_cents` stored, `<name>_pico` in the core).
 _MONEY_COLUMNS = ("estimated_cost", "actual_cost", "variance")
 
@@ -360,20 +376,7 @@ class Database:
         have = self.usage_columns()
         if not have:
             raise SchemaNotReadyError(f"table {self.usage} does not exist")
-        needed = {
-            "id",
-            "action_type",
-            "model_used",
-            "input_tokens",
-            "output_tokens",
-            "calculated_cost_cents",
-            "created_at",
-            "openai_request_id",
-            "actual_cost_cents",
-            "reconciled_at",
-            "reconciliation_status",
-        }
-        missing = sorted(needed - have)
+        missing = sorted(set(REQUIRED_USAGE_COLUMNS) - have)
         if missing:
             raise SchemaNotReadyError(
                 f"{self.usage} lacks columns {missing}; apply the migration with `recon-migrate`"

@@ -71,7 +71,7 @@ class MigrationError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Names:
+class MigrationNames:
     """Every name the migration uses, validated and quoted once, before any SQL exists."""
 
     table: str
@@ -115,10 +115,10 @@ def derived_name(table: str, suffix: str) -> str:
     return validate_identifier(name, "derived name")
 
 
-def _names(table: str, schema: str | None) -> _Names:
+def migration_names(table: str, schema: str | None) -> MigrationNames:
     """Raises InvalidIdentifierError for a bad name before a connection is opened."""
     qualified(table, schema)
-    return _Names(
+    return MigrationNames(
         table=table,
         schema=schema,
         view=derived_name(table, "reconciliation"),
@@ -140,7 +140,7 @@ def _literal(text: str) -> str:
 # PostgreSQL
 
 
-def _pg_snapshot(conn: sa.Connection, oid: int, view: str) -> dict[str, dict[str, object]]:
+def pg_snapshot(conn: sa.Connection, oid: int, view: str) -> dict[str, dict[str, object]]:
     """The table's columns, indexes, constraints and the view, as the catalogue has them."""
     columns = conn.execute(
         sa.text(
@@ -188,7 +188,7 @@ def _pg_snapshot(conn: sa.Connection, oid: int, view: str) -> dict[str, dict[str
     }
 
 
-def _has_equivalent_index(
+def has_equivalent_index(
     indexes: dict[str, tuple], name: str, column: str, partial_ok: bool = False
 ) -> bool:
     """Our index, or a valid btree index led by the same column the app already has."""
@@ -231,7 +231,7 @@ def _check_types(table: str, columns: dict, keep_integer_cents: bool) -> bool:
     return integer_cost and not keep_integer_cents
 
 
-def _status_offenders(conn: sa.Connection, table: str) -> list[tuple[str, int]]:
+def status_offenders(conn: sa.Connection, table: str) -> list[tuple[str, int]]:
     return [
         (str(value), int(count))
         for value, count in conn.execute(
@@ -257,7 +257,7 @@ def _offender_notice(table: str, offenders: list[tuple[str, int]], check: str) -
 
 
 def _pg_plan(
-    conn: sa.Connection, names: _Names, keep_integer_cents: bool
+    conn: sa.Connection, names: MigrationNames, keep_integer_cents: bool
 ) -> tuple[MigrationPlan, int, dict, str]:
     """Plan the migration from the catalogue; runs only the preamble (no change)."""
     sql = blocks("postgres_migration.sql")
@@ -290,7 +290,7 @@ def _pg_plan(
     def add(block: str) -> None:
         plan.statements.append(sql[block].format(**subst))
 
-    before = _pg_snapshot(conn, oid, view)
+    before = pg_snapshot(conn, oid, view)
     columns = before["columns"]
     widen = _check_types(table, columns, keep_integer_cents)
     for column in MIGRATED_COLUMNS:
@@ -303,25 +303,30 @@ def _pg_plan(
         plan.statements.extend(rebuild_statements(views, change))
     _plan_status_check(conn, plan, names, before, "reconciliation_status" in columns, add)
     indexes = before["indexes"]
-    if not _has_equivalent_index(indexes, names.created_at_idx, "created_at"):
+    if not has_equivalent_index(indexes, names.created_at_idx, "created_at"):
         add("index.created_at")
-    if not _has_equivalent_index(indexes, names.request_id_idx, "openai_request_id"):
+    if not has_equivalent_index(indexes, names.request_id_idx, "openai_request_id"):
         add("index.openai_request_id")
-    if not _has_equivalent_index(indexes, names.pending_idx, "reconciliation_status", True):
+    if not has_equivalent_index(indexes, names.pending_idx, "reconciliation_status", True):
         add("index.pending")
     _plan_view(plan, before, view, subst, add)
     return plan, oid, before, view
 
 
 def _plan_status_check(
-    conn: sa.Connection, plan: MigrationPlan, names: _Names, before: dict, had_column: bool, add
+    conn: sa.Connection,
+    plan: MigrationPlan,
+    names: MigrationNames,
+    before: dict,
+    had_column: bool,
+    add,
 ) -> None:
     check = before["constraints"].get(names.status_check)
     if check is not None and check[1]:
         return
     if check is None:
         add("add_status_check")
-    offenders = _status_offenders(conn, plan.target) if had_column else []
+    offenders = status_offenders(conn, plan.target) if had_column else []
     if offenders:
         plan.notices.append(_offender_notice(plan.target, offenders, names.status_check))
     else:
@@ -346,7 +351,7 @@ def _plan_view(plan: MigrationPlan, before: dict, view: str, subst: dict, add) -
 
 
 def _pg_migrate(
-    conn: sa.Connection, names: _Names, keep_integer_cents: bool, execute: bool
+    conn: sa.Connection, names: MigrationNames, keep_integer_cents: bool, execute: bool
 ) -> MigrationPlan:
     plan, oid, before, view = _pg_plan(conn, names, keep_integer_cents)
     if not execute:
@@ -355,7 +360,7 @@ def _pg_migrate(
     literal = conn.execution_options(no_parameters=True)
     for statement in plan.statements:
         literal.exec_driver_sql(statement)
-    after = _pg_snapshot(conn, oid, view)
+    after = pg_snapshot(conn, oid, view)
     plan.steps = _describe_changes(before, after)
     plan.steps += [f"recreated view {v} (reads actual_cost_cents)" for v in plan.rebuilt_views]
     return plan
@@ -383,7 +388,7 @@ def _view_body(create_view_sql: str) -> str:
     return create_view_sql.partition(" AS")[2].strip()
 
 
-def _sqlite_migrate(conn: sa.Connection, names: _Names, execute: bool) -> MigrationPlan:
+def _sqlite_migrate(conn: sa.Connection, names: MigrationNames, execute: bool) -> MigrationPlan:
     sql = blocks("sqlite_migration.sql")
     schema = validate_identifier(names.schema or "main", "schema name")
     subst = {
@@ -476,7 +481,7 @@ def migrate(
     the transaction is rolled back and nothing is changed (`plan.sql()` is what would run).
     `schema=None` means the connection's search_path on PostgreSQL, `main` on SQLite.
     """
-    names = _names(table, schema)
+    names = migration_names(table, schema)
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
@@ -515,7 +520,7 @@ def create_demo_token_usage(
 
     The embedded demo and the tests need the application's table without the application.
     """
-    _names(table, schema)
+    migration_names(table, schema)
     with engine.begin() as conn:
         dialect = conn.dialect.name
         if dialect == "sqlite":
