@@ -18,14 +18,13 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from recon_pipeline.io.catalogue import has_equivalent_index, pg_snapshot
 from recon_pipeline.io.database import REQUIRED_USAGE_COLUMNS, WRITTEN_USAGE_COLUMNS
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.migration_sql import blocks
 from recon_pipeline.io.migrations import (
     KEEP_INTEGER_CENTS_ENV,
-    has_equivalent_index,
     migration_names,
-    pg_snapshot,
     status_offenders,
 )
 from recon_pipeline.io.row_security import inspect_row_security

@@ -24,6 +24,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from recon_pipeline.core.schema import STATUSES
+from recon_pipeline.io.catalogue import has_equivalent_index, pg_snapshot, resolve_table
 from recon_pipeline.io.database import begin_sqlite
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.migration_sql import blocks, script, write_sql_file
@@ -140,79 +141,6 @@ def _literal(text: str) -> str:
 # PostgreSQL
 
 
-def pg_snapshot(conn: sa.Connection, oid: int, view: str) -> dict[str, dict[str, object]]:
-    """The table's columns, indexes, constraints and the view, as the catalogue has them."""
-    columns = conn.execute(
-        sa.text(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,"
-            " pg_get_expr(d.adbin, d.adrelid)"
-            " FROM pg_attribute a"
-            " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
-            " WHERE a.attrelid = :oid AND a.attnum > 0 AND NOT a.attisdropped"
-            " ORDER BY a.attnum"
-        ),
-        {"oid": oid},
-    ).all()
-    indexes = conn.execute(
-        sa.text(
-            "SELECT i.relname, pg_get_indexdef(i.oid), x.indisvalid, am.amname,"
-            " a.attname AS first_column, x.indpred IS NOT NULL AS partial"
-            " FROM pg_index x"
-            " JOIN pg_class i ON i.oid = x.indexrelid"
-            " JOIN pg_am am ON am.oid = i.relam"
-            " LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]"
-            " WHERE x.indrelid = :oid"
-        ),
-        {"oid": oid},
-    ).all()
-    constraints = conn.execute(
-        sa.text(
-            "SELECT conname, pg_get_constraintdef(oid), convalidated"
-            " FROM pg_constraint WHERE conrelid = :oid"
-        ),
-        {"oid": oid},
-    ).all()
-    view_row = conn.execute(
-        sa.text(
-            "SELECT c.relkind, pg_get_viewdef(c.oid), obj_description(c.oid, 'pg_class')"
-            " FROM pg_class c WHERE c.oid = to_regclass(:view)"
-        ),
-        {"view": view},
-    ).first()
-    return {
-        "columns": {r[0]: (r[1], r[2], r[3]) for r in columns},
-        "indexes": {r[0]: tuple(r[1:]) for r in indexes},
-        "constraints": {r[0]: (r[1], r[2]) for r in constraints},
-        "view": {view: view_row[1]} if view_row is not None else {},
-        "view_row": {view: tuple(view_row)} if view_row is not None else {},
-    }
-
-
-def has_equivalent_index(
-    indexes: dict[str, tuple], name: str, column: str, partial_ok: bool = False
-) -> bool:
-    """Our index, or a valid btree index led by the same column the app already has."""
-    if name in indexes:
-        return True
-    return any(
-        valid and am == "btree" and first == column and (partial_ok or not partial)
-        for _, valid, am, first, partial in indexes.values()
-    )
-
-
-def _resolve_table(conn: sa.Connection, table: str) -> tuple[int, str]:
-    found = conn.execute(
-        sa.text(
-            "SELECT c.oid, n.nspname, c.relkind FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(:t)"
-        ),
-        {"t": table},
-    ).first()
-    if found is None or found.relkind not in ("r", "p"):
-        raise MigrationError(f"table {table} does not exist (or is not a table)")
-    return int(found.oid), validate_identifier(found.nspname, "schema name")
-
-
 def _check_types(table: str, columns: dict, keep_integer_cents: bool) -> bool:
     """Whether actual_cost_cents must be widened; raises for a type the pipeline cannot use."""
     missing_app = [c for c in APP_COLUMNS if c not in columns]
@@ -268,7 +196,7 @@ def _pg_plan(
     ]
     for statement in plan.preamble:
         conn.exec_driver_sql(statement)
-    oid, namespace = _resolve_table(conn, plan.target)
+    oid, namespace = resolve_table(conn, plan.target)
     plan.preamble.append(sql["search_path"])
     conn.exec_driver_sql(sql["search_path"])
     table = plan.target = qualified(names.table, namespace)
