@@ -80,6 +80,11 @@ ALTER VIEW {app}.token_usage_with_costs OWNER TO {owner};
 CREATE VIEW {app}.pending_usage AS
 SELECT * FROM {t} WHERE reconciliation_status = 'pending' WITH LOCAL CHECK OPTION;
 ALTER VIEW {app}.pending_usage OWNER TO {owner};
+CREATE FUNCTION {app}.queue_pending() RETURNS trigger LANGUAGE plpgsql AS
+'BEGIN INSERT INTO {t} (action_type, model_used) VALUES (NEW.action_type, NEW.model_used);
+RETURN NEW; END';
+CREATE TRIGGER queue_pending INSTEAD OF INSERT ON {app}.pending_usage
+FOR EACH ROW EXECUTE FUNCTION {app}.queue_pending();
 CREATE VIEW {analytics}.daily_spend WITH (security_barrier = true) AS
 SELECT date_trunc('day', created_at) AS day, action_type, count(*) AS calls,
        sum(estimated_cost_dollars) AS estimated_dollars,
@@ -137,6 +142,7 @@ class AppDatabase:
                 " array(SELECT a.attname || '=' || coalesce(col_description(c.oid, a.attnum), '')"
                 "   || coalesce(a.attacl::text, '') FROM pg_attribute a"
                 "   WHERE a.attrelid = c.oid AND a.attnum > 0 ORDER BY a.attnum)"
+                " || array(SELECT tgname::text FROM pg_trigger WHERE tgrelid = c.oid)"
                 " FROM pg_class c WHERE c.oid = to_regclass(:v)",
                 v=self.view(name),
             )[0]
@@ -204,7 +210,8 @@ def app_database(pg_engine: sa.Engine, pg_url: str, folder: Path) -> Iterator[Ap
         views = APP_VIEWS.format(
             t=t, app=f'"{app}"', analytics=f'"{analytics}"', role=f'"{role}"', owner=f'"{owner}"'
         )
-        execute(pg_engine, views)
+        with pg_engine.begin() as conn:  # one script: the trigger's body holds semicolons
+            conn.execution_options(no_parameters=True).exec_driver_sql(views)
         role_url = sa.make_url(pg_url).set(username=role, password=None)
         yield AppDatabase(
             engine=pg_engine,

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from recon_pipeline.io.doctor import main as recon_doctor
 from recon_pipeline.io.migrations import VIEW_MARKER, MigrationError, apply_migration
 from recon_pipeline.io.migrations import main as recon_migrate
+from recon_pipeline.io.whole_cents import half_even
 from recon_pipeline_tests.app_database import VIEWS, AppDatabase, app_database
 from recon_pipeline_tests.runs import LAST_DAY, checks
 
@@ -112,6 +113,26 @@ def test_recon_migrate_adopts_the_table_and_keeps_its_views(app_db: AppDatabase,
     assert "validated constraint token_usage_reconciliation_status_check" in out
     assert "note:" not in out
     assert "already up to date" in _run(capsys, "--url", db.url, "--schema", db.app)
+    # The INSTEAD OF trigger came back with its view.
+    db.execute(
+        f"INSERT INTO {db.view('pending_usage')} (action_type, model_used) VALUES ('x', 'y')"
+    )
+    assert db.rows(f"SELECT count(*) FROM {db.table} WHERE action_type = 'x'") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("exact", "whole"),
+    [("0.5", 0), ("1.5", 2), ("2.5", 2), ("2.4999999999", 2), ("2.5000000001", 3),
+     ("-0.5", 0), ("-1.5", -2), ("0.0000000001", 0), (None, None)],
+)  # fmt: skip
+def test_whole_cents_round_half_to_even(pg_engine, exact, whole) -> None:
+    with pg_engine.connect() as conn:
+        found = conn.execute(
+            sa.text(f"SELECT {half_even('CAST(:x AS numeric(20, 10))')}"), {"x": exact}
+        ).scalar()
+    assert found == whole
+    if exact is not None:
+        assert Decimal(exact).quantize(Decimal(1), rounding=ROUND_HALF_EVEN) == whole
 
 
 def test_dry_run_and_print_sql_change_nothing_and_the_file_does_the_migration(
