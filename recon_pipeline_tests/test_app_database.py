@@ -161,6 +161,7 @@ def test_dry_run_and_print_sql_change_nothing_and_the_file_does_the_migration(
         return "\n".join(line for line in text.splitlines() if not line.startswith("--"))
 
     assert sql_only(path.read_text()).strip() == sql_only(printed).strip()
+    assert "-- note: " in path.read_text() and "'not found': 3" in path.read_text()
     url = sa.make_url(db.url)
     subprocess.run(
         ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", str(path),

@@ -529,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.print_sql:
         statements = plan.preamble + plan.statements if plan.statements else []
-        print(f"  wrote {write_sql_file(args.print_sql, plan.target, statements)}")
+        path = write_sql_file(args.print_sql, plan.target, statements, plan.notices)
+        print(f"  wrote {path}")
     elif args.dry_run:
         print(plan.sql() or "-- already up to date: nothing to run", end="")
     else:
