@@ -53,6 +53,7 @@ _LOGGED_DEFAULTS: dict[str, Any] = {
     "calculated_cost_pico": None,
     "created_at": None,
     "openai_request_id": None,
+    "openai_created": None,
 }
 
 
@@ -79,6 +80,7 @@ _OPENAI_DEFAULTS: dict[str, Any] = {
     "output_audio_tokens": 0,
     "audio_ms": 0,
     "source": "test.jsonl",
+    "metadata_tag": None,
 }
 
 

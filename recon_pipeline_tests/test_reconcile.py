@@ -102,9 +102,10 @@ def test_results_have_the_documented_columns_and_types():
 
 
 def test_a_row_without_request_id_is_unverifiable():
+    # The record's counts fit neither row, so neither has a fingerprint candidate.
     result = run(
         logged_frame({"calculated_cost_pico": DOLLAR}, {"openai_request_id": None}),
-        priced_openai({"request_id": "r1", "actual_cost_pico": DOLLAR}),
+        priced_openai({"request_id": "r1", "actual_cost_pico": DOLLAR, "output_tokens": 999}),
     ).results
     assert result["reconciliation_status"].tolist() == [s.UNVERIFIABLE, s.UNVERIFIABLE]
     assert result["variance_class"].tolist() == [s.CLASS_NO_REQUEST_ID, s.CLASS_NO_REQUEST_ID]

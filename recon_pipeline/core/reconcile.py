@@ -1,8 +1,12 @@
 """Join the application's rows to OpenAI's records on the request id, and classify each row.
 
+A row without a request id is paired with OpenAI's record by the application's metadata tag,
+else by fingerprint (`core.fingerprint`); it is then classified like a row with an id.
+
 The rules, in the order they decide a row's status and class:
 
-1. no request id                      -> unverifiable / no_request_id
+1. no request id, no unique record    -> unverifiable / ambiguous_fingerprint (equally good
+                                         candidates) or no_request_id (none)
 2. a later row repeating an id        -> discrepancy  / duplicate_request_id (actual 0: OpenAI
                                          billed the request once, to the first row)
 3. no OpenAI record, inside grace     -> pending      / awaiting_openai
@@ -16,7 +20,7 @@ The rules, in the order they decide a row's status and class:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -24,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.fingerprint import FingerprintPolicy, link_without_ids, row_times_us
+from recon_pipeline.core.models import snapshot_base
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED
-
-_SNAPSHOT_SUFFIX = r"-(\d{4}-\d{2}-\d{2}|\d{4})$"
 
 RESULT_COLUMNS = [
     "usage_date",
@@ -56,6 +60,8 @@ RESULT_COLUMNS = [
     "token_mismatch",
     "price_status",
     "openai_source",
+    "match_method",
+    "matched_request_id",
 ]
 
 UNLOGGED_COLUMNS = [
@@ -85,6 +91,7 @@ class ReconciliationPolicy:
     relative_tolerance: Decimal | None = None
     grace: timedelta = timedelta(days=3)
     match_window: timedelta = timedelta(hours=1)
+    fingerprint: FingerprintPolicy = field(default_factory=FingerprintPolicy)
 
     def __post_init__(self) -> None:
         if self.tolerance_cents < 0:
@@ -93,6 +100,9 @@ class ReconciliationPolicy:
             raise ValueError("relative_tolerance must not be negative")
         if self.grace < timedelta(0) or self.match_window < timedelta(0):
             raise ValueError("grace and match_window must not be negative")
+        if 2 * self.fingerprint.window > self.match_window:
+            # A row of the day must see every record, and every rival row, of its window.
+            raise ValueError("the fingerprint window must be at most half the match window")
 
     @property
     def tolerance_pico(self) -> int:
@@ -115,14 +125,6 @@ def read_window(day: date, policy: ReconciliationPolicy) -> tuple[datetime, date
     """The span both sides are read over, so a request that straddles midnight still matches."""
     start, end = day_bounds(day)
     return start - policy.match_window, end + policy.match_window
-
-
-def snapshot_base(models: pd.Series) -> pd.Series:
-    """`gpt-4o-2024-08-06` -> `gpt-4o`, `gpt-4-0613` -> `gpt-4`; computed once per distinct name."""
-    codes, uniques = pd.factorize(models, use_na_sentinel=True)
-    bases = pd.Series(uniques, dtype=object).str.lower().str.strip()
-    bases = bases.str.replace(_SNAPSHOT_SUFFIX, "", regex=True).to_numpy(object)
-    return pd.Series(np.append(bases, None)[codes], index=models.index, dtype=object)
 
 
 def _first_occurrence(logged: pd.DataFrame) -> np.ndarray:
@@ -183,7 +185,7 @@ def reconcile_day(
     rows = logged[on_day].reset_index(drop=True)
     is_first = first[on_day]
 
-    positions = _record_positions(logged["openai_request_id"], openai)
+    positions, method, ambiguous = _link(logged, openai, read_window(day, policy), policy)
     joined = rows.assign(
         **{
             f"openai_{name}": _take(openai[name], positions[on_day])
@@ -192,7 +194,8 @@ def reconcile_day(
         }
     )
     has_id = joined["openai_request_id"].notna().to_numpy()
-    has_record = joined["openai_created_at"].notna().to_numpy() & has_id
+    has_record = positions[on_day] >= 0
+    method, ambiguous = method[on_day], ambiguous[on_day]
     duplicate = has_id & ~is_first
     priced = (joined["openai_price_status"] == PRICE_STATUS_PRICED).fillna(False).to_numpy()
     estimate = joined["calculated_cost_pico"].astype("Int64")
@@ -221,7 +224,8 @@ def reconcile_day(
     in_grace = now < end + policy.grace
 
     conditions = [
-        ~has_id,
+        ~has_id & ~has_record & ambiguous,
+        ~has_id & ~has_record,
         duplicate,
         ~has_record & in_grace,
         ~has_record,
@@ -233,6 +237,7 @@ def reconcile_day(
         token_mismatch,
     ]
     classes = [
+        s.CLASS_AMBIGUOUS_FINGERPRINT,
         s.CLASS_NO_REQUEST_ID,
         s.CLASS_DUPLICATE_ID,
         s.CLASS_AWAITING_OPENAI,
@@ -245,6 +250,7 @@ def reconcile_day(
         s.CLASS_TOKEN_MISMATCH,
     ]
     statuses = [
+        s.UNVERIFIABLE,
         s.UNVERIFIABLE,
         s.DISCREPANCY,
         s.PENDING,
@@ -296,13 +302,38 @@ def reconcile_day(
             "token_mismatch": token_mismatch,
             "price_status": joined["openai_price_status"],
             "openai_source": joined["openai_source"],
+            "match_method": pd.Series(method, dtype=object),
+            "matched_request_id": _take(openai["request_id"], positions[on_day]),
         },
         columns=RESULT_COLUMNS,
         copy=False,
     )
     claimed = np.zeros(len(openai), dtype=bool)
-    claimed[positions[positions >= 0]] = True
+    claimed[positions[positions >= 0]] = True  # by id, tag or fingerprint, in the window
     return DayReconciliation(results=results, unlogged=_unlogged(openai, claimed, start, end, day))
+
+
+def _link(
+    logged: pd.DataFrame,
+    openai: pd.DataFrame,
+    window: tuple[datetime, datetime],
+    policy: ReconciliationPolicy,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per logged row of the window: the position of its OpenAI record (-1: none), the match
+    method, and whether its fingerprint was ambiguous. Rows with an id are joined on it;
+    the others are tagged or fingerprinted against the records no id claimed. Only rows whose
+    whole fingerprint window lies inside the read window are fingerprinted."""
+    positions = _record_positions(logged["openai_request_id"], openai)
+    claimed = np.zeros(len(openai), dtype=bool)
+    claimed[positions[positions >= 0]] = True
+    reach = int(policy.fingerprint.window / timedelta(microseconds=1))
+    times = row_times_us(logged)
+    start_us, end_us = (int(moment.timestamp()) * 1_000_000 for moment in window)
+    inside = (times >= start_us + reach) & (times < end_us - reach)
+    links = link_without_ids(logged, openai, claimed, policy.fingerprint, inside)
+    method = np.where(positions >= 0, s.MATCH_REQUEST_ID, links.methods)
+    positions = np.where(positions >= 0, positions, links.positions)
+    return positions, method, links.ambiguous
 
 
 def _unlogged(

@@ -31,6 +31,7 @@ CLASS_AWAITING_OPENAI = "awaiting_openai"
 CLASS_MISSING_AT_OPENAI = "missing_at_openai"
 CLASS_NO_REQUEST_ID = "no_request_id"
 CLASS_LOGGED_NOWHERE = "logged_nowhere"
+CLASS_AMBIGUOUS_FINGERPRINT = "ambiguous_fingerprint"
 VARIANCE_CLASSES = (
     CLASS_EXACT,
     CLASS_WITHIN_TOLERANCE,
@@ -45,7 +46,17 @@ VARIANCE_CLASSES = (
     CLASS_MISSING_AT_OPENAI,
     CLASS_NO_REQUEST_ID,
     CLASS_LOGGED_NOWHERE,
+    CLASS_AMBIGUOUS_FINGERPRINT,
 )
+
+# match_method: how a row was paired with OpenAI's record (None: it was not).
+MATCH_REQUEST_ID = "request_id"
+MATCH_METADATA_TAG = "metadata_tag"
+MATCH_FINGERPRINT = "fingerprint"
+MATCH_METHODS = (MATCH_REQUEST_ID, MATCH_METADATA_TAG, MATCH_FINGERPRINT)
+
+# The key of the request's `metadata` under which the application puts its row's id.
+DEFAULT_METADATA_ROW_KEY = "token_usage_id"
 
 # The application's rows, as the database layer hands them to the core.
 LOGGED_COLUMNS: dict[str, str] = {
@@ -59,6 +70,7 @@ LOGGED_COLUMNS: dict[str, str] = {
     "calculated_cost_pico": "Int64",
     "created_at": "datetime64[us, UTC]",
     "openai_request_id": "object",
+    "openai_created": "Int64",
 }
 
 # OpenAI's per-request records, whatever the source (export line, Batch output, API).
@@ -76,4 +88,5 @@ OPENAI_COLUMNS: dict[str, str] = {
     "output_audio_tokens": "int64",
     "audio_ms": "int64",
     "source": "object",
+    "metadata_tag": "object",
 }
