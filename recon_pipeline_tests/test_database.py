@@ -132,6 +132,8 @@ def _result_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
             "token_mismatch": False,
             "price_status": "priced",
             "openai_source": "export:test.jsonl",
+            "match_method": s.MATCH_REQUEST_ID,
+            "matched_request_id": "chatcmpl-x",
         }
         record.update(row)
         records.append(record)
@@ -349,6 +351,7 @@ def _summary_frame(day: date, rows: list[tuple[str, int]]) -> pd.DataFrame:
             "model_used": ["gpt-4o-mini"] * len(rows),
             "requests": [1] * len(rows),
             **{status: [0] * len(rows) for status in s.STATUSES},
+            **{f"verified_by_{m}": [0] * len(rows) for m in s.MATCH_METHODS},
             "estimated_cost_pico": [r[1] for r in rows],
             "actual_cost_pico": [r[1] for r in rows],
             "variance_pico": [0] * len(rows),

@@ -20,7 +20,10 @@ NOON = at(DAY, 12)
 BASES = {"gpt-4o-2024-08-06": "gpt-4o", "gpt-4o-mini": "gpt-4o-mini"}
 
 
-def run(logged, openai, policy=ReconciliationPolicy(), day=DAY):
+POLICY = ReconciliationPolicy()
+
+
+def run(logged, openai, policy=POLICY, day=DAY):
     return reconcile_day(logged, openai, day, NOW, policy)
 
 

@@ -111,6 +111,7 @@ RECORD_DEFAULTS: dict[str, Any] = {
     "input_audio_tokens": 0,
     "output_audio_tokens": 0,
     "audio_ms": 0,
+    "metadata_tag": None,
 }
 
 
@@ -219,6 +220,7 @@ def test_a_canonical_line_with_every_field():
         "input_audio_tokens": 3,
         "output_audio_tokens": 4,
         "audio_seconds": 12.3456,
+        "metadata": {"route": "chat", "token_usage_id": "row-9"},
     }
     assert record_of(line) == {
         "request_id": "chatcmpl-flat",
@@ -234,6 +236,7 @@ def test_a_canonical_line_with_every_field():
         "output_audio_tokens": 4,
         "audio_ms": 12_346,
         "source": "export.jsonl",
+        "metadata_tag": "row-9",
     }
 
 
@@ -568,3 +571,32 @@ def test_a_record_far_from_its_files_date_is_refused_not_lost(tmp_path: Path):
     )
     with pytest.raises(ExportFileError, match=r"openai-requests-2026-11-10\.jsonl:1: .*2026-11-20"):
         read_export_folder(tmp_path, *day_bounds(day))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "tag"),
+    [
+        (None, None),
+        ({}, None),
+        ({"token_usage_id": "  "}, None),
+        ({"token_usage_id": 42}, "42"),
+        ({"token_usage_id": "7f3c"}, "7f3c"),
+        ({"row": "7f3c"}, None),
+    ],
+)
+def test_the_row_tag_is_read_from_metadata_of_every_shape(metadata, tag):
+    chat = {**CHAT_COMPLETION, "metadata": metadata}
+    response = {**RESPONSE_OBJECT, "metadata": metadata}
+    batch = {**BATCH_LINE, "response": {**BATCH_LINE["response"], "body": chat}}
+    flat = {**CANONICAL, "metadata": metadata}
+    for obj in (chat, response, batch, flat):
+        assert record_of(obj)["metadata_tag"] == tag
+    assert parse_record(flat, "x", row_key="row").record["metadata_tag"] == (
+        "7f3c" if metadata == {"row": "7f3c"} else None
+    )
+
+
+@pytest.mark.parametrize("metadata", [["a"], "token_usage_id=1", {"token_usage_id": ["1"]}])
+def test_a_malformed_metadata_names_the_field(metadata):
+    with pytest.raises(RecordError, match="metadata"):
+        parse_record({**CANONICAL, "metadata": metadata}, "x")

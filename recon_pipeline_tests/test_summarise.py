@@ -35,6 +35,7 @@ def five_rows() -> pd.DataFrame:
             "estimated_cost_pico": 100,
             "actual_cost_pico": 100,
             "variance_pico": 0,
+            "match_method": s.MATCH_REQUEST_ID,
         },
         {
             "action_type": BLUEPRINT,
@@ -43,6 +44,7 @@ def five_rows() -> pd.DataFrame:
             "estimated_cost_pico": 300,
             "actual_cost_pico": 500,
             "variance_pico": 200,
+            "match_method": s.MATCH_FINGERPRINT,
         },
         {
             "action_type": BLUEPRINT,
@@ -61,6 +63,7 @@ def five_rows() -> pd.DataFrame:
             "model_used": "gpt-4o",
             "reconciliation_status": s.DISCREPANCY,
             "actual_cost_pico": 900,
+            "match_method": s.MATCH_METADATA_TAG,
         },
     )
 
@@ -78,6 +81,9 @@ def test_daily_variance_summary_counts_sums_and_match_rate():
             s.DISCREPANCY: np.array([1, 0, 1], dtype=np.int64),
             s.NOT_FOUND: np.array([0, 0, 0], dtype=np.int64),
             s.UNVERIFIABLE: np.array([0, 0, 1], dtype=np.int64),
+            "verified_by_request_id": np.array([0, 0, 1], dtype=np.int64),
+            "verified_by_metadata_tag": np.array([1, 0, 0], dtype=np.int64),
+            "verified_by_fingerprint": np.array([0, 0, 1], dtype=np.int64),
             "estimated_cost_pico": pd.array([None, 70, 100 + 300 + 50], dtype="Int64"),
             "actual_cost_pico": pd.array([900, None, 100 + 500], dtype="Int64"),
             "variance_pico": pd.array([None, None, 0 + 200], dtype="Int64"),

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recon_pipeline.core.schema import OPENAI_COLUMNS
+from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY, OPENAI_COLUMNS
 
 _MAX_TOKENS = 10**9
 _MAX_AUDIO_MS = 10 * 24 * 3600 * 1000
@@ -38,20 +38,28 @@ COUNT_FIELDS = (
 _NAMES = ("request_id", "model")
 _API_OBJECTS = ("chat.completion", "response")
 
-# The canonical line for pyarrow to read a whole file of them at once (`canonical_columns`);
-# `object` only to tell API objects apart. A value of another type fails the read.
-CANONICAL_LINE = pa.schema(
-    [
-        ("request_id", pa.string()),
-        ("created", pa.float64()),  # JSON integers too
-        ("model", pa.string()),
-        ("service_tier", pa.string()),
-        ("batch", pa.bool_()),
-        *((name, pa.int64()) for name in COUNT_FIELDS),  # 5.0 too fails (`_count` takes it)
-        ("audio_seconds", pa.float64()),
-        ("object", pa.string()),
-    ]
-)
+
+
+def canonical_line(row_key: str = DEFAULT_METADATA_ROW_KEY) -> pa.Schema:
+    """The canonical line for pyarrow to read a whole file of them at once
+    (`canonical_columns`); `object` only to tell API objects apart, and of `metadata` only the
+    application's row key. A value of another type fails the read."""
+    return pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("created", pa.float64()),  # JSON integers too
+            ("model", pa.string()),
+            ("service_tier", pa.string()),
+            ("batch", pa.bool_()),
+            *((name, pa.int64()) for name in COUNT_FIELDS),  # 5.0 too fails (`_count` takes it)
+            ("audio_seconds", pa.float64()),
+            ("object", pa.string()),
+            ("metadata", pa.struct([(row_key, pa.string())])),
+        ]
+    )
+
+
+CANONICAL_LINE = canonical_line()
 
 # A string `str.strip` empties: RE2's `\s` and `\p{Z}` lack a few of Python's white spaces.
 _BLANK = r"^[\s\p{Z}\x0b\x1c-\x1f\x85]*$"
@@ -136,7 +144,30 @@ def _audio_ms(seconds: Any) -> int:
     return ms
 
 
-def _from_api_object(body: Mapping[str, Any], batch: bool, source: str) -> dict[str, Any]:
+def metadata_tag(obj: Mapping[str, Any], row_key: str) -> str | None:
+    """The value the application put under `row_key` in the request's `metadata` (the row's
+    id), or None. OpenAI keeps metadata values as strings; a whole number is taken as text."""
+    metadata = obj.get("metadata")
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise RecordError(f"metadata must be an object, got {type(metadata).__name__}")
+    value = metadata.get(row_key)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise RecordError(f"metadata.{row_key} must be a string, got {type(value).__name__}")
+    return value if value.strip() else None
+
+
+def _from_api_object(
+    body: Mapping[str, Any],
+    batch: bool,
+    source: str,
+    row_key: str = DEFAULT_METADATA_ROW_KEY,
+) -> dict[str, Any]:
     """A chat.completion or response object, as the API (or a Batch output body) returns it."""
     request_id = _required(body, "id", str)
     created = _created(body, "created_at" if body.get("object") == "response" else "created")
@@ -168,10 +199,11 @@ def _from_api_object(body: Mapping[str, Any], batch: bool, source: str) -> dict[
         "output_audio_tokens": _count(_get(output_details, "audio_tokens"), "output audio_tokens"),
         "audio_ms": 0,
         "source": source,
+        "metadata_tag": metadata_tag(body, row_key),
     }
 
 
-def _from_canonical(line: Mapping[str, Any], source: str) -> dict[str, Any]:
+def _from_canonical(line: Mapping[str, Any], source: str, row_key: str) -> dict[str, Any]:
     batch = line.get("batch", False)
     if not isinstance(batch, bool):
         raise RecordError("field 'batch' must be true or false")
@@ -189,6 +221,7 @@ def _from_canonical(line: Mapping[str, Any], source: str) -> dict[str, Any]:
         "output_audio_tokens": _count(line.get("output_audio_tokens"), "output_audio_tokens"),
         "audio_ms": _audio_ms(line.get("audio_seconds")),
         "source": source,
+        "metadata_tag": metadata_tag(line, row_key),
     }
 
 
@@ -207,6 +240,9 @@ def canonical_columns(table: pa.Table, source: str) -> dict[str, np.ndarray] | N
         return None
     if any(pc.any(pc.match_substring_regex(column(name), _BLANK)).as_py() for name in _NAMES):
         return None
+    tags = pc.struct_field(column("metadata"), [0])
+    if pc.any(pc.match_substring_regex(tags, _BLANK)).as_py():
+        return None  # a blank tag is no tag: the line reader says so
     created = column("created").to_numpy()
     counts = {name: column(name).fill_null(0).to_numpy() for name in COUNT_FIELDS}
     seconds = column("audio_seconds").fill_null(0.0).to_numpy()
@@ -229,6 +265,7 @@ def canonical_columns(table: pa.Table, source: str) -> dict[str, np.ndarray] | N
         **counts,
         "audio_ms": audio_ms.astype("int64"),
         "source": np.full(table.num_rows, source, dtype=object),
+        "metadata_tag": tags.to_numpy(zero_copy_only=False).astype(object),
         "created": created,
     }
 
@@ -239,8 +276,9 @@ def _shared_strings(column: pa.ChunkedArray) -> np.ndarray:
     return encoded.dictionary.to_numpy(zero_copy_only=False)[encoded.indices.to_numpy()]
 
 
-def parse_record(obj: Any, source: str) -> ParsedLine:
-    """One decoded JSON line -> a record, or a reason it carries no billable request."""
+def parse_record(obj: Any, source: str, row_key: str = DEFAULT_METADATA_ROW_KEY) -> ParsedLine:
+    """One decoded JSON line -> a record, or a reason it carries no billable request.
+    `row_key`: the key of `metadata` that holds the application's row id."""
     if not isinstance(obj, Mapping):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
     if "custom_id" in obj and "response" in obj:
@@ -252,13 +290,15 @@ def parse_record(obj: Any, source: str) -> ParsedLine:
         body = response.get("body")
         if not isinstance(body, Mapping):
             raise RecordError("batch line: missing required field 'response.body'")
-        return ParsedLine(_from_api_object(body, batch=True, source=f"batch_output:{source}"))
+        return ParsedLine(
+            _from_api_object(body, batch=True, source=f"batch_output:{source}", row_key=row_key)
+        )
     unbilled = obj.get("status") in ("failed", "cancelled") and obj.get("usage") is None
     if obj.get("object") == "response" and unbilled:
         return ParsedLine(None, f"response {obj.get('status')}")
     if obj.get("object") in ("chat.completion", "response"):
-        return ParsedLine(_from_api_object(obj, batch=False, source=source))
-    return ParsedLine(_from_canonical(obj, source))
+        return ParsedLine(_from_api_object(obj, batch=False, source=source, row_key=row_key))
+    return ParsedLine(_from_canonical(obj, source, row_key))
 
 
 def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -270,7 +310,10 @@ def records_columns(records: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarra
     """Parsed records -> one array per field (`created` still in unix seconds), typed as
     `columns_frame` takes them, so that records read in other ways can be joined to them."""
     frame = pd.DataFrame.from_records(list(records), columns=list(RECORD_FIELDS))
-    return {name: frame[name].to_numpy(dtype=dtype) for name, dtype in RECORD_FIELDS.items()}
+    columns = {name: frame[name].to_numpy(dtype=dtype) for name, dtype in RECORD_FIELDS.items()}
+    tags = frame["metadata_tag"]
+    columns["metadata_tag"] = tags.astype(object).where(tags.notna(), None).to_numpy(object)
+    return columns
 
 
 def columns_frame(columns: Mapping[str, Any]) -> pd.DataFrame:

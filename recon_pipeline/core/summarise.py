@@ -13,6 +13,7 @@ SUMMARY_COLUMNS = [
     "model_used",
     "requests",
     *s.STATUSES,
+    *(f"verified_by_{method}" for method in s.MATCH_METHODS),
     "estimated_cost_pico",
     "actual_cost_pico",
     "variance_pico",
@@ -43,7 +44,9 @@ def request_counts(results: pd.DataFrame) -> pd.Series:
 
 
 def daily_variance_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per day x action_type x model: counts per status, money, and the match rate.
+    """One row per day x action_type x model: counts per status, how many rows each match
+    method verified (`verified_by_request_id`, `_metadata_tag`, `_fingerprint`), money, and
+    the match rate.
 
     `results`: per-request rows, or rows added up by route, model and status with a
     `requests` count (the same sums, without moving every row out of the database).
@@ -58,6 +61,7 @@ def daily_variance_summary(results: pd.DataFrame) -> pd.DataFrame:
     _guard_overflow(results)
     keys = ["usage_date", "action_type", "model_used"]
     counts = request_counts(results)
+    methods = results.get("match_method", pd.Series(None, index=results.index, dtype=object))
     frame = results.assign(
         action_type=results["action_type"].fillna("(none)"),
         model_used=results["model_used"].fillna("(none)"),
@@ -66,11 +70,16 @@ def daily_variance_summary(results: pd.DataFrame) -> pd.DataFrame:
             status: (results["reconciliation_status"] == status).to_numpy() * counts
             for status in s.STATUSES
         },
+        **{
+            f"verified_by_{method}": (methods == method).to_numpy() * counts
+            for method in s.MATCH_METHODS
+        },
     )
     grouped = frame.groupby(keys, sort=True, dropna=False)
     money = ["estimated_cost_pico", "actual_cost_pico", "variance_pico"]
+    counted = [*s.STATUSES, *(f"verified_by_{method}" for method in s.MATCH_METHODS)]
     summary = grouped.agg(
-        requests=("requests", "sum"), **{status: (status, "sum") for status in s.STATUSES}
+        requests=("requests", "sum"), **{name: (name, "sum") for name in counted}
     ).join(grouped[money].sum(min_count=1).astype("Int64"))
     summary = summary.reset_index()
     verifiable = summary[s.MATCHED] + summary[s.DISCREPANCY]

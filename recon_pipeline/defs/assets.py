@@ -89,7 +89,8 @@ def openai_requests(
     sources = request_sources(
         settings.openai_source, openai_api, openai_exports.configured(embedded)
     )
-    client = openai_api.client() if "api" in sources else None
+    row_key = settings.metadata_row_key
+    client = openai_api.client(row_key) if "api" in sources else None
     report = DailyReport(context, "openai_requests")
     files: set[str] = set()
     parsed = ParsedFiles()
@@ -117,7 +118,9 @@ def openai_requests(
                     "responses_not_found": len(missing),
                 }
             if "exports" in sources:
-                read = read_export_folder(openai_exports.folder(embedded), *window, parsed)
+                read = read_export_folder(
+                    openai_exports.folder(embedded), *window, parsed, row_key=row_key
+                )
                 batch = int(read.records["source"].str.startswith("batch_output:").sum())
                 frames.append(read.records)
                 files.update(read.files)
@@ -268,9 +271,12 @@ def reconciled_usage(
         for name, count in day_classes.items():
             classes[name] = classes.get(name, 0) + int(count)
         totals = summarise.totals(outcome.results)
+        methods = outcome.results["match_method"].value_counts()
         results_report.add(
             day,
             **{status: totals[status] for status in s.STATUSES},
+            **{f"verified_by_{m}": int(methods.get(m, 0)) for m in s.MATCH_METHODS},
+            ambiguous_fingerprint=int(day_classes.get(s.CLASS_AMBIGUOUS_FINGERPRINT, 0)),
             rows=totals["rows"],
             estimated_cost_usd=totals["estimated_cost_pico"] / s.PICO_PER_USD,
             actual_cost_usd=totals["actual_cost_pico"] / s.PICO_PER_USD,

@@ -15,7 +15,9 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
+from recon_pipeline.core.fingerprint import FingerprintPolicy
 from recon_pipeline.core.reconcile import ReconciliationPolicy
+from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.io.database import Database, connect_engine
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.openai_api import OpenAIClient
@@ -171,8 +173,9 @@ class OpenAIAPI(dg.ConfigurableResource):
     def has_admin_access(self) -> bool:
         return bool(self.admin_key)
 
-    def client(self) -> OpenAIClient:
+    def client(self, metadata_row_key: str = DEFAULT_METADATA_ROW_KEY) -> OpenAIClient:
         return OpenAIClient(
+            metadata_row_key=metadata_row_key,
             base_url=self.base_url,
             api_key=self.api_key,
             admin_key=self.admin_key,
@@ -210,12 +213,17 @@ def request_sources(choice: str, api: OpenAIAPI, exports_configured: bool) -> tu
 
 
 class ReconciliationSettings(dg.ConfigurableResource):
-    """Tolerance, grace period and match window (see the README's configuration table)."""
+    """Tolerance, grace period, match window, and how rows without a request id are verified
+    (see the README's configuration table)."""
 
     tolerance_cents: str = "5"
     relative_tolerance: str | None = None
     grace_days: int = 3
     match_window_minutes: int = 60
+    metadata_row_key: str = DEFAULT_METADATA_ROW_KEY
+    fingerprint_window_seconds: int = 120
+    fingerprint_token_tolerance: str = "0"
+    fingerprint_tie_seconds: int = 5
     as_of: str | None = None
     openai_source: str = "auto"
     unattributed_warn_share: float = 0.10
@@ -225,15 +233,24 @@ class ReconciliationSettings(dg.ConfigurableResource):
         try:
             tolerance = Decimal(self.tolerance_cents)
             relative = Decimal(self.relative_tolerance) if self.relative_tolerance else None
+            token_tolerance = Decimal(self.fingerprint_token_tolerance)
         except InvalidOperation:
             raise ValueError(
-                "RECON_TOLERANCE_CENTS and RECON_RELATIVE_TOLERANCE must be decimal numbers"
+                "RECON_TOLERANCE_CENTS, RECON_RELATIVE_TOLERANCE and "
+                "RECON_FINGERPRINT_TOKEN_TOLERANCE must be decimal numbers"
             ) from None
+        if not self.metadata_row_key.strip() or len(self.metadata_row_key) > 64:
+            raise ValueError("RECON_METADATA_ROW_KEY must be a metadata key of 1 to 64 characters")
         return ReconciliationPolicy(
             tolerance_cents=tolerance,
             relative_tolerance=relative,
             grace=timedelta(days=self.grace_days),
             match_window=timedelta(minutes=self.match_window_minutes),
+            fingerprint=FingerprintPolicy(
+                window=timedelta(seconds=self.fingerprint_window_seconds),
+                token_tolerance=token_tolerance,
+                tie=timedelta(seconds=self.fingerprint_tie_seconds),
+            ),
         )
 
     def now(self) -> datetime:
@@ -275,6 +292,12 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             relative_tolerance=env_or("RECON_RELATIVE_TOLERANCE"),
             grace_days=int(os.environ.get("RECON_GRACE_DAYS", "3")),
             match_window_minutes=int(os.environ.get("RECON_MATCH_WINDOW_MINUTES", "60")),
+            metadata_row_key=os.environ.get("RECON_METADATA_ROW_KEY", DEFAULT_METADATA_ROW_KEY),
+            fingerprint_window_seconds=int(
+                os.environ.get("RECON_FINGERPRINT_WINDOW_SECONDS", "120")
+            ),
+            fingerprint_token_tolerance=os.environ.get("RECON_FINGERPRINT_TOKEN_TOLERANCE", "0"),
+            fingerprint_tie_seconds=int(os.environ.get("RECON_FINGERPRINT_TIE_SECONDS", "5")),
             openai_source=os.environ.get("RECON_OPENAI_SOURCE", "auto"),
             unattributed_warn_share=float(os.environ.get("RECON_UNATTRIBUTED_WARN_SHARE", "0.10")),
             unattributed_fail_share=float(os.environ.get("RECON_UNATTRIBUTED_FAIL_SHARE", "0.25")),

@@ -162,6 +162,7 @@ OPENAI_REQUESTS = OutputTable(
         "output_audio_tokens:bigint",
         "audio_ms:bigint",
         "source:text",
+        "metadata_tag:text",
     ),
     # No index on created_at: the pipeline reads a day by usage_date, and each index costs
     # every stored record (measured in benchmarks/README.md).
@@ -197,6 +198,8 @@ RECONCILED_USAGE = OutputTable(
         "token_mismatch:bool",
         "price_status:text",
         "openai_source:text",
+        "match_method:text",
+        "matched_request_id:text",
     ),
     indexes=(("usage_date",), ("usage_id",)),
 )
@@ -229,6 +232,7 @@ DAILY_VARIANCE_SUMMARY = OutputTable(
         "model_used:text",
         "requests:bigint",
         *(f"{status}:bigint" for status in s.STATUSES),
+        *(f"verified_by_{method}:bigint" for method in s.MATCH_METHODS),
         "estimated_cost:money",
         "actual_cost:money",
         "variance:money",
@@ -412,6 +416,7 @@ class Database:
         have = self.usage_columns()
         cached = "cached_input_tokens" if "cached_input_tokens" in have else "NULL"
         user = "user_id" if "user_id" in have else "NULL"
+        created = "openai_created" if "openai_created" in have else "NULL"
         if self.is_postgres:
             frame = self._copy_out(
                 f"SELECT id::text AS usage_id, {user}::text AS user_id, action_type::text,"
@@ -421,7 +426,8 @@ class Database:
                 f" THEN round(calculated_cost_cents * 10000000000)::bigint END"
                 f" AS calculated_cost_pico,"
                 f" (extract(epoch FROM created_at) * 1000000)::bigint AS created_us,"
-                f" NULLIF(openai_request_id::text, '') AS openai_request_id"
+                f" NULLIF(openai_request_id::text, '') AS openai_request_id,"
+                f" {created}::bigint AS openai_created"
                 f" FROM {self.usage} WHERE created_at >= %s AND created_at < %s",
                 (start, end),
                 {
@@ -435,6 +441,7 @@ class Database:
                     "cached_input_tokens": pa.int64(),
                     "calculated_cost_pico": pa.int64(),
                     "created_us": pa.int64(),
+                    "openai_created": pa.int64(),
                 },
                 conn,
             )
@@ -445,7 +452,8 @@ class Database:
                 f" action_type, model_used, input_tokens, output_tokens,"
                 f" {cached} AS cached_input_tokens,"
                 f" CAST(round(calculated_cost_cents * 10000000000) AS INTEGER)"
-                f" AS calculated_cost_pico, created_at, openai_request_id"
+                f" AS calculated_cost_pico, created_at, openai_request_id,"
+                f" CAST({created} AS INTEGER) AS openai_created"
                 f" FROM {self.usage} WHERE created_at >= :start AND created_at < :end"
             )
             with _connection(self.engine, conn) as reader:
@@ -550,7 +558,9 @@ class Database:
     # -- writing ---------------------------------------------------------------------------
 
     def ensure_table(self, output: OutputTable) -> None:
-        """Create an output table (and its indexes) the first time it is needed.
+        """Create an output table (and its indexes) the first time it is needed, and add the
+        columns a table stored by an earlier release lacks (nullable, so its rows stay valid;
+        a re-run of a day fills them).
 
         On PostgreSQL the DDL is serialised by an advisory lock on the output schema (two
         runs creating the same table at once would otherwise race on the catalogue), and the
@@ -573,6 +583,16 @@ class Database:
                 if self._output_schema and not self._schema_exists(conn, self._output_schema):
                     conn.execute(sa.text(f'CREATE SCHEMA "{self._output_schema}"'))
             conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {table} ({definitions})"))
+            have = {
+                c["name"]
+                for c in sa.inspect(conn).get_columns(output.name, schema=self._output_schema)
+            }
+            for column in output.columns:
+                name = output.stored_name(column)
+                if name not in have:
+                    conn.execute(
+                        sa.text(f'ALTER TABLE {table} ADD COLUMN "{name}" {self._sql_type(column)}')
+                    )
             for columns, name in zip(output.indexes, self._index_names(output), strict=True):
                 on = ", ".join(f'"{c}"' for c in columns)
                 conn.execute(sa.text(f'CREATE INDEX IF NOT EXISTS "{name}" ON {table} ({on})'))
@@ -585,16 +605,20 @@ class Database:
         ]
 
     def _table_exists(self, output: OutputTable) -> bool:
-        """The table and all its indexes are there."""
+        """The table, all its columns and all its indexes are there."""
         names = [self.table(output)] + [
             qualified(name, self._output_schema) for name in self._index_names(output)
         ]
+        columns = [output.stored_name(c) for c in output.columns]
         query = sa.text(
-            "SELECT bool_and(to_regclass(name) IS NOT NULL)"
+            "SELECT bool_and(to_regclass(name) IS NOT NULL) AND (SELECT count(*) FROM pg_attribute"
+            " WHERE attrelid = to_regclass(:table) AND attname = ANY(CAST(:columns AS text[]))"
+            " AND NOT attisdropped) = cardinality(CAST(:columns AS text[]))"
             " FROM unnest(CAST(:names AS text[])) AS name"
         )
+        params = {"names": names, "table": self.table(output), "columns": columns}
         with self.engine.connect() as conn:
-            return bool(conn.execute(query, {"names": names}).scalar())
+            return bool(conn.execute(query, params).scalar())
 
     @staticmethod
     def _schema_exists(conn: sa.Connection, schema: str) -> bool:
@@ -964,6 +988,7 @@ class Database:
                 "logged_input_tokens",
                 "logged_output_tokens",
                 "reconciliation_status",
+                "match_method",
                 "estimated_cost_pico",
                 "actual_cost_pico",
                 "variance_pico",
@@ -972,14 +997,20 @@ class Database:
         )
 
     def read_results_rollup(self, day: date, conn: sa.Connection | None = None) -> pd.DataFrame:
-        """A stored day of results added up by route, model, OpenAI's model, status and
-        whether a request id was logged, with a `requests` count: all the summary and the
+        """A stored day of results added up by route, model, OpenAI's model, status, match
+        method and whether a request id was logged, with a `requests` count: all the summary and the
         invoice check need (`summarise.request_counts`), without moving every row out.
 
         Sums are exact: NUMERIC on PostgreSQL, integer pico-dollars on SQLite; a money sum
         is NULL where no row of the group has a value, as pandas' `sum(min_count=1)`.
         """
-        texts = ("action_type", "model_used", "openai_model", "reconciliation_status")
+        texts = (
+            "action_type",
+            "model_used",
+            "openai_model",
+            "reconciliation_status",
+            "match_method",
+        )
         if self.is_postgres:
             money = "round(sum({m}_cents) * 10000000000)::bigint"
             tokens, day_param = "sum({t})::bigint", "%s"
@@ -994,7 +1025,7 @@ class Database:
             f"SELECT {', '.join(texts)}, openai_request_id IS NOT NULL AS with_request_id,"
             f" count(*) AS requests, {', '.join(f'{v} AS {k}' for k, v in sums.items())}"
             f" FROM {self.table(RECONCILED_USAGE)} WHERE usage_date = {day_param}"
-            " GROUP BY 1, 2, 3, 4, 5"
+            " GROUP BY 1, 2, 3, 4, 5, 6"
         )
         if self.is_postgres:
             types = {

@@ -24,15 +24,16 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from recon_pipeline.core.openai_records import (
-    CANONICAL_LINE,
     RECORD_FIELDS,
     RecordError,
     canonical_columns,
+    canonical_line,
     columns_frame,
     parse_record,
     records_columns,
 )
 from recon_pipeline.core.reconcile import day_bounds
+from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.io.openai_api import costs_frame, usage_frame
 
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
@@ -86,6 +87,7 @@ class FileRead:
     columns: dict[str, np.ndarray]
     lines: int
     skipped: dict[str, int] = field(default_factory=dict)
+    row_key: str = DEFAULT_METADATA_ROW_KEY
 
     def __len__(self) -> int:
         return len(self.columns["created"])
@@ -106,9 +108,11 @@ class ParsedFiles:
         self.max_records = max_records
         self._files: dict[Path, tuple[tuple[int, int], FileRead]] = {}
 
-    def get(self, path: Path) -> FileRead | None:
+    def get(self, path: Path, row_key: str = DEFAULT_METADATA_ROW_KEY) -> FileRead | None:
         kept = self._files.get(path)
-        return kept[1] if kept is not None and kept[0] == self._stamp(path) else None
+        if kept is None or kept[0] != self._stamp(path) or kept[1].row_key != row_key:
+            return None
+        return kept[1]
 
     def put(self, path: Path, read: FileRead, reading: Collection[Path] = ()) -> None:
         """Keep `read`; `reading`: the files the current day reads."""
@@ -126,13 +130,18 @@ class ParsedFiles:
 
 
 def read_export_folder(
-    folder: Path, start: datetime, end: datetime, cache: ParsedFiles | None = None
+    folder: Path,
+    start: datetime,
+    end: datetime,
+    cache: ParsedFiles | None = None,
+    row_key: str = DEFAULT_METADATA_ROW_KEY,
 ) -> ExportRead:
     """Records created in [start, end) from the folder; a bad line stops with file:line.
 
     A file of canonical lines is read by pyarrow in one go; any other file, or one with a line
     pyarrow and `json` might read apart or a line the record parser refuses, line by line.
-    `cache`: files already read in this run.
+    `cache`: files already read in this run. `row_key`: the key of each line's `metadata`
+    that holds the application's row id (`metadata_tag`).
     """
     result = ExportRead(records=pd.DataFrame())
     window = (start.timestamp(), end.timestamp())
@@ -141,9 +150,9 @@ def read_export_folder(
     for path in paths:
         result.files.append(path.name)
         named = named_date(path)
-        read = cache.get(path) if cache is not None else None
+        read = cache.get(path, row_key) if cache is not None else None
         if read is None:
-            read = _read_file(path, named)
+            read = _read_file(path, named, row_key)
             if cache is not None:
                 cache.put(path, read, paths)
         result.lines += read.lines
@@ -175,18 +184,18 @@ def _reach(named: date | None) -> tuple[float, float] | None:
     return (day - timedelta(days=1)).timestamp(), (day + timedelta(days=2)).timestamp()
 
 
-def _read_file(path: Path, named: date | None) -> FileRead:
+def _read_file(path: Path, named: date | None, row_key: str) -> FileRead:
     """A file of canonical lines in one go, any other file line by line."""
-    columns = _read_canonical_file(path, named)
+    columns = _read_canonical_file(path, named, row_key)
     if columns is not None:
-        return FileRead(columns, lines=len(columns["created"]))
-    return _read_by_line(path, named)
+        return FileRead(columns, lines=len(columns["created"]), row_key=row_key)
+    return _read_by_line(path, named, row_key)
 
 
-def _read_by_line(path: Path, named: date | None) -> FileRead:
+def _read_by_line(path: Path, named: date | None, row_key: str) -> FileRead:
     """The file's records parsed one line at a time: any shape of line, and the first bad line
     stops the read with its file:line."""
-    read = FileRead(columns={}, lines=0)
+    read = FileRead(columns={}, lines=0, row_key=row_key)
     records = []
     reach = _reach(named)
     with path.open("r", encoding="utf-8") as handle:
@@ -195,7 +204,7 @@ def _read_by_line(path: Path, named: date | None) -> FileRead:
                 continue
             read.lines += 1
             try:
-                parsed = parse_record(json.loads(line), source=path.name)
+                parsed = parse_record(json.loads(line), source=path.name, row_key=row_key)
             except json.JSONDecodeError as error:
                 raise ExportFileError(f"{path}:{number}: not valid JSON ({error.msg})") from None
             except RecordError as error:
@@ -217,7 +226,9 @@ def _read_by_line(path: Path, named: date | None) -> FileRead:
     return read
 
 
-def _read_canonical_file(path: Path, named: date | None) -> dict[str, np.ndarray] | None:
+def _read_canonical_file(
+    path: Path, named: date | None, row_key: str = DEFAULT_METADATA_ROW_KEY
+) -> dict[str, np.ndarray] | None:
     """Every record of a file of canonical lines, read by pyarrow in one go and checked column
     by column; None if the line reader must read the file (then it says which line and why)."""
     data = path.read_bytes()
@@ -226,7 +237,10 @@ def _read_canonical_file(path: Path, named: date | None) -> dict[str, np.ndarray
     if data.startswith(codecs.BOM_UTF8) or not _is_utf8(data):
         return None  # both refused when read as UTF-8 text; pyarrow skips or ignores them
     try:
-        table = pa_json.read_json(pa.BufferReader(data), parse_options=_CANONICAL_PARSE)
+        options = pa_json.ParseOptions(
+            explicit_schema=canonical_line(row_key), unexpected_field_behavior="ignore"
+        )
+        table = pa_json.read_json(pa.BufferReader(data), parse_options=options)
     except Exception:  # for any reason: the line reader finds the line, or reads it anyway
         return None
     if not _one_object_per_line(data, table.num_rows) or _json_may_differ(data, table):
@@ -240,9 +254,6 @@ def _read_canonical_file(path: Path, named: date | None) -> dict[str, np.ndarray
     return columns if bool(((created >= reach[0]) & (created < reach[1])).all()) else None
 
 
-_CANONICAL_PARSE = pa_json.ParseOptions(
-    explicit_schema=CANONICAL_LINE, unexpected_field_behavior="ignore"
-)
 # JSON's white space within a line (a line ends at "\n").
 _LINE_SPACE = np.zeros(256, dtype=bool)
 _LINE_SPACE[[ord(" "), ord("\t"), ord("\r")]] = True
@@ -333,9 +344,11 @@ _JSON_MAY_DIFFER = "|".join(
 
 def _json_may_differ(data: bytes, table: pa.Table) -> bool:
     """Whether a line may hold what pyarrow cannot show (a key with a null value is a missing
-    field to it) or reads unlike `json`; both only in fields outside `CANONICAL_LINE`, or in
+    field to it) or reads unlike `json`; both only in fields outside `canonical_line`, or in
     fields given a null, so counting every ":" as a value read rules them out at once."""
-    if data.count(b":") == sum(len(column) - column.null_count for column in table.columns):
+    values = sum(len(column) - column.null_count for column in table.columns)
+    values += len(table) - pc.struct_field(table.column("metadata"), [0]).null_count
+    if data.count(b":") == values:
         return False
     found = pc.match_substring_regex(_as_one_value(data, pa.large_binary()), _JSON_MAY_DIFFER)
     return bool(found[0].as_py())

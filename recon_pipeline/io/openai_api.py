@@ -49,7 +49,7 @@ from recon_pipeline.core.openai_records import (
     parse_record,
     records_frame,
 )
-from recon_pipeline.core.schema import PICO_PER_USD
+from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY, PICO_PER_USD
 
 _T = TypeVar("_T")
 _K = TypeVar("_K")
@@ -719,10 +719,12 @@ def _envelope(payload: Any, endpoint: str, kind: str) -> tuple[list[Any], bool]:
     return payload["data"], payload["has_more"]
 
 
-def _api_record(item: Mapping[str, Any], source: str, endpoint: str) -> dict[str, Any]:
+def _api_record(
+    item: Mapping[str, Any], source: str, endpoint: str, row_key: str
+) -> dict[str, Any]:
     """`item` is a mapping: its caller has read `created` from it (`_created`)."""
     try:
-        return _from_api_object(item, batch=False, source=source)
+        return _from_api_object(item, batch=False, source=source, row_key=row_key)
     except RecordError as error:
         name = item.get("id") if isinstance(item.get("id"), str) else "?"
         raise OpenAIAPIError(
@@ -730,7 +732,9 @@ def _api_record(item: Mapping[str, Any], source: str, endpoint: str) -> dict[str
         ) from None
 
 
-def _response_record(payload: Any, response_id: str, endpoint: str) -> ParsedLine:
+def _response_record(
+    payload: Any, response_id: str, endpoint: str, row_key: str
+) -> ParsedLine:
     problem = None
     if not isinstance(payload, Mapping):
         problem = f"expected a JSON object, got {type(payload).__name__}"
@@ -741,7 +745,7 @@ def _response_record(payload: Any, response_id: str, endpoint: str) -> ParsedLin
     if problem is not None:
         raise OpenAIAPIError(problem, kind="malformed", endpoint=endpoint)
     try:
-        return parse_record(payload, RESPONSES_SOURCE)
+        return parse_record(payload, RESPONSES_SOURCE, row_key)
     except RecordError as error:
         raise OpenAIAPIError(
             f"item {response_id!r}: {error}", kind="malformed", endpoint=endpoint
@@ -789,6 +793,7 @@ class OpenAIClient:
         max_total_wait_seconds: float = 120.0,
         max_concurrency: int = 8,
         max_pages: int = 10_000,
+        metadata_row_key: str = DEFAULT_METADATA_ROW_KEY,
     ) -> None:
         self.base_url = _check_base_url(
             base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
@@ -808,6 +813,7 @@ class OpenAIClient:
         self.max_total_wait_seconds = max_total_wait_seconds
         self.max_concurrency = max_concurrency
         self.max_pages = max_pages
+        self.metadata_row_key = metadata_row_key
 
     def __repr__(self) -> str:
         return (
@@ -886,7 +892,9 @@ class OpenAIClient:
                     created = _created(item, endpoint)
                     oldest = min(oldest, created)
                     if earliest <= created < latest:
-                        record = _api_record(item, CHAT_COMPLETIONS_SOURCE, endpoint)
+                        record = _api_record(
+                            item, CHAT_COMPLETIONS_SOURCE, endpoint, self.metadata_row_key
+                        )
                         if record["request_id"] not in held:
                             held[record["request_id"]] = (created, record)
                             found += 1
@@ -925,7 +933,9 @@ class OpenAIClient:
                 payload = call.get(path, missing_ok=True)
                 if payload is None:
                     return None
-                return _response_record(payload, response_id, f"GET {path}")
+                return _response_record(
+                    payload, response_id, f"GET {path}", self.metadata_row_key
+                )
 
             workers = min(self.max_concurrency, len(wanted))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai") as pool:
