@@ -497,6 +497,8 @@ def typed_records(records: pd.DataFrame, source: str = "bench") -> pd.DataFrame:
         audio_ms=np.round(records["audio_seconds"].to_numpy() * 1000).astype(np.int64),
         source=source,
     )
+    if "metadata_tag" not in frame:
+        frame["metadata_tag"] = None
     return frame[list(OPENAI_COLUMNS)].astype(OPENAI_COLUMNS)
 
 

@@ -21,6 +21,7 @@ BASES = {"gpt-4o-2024-08-06": "gpt-4o", "gpt-4o-mini": "gpt-4o-mini"}
 
 
 POLICY = ReconciliationPolicy()
+TIE_5_S = ReconciliationPolicy(fingerprint=FingerprintPolicy(tie=timedelta(seconds=5)))
 
 
 def run(logged, openai, policy=POLICY, day=DAY):
@@ -148,7 +149,8 @@ def test_nearest_first_one_to_one_and_a_near_tie_is_ambiguous():
         {"request_id": "r1", "created_at": secs(0)},
         {"request_id": "r2", "created_at": secs(58)},
     )
-    strict = run(logged, openai).results
+    assert run(logged, openai).results["matched_request_id"].isna().all()  # 60 s: all tied
+    strict = run(logged, openai, TIE_5_S).results
     assert strict["matched_request_id"].tolist() == ["r1", None, None]
     assert strict["variance_class"].tolist() == [
         s.CLASS_NO_ESTIMATE,  # verified: classified like any row (it logged no estimate)
@@ -169,9 +171,23 @@ def test_a_record_taken_by_a_nearer_row_resolves_the_next_round():
         {"request_id": "r2", "created_at": secs(-40)},
     )
     # u1: r1 at 1 s, r2 at 40 s -> r1. u2: r1 at 29 s (taken), r2 at 70 s -> r2 next round.
-    result = run(logged, openai)
+    result = run(logged, openai, TIE_5_S)
     assert result.results["matched_request_id"].tolist() == ["r1", "r2"]
     assert result.results["match_method"].tolist() == [s.MATCH_FINGERPRINT] * 2
+
+
+def test_by_default_a_burst_whose_latencies_differ_stays_ambiguous():
+    # Two calls with colliding counts 3 s apart, streamed for 40 s and 42 s: u1 is r1's row.
+    logged = logged_frame({"created_at": secs(40)}, {"created_at": secs(45)})
+    openai = priced_openai(
+        {"request_id": "r1", "created_at": secs(0)},
+        {"request_id": "r2", "created_at": secs(3)},
+    )
+    # Nearest first alone swaps them (u1 is 37 s from r2, 40 s from r1). Within 60 s: a tie.
+    no_margin = ReconciliationPolicy(fingerprint=FingerprintPolicy(tie=timedelta(0)))
+    assert run(logged, openai, no_margin).results["matched_request_id"].tolist() == ["r2", "r1"]
+    result = run(logged, openai).results
+    assert result["variance_class"].tolist() == [s.CLASS_AMBIGUOUS_FINGERPRINT] * 2
 
 
 def test_records_claimed_by_an_id_or_tagged_for_another_row_are_never_fingerprinted():

@@ -43,7 +43,7 @@ class FingerprintPolicy:
 
     window: timedelta = timedelta(seconds=120)
     token_tolerance: Decimal = Decimal(0)
-    tie: timedelta = timedelta(seconds=5)
+    tie: timedelta = timedelta(seconds=60)
 
     def __post_init__(self) -> None:
         if self.window <= timedelta(0):

@@ -76,6 +76,7 @@ def price_usage_buckets(usage: pd.DataFrame, catalogue: PriceCatalogue) -> pd.Da
             "output_audio_tokens": usage["output_audio_tokens"],
             "audio_ms": usage["seconds"] * 1000,
             "source": "usage_api",
+            "metadata_tag": None,
         }
     ).astype(OPENAI_COLUMNS)
     priced = price_usage(as_records, catalogue)

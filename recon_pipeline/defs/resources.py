@@ -223,7 +223,7 @@ class ReconciliationSettings(dg.ConfigurableResource):
     metadata_row_key: str = DEFAULT_METADATA_ROW_KEY
     fingerprint_window_seconds: int = 120
     fingerprint_token_tolerance: str = "0"
-    fingerprint_tie_seconds: int = 5
+    fingerprint_tie_seconds: int = 60
     as_of: str | None = None
     openai_source: str = "auto"
     unattributed_warn_share: float = 0.10
@@ -297,7 +297,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
                 os.environ.get("RECON_FINGERPRINT_WINDOW_SECONDS", "120")
             ),
             fingerprint_token_tolerance=os.environ.get("RECON_FINGERPRINT_TOKEN_TOLERANCE", "0"),
-            fingerprint_tie_seconds=int(os.environ.get("RECON_FINGERPRINT_TIE_SECONDS", "5")),
+            fingerprint_tie_seconds=int(os.environ.get("RECON_FINGERPRINT_TIE_SECONDS", "60")),
             openai_source=os.environ.get("RECON_OPENAI_SOURCE", "auto"),
             unattributed_warn_share=float(os.environ.get("RECON_UNATTRIBUTED_WARN_SHARE", "0.10")),
             unattributed_fail_share=float(os.environ.get("RECON_UNATTRIBUTED_FAIL_SHARE", "0.25")),
