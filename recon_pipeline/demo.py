@@ -108,6 +108,21 @@ def _print_summary(database: ReconDatabase) -> None:
             )
         ).all()
         unlogged = conn.execute(sa.text("SELECT count(*) FROM unlogged_openai_requests")).scalar()
+        methods = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT match_method, count(*) FROM reconciled_usage"
+                    " WHERE match_method IS NOT NULL GROUP BY 1"
+                )
+            ).all()
+        )
+        routes = conn.execute(
+            sa.text(
+                "SELECT action_type, count(*), count(openai_request_id), count(match_method)"
+                " FROM reconciled_usage GROUP BY 1 HAVING count(openai_request_id) < count(*)"
+                " ORDER BY 1"
+            )
+        ).all()
         invoice = conn.execute(
             sa.text(
                 "SELECT sum(billed_cents), sum(reconciled_actual_cents), sum(unattributed_cents)"
@@ -122,6 +137,16 @@ def _print_summary(database: ReconDatabase) -> None:
     print(f"\nestimated ${pico_to_usd_text(estimated)}  actual ${pico_to_usd_text(actual)}")
     print("variance classes: " + ", ".join(f"{c} {n}" for c, n in classes))
     print(f"OpenAI requests no row logged: {unlogged}")
+    print(
+        "rows verified by "
+        + ", ".join(f"{method} {methods.get(method, 0)}" for method in s.MATCH_METHODS)
+    )
+    print(
+        "share of rows verifiable, by request id alone -> with tags and fingerprints: "
+        + ", ".join(
+            f"{route} {ids / rows:.0%} -> {found / rows:.0%}" for route, rows, ids, found in routes
+        )
+    )
     if invoice[0]:
         billed, explained, unattributed = (round((v or 0) * s.PICO_PER_CENT) for v in invoice)
         print(

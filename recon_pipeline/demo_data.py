@@ -64,7 +64,12 @@ ANOMALIES = (
     "midnight",
     "cached_logged_by_app",
     "batch",
+    "not_stored",
+    "ambiguous_burst",
 )
+# Share of the streaming chat route's rows the application tags with its row id (`metadata`);
+# the rest are left to the fingerprint.
+CHAT_TAGGED_SHARE = 0.5
 
 _CENT_QUANTUM = Decimal("0.000001")
 _DAY_SECONDS = 86_400
@@ -195,6 +200,7 @@ class DemoDataSummary:
     rows_without_request_id: int = 0
     openai_only_records: int = 0
     daily_totals_files: list[Path] = field(default_factory=list)
+    rows_tagged: int = 0
 
 
 @dataclass
@@ -228,6 +234,8 @@ class _Call:
     stale_price: bool = False
     duplicate_after: timedelta | None = None
     planted: set[str] = field(default_factory=set)
+    tagged: bool = False
+    row_id: str | None = None
 
     @property
     def day(self) -> date:
@@ -256,9 +264,13 @@ def generate_demo_data(
     anomaly_ids = builder.plant(calls, window)
 
     rows = _app_rows(calls, window[len(window) // 2])
+    # Rows first, as the application does for a tagged call: the tag is the row's own id.
+    for row, row_id in zip(rows, _insert_rows(engine, target, rows), strict=True):
+        call = row["call"]
+        if call.row_id is None:
+            call.row_id = row_id
     files = _write_exports(Path(export_dir), window, calls)
     totals_files = _write_daily_totals(Path(export_dir), window)
-    _insert_rows(engine, target, rows)
 
     openai_calls = [c for c in calls if c.at_openai]
     return DemoDataSummary(
@@ -271,6 +283,7 @@ def generate_demo_data(
         daily_totals_files=totals_files,
         rows_without_request_id=sum(1 for r in rows if r["openai_request_id"] is None),
         openai_only_records=sum(1 for c in openai_calls if not (c.logged and c.captured)),
+        rows_tagged=sum(1 for c in calls if c.tagged and c.logged),
     )
 
 
@@ -448,12 +461,37 @@ class _Builder:
             call.logged = False
         for call in pick("duplicate_id", pool(), 1):
             call.duplicate_after = timedelta(microseconds=rng.randint(50_000, 900_000))
+        self.plant_without_ids(calls, pick)
 
         ids: dict[str, list[str]] = {name: [] for name in ANOMALIES}
         for call in calls:
             for name in call.planted:
                 ids[name].append(call.request_id)
         return ids
+
+    def plant_without_ids(
+        self, calls: list[_Call], pick: Callable[[str, list[_Call], int], list[_Call]]
+    ) -> None:
+        """Rows without an id: a few wrapper calls OpenAI never stored (no record to find),
+        bursts of concurrent chat calls whose token counts collide (ambiguous fingerprints),
+        and half of the remaining chat calls tagged with their row's id."""
+        rng = self.rng
+        for call in pick("not_stored", [c for c in calls if c.action_type == "flip_frequency"], 3):
+            call.at_openai = False
+        chat = [c for c in calls if c.action_type == "chat" and not c.planted]
+        for first in pick("ambiguous_burst", chat, 2):
+            route = _ROUTE_BY_ACTION["chat"]
+            for _ in range(2):
+                delay = timedelta(microseconds=rng.randint(200_000, 20_000_000))
+                sibling = self.call(route, route.calls[0], first.user_id, first.created, delay)
+                sibling.input_tokens = sibling.app_input_tokens = first.input_tokens
+                sibling.output_tokens = sibling.app_output_tokens = first.output_tokens
+                sibling.planted.add("ambiguous_burst")
+                calls.append(sibling)
+        calls.sort(key=lambda c: (c.created_at, c.request_id))
+        for call in calls:
+            if call.action_type == "chat" and not call.planted:
+                call.tagged = rng.random() < CHAT_TAGGED_SHARE
 
 
 def _app_cost_cents(call: _Call, stale_from: date) -> Decimal:
@@ -490,6 +528,7 @@ def _app_rows(calls: Iterable[_Call], stale_from: date) -> list[dict[str, Any]]:
             if call.captured and call.api != "transcription"
             else None,
             "system_fingerprint": call.fingerprint if call.captured else None,
+            "call": call,
         }
         rows.append(row)
         if call.duplicate_after is not None:
@@ -506,6 +545,8 @@ def _canonical_line(call: _Call) -> dict[str, Any]:
         "service_tier": "default",
         "batch": False,
     }
+    if call.tagged and call.row_id is not None:
+        line["metadata"] = {"token_usage_id": call.row_id}
     if call.audio_seconds is not None:
         line["audio_seconds"] = float(call.audio_seconds)
         return line
@@ -704,17 +745,24 @@ APP_ROW_COLUMNS = (
 
 def _insert_rows(
     engine: sa.Engine, target: str, rows: list[dict[str, Any]], batch_size: int = 1000
-) -> None:
-    """executemany in batches, in one transaction; SQLite gets ISO text and decimal strings."""
+) -> list[str]:
+    """executemany in batches, in one transaction; SQLite gets ISO text and decimal strings.
+    Returns the ids the rows got, in their order (ids grow in insert order on both)."""
+    params = [{column: row[column] for column in APP_ROW_COLUMNS} for row in rows]
     if engine.dialect.name == "sqlite":
-        rows = [_for_sqlite(row) for row in rows]
+        params = [_for_sqlite(row) for row in params]
     statement = sa.text(
         f"INSERT INTO {target} ({', '.join(APP_ROW_COLUMNS)}) "
         f"VALUES ({', '.join(':' + column for column in APP_ROW_COLUMNS)})"
     )
     with engine.begin() as connection:
-        for start in range(0, len(rows), batch_size):
-            connection.execute(statement, rows[start : start + batch_size])
+        for start in range(0, len(params), batch_size):
+            connection.execute(statement, params[start : start + batch_size])
+        newest = connection.execute(
+            sa.text(f"SELECT CAST(id AS TEXT) FROM {target} ORDER BY id DESC LIMIT :n"),
+            {"n": len(params)},
+        ).scalars()
+        return list(newest)[::-1]
 
 
 def _for_sqlite(row: dict[str, Any]) -> dict[str, Any]:

@@ -68,5 +68,13 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
     # What it printed is what the database holds.
     assert printed == {status: statuses.get(status, 0) for status in s.STATUSES}
     assert results == sum(statuses.values()) > 1000
-    assert printed[s.MATCHED] > 1000 and printed[s.UNVERIFIABLE] > 100
+    # Rows without an id are verified by tag or fingerprint; only a few stay unverifiable.
+    assert printed[s.MATCHED] > 1000 and 0 < printed[s.UNVERIFIABLE] < 50
+    verified = re.search(
+        r"^rows verified by request_id (\d+), metadata_tag (\d+), fingerprint (\d+)$",
+        out,
+        re.MULTILINE,
+    )
+    assert verified and all(int(count) > 50 for count in verified.groups())
+    assert re.search(r"chat 0% -> 9\d%", out)
     assert f"OpenAI requests no row logged: {unlogged}" in out

@@ -26,6 +26,7 @@ CANONICAL_OPTIONAL = {
     "input_audio_tokens": int,
     "output_audio_tokens": int,
     "audio_seconds": (int, float),
+    "metadata": dict,
 }
 
 
@@ -258,3 +259,23 @@ def test_daily_totals_pages_add_up_to_the_records(tmp_path: Path) -> None:
     per_day = totals.costs.groupby("day")["amount_pico"].sum()
     assert sorted(per_day.index) == summary.days
     assert (per_day > 10 * 10**12 // 1000).all()
+
+
+def test_tagged_chat_records_name_their_rows_id(demo: tuple[list[dict], DemoDataSummary]) -> None:
+    rows, summary = demo
+    by_id = {str(r["id"]): r for r in rows}
+    tagged = [
+        record
+        for path in summary.files
+        if path.name.startswith("openai-requests-")
+        for record in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+        if "metadata" in record
+    ]
+    assert len(tagged) == summary.rows_tagged > 50
+    for record in tagged:
+        row = by_id[record["metadata"]["token_usage_id"]]
+        assert row["action_type"] == "chat" and row["openai_request_id"] is None
+        assert (row["input_tokens"], row["output_tokens"]) == (
+            record["input_tokens"],
+            record["output_tokens"],
+        )

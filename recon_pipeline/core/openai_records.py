@@ -39,7 +39,6 @@ _NAMES = ("request_id", "model")
 _API_OBJECTS = ("chat.completion", "response")
 
 
-
 def canonical_line(row_key: str = DEFAULT_METADATA_ROW_KEY) -> pa.Schema:
     """The canonical line for pyarrow to read a whole file of them at once
     (`canonical_columns`); `object` only to tell API objects apart, and of `metadata` only the

@@ -732,9 +732,7 @@ def _api_record(
         ) from None
 
 
-def _response_record(
-    payload: Any, response_id: str, endpoint: str, row_key: str
-) -> ParsedLine:
+def _response_record(payload: Any, response_id: str, endpoint: str, row_key: str) -> ParsedLine:
     problem = None
     if not isinstance(payload, Mapping):
         problem = f"expected a JSON object, got {type(payload).__name__}"
@@ -933,9 +931,7 @@ class OpenAIClient:
                 payload = call.get(path, missing_ok=True)
                 if payload is None:
                     return None
-                return _response_record(
-                    payload, response_id, f"GET {path}", self.metadata_row_key
-                )
+                return _response_record(payload, response_id, f"GET {path}", self.metadata_row_key)
 
             workers = min(self.max_concurrency, len(wanted))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai") as pool:
