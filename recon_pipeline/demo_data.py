@@ -759,7 +759,7 @@ def _insert_rows(
         for start in range(0, len(params), batch_size):
             connection.execute(statement, params[start : start + batch_size])
         newest = connection.execute(
-            sa.text(f"SELECT CAST(id AS TEXT) FROM {target} ORDER BY id DESC LIMIT :n"),
+            sa.text(f"SELECT CAST(id AS TEXT) AS row_id FROM {target} ORDER BY id DESC LIMIT :n"),
             {"n": len(params)},
         ).scalars()
         return list(newest)[::-1]

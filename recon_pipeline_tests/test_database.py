@@ -7,6 +7,7 @@ nothing else of the application's table is ever written.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -872,3 +873,34 @@ def test_a_large_write_back_gets_memory_for_its_join_in_its_own_transaction(
     assert (outcome.rows_considered, outcome.rows_updated) == (rows, 0)
     assert during == expected_kb
     assert after == before
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_an_output_table_of_the_previous_release_gains_the_new_columns(
+    backend, pg_schema, tmp_path
+) -> None:
+    """reconciled_usage as an earlier release created it (no match_method, no
+    matched_request_id): the next run's first write adds the columns, keeps the stored rows,
+    and both days read back."""
+    if backend == "postgres":
+        db = _pg_db(pg_schema)
+    else:
+        db = _sqlite_db(sa.create_engine(f"sqlite:///{tmp_path}/old.sqlite"))
+    new = {"match_method", "matched_request_id"}
+    previous = dataclasses.replace(
+        RECONCILED_USAGE, columns=tuple(c for c in RECONCILED_USAGE.columns if c.name not in new)
+    )
+    db.ensure_table(previous)
+    old_day = DAY - timedelta(days=1)
+    old_frame = _result_frame([{"usage_id": "1", "usage_date": old_day}]).drop(columns=list(new))
+    with db.engine.begin() as conn:
+        db.replace_day(conn, previous, old_frame, old_day)
+    fresh = Database(db.engine, usage_schema=db._usage_schema)  # a new run of the new release
+    written = fresh.replace_days(RECONCILED_USAGE, _result_frame([{"usage_id": "2"}]), [DAY])
+    assert written == 1
+    stored = fresh.read_day(
+        RECONCILED_USAGE, DAY, ["usage_id", "match_method", "matched_request_id"]
+    )
+    assert stored.values.tolist() == [["2", s.MATCH_REQUEST_ID, "chatcmpl-x"]]
+    kept = fresh.read_day(RECONCILED_USAGE, old_day, ["usage_id", "match_method"])
+    assert kept["usage_id"].tolist() == ["1"] and kept["match_method"].isna().all()

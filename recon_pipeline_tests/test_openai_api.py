@@ -658,3 +658,27 @@ def test_no_key_appears_in_errors_repr_or_logs(fake: FakeOpenAI, caplog) -> None
     assert "Incorrect API key" in str(errors[0])
     assert any("GET /v1/chat/completions" in record.getMessage() for record in caplog.records)
     assert all(API_KEY not in request.url for request, _ in fake.server.log)
+
+
+def test_the_row_tag_comes_from_stored_completions_and_responses_metadata(
+    fake: FakeOpenAI,
+) -> None:
+    """Stored completions and Responses carry the request's `metadata`; the configured key
+    gives each record the application's row id (RECON_METADATA_ROW_KEY)."""
+    fake.chat = chat_completions(3, END - timedelta(hours=1), timedelta(minutes=5))
+    fake.chat[0]["metadata"] = {"row": "4711", "route": "chat"}
+    fake.chat[1]["metadata"] = None
+    fake.responses[response_id_for(1)] = response_object(1, unix(START)) | {
+        "metadata": {"row": "4712"}
+    }
+    client = client_for(fake, metadata_row_key="row")
+    chat = client.list_chat_completions(START, END).set_index("request_id")["metadata_tag"]
+    assert chat.to_dict() == {
+        fake.chat[0]["id"]: "4711",
+        fake.chat[1]["id"]: None,
+        fake.chat[2]["id"]: None,
+    }
+    responses, _ = client.retrieve_responses([response_id_for(1)])
+    assert responses["metadata_tag"].tolist() == ["4712"]
+    default_key = client_for(fake).list_chat_completions(START, END)
+    assert default_key["metadata_tag"].isna().all()
