@@ -58,7 +58,8 @@ def _no_duplicates(demo: SmallDemo, day) -> None:
             f"SELECT count(*), count(DISTINCT {key}) FROM {{s}}.{table} WHERE usage_date = :d",
             d=day,
         )
-        assert rows == keys > 0, table
+        # A day may leave no request unlogged now that tags and fingerprints claim records.
+        assert rows == keys and (rows > 0 or table == "unlogged_openai_requests"), table
     [(logged,)] = demo.rows(
         "SELECT count(*) FROM {s}.reconciled_usage WHERE usage_date = :d", d=day
     )

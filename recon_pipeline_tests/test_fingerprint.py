@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -242,6 +243,9 @@ def test_openai_created_logged_by_the_app_is_the_rows_time():
     openai = priced_openai({"request_id": "r1", "created_at": secs(0)})
     assert run(logged, openai).results["matched_request_id"].tolist() == ["r1"]
     assert row_times_us(logged).tolist() == [int(secs(0).timestamp()) * 1_000_000]
+    # A value that is no unix time in seconds (e.g. milliseconds) is ignored, not overflowed.
+    garbled = logged.assign(openai_created=pd.array([10**15], dtype="Int64"))
+    assert row_times_us(garbled).tolist() == [int(secs(500).timestamp()) * 1_000_000]
 
 
 def test_a_token_tolerance_accepts_approximate_counts():

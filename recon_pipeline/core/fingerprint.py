@@ -32,6 +32,7 @@ from recon_pipeline.core import schema as s
 from recon_pipeline.core.models import snapshot_base
 
 _US = 1_000_000
+_MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z
 _MAX_ROUNDS = 64
 
 
@@ -70,9 +71,9 @@ def row_times_us(logged: pd.DataFrame) -> np.ndarray:
     created_at = _unix_us(logged["created_at"])
     if "openai_created" not in logged:
         return created_at
-    openai_created = logged["openai_created"].astype("Int64")
-    known = openai_created.notna().to_numpy()
-    return np.where(known, openai_created.fillna(0).to_numpy(np.int64) * _US, created_at)
+    openai_created = logged["openai_created"].astype("Int64").fillna(-1).to_numpy(np.int64)
+    known = (openai_created >= 0) & (openai_created <= _MAX_UNIX_S)  # else: not a time
+    return np.where(known, np.where(known, openai_created, 0) * _US, created_at)
 
 
 def _unix_us(moments: pd.Series) -> np.ndarray:
