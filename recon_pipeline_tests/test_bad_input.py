@@ -127,6 +127,36 @@ BAD_LINES = {
         },
         "missing required field 'usage'",
     ),
+    # What PostgreSQL refuses, caught at the parser rather than inside a COPY naming no file.
+    "NUL in the request id": (
+        {**GOOD, "request_id": "chatcmpl-\u0000x"},
+        "field 'request_id' holds NUL at character 9",
+    ),
+    "lone surrogate in the model": (
+        {**GOOD, "model": "gpt-4o\ud800"},
+        "field 'model' holds a lone surrogate (U+D800)",
+    ),
+    "overlong request id": (
+        {**GOOD, "request_id": "chatcmpl-" + "x" * 5000},
+        "field 'request_id' is 5009 characters long, over the 512 allowed",
+    ),
+    "NUL in a batch body's id": (
+        {
+            "custom_id": "c1",
+            "response": {
+                "status_code": 200,
+                "request_id": "req_1",
+                "body": {
+                    "object": "chat.completion",
+                    "id": "chatcmpl-\u0000",
+                    "created": GOOD["created"],
+                    "model": MODEL,
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+                },
+            },
+        },
+        "field 'id' holds NUL",
+    ),
     "successful batch line without body": (
         {"custom_id": "c1", "response": {"status_code": 200, "request_id": "r"}},
         "missing required field 'response.body'",
@@ -158,6 +188,28 @@ def test_a_bad_export_line_fails_the_run_naming_file_line_and_field(
         for e in result.get_asset_materialization_events()
         if e.asset_key in (dg.AssetKey("openai_requests"), dg.AssetKey("reconciled_usage"))
     ]
+
+
+def test_bytes_that_are_not_utf8_fail_the_run_naming_file_line_and_field(
+    shared_demo: SmallDemo, extra_file
+) -> None:
+    good = json.dumps(GOOD).encode()
+    bad = json.dumps({**GOOD, "request_id": "chatcmpl-@"}).encode().replace(b"@", b"\xe9\x28")
+    extra_file.write_bytes(good + b"\n" + good + b"\n" + bad + b"\n")
+    before = shared_demo.token_usage()
+    stored = {t: shared_demo.table(t, DAY) for t in ("openai_requests", "reconciled_usage")}
+
+    result = shared_demo.run(DAY)
+
+    assert not result.success
+    step, message = step_failure(result)
+    assert step == "openai_requests"
+    at = bad.index(b"\xe9") + 1
+    expected = f"{extra_file}:3: not valid UTF-8: byte 0xe9 at byte {at} of the line"
+    assert f"{expected} in field 'request_id'" in message, message
+    assert "UnicodeDecodeError" not in message
+    assert shared_demo.token_usage() == before
+    assert {t: shared_demo.table(t, DAY) for t in stored} == stored
 
 
 def test_repeated_request_ids_are_counted_and_billed_once(demo: SmallDemo) -> None:

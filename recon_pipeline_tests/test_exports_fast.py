@@ -311,12 +311,17 @@ def test_a_byte_order_mark_is_refused_as_before(tmp_path: Path):
     )
 
 
-def test_bytes_that_are_not_utf8_fail_as_before(tmp_path: Path):
+def test_bytes_that_are_not_utf8_fail_naming_file_line_and_field(tmp_path: Path):
     path = tmp_path / "x.jsonl"
-    path.write_bytes(GOOD.encode() + b"\n" + GOOD[:-1].encode() + b', "note": "\xff"}\n')
+    bad = GOOD[:-1].encode() + b', "note": "\xff"}'
+    path.write_bytes(GOOD.encode() + b"\n" + bad + b"\n")
     assert read_in_one_go(path) is None  # pyarrow does not look inside a field it ignores
-    with pytest.raises(UnicodeDecodeError):
+    with pytest.raises(ExportFileError) as caught:
         read_export_folder(tmp_path, START, END)
+    at = bad.index(b"\xff") + 1
+    assert str(caught.value) == (
+        f"{path}:2: not valid UTF-8: byte 0xff at byte {at} of the line in field 'note'"
+    )
 
 
 def test_a_nan_audio_duration_is_refused(tmp_path: Path):
@@ -382,17 +387,18 @@ def test_files_only_the_line_reader_can_read_give_what_it_gives(tmp_path: Path, 
 
 
 @pytest.mark.parametrize(
-    ("extra", "error"),
+    ("extra", "problem"),
     [
-        ("[" * 5000 + "]" * 5000, RecursionError),  # `json` runs out of recursion
-        ("1" + "0" * 5000, ValueError),  # past `json`'s 4300 digits
+        ("[" * 5000 + "]" * 5000, "JSON nested too deeply"),  # `json` runs out of recursion
+        ("1" + "0" * 5000, "not valid JSON (Exceeds the limit"),  # past `json`'s 4300 digits
     ],
 )
-def test_what_json_cannot_read_fails_as_before(tmp_path: Path, extra, error):
+def test_what_json_cannot_read_fails_naming_file_and_line(tmp_path: Path, extra, problem):
     path = write(tmp_path, "x.jsonl", GOOD, GOOD[:-1] + f', "x": {extra}}}')
     assert read_in_one_go(path) is None
-    with pytest.raises(error):
+    with pytest.raises(ExportFileError) as caught:
         read_export_folder(tmp_path, START, END)
+    assert str(caught.value).startswith(f"{path}:2: {problem}")
 
 
 def test_blank_means_what_str_strip_removes():

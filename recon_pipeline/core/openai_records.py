@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY, OPENAI_COLUMNS
+from recon_pipeline.core.text_fields import TextFieldError, any_refused, check_text
 
 _MAX_TOKENS = 10**9
 _MAX_AUDIO_MS = 10 * 24 * 3600 * 1000
@@ -107,9 +108,18 @@ def _required(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) 
         raise RecordError(f"missing required field {name!r}")
     if not isinstance(value, kind) or isinstance(value, bool):
         raise RecordError(f"field {name!r} has the wrong type ({type(value).__name__})")
-    if isinstance(value, str) and not value.strip():
-        raise RecordError(f"field {name!r} is empty")
+    if isinstance(value, str):
+        if not value.strip():
+            raise RecordError(f"field {name!r} is empty")
+        _text(value, name)
     return value
+
+
+def _text(value: str, name: str) -> str:
+    try:
+        return check_text(value, name)
+    except TextFieldError as error:
+        raise RecordError(str(error)) from None
 
 
 def _created(obj: Mapping[str, Any], name: str) -> int | float:
@@ -124,7 +134,7 @@ def _tier(value: Any) -> str:
         return "default"
     if not isinstance(value, str):
         raise RecordError(f"service_tier must be a string, got {type(value).__name__}")
-    return value
+    return _text(value, "service_tier")
 
 
 def _audio_ms(seconds: Any) -> int:
@@ -158,7 +168,7 @@ def metadata_tag(obj: Mapping[str, Any], row_key: str) -> str | None:
         return str(value)
     if not isinstance(value, str):
         raise RecordError(f"metadata.{row_key} must be a string, got {type(value).__name__}")
-    return value if value.strip() else None
+    return _text(value, f"metadata.{row_key}") if value.strip() else None
 
 
 def _from_api_object(
@@ -242,6 +252,8 @@ def canonical_columns(table: pa.Table, source: str) -> dict[str, np.ndarray] | N
     tags = pc.struct_field(column("metadata"), [0])
     if pc.any(pc.match_substring_regex(tags, _BLANK)).as_py():
         return None  # a blank tag is no tag: the line reader says so
+    if any(any_refused(column(name)) for name in (*_NAMES, "service_tier")) or any_refused(tags):
+        return None
     created = column("created").to_numpy()
     counts = {name: column(name).fill_null(0).to_numpy() for name in COUNT_FIELDS}
     seconds = column("audio_seconds").fill_null(0.0).to_numpy()

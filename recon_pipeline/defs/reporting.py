@@ -52,8 +52,11 @@ class DailyReport:
         return {"days_skipped_locked": dg.MetadataValue.json([d.isoformat() for d in self.skipped])}
 
     def totals(self) -> Figures:
+        """Each figure summed over the days in its own type: a frame's `sum()` would turn every
+        count into a float as soon as one figure (money in USD) is a float."""
         frame = pd.DataFrame(list(self.days.values()))
-        return {k: v.item() if hasattr(v, "item") else v for k, v in frame.sum().items()}
+        sums = {name: frame[name].sum() for name in frame.columns}
+        return {k: v.item() if hasattr(v, "item") else v for k, v in sums.items()}
 
     def _one(self, figures: Figures) -> dict[str, Any]:
         return {"dagster/row_count": figures["rows"], **figures, **self._derive(figures)}

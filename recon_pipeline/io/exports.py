@@ -11,11 +11,12 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ from recon_pipeline.core.openai_records import (
 )
 from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
+from recon_pipeline.core.text_fields import TextFieldError, check_text
 from recon_pipeline.io.openai_api import costs_frame, usage_frame
 
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
@@ -198,32 +200,109 @@ def _read_by_line(path: Path, named: date | None, row_key: str) -> FileRead:
     read = FileRead(columns={}, lines=0, row_key=row_key)
     records = []
     reach = _reach(named)
-    with path.open("r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            read.lines += 1
-            try:
-                parsed = parse_record(json.loads(line), source=path.name, row_key=row_key)
-            except json.JSONDecodeError as error:
-                raise ExportFileError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            except RecordError as error:
-                raise ExportFileError(f"{path}:{number}: {error}") from None
-            if parsed.record is None:
-                reason = parsed.skipped_reason or "skipped"
-                read.skipped[reason] = read.skipped.get(reason, 0) + 1
-                continue
-            created = parsed.record["created"]
-            if reach is not None and not reach[0] <= created < reach[1]:
-                moment = datetime.fromtimestamp(created, UTC).isoformat()
-                raise ExportFileError(
-                    f"{path}:{number}: record created {moment} is more than a day away "
-                    f"from the file's date {named}, so no day would read it; move the line "
-                    "to a file of its day or to a file without a date in its name"
-                )
-            records.append(parsed.record)
+    source = _source_name(path)
+    for number, obj in json_lines(path):
+        read.lines += 1
+        try:
+            parsed = parse_record(obj, source=source, row_key=row_key)
+        except RecordError as error:
+            raise ExportFileError(f"{path}:{number}: {error}") from None
+        if parsed.record is None:
+            reason = parsed.skipped_reason or "skipped"
+            read.skipped[reason] = read.skipped.get(reason, 0) + 1
+            continue
+        created = parsed.record["created"]
+        if reach is not None and not reach[0] <= created < reach[1]:
+            moment = datetime.fromtimestamp(created, UTC).isoformat()
+            raise ExportFileError(
+                f"{path}:{number}: record created {moment} is more than a day away "
+                f"from the file's date {named}, so no day would read it; move the line "
+                "to a file of its day or to a file without a date in its name"
+            )
+        records.append(parsed.record)
     read.columns = records_columns(records)
     return read
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded JSON) of each non-blank line; a line that is not UTF-8 or not
+    JSON stops the read with `file:line` and what is wrong (never a bare UnicodeDecodeError).
+
+    Lines end at "\n", "\r\n" or a lone "\r", as text mode reads them."""
+    with path.open("rb") as handle:
+        number = 0
+        for raw in handle:
+            for piece in _text_lines(raw):
+                number += 1
+                try:
+                    line = piece.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise ExportFileError(
+                        f"{path}:{number}: {_not_utf8(piece, error.start)}"
+                    ) from None
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ExportFileError(
+                        f"{path}:{number}: not valid JSON ({error.msg})"
+                    ) from None
+                except RecursionError:
+                    raise ExportFileError(f"{path}:{number}: JSON nested too deeply") from None
+                except ValueError as error:  # e.g. an integer past `json`'s digit limit
+                    raise ExportFileError(f"{path}:{number}: not valid JSON ({error})") from None
+
+
+def _text_lines(raw: bytes) -> list[bytes]:
+    """A binary line split where text mode would split it too (at a lone "\r")."""
+    if b"\r" not in raw:
+        return [raw]
+    return raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").splitlines()
+
+
+def _not_utf8(line: bytes, at: int) -> str:
+    """What is wrong with a line that is not UTF-8: the byte, where, and the field holding it
+    when the line is JSON otherwise."""
+    where = f"byte 0x{line[at]:02x} at byte {at + 1} of the line"
+    try:
+        field = _field_with_bad_bytes(json.loads(line.decode("utf-8", "surrogateescape")))
+    except (ValueError, RecursionError):
+        field = None
+    within = f" in field {field!r}" if field else ""
+    return f"not valid UTF-8: {where}{within}"
+
+
+def _field_with_bad_bytes(value: Any, at: str = "") -> str | None:
+    """The dotted path of the first key or string holding an undecodable byte."""
+    if isinstance(value, str):
+        return at or "(the line)" if any("\udc80" <= c <= "\udcff" for c in value) else None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        name = f"{at}.{key}" if at else str(key)
+        if isinstance(key, str) and _field_with_bad_bytes(key) is not None:
+            return name
+        found = _field_with_bad_bytes(item, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _source_name(path: Path) -> str:
+    """The file's name as the records' `source`; a name no text column can hold is refused."""
+    try:
+        check_text(path.name, "file name")
+    except TextFieldError:
+        raise ExportFileError(
+            f"{str(path)!r}: the file's name cannot be stored as text; rename the file"
+        ) from None
+    return path.name
 
 
 def _read_canonical_file(
@@ -389,7 +468,7 @@ def read_daily_totals(folder: Path, first: date, last: date) -> DailyTotalsRead:
         if named is not None and not earliest <= named <= latest:
             continue
         try:
-            page = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+            page = json.loads(_utf8_text(path), parse_float=Decimal)
             buckets = page["data"] if isinstance(page, dict) else page
             if usage_match:
                 frame = usage_frame(buckets, usage_match.group(1))
@@ -415,6 +494,18 @@ def read_daily_totals(folder: Path, first: date, last: date) -> DailyTotalsRead:
         costs=_days_between(pd.concat(costs, ignore_index=True), first, last),
         files=files,
     )
+
+
+def _utf8_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        number = data.count(b"\n", 0, error.start) + 1
+        start = data.rfind(b"\n", 0, error.start) + 1
+        end = data.find(b"\n", error.start)
+        line = data[start : end if end >= 0 else len(data)]
+        raise ExportFileError(f"{path}:{number}: {_not_utf8(line, error.start - start)}") from None
 
 
 def _days_between(frame: pd.DataFrame, first: date, last: date) -> pd.DataFrame:

@@ -50,6 +50,7 @@ from recon_pipeline.core.openai_records import (
     records_frame,
 )
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY, PICO_PER_USD
+from recon_pipeline.core.text_fields import TextFieldError, check_optional_text
 
 _T = TypeVar("_T")
 _K = TypeVar("_K")
@@ -329,7 +330,10 @@ def _optional_str(obj: Mapping[str, Any], name: str) -> str | None:
     value = obj.get(name)
     if value is not None and not isinstance(value, str):
         raise RecordError(f"field {name!r} must be a string, got {type(value).__name__}")
-    return value
+    try:
+        return check_optional_text(value, name)
+    except TextFieldError as error:
+        raise RecordError(str(error)) from None
 
 
 def _bucket_day(bucket: Any) -> tuple[date, list[Any]]:
@@ -720,15 +724,16 @@ def _envelope(payload: Any, endpoint: str, kind: str) -> tuple[list[Any], bool]:
 
 
 def _api_record(
-    item: Mapping[str, Any], source: str, endpoint: str, row_key: str
+    item: Mapping[str, Any], source: str, endpoint: str, row_key: str, page: int | None = None
 ) -> dict[str, Any]:
     """`item` is a mapping: its caller has read `created` from it (`_created`)."""
     try:
         return _from_api_object(item, batch=False, source=source, row_key=row_key)
     except RecordError as error:
         name = item.get("id") if isinstance(item.get("id"), str) else "?"
+        where = f"page {page}, " if page is not None else ""
         raise OpenAIAPIError(
-            f"item {name!r}: {error}", kind="malformed", endpoint=endpoint
+            f"{where}item {name[:80]!r}: {error}", kind="malformed", endpoint=endpoint
         ) from None
 
 
@@ -891,7 +896,7 @@ class OpenAIClient:
                     oldest = min(oldest, created)
                     if earliest <= created < latest:
                         record = _api_record(
-                            item, CHAT_COMPLETIONS_SOURCE, endpoint, self.metadata_row_key
+                            item, CHAT_COMPLETIONS_SOURCE, endpoint, self.metadata_row_key, pages
                         )
                         if record["request_id"] not in held:
                             held[record["request_id"]] = (created, record)
