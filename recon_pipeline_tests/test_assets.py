@@ -603,7 +603,7 @@ def test_embedded_sqlite_default_builds_the_demo_and_runs(monkeypatch, tmp_path)
     assert untouched == 0  # days outside the run are not written
 
 
-def test_a_day_whose_openai_source_is_missing_fails_instead_of_writing_not_found(
+def test_a_day_whose_openai_source_is_missing_keeps_its_rows_pending_and_fails_a_check(
     own_demo: Demo,
 ) -> None:
     quiet_day = LAST_DAY + timedelta(days=3)
@@ -617,17 +617,25 @@ def test_a_day_whose_openai_source_is_missing_fails_instead_of_writing_not_found
             ),
             {"at": datetime(quiet_day.year, quiet_day.month, quiet_day.day, 12, tzinfo=UTC)},
         )
-    usage_before = own_demo.token_usage()
 
+    # Long past the grace period: without the thin-day rule the row would be a final not_found.
     result = own_demo.run(
         quiet_day, quiet_day, as_of="2026-12-31T00:00:00+00:00", raise_on_error=False
     )
 
-    assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    error, message = failure.event_specific_data.error, ""
-    while error is not None:
-        message, error = message + error.message, error.cause
-    assert "no OpenAI records are stored for the day while 1 rows carry request ids" in message
-    assert own_demo.token_usage() == usage_before
-    assert own_demo.results(quiet_day) == []
+    assert result.success
+    [row] = [r for r in own_demo.token_usage() if r.openai_request_id == "chatcmpl-never-exported"]
+    assert row.reconciliation_status == s.PENDING
+    [stored] = own_demo.results(quiet_day)
+    assert stored.variance_class == s.CLASS_AWAITING_OPENAI
+    [check] = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "openai_side_complete"
+    ]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.description.startswith(
+        f"{quiet_day}: 0 OpenAI records created on the day (0 stored with the match window) for"
+        " 1 logged rows with request ids"
+    )
+    assert "no OpenAI record at all" in check.description
+    assert "RECON_OPENAI_SOURCE=auto" in check.description
+    assert check.metadata["days_held_pending"].value == [quiet_day.isoformat()]

@@ -170,12 +170,14 @@ def reconcile_day(
     day: date,
     now: datetime,
     policy: ReconciliationPolicy,
+    finalize: bool = True,
 ) -> DayReconciliation:
     """Reconcile the rows logged on `day` against priced OpenAI records.
 
     `logged` and `openai` may cover the whole `read_window` of the day; only rows created on
     `day` come out in `results`, and only OpenAI records created on `day` that no row in the
-    window claims come out in `unlogged`.
+    window claims come out in `unlogged`. `finalize` off (OpenAI's side of the day looks thin,
+    `completeness.judge_day`): a row without a record stays pending past the grace period.
     """
     start, end = day_bounds(day)
     openai = openai.drop_duplicates("request_id", keep="first")
@@ -221,7 +223,7 @@ def reconcile_day(
         (joined["input_tokens"] != joined["openai_input_tokens"])
         | (joined["output_tokens"] != joined["openai_output_tokens"])
     ).fillna(False).to_numpy(bool) & has_record
-    in_grace = now < end + policy.grace
+    in_grace = now < end + policy.grace or not finalize
 
     conditions = [
         ~has_id & ~has_record & ambiguous,

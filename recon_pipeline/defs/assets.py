@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
+from recon_pipeline.core.completeness import CompletenessPolicy, DayCompleteness, judge_day
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import (
@@ -38,6 +39,7 @@ from recon_pipeline.io.database import (
     Database,
     WriteBackResult,
 )
+from recon_pipeline.io.day_volumes import trailing_record_counts
 from recon_pipeline.io.exports import ParsedFiles, read_export_folder
 
 GROUP = "reconciliation"
@@ -157,23 +159,6 @@ def openai_requests(
     )
 
 
-class MissingOpenAIRecordsError(RuntimeError):
-    """The day's OpenAI records are empty while logged rows carry request ids."""
-
-
-def _refuse_missing_source(day: date, logged: pd.DataFrame, openai: pd.DataFrame) -> None:
-    """No OpenAI record at all for a day whose rows carry ids means the source is missing or
-    late, not that OpenAI never saw the requests: refuse rather than mark them not_found."""
-    on_day = logged["created_at"].between(*day_bounds(day), inclusive="left")
-    with_ids = int(logged.loc[on_day, "openai_request_id"].notna().sum())
-    if openai.empty and with_ids:
-        raise MissingOpenAIRecordsError(
-            f"{day}: no OpenAI records are stored for the day while {with_ids} rows carry "
-            "request ids; the source is missing or late (materialize openai_requests for the "
-            "day, or check RECON_USAGE_EXPORT_DIR / the API). Nothing was written."
-        )
-
-
 def _match_rate(figures: Figures) -> dict[str, float]:
     verifiable = figures[s.MATCHED] + figures[s.DISCREPANCY]
     return {"match_rate": round(figures[s.MATCHED] / verifiable, 6) if verifiable else 0.0}
@@ -213,6 +198,13 @@ def _match_rate(figures: Figures) -> dict[str, float]:
             "results were stored, has a result.",
         ),
         dg.AssetCheckSpec(
+            "openai_side_complete",
+            asset="reconciled_usage",
+            description="OpenAI's side of each day is plausible (not empty, not far below the "
+            "logged rows with request ids or the trailing week); a thin day's rows stay "
+            "pending instead of becoming not_found, unless RECON_ACCEPT_THIN_DAYS lists it.",
+        ),
+        dg.AssetCheckSpec(
             "every_model_priced",
             asset="reconciled_usage",
             description="No OpenAI record of the day is left without a price.",
@@ -246,8 +238,10 @@ def reconciled_usage(
     """
     db = database.get()
     policy = settings.policy()
+    completeness = settings.completeness()
     now = settings.now()
     catalogue = PriceCatalogue()
+    thin: list[tuple[DayCompleteness, str]] = []
     results_report = DailyReport(context, "reconciled_usage", derive=_match_rate)
     unlogged_report = DailyReport(context, "unlogged_openai_requests")
     write_back_report = DailyReport(context, "token_usage_reconciliation")
@@ -255,13 +249,23 @@ def reconciled_usage(
     classes: dict[str, int] = {}
     unpriced = unaccounted = disagreeing = 0
     for day in partition_days(context):
-        done = _reconcile_and_write_back(db, day, now, policy, catalogue)
+        done = _reconcile_and_write_back(db, day, now, policy, catalogue, completeness)
         if done is None:
             results_report.skip(day)
             unlogged_report.skip(day, warn=False)
             write_back_report.skip(day, warn=False)
             continue
-        outcome, written = done
+        outcome, written, verdict = done
+        if verdict.thin:
+            thin.append((verdict, _sources_of(outcome, settings.openai_source)))
+            context.log.warning(
+                f"{verdict.describe()} ({thin[-1][1]}); "
+                + (
+                    "accepted by RECON_ACCEPT_THIN_DAYS"
+                    if verdict.accepted
+                    else "rows OpenAI has no record of stay pending"
+                )
+            )
         without_result = db.count_without_result(day)
         unaccounted += without_result
         disagreeing += written.rows_disagreeing
@@ -343,6 +347,7 @@ def reconciled_usage(
         passed=unaccounted == 0,
         metadata={"rows_without_result": unaccounted},
     )
+    yield _completeness_check(thin, now, policy)
     yield dg.AssetCheckResult(
         asset_key="reconciled_usage",
         check_name="every_model_priced",
@@ -371,7 +376,8 @@ def _reconcile_and_write_back(
     now: datetime,
     policy: ReconciliationPolicy,
     catalogue: PriceCatalogue,
-) -> tuple[DayReconciliation, WriteBackResult] | None:
+    completeness: CompletenessPolicy,
+) -> tuple[DayReconciliation, WriteBackResult, DayCompleteness] | None:
     """One day: read, reconcile, store both result tables and write back, in two
     transactions that each hold one of the day's locks. None: another run holds either lock
     and nothing was written.
@@ -387,15 +393,62 @@ def _reconcile_and_write_back(
             return None
         logged = db.read_logged(*read_window(day, policy), conn=conn)
         openai = price_usage(db.read_openai_requests(day, conn=conn), catalogue)
-        _refuse_missing_source(day, logged, openai)
-        outcome = reconcile_day(logged, openai, day, now, policy)
+        trailing = trailing_record_counts(db, day, conn)
+        verdict = judge_day(day, logged, openai, trailing, completeness)
+        outcome = reconcile_day(logged, openai, day, now, policy, finalize=not verdict.hold)
         del logged, openai
         write_conn = None
         if db.is_postgres:
             write_conn = write_back.enter_context(db.write_back_transaction(day))
             if write_conn is None:
                 return None  # nothing was written in the results' transaction yet
-        return outcome, _store_and_write_back(db, conn, write_conn, day, now, outcome)
+        return outcome, _store_and_write_back(db, conn, write_conn, day, now, outcome), verdict
+
+
+def _sources_of(outcome: DayReconciliation, configured: str) -> str:
+    """Where the day's records came from, as the warning and the check name it."""
+    found = sorted(outcome.results["openai_source"].dropna().unique())
+    found += sorted(set(outcome.unlogged["source"].dropna().unique()) - set(found))
+    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    return f"RECON_OPENAI_SOURCE={configured}; records from {shown or 'no source'}"
+
+
+def _completeness_check(
+    thin: list[tuple[DayCompleteness, str]], now: datetime, policy: ReconciliationPolicy
+) -> dg.AssetCheckResult:
+    """Fails (ERROR) when a day's rows were held pending past the grace period because its
+    OpenAI side is thin; warns for a thin day still inside the grace period or accepted."""
+    held = [v for v, _ in thin if v.hold and now >= day_bounds(v.day)[1] + policy.grace]
+    table = pd.DataFrame(
+        [
+            {
+                "day": v.day.isoformat(),
+                "records_on_day": v.records_on_day,
+                "records_stored": v.records_stored,
+                "logged_with_ids": v.logged_with_ids,
+                "trailing_median": v.trailing_median,
+                "accepted": v.accepted,
+                "why": "; ".join(v.reasons),
+                "source": sources,
+            }
+            for v, sources in thin
+        ]
+    )
+    return dg.AssetCheckResult(
+        asset_key="reconciled_usage",
+        check_name="openai_side_complete",
+        passed=all(v.accepted for v, _ in thin),
+        severity=dg.AssetCheckSeverity.ERROR if held else dg.AssetCheckSeverity.WARN,
+        description="; ".join(f"{v.describe()} ({sources})" for v, sources in thin)[:4000] or None,
+        metadata={
+            "thin_days": dg.MetadataValue.json([v.day.isoformat() for v, _ in thin]),
+            "days_held_pending": dg.MetadataValue.json([v.day.isoformat() for v in held]),
+            "accepted_days": dg.MetadataValue.json(
+                [v.day.isoformat() for v, _ in thin if v.accepted]
+            ),
+            "thin_day_counts": dg.MetadataValue.md(markdown_table(table)),
+        },
+    )
 
 
 def _store_and_write_back(

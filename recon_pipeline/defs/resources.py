@@ -15,6 +15,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
+from recon_pipeline.core.completeness import CompletenessPolicy
 from recon_pipeline.core.fingerprint import FingerprintPolicy
 from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
@@ -228,6 +229,28 @@ class ReconciliationSettings(dg.ConfigurableResource):
     openai_source: str = "auto"
     unattributed_warn_share: float = 0.10
     unattributed_fail_share: float = 0.25
+    thin_day_ratio: float = 0.5
+    thin_day_trailing_share: float = 0.25
+    accept_thin_days: str | None = None
+
+    def completeness(self) -> CompletenessPolicy:
+        """The thin-day rule's knobs; `accept_thin_days`: comma-separated `YYYY-MM-DD` days
+        whose rows are finalized however thin OpenAI's side of them is."""
+        try:
+            accepted = frozenset(
+                date.fromisoformat(part.strip())
+                for part in (self.accept_thin_days or "").split(",")
+                if part.strip()
+            )
+        except ValueError:
+            raise ValueError(
+                "RECON_ACCEPT_THIN_DAYS must be days as YYYY-MM-DD separated by commas"
+            ) from None
+        return CompletenessPolicy(
+            min_ratio=self.thin_day_ratio,
+            min_trailing_share=self.thin_day_trailing_share,
+            accepted_days=accepted,
+        )
 
     def policy(self) -> ReconciliationPolicy:
         try:
@@ -301,5 +324,8 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             openai_source=os.environ.get("RECON_OPENAI_SOURCE", "auto"),
             unattributed_warn_share=float(os.environ.get("RECON_UNATTRIBUTED_WARN_SHARE", "0.10")),
             unattributed_fail_share=float(os.environ.get("RECON_UNATTRIBUTED_FAIL_SHARE", "0.25")),
+            thin_day_ratio=float(os.environ.get("RECON_THIN_DAY_RATIO", "0.5")),
+            thin_day_trailing_share=float(os.environ.get("RECON_THIN_DAY_TRAILING_SHARE", "0.25")),
+            accept_thin_days=env_or("RECON_ACCEPT_THIN_DAYS"),
         ),
     }
