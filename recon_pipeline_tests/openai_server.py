@@ -9,6 +9,10 @@ What it serves (shapes from the OpenAI API reference):
   next_page}`, one `1d` bucket per day of [start_time, end_time), results aggregated by the
   requested `group_by` (a value the reference does not allow for that endpoint is a 400),
   `limit` capped per the reference and further by `bucket_page_size` so tests see many pages.
+- `GET /v1/batches`: the list envelope of `batch` objects, newest first, honouring `limit` (at
+  most 100, and further `batch_page_size` so tests see many pages) and `after`.
+- `GET /v1/files/{id}/content`: a file's bytes as stored (Batch output and error files are
+  JSONL of `{id, custom_id, response: {status_code, request_id, body}, error}` lines).
 Per-request paths want the API key, organization paths the admin key; any other key gets a
 401 whose message echoes the key in full (worse than OpenAI, which masks most of it), so tests
 prove the client scrubs what it quotes. `script()` queues scripted replies (429s, 500s, stalls,
@@ -197,6 +201,97 @@ def response_id_for(number: int) -> str:
     return _token("resp_", f"resp{number}", 48)
 
 
+def batch_object(
+    number: int,
+    created_at: int,
+    *,
+    status: str = "completed",
+    endpoint: str = "/v1/chat/completions",
+    output_file_id: str | None = None,
+    error_file_id: str | None = None,
+    ended_at: int | None = None,
+    completed: int = 0,
+    failed: int = 0,
+) -> dict[str, Any]:
+    """A `batch` object as `GET /v1/batches` lists it; `ended_at` goes to the field of its
+    status (`completed_at`, `expired_at`, ...)."""
+    ended = {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}
+    ended |= {"failed": "failed_at"}
+    batch: dict[str, Any] = {
+        "id": batch_id_for(number),
+        "object": "batch",
+        "endpoint": endpoint,
+        "model": "gpt-4o-mini-2024-07-18",
+        "errors": None,
+        "input_file_id": _token("file-", f"input{number}", 22),
+        "completion_window": "24h",
+        "status": status,
+        "output_file_id": output_file_id,
+        "error_file_id": error_file_id,
+        "created_at": created_at,
+        "in_progress_at": created_at + 30,
+        "expires_at": created_at + 86_400,
+        "finalizing_at": None,
+        "completed_at": None,
+        "failed_at": None,
+        "expired_at": None,
+        "cancelling_at": None,
+        "cancelled_at": None,
+        "request_counts": {"total": completed + failed, "completed": completed, "failed": failed},
+        "usage": None,
+        "metadata": {"job": f"nightly-{number}"},
+    }
+    if status in ended and ended_at is not None:
+        batch[ended[status]] = ended_at
+        batch["finalizing_at"] = ended_at - 5
+    return batch
+
+
+def batch_id_for(number: int) -> str:
+    return _token("batch_", f"batch{number}", 32)
+
+
+def file_id_for(name: str) -> str:
+    return _token("file-", f"file{name}", 22)
+
+
+def batch_output_line(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A successful request's line of a Batch output file."""
+    return {
+        "id": _token("batch_req_", f"line{custom_id}{body['id']}", 32),
+        "custom_id": custom_id,
+        "response": {"status_code": 200, "request_id": body["request_id"], "body": body},
+        "error": None,
+    }
+
+
+def batch_error_lines(custom_id: str) -> list[dict[str, Any]]:
+    """A Batch error file's two kinds of line: a request OpenAI answered with an error, and
+    one it never ran."""
+    return [
+        {
+            "id": _token("batch_req_", f"err{custom_id}", 32),
+            "custom_id": custom_id,
+            "response": {
+                "status_code": 400,
+                "request_id": _token("req_", f"err{custom_id}", 32),
+                "body": error_body("Invalid 'messages': empty array."),
+            },
+            "error": None,
+        },
+        {
+            "id": _token("batch_req_", f"exp{custom_id}", 32),
+            "custom_id": custom_id + "-expired",
+            "response": None,
+            "error": {"code": "batch_expired", "message": "This request could not be executed"},
+        },
+    ]
+
+
+def jsonl(lines: list[Any]) -> bytes:
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
 def completions_result(
     model: str,
     *,
@@ -314,6 +409,9 @@ class FakeOpenAI:
             name: {} for name in USAGE_GROUP_FIELDS
         }
         self.costs: dict[date, list[dict[str, Any]]] = {}
+        self.batches: list[dict[str, Any]] = []
+        self.files: dict[str, bytes] = {}
+        self.batch_page_size = 100
         self.bucket_page_size = 31
         self.unknown_fields = False
         self.latency = 0.0
@@ -381,6 +479,10 @@ class FakeOpenAI:
                 return self._json(reply.status, reply.body, reply.headers)
         if path == "/v1/chat/completions":
             return self._list_chat(request)
+        if path == "/v1/batches":
+            return self._list_batches(request)
+        if path.startswith("/v1/files/") and path.endswith("/content"):
+            return self._file(path.removeprefix("/v1/files/").removesuffix("/content"))
         if path.startswith("/v1/responses/"):
             return self._response(path.removeprefix("/v1/responses/"))
         if path.startswith("/v1/organization/usage/"):
@@ -421,6 +523,37 @@ class FakeOpenAI:
                 "has_more": start + limit < len(items),
             },
         )
+
+    def _list_batches(self, request: Request) -> Response:
+        limit = int(request.args.get("limit", 20))
+        if not 1 <= limit <= 100:
+            return self._json(400, error_body("Invalid value for 'limit'."))
+        items = sorted(self.batches, key=lambda b: (b["created_at"], b["id"]), reverse=True)
+        start = 0
+        after = request.args.get("after")
+        if after is not None:
+            ids = [item["id"] for item in items]
+            if after not in ids:
+                return self._json(400, error_body(f"No batch found with id '{after}'."))
+            start = ids.index(after) + 1
+        size = min(limit, self.batch_page_size)
+        page = items[start : start + size]
+        return self._json(
+            200,
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": start + size < len(items),
+            },
+        )
+
+    def _file(self, file_id: str) -> Response:
+        content = self.files.get(file_id)
+        if content is None:
+            return self._json(404, error_body(f"No such File object: {file_id}"))
+        return Response(content, 200, content_type="application/octet-stream")
 
     def _response(self, response_id: str) -> Response:
         body = self.responses.get(response_id)

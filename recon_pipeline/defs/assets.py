@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
+from recon_pipeline.core.batch_ids import key_by_custom_id
 from recon_pipeline.core.completeness import CompletenessPolicy, DayCompleteness, judge_day
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
@@ -41,6 +42,7 @@ from recon_pipeline.io.database import (
 )
 from recon_pipeline.io.day_volumes import trailing_record_counts
 from recon_pipeline.io.exports import ParsedFiles, read_export_folder
+from recon_pipeline.io.openai_batches import batch_records_by_window
 
 GROUP = "reconciliation"
 WRITE_BACK_POOL = "token_usage_write_back"
@@ -97,6 +99,11 @@ def openai_requests(
     files: set[str] = set()
     parsed = ParsedFiles()
     windows = {day: read_window(day, policy) for day in partition_days(context)}
+    batches = (
+        batch_records_by_window(client, windows, openai_api.cache_dir())
+        if client is not None
+        else None
+    )
     # One walk of OpenAI's newest-first listing serves the whole range, latest day first;
     # closed with the step, so a failing day does not leave the listing's session open.
     days = closing(
@@ -113,11 +120,18 @@ def openai_requests(
                 ids = db.read_logged(*window)["openai_request_id"]
                 wanted = sorted(ids[ids.str.startswith("resp_", na=False)].unique())
                 responses, missing = client.retrieve_responses(wanted)
-                frames += [chat, responses]
+                in_batches = batches.by_window[day]
+                batch, by_custom_id, ambiguous = key_by_custom_id(
+                    in_batches.records, in_batches.custom_ids, ids.dropna()
+                )
+                frames += [chat, responses, batch]
                 figures |= {
                     "from_chat_completions_api": len(chat),
                     "from_responses_api": len(responses),
                     "responses_not_found": len(missing),
+                    "from_batch_api": len(batch),
+                    "batch_matched_by_custom_id": by_custom_id,
+                    "batch_custom_ids_ambiguous": ambiguous,
                 }
             if "exports" in sources:
                 read = read_export_folder(
@@ -152,9 +166,21 @@ def openai_requests(
     stored = sum(figures["rows"] for figures in report.days.values())
     context.log.info(f"{len(report.days)} days: {stored} OpenAI records from {', '.join(sources)}")
     described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
+    batch_figures = (
+        {
+            "batches_read": batches.batches,
+            "batch_files_downloaded": batches.files_downloaded,
+            "batch_files_from_cache": batches.files_from_cache,
+            "batch_lines_skipped": dg.MetadataValue.json(batches.skipped_lines),
+        }
+        if batches is not None
+        else {}
+    )
     return dg.MaterializeResult(
         metadata=report.metadata(
-            source=" + ".join(described[s] for s in sources), **report.skipped_metadata()
+            source=" + ".join(described[s] for s in sources),
+            **batch_figures,
+            **report.skipped_metadata(),
         )
     )
 

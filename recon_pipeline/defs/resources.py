@@ -159,6 +159,12 @@ class OpenAIAPI(dg.ConfigurableResource):
     read_timeout: float = 60.0
     max_total_wait_seconds: float = 120.0
     max_concurrency: int = 8
+    file_cache_dir: str | None = None
+
+    def cache_dir(self) -> Path:
+        """Where downloaded Batch output files are kept, by file id (RECON_OPENAI_FILE_CACHE,
+        default `$RECON_HOME/openai_files`)."""
+        return Path(self.file_cache_dir) if self.file_cache_dir else recon_home() / "openai_files"
 
     def __repr_args__(self):
         return [
@@ -309,6 +315,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             base_url=env_or("OPENAI_BASE_URL", DEFAULT_OPENAI_BASE_URL),
             api_key=env_or("OPENAI_API_KEY"),
             admin_key=env_or("OPENAI_ADMIN_KEY"),
+            file_cache_dir=env_or("RECON_OPENAI_FILE_CACHE"),
         ),
         "settings": ReconciliationSettings(
             tolerance_cents=os.environ.get("RECON_TOLERANCE_CENTS", "5"),

@@ -528,28 +528,12 @@ class _Call:
         missing_ok: bool = False,
     ) -> Any:
         """The decoded JSON body of GET `path`; None for a 404 when `missing_ok`."""
-        client = self._client
         endpoint = f"GET {path}"
-        failure: OpenAIAPIError | None = None
-        response: requests.Response | None = None
-        try:
-            response = self.session.get(
-                client.base_url + path,
-                params=params,
-                timeout=(client.connect_timeout, client.read_timeout),
-            )
-        except _BudgetSpent as spent:
-            failure = self._budget_error(endpoint, spent)
-        except (requests.RequestException, URLLib3HTTPError, OSError) as error:
-            failure = self._transport_error(endpoint, error)
-        if failure is not None:
-            raise failure
-        assert response is not None
-        status = response.status_code
-        if status == 404 and missing_ok:
+        response = self.response(path, params, missing_ok=missing_ok)
+        if response is None:
             return None
-        if not 200 <= status < 300:
-            raise self._status_error(endpoint, response)
+        status = response.status_code
+        failure: OpenAIAPIError | None = None
         try:
             return json.loads(
                 response.content,
@@ -572,6 +556,46 @@ class _Call:
                 status=status,
             )
         raise failure
+
+    def response(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        stream: bool = False,
+        missing_ok: bool = False,
+    ) -> requests.Response | None:
+        """The successful (2xx) response to GET `path`, retried as configured; None for a 404
+        when `missing_ok`. With `stream`, the body is left to the caller to read (and a failure
+        while reading it to `transport_error`)."""
+        client = self._client
+        endpoint = f"GET {path}"
+        failure: OpenAIAPIError | None = None
+        response: requests.Response | None = None
+        try:
+            response = self.session.get(
+                client.base_url + path,
+                params=params,
+                timeout=(client.connect_timeout, client.read_timeout),
+                stream=stream,
+            )
+        except _BudgetSpent as spent:
+            failure = self._budget_error(endpoint, spent)
+        except (requests.RequestException, URLLib3HTTPError, OSError) as error:
+            failure = self._transport_error(endpoint, error)
+        if failure is not None:
+            raise failure
+        assert response is not None
+        status = response.status_code
+        if status == 404 and missing_ok:
+            return None
+        if not 200 <= status < 300:
+            raise self._status_error(endpoint, response)
+        return response
+
+    def transport_error(self, endpoint: str, error: BaseException) -> OpenAIAPIError:
+        """A failure below HTTP (e.g. while reading a streamed body) as an `OpenAIAPIError`."""
+        return self._transport_error(endpoint, error)
 
     def _budget_error(self, endpoint: str, spent: _BudgetSpent) -> OpenAIAPIError:
         status = spent.status
