@@ -136,6 +136,7 @@ class OpenAIAPIError(RuntimeError):
     def __init__(self, detail: str, *, kind: str, endpoint: str, status: int | None = None) -> None:
         where = f"{endpoint} (HTTP {status})" if status is not None else endpoint
         super().__init__(f"{where}: {detail}")
+        self.detail = detail
         self.kind = kind
         self.endpoint = endpoint
         self.status = status
@@ -548,6 +549,14 @@ class _Call:
                 endpoint=endpoint,
                 status=status,
             )
+        except UnicodeDecodeError as error:
+            failure = OpenAIAPIError(
+                f"body is not valid UTF-8 (byte 0x{error.object[error.start]:02x} at byte "
+                f"{error.start + 1} of {len(response.content)})",
+                kind="malformed",
+                endpoint=endpoint,
+                status=status,
+            )
         except (ValueError, RecursionError) as error:
             failure = OpenAIAPIError(
                 f"body is not valid JSON ({type(error).__name__})",
@@ -697,8 +706,18 @@ class _Call:
             query = dict(params)
             if cursor is not None:
                 query[request] = cursor
-            payload = self.get(path, query, decimals=decimals)
-            data, has_more = _envelope(payload, endpoint, envelope)
+            try:
+                payload = self.get(path, query, decimals=decimals)
+                data, has_more = _envelope(payload, endpoint, envelope)
+            except OpenAIAPIError as error:
+                if error.kind != "malformed":
+                    raise
+                raise OpenAIAPIError(
+                    f"page {number}: {error.detail}",
+                    kind=error.kind,
+                    endpoint=error.endpoint,
+                    status=error.status,
+                ) from None
             log.debug("%s page %d: %d items, has_more=%s", endpoint, number, len(data), has_more)
             yield data
             if not has_more:
