@@ -81,7 +81,8 @@ def openai_requests(
     (a request made at 23:59:59 and logged at 00:00:01 is in both days' records).
 
     Sources (RECON_OPENAI_SOURCE): the export folder, and/or the API: stored Chat Completions
-    listed newest first, and Responses retrieved by the `resp_` ids the day's rows carry. A
+    listed newest first, Responses retrieved by the `resp_` ids the day's rows carry, and the
+    output files of the batches that ran in the range (`io.openai_batches`, cached). A
     day is written only once every source has answered for it, so a failing API writes
     nothing of that day. With the API, a range run goes latest day first (the listing's
     order, walked once for the whole range): days the walk has passed are written before it
