@@ -42,7 +42,7 @@ from recon_pipeline.io.database import (
 )
 from recon_pipeline.io.day_volumes import trailing_record_counts
 from recon_pipeline.io.exports import ParsedFiles, read_export_folder
-from recon_pipeline.io.openai_batches import batch_records_by_window
+from recon_pipeline.io.openai_batches import BatchRead, batch_records_by_window
 
 GROUP = "reconciliation"
 WRITE_BACK_POOL = "token_usage_write_back"
@@ -100,11 +100,7 @@ def openai_requests(
     files: set[str] = set()
     parsed = ParsedFiles()
     windows = {day: read_window(day, policy) for day in partition_days(context)}
-    batches = (
-        batch_records_by_window(client, windows, openai_api.cache_dir())
-        if client is not None
-        else None
-    )
+    batches: BatchRead | None = None
     # One walk of OpenAI's newest-first listing serves the whole range, latest day first;
     # closed with the step, so a failing day does not leave the listing's session open.
     days = closing(
@@ -121,6 +117,8 @@ def openai_requests(
                 ids = db.read_logged(*window)["openai_request_id"]
                 wanted = sorted(ids[ids.str.startswith("resp_", na=False)].unique())
                 responses, missing = client.retrieve_responses(wanted)
+                if batches is None:  # once a run, after the listing's first page answered
+                    batches = batch_records_by_window(client, windows, openai_api.cache_dir())
                 in_batches = batches.by_window[day]
                 batch, by_custom_id, ambiguous = key_by_custom_id(
                     in_batches.records, in_batches.custom_ids, ids.dropna()
