@@ -140,6 +140,10 @@ BAD_LINES = {
         {**GOOD, "request_id": "chatcmpl-" + "x" * 5000},
         "field 'request_id' is 5009 characters long, over the 512 allowed",
     ),
+    "NUL in the row tag": (
+        {**GOOD, "metadata": {"token_usage_id": "42\u0000"}},
+        "field 'metadata.token_usage_id' holds NUL at character 2",
+    ),
     "NUL in a batch body's id": (
         {
             "custom_id": "c1",

@@ -94,7 +94,9 @@ def batch_records_by_window(
                 if file_id is None:
                     continue
                 path = _cached_content(call, file_id, cache_dir, read)
-                columns, ids = _parse_file(path, file_id, batch["id"], read)
+                columns, ids = _parse_file(
+                    path, file_id, batch["id"], read, client.metadata_row_key
+                )
                 parts.append(columns)
                 custom.append(ids)
     columns = {
@@ -200,9 +202,10 @@ def _cached_content(call: _Call, file_id: str, cache_dir: Path, read: BatchRead)
 
 
 def _parse_file(
-    path: Path, file_id: str, batch_id: str, read: BatchRead
+    path: Path, file_id: str, batch_id: str, read: BatchRead, row_key: str
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The records of a Batch output (or error) file, and each one's `custom_id`."""
+    """The records of a Batch output (or error) file, and each one's `custom_id`; `row_key`:
+    the key of a body's `metadata` that holds the application's row id."""
     endpoint = f"GET /files/{file_id}/content"
     records: list[dict[str, Any]] = []
     custom_ids: list[str | None] = []
@@ -217,7 +220,7 @@ def _parse_file(
                 f"batch {batch_id}: {error}", kind="malformed", endpoint=endpoint
             ) from None
         try:
-            record, custom_id, skipped = _batch_line(obj, file_id)
+            record, custom_id, skipped = _batch_line(obj, file_id, row_key)
         except (RecordError, TextFieldError) as error:
             raise OpenAIAPIError(
                 f"batch {batch_id}: {path}:{number}: {error}", kind="malformed", endpoint=endpoint
@@ -230,11 +233,13 @@ def _parse_file(
     return records_columns(records), np.array(custom_ids, dtype=object)
 
 
-def _batch_line(obj: Any, file_id: str) -> tuple[dict[str, Any] | None, str | None, str]:
+def _batch_line(
+    obj: Any, file_id: str, row_key: str
+) -> tuple[dict[str, Any] | None, str | None, str]:
     """(record or None, custom_id, why it was skipped) of one line of a Batch file."""
     if not isinstance(obj, Mapping) or "custom_id" not in obj or "response" not in obj:
         raise RecordError("not a Batch output line (no 'custom_id' and 'response')")
-    parsed = parse_record(obj, source=f"api:{file_id}")
+    parsed = parse_record(obj, source=f"api:{file_id}", row_key=row_key)
     custom_id = obj.get("custom_id")
     if isinstance(custom_id, str):
         check_text(custom_id, "custom_id")  # it may become the stored request id
