@@ -4,7 +4,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from recon_pipeline.defs import assets, invoice
+from recon_pipeline.defs import assets, invoice, invoice_gap
 from recon_pipeline.defs.resources import resources_from_env
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
@@ -22,6 +22,7 @@ def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.De
             assets.daily_variance_summary,
             invoice.openai_daily_totals,
             invoice.invoice_check_asset,
+            invoice_gap.invoice_gap_asset,
         ],
         jobs=[daily_reconciliation],
         schedules=[daily_reconciliation_schedule],

@@ -18,9 +18,12 @@ import dagster as dg
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.invoice_gap import CAUSES, RESIDUAL
 from recon_pipeline.core.summarise import pico_to_usd_text
+from recon_pipeline.defs.invoice_gap import PRICES_CHECK
 from recon_pipeline.defs.resources import (
     DEMO_DAYS,
+    DEMO_PROJECT_IDS,
     OpenAIAPI,
     OpenAIExportFolder,
     ReconciliationSettings,
@@ -53,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             "database": database,
             "openai_exports": OpenAIExportFolder(),
             "openai_api": OpenAIAPI(),
-            "settings": ReconciliationSettings(),
+            "settings": ReconciliationSettings(
+                openai_project_ids=os.environ.get("RECON_OPENAI_PROJECT_IDS", DEMO_PROJECT_IDS)
+            ),
         }
     )
     dagster_home = home / "dagster_home"
@@ -73,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         print("The reconciliation run failed; see the log above.", file=sys.stderr)
         return 1
     _print_summary(database)
+    _print_gap(database, result)
     print(
         "\nNext: open the Dagster UI on the same data and run history:\n"
         f"  env -u RECON_DATABASE_URL -u RECON_USAGE_EXPORT_DIR RECON_HOME={home}"
         f" DAGSTER_HOME={dagster_home} uv run dagster dev -w workspace.yaml\n"
         f"and query the tables in {demo_database_path(home)} "
         "(reconciled_usage, daily_variance_summary, unlogged_openai_requests, invoice_check,\n"
-        " token_usage_reconciliation)."
+        " invoice_gap, token_usage_reconciliation)."
     )
     return 0
 
@@ -126,7 +132,7 @@ def _print_summary(database: ReconDatabase) -> None:
         invoice = conn.execute(
             sa.text(
                 "SELECT sum(billed_cents), sum(reconciled_actual_cents), sum(unattributed_cents)"
-                " FROM invoice_check WHERE model = '(all)'"
+                " FROM invoice_check WHERE model = '(all)' AND project_id = '(all)'"
             )
         ).one()
     print("\ntoken_usage after the write-back:")
@@ -154,6 +160,43 @@ def _print_summary(database: ReconDatabase) -> None:
             f"${pico_to_usd_text(explained)}; unattributed ${pico_to_usd_text(unattributed)} "
             f"({unattributed / billed:.1%})"
         )
+
+
+def _print_gap(database: ReconDatabase, result: dg.ExecuteInProcessResult) -> None:
+    """The whole range's gap by cause, and what the price check said."""
+    with database.get().engine.connect() as conn:
+        causes = conn.execute(
+            sa.text(
+                "SELECT cause, sum(amount_cents) FROM invoice_gap WHERE project_id = '(all)'"
+                " GROUP BY cause"
+            )
+        ).all()
+        billed, other, actual = conn.execute(
+            sa.text(
+                "SELECT (SELECT sum(amount_cents) FROM openai_daily_costs),"
+                " (SELECT sum(amount_cents) FROM invoice_gap"
+                "  WHERE project_id = '(all)' AND cause = 'other_projects'),"
+                " (SELECT sum(actual_cost_cents) FROM reconciled_usage)"
+            )
+        ).one()
+    if not causes:
+        return
+    to_pico = {cause: round((cents or 0) * s.PICO_PER_CENT) for cause, cents in causes}
+    billed_pico = round((billed or 0) * s.PICO_PER_CENT)
+    scope_pico = billed_pico - round((other or 0) * s.PICO_PER_CENT)
+    actual_pico = round((actual or 0) * s.PICO_PER_CENT)
+    print(
+        f"\nThe bill explained ({DEMO_DAYS} days): OpenAI billed ${pico_to_usd_text(billed_pico)}"
+        f" (${pico_to_usd_text(scope_pico)} for the application's project); reconciled rows"
+        f" ${pico_to_usd_text(actual_pico)}; gap ${pico_to_usd_text(billed_pico - actual_pico)}:"
+    )
+    order = [*CAUSES, RESIDUAL]
+    for cause in sorted(to_pico, key=order.index):
+        share = to_pico[cause] / scope_pico if scope_pico else 0.0
+        print(f"  {cause:<24} ${pico_to_usd_text(to_pico[cause]):>12}  {share:>7.2%}")
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.check_name == PRICES_CHECK and not evaluation.passed:
+            print(f"Stale catalogue price: {evaluation.description}")
 
 
 if __name__ == "__main__":

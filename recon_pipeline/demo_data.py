@@ -30,8 +30,12 @@ EXPORT_GLOBS = (
     "openai-usage-*.json",
     "openai-costs-*.json",
 )
-# Billed each day besides tokens, so the invoice check has spend no request explains.
-DAILY_NON_TOKEN_CHARGES_USD = {"file search storage": Decimal("0.010000")}
+# The application's OpenAI project, and another team's on the same bill.
+APP_PROJECT = "proj_viva"
+OTHER_PROJECT = "proj_labs"
+# What OpenAI billed from mid-period at a price the catalogue does not have: (snapshot,
+# kind) -> pico-dollars per token ($10.50 per 1M gpt-4o output tokens instead of $10).
+BILLED_PRICE_CORRECTIONS = {("gpt-4o-2024-08-06", "output"): 10_500_000}
 
 # The application's own price table (USD per 1M tokens), as its code has it.
 APP_PRICES_USD_PER_MTOK: dict[str, tuple[Decimal, Decimal]] = {
@@ -270,7 +274,7 @@ def generate_demo_data(
         if call.row_id is None:
             call.row_id = row_id
     files = _write_exports(Path(export_dir), window, calls)
-    totals_files = _write_daily_totals(Path(export_dir), window)
+    totals_files = _write_daily_totals(Path(export_dir), window, calls)
 
     openai_calls = [c for c in calls if c.at_openai]
     return DemoDataSummary(
@@ -629,21 +633,106 @@ def _write_exports(export_dir: Path, window: list[date], calls: list[_Call]) -> 
     return files
 
 
-def _write_daily_totals(export_dir: Path, window: list[date]) -> list[Path]:
-    """OpenAI's Usage and Costs API pages for each day, built from the day's exported records
-    priced at the catalogue, plus a non-token charge."""
+def _write_daily_totals(export_dir: Path, window: list[date], calls: list[_Call]) -> list[Path]:
+    """OpenAI's Usage and Costs API pages for each day, built from the day's records priced at
+    the catalogue (plus the requests OpenAI billed but has not reported yet), with the
+    gpt-4o output price the catalogue lacks from mid-period, tool and storage charges, and
+    another project's spend."""
+    from recon_pipeline.core.openai_records import parse_record, records_frame
     from recon_pipeline.core.pricing import PriceCatalogue, price_usage
     from recon_pipeline.core.reconcile import day_bounds
     from recon_pipeline.io.exports import ParsedFiles, read_export_folder
 
     catalogue = PriceCatalogue()
     parsed = ParsedFiles()
+    late = [c for c in calls if "missing_at_openai_recent" in c.planted]
+    # A window of a week or more (the demo's) is billed at the new price from its middle on.
+    repriced_from = window[len(window) // 2] if len(window) >= 7 else None
     files = []
     for day in window:
         records = read_export_folder(export_dir, *day_bounds(day), parsed).records
+        not_yet = [parse_record(_canonical_line(c), "late").record for c in late]
+        not_yet = [r for r in not_yet if datetime.fromtimestamp(r["created"], UTC).date() == day]
+        if not_yet:
+            records = pd.concat([records, records_frame(not_yet)], ignore_index=True)
         priced = price_usage(records, catalogue)
-        files += write_daily_totals_pages(export_dir, day, priced, DAILY_NON_TOKEN_CHARGES_USD)
+        repriced = BILLED_PRICE_CORRECTIONS if repriced_from and day >= repriced_from else {}
+        files += write_daily_totals_pages(
+            export_dir,
+            day,
+            priced,
+            project_id=APP_PROJECT,
+            repriced=repriced,
+            extra_costs=_other_charges(day, repriced),
+            catalogue=catalogue,
+        )
     return files
+
+
+def _other_charges(day: date, repriced: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """The day's tool calls and storage for the application, and another team's tokens."""
+    # As small as the one charge the demo had before (the unattributed check's share).
+    searches = 1
+    labs_in, labs_out = 300_000 + 1_000 * (day.toordinal() % 50), 40_000
+    gpt4o = OPENAI_SNAPSHOTS["gpt-4o"]
+    out_rate = repriced.get((gpt4o, "output"), 10_000_000)
+    return [
+        _cost(APP_PROJECT, "web search tool calls", searches * 10**10, searches),
+        _cost(APP_PROJECT, "Vector storage", 10**9, Decimal("0.01")),
+        _cost(OTHER_PROJECT, f"{gpt4o}, input", labs_in * 2_500_000, labs_in),
+        _cost(OTHER_PROJECT, f"{gpt4o}, output", labs_out * out_rate, labs_out),
+    ]
+
+
+def _cost(
+    project: str | None, line_item: str, pico: int, quantity: int | Decimal | None
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "object": "organization.costs.result",
+        "amount": {"value": float(Decimal(pico) / 10**12), "currency": "usd"},
+        "line_item": line_item,
+        "project_id": project,
+    }
+    if quantity is not None:
+        result["quantity"] = float(quantity) if isinstance(quantity, Decimal) else quantity
+    return result
+
+
+_TOKEN_KINDS = (("input", "input"), ("cached input", "cached_input"), ("output", "output"))
+
+
+def _token_costs(
+    day: date,
+    priced: pd.DataFrame,
+    catalogue: Any,
+    repriced: Mapping[tuple[str, str], int],
+) -> list[tuple[str, int, int | None]]:
+    """(line item, pico, quantity) per model, tier, batch flag and kind, named as OpenAI
+    names them; each kind billed at the catalogue's rate unless `repriced` says otherwise."""
+    whisper = priced["model"] == "whisper-1"
+    tokens = priced[~whisper]
+    counts = {
+        "input": tokens["input_tokens"]
+        - tokens["cached_input_tokens"]
+        - tokens["input_audio_tokens"],
+        "cached_input": tokens["cached_input_tokens"],
+        "output": tokens["output_tokens"] - tokens["output_audio_tokens"],
+    }
+    items: list[tuple[str, int, int | None]] = []
+    for (model, batch, tier), group in tokens.groupby(["model", "batch", "service_tier"]):
+        rates = catalogue.rates(model, day, tier, bool(batch))
+        if rates is None:
+            continue
+        prefix = "" if tier == "default" else f"{tier} | "
+        for label, kind in _TOKEN_KINDS:
+            count = int(counts[kind][group.index].sum())
+            if count and rates.components[kind]:
+                rate = repriced.get((model, kind), rates.components[kind][0][1])
+                name = f"{prefix}{model}, {'batch ' if batch else ''}{label}"
+                items.append((name, count * rate, count))
+    if whisper.any():
+        items.append(("whisper-1, audio", int(priced.loc[whisper, "actual_cost_pico"].sum()), None))
+    return items
 
 
 def write_daily_totals_pages(
@@ -651,10 +740,17 @@ def write_daily_totals_pages(
     day: date,
     priced: pd.DataFrame,
     non_token_charges_usd: Mapping[str, Decimal] | None = None,
+    *,
+    project_id: str | None = None,
+    repriced: Mapping[tuple[str, str], int] | None = None,
+    extra_costs: Iterable[dict[str, Any]] = (),
+    catalogue: Any = None,
 ) -> list[Path]:
     """Write the day's Usage and Costs API pages, as the API returns them, for OpenAI records
     created on `day` and priced (`actual_cost_pico`): completions and transcriptions usage by
-    model, and one cost line item per model plus any non-token charges."""
+    model, and cost line items per model and kind (`gpt-4o-2024-08-06, input`, with their
+    quantity), plus any other charges, all under `project_id`."""
+    from recon_pipeline.core.pricing import PriceCatalogue
     from recon_pipeline.core.reconcile import day_bounds
 
     start, end = day_bounds(day)
@@ -676,13 +772,18 @@ def write_daily_totals_pages(
         .agg(ms=("audio_ms", "sum"), num_model_requests=("request_id", "size"))
         .reset_index()
     )
-    by_model = priced.groupby("model", sort=True)["actual_cost_pico"].sum()
-    costs = [(str(model), int(pico)) for model, pico in by_model.items()]
-    costs += [(item, int(usd * 10**12)) for item, usd in (non_token_charges_usd or {}).items()]
+    token_items = _token_costs(day, priced, catalogue or PriceCatalogue(), repriced or {})
+    costs = [_cost(project_id, item, pico, quantity) for item, pico, quantity in token_items]
+    costs += [
+        _cost(project_id, item, int(usd * 10**12), None)
+        for item, usd in (non_token_charges_usd or {}).items()
+    ]
+    costs += list(extra_costs)
     pages = {
         "openai-usage-completions": [
             {
                 "object": "organization.usage.completions.result",
+                "project_id": project_id,
                 **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
             }
             for row in completions.to_dict("records")
@@ -690,21 +791,14 @@ def write_daily_totals_pages(
         "openai-usage-audio_transcriptions": [
             {
                 "object": "organization.usage.audio_transcriptions.result",
+                "project_id": project_id,
                 "model": row["model"],
                 "seconds": round(int(row["ms"]) / 1000),
                 "num_model_requests": int(row["num_model_requests"]),
             }
             for row in transcriptions.to_dict("records")
         ],
-        "openai-costs": [
-            {
-                "object": "organization.costs.result",
-                "amount": {"value": float(Decimal(pico) / 10**12), "currency": "usd"},
-                "line_item": item,
-                "project_id": None,
-            }
-            for item, pico in costs
-        ],
+        "openai-costs": costs,
     }
     files = []
     for name, results in pages.items():

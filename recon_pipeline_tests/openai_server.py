@@ -351,16 +351,25 @@ def audio_transcriptions_result(
 
 
 def costs_result(
-    value: str | Decimal, line_item: str, *, project_id: str = "proj_viva", currency: str = "usd"
+    value: str | Decimal,
+    line_item: str,
+    *,
+    project_id: str = "proj_viva",
+    currency: str = "usd",
+    quantity: int | Decimal | None = None,
 ) -> dict[str, Any]:
-    """A costs result; `value` is kept as the exact decimal text it is given."""
-    return {
+    """A costs result; `value` is kept as the exact decimal text it is given. `quantity`
+    (optional in the reference, as is `quantity_unit`) only where a test gives one."""
+    result = {
         "object": "organization.costs.result",
         "amount": {"value": Decimal(value), "currency": currency},
         "line_item": line_item,
         "project_id": project_id,
         "organization_id": "org-viva",
     }
+    if quantity is not None:
+        result["quantity"] = quantity
+    return result
 
 
 def with_unknown_fields(payload: Any) -> Any:
@@ -615,8 +624,11 @@ class FakeOpenAI:
 def _aggregate(
     results: list[dict[str, Any]], fields: tuple[str, ...], group_by: list[str]
 ) -> list[dict[str, Any]]:
-    """Results summed over the fields not grouped by, which come back null, as the API does."""
+    """Results summed over the fields not grouped by, which come back null, as the API does;
+    a cost's `quantity` only when grouped by line item (it adds up nothing otherwise)."""
     grouped: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if "line_item" in fields and "line_item" not in group_by:
+        results = [{k: v for k, v in r.items() if k != "quantity"} for r in results]
     for result in results:
         key = tuple(result.get(field) for field in group_by)
         target = grouped.get(key)
@@ -632,6 +644,8 @@ def _aggregate(
         for name, value in result.items():
             if name == "amount":
                 target["amount"]["value"] += value["value"]
+            elif name == "quantity":
+                target[name] = target.get(name, 0) + value
             elif isinstance(value, int) and not isinstance(value, bool) and name not in fields:
                 target[name] += value
     return list(grouped.values())

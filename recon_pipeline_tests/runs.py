@@ -23,7 +23,7 @@ from recon_pipeline.defs.resources import (
     ReconciliationSettings,
     ReconDatabase,
 )
-from recon_pipeline.demo_data import DemoDataSummary, generate_demo_data
+from recon_pipeline.demo_data import APP_PROJECT, DemoDataSummary, generate_demo_data
 from recon_pipeline.io.database import Database
 from recon_pipeline.io.migrations import create_demo_token_usage
 
@@ -35,6 +35,7 @@ PIPELINE_ASSETS = {
     "openai_daily_usage",
     "openai_daily_costs",
     "invoice_check",
+    "invoice_gap",
     "reconciled_usage",
     "unlogged_openai_requests",
     "token_usage_reconciliation",
@@ -64,7 +65,7 @@ class SmallDemo:
             "database": ReconDatabase(**options),
             "openai_exports": OpenAIExportFolder(path=str(self.exports)),
             "openai_api": OpenAIAPI(),
-            "settings": ReconciliationSettings(as_of=as_of),
+            "settings": ReconciliationSettings(as_of=as_of, openai_project_ids=APP_PROJECT),
         }
 
     def run(

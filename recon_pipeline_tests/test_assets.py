@@ -35,7 +35,12 @@ from recon_pipeline.defs.resources import (
     demo_database_path,
     demo_export_dir,
 )
-from recon_pipeline.demo_data import OPENAI_SNAPSHOTS, DemoDataSummary, generate_demo_data
+from recon_pipeline.demo_data import (
+    APP_PROJECT,
+    OPENAI_SNAPSHOTS,
+    DemoDataSummary,
+    generate_demo_data,
+)
 from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.runs import AS_OF, LAST_DAY, PIPELINE_ASSETS, QUIET, run_job
 
@@ -47,6 +52,9 @@ CHECKS = {
     ("token_usage_reconciliation", "token_usage_agrees_with_results"),
     ("daily_variance_summary", "summary_totals_equal_row_sums"),
     ("invoice_check", "unattributed_spend_within_bounds"),
+    ("invoice_gap", "invoice_gap_residual_within_bounds"),
+    ("invoice_gap", "invoice_gap_causes_steady"),
+    ("invoice_gap", "billed_prices_match_catalogue"),
 }
 
 
@@ -63,7 +71,7 @@ class Demo:
             "database": ReconDatabase(url=self.url, usage_schema=self.schema),
             "openai_exports": OpenAIExportFolder(path=str(self.exports)),
             "openai_api": OpenAIAPI(),
-            "settings": ReconciliationSettings(as_of=as_of),
+            "settings": ReconciliationSettings(as_of=as_of, openai_project_ids=APP_PROJECT),
         }
 
     def run(
@@ -362,7 +370,12 @@ def test_metadata_and_checks(reference: Reference) -> None:
 
     evaluations = result.get_asset_check_evaluations()
     assert {(e.asset_key.to_user_string(), e.check_name) for e in evaluations} == CHECKS
-    assert all(e.passed for e in evaluations)
+    # The demo bills gpt-4o output at a price the catalogue lacks from mid-period (which is
+    # also a new cause that day): those checks warn, every other one passes.
+    failed = {e.check_name for e in evaluations if not e.passed}
+    assert "billed_prices_match_catalogue" in failed
+    assert failed <= {"billed_prices_match_catalogue", "invoice_gap_causes_steady"}
+    assert all(e.severity == dg.AssetCheckSeverity.WARN for e in evaluations if not e.passed)
     [reconciled_check] = [e for e in evaluations if e.check_name == "every_logged_row_reconciled"]
     assert reconciled_check.metadata["rows_without_result"].value == 0
 
@@ -565,7 +578,7 @@ def test_embedded_sqlite_default_builds_the_demo_and_runs(monkeypatch, tmp_path)
             "database": database,
             "openai_exports": OpenAIExportFolder(),
             "openai_api": OpenAIAPI(),
-            "settings": ReconciliationSettings(),
+            "settings": ReconciliationSettings(openai_project_ids=APP_PROJECT),
         }
     )
     result = defs.resolve_job_def("daily_reconciliation").execute_in_process(
@@ -576,7 +589,11 @@ def test_embedded_sqlite_default_builds_the_demo_and_runs(monkeypatch, tmp_path)
         run_config=QUIET,
     )
     assert result.success
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    # Both days are billed at the gpt-4o price the demo's catalogue lacks (issue 16), and
+    # the recent day has causes the day before had not (its pending rows): warnings only.
+    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert "billed_prices_match_catalogue" in failed
+    assert failed <= {"billed_prices_match_catalogue", "invoice_gap_causes_steady"}
     with db.engine.connect() as conn:
         logged = conn.execute(
             sa.text("SELECT count(*) FROM token_usage WHERE created_at >= :start"),

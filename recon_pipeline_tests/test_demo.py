@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import sqlalchemy as sa
 
@@ -17,6 +18,7 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
     monkeypatch.setenv("RECON_HOME", str(tmp_path))
     monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
     monkeypatch.delenv("RECON_USAGE_EXPORT_DIR", raising=False)
+    monkeypatch.delenv("RECON_OPENAI_PROJECT_IDS", raising=False)
     # main() sets these for the process; monkeypatch puts them back afterwards.
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
     monkeypatch.setenv("RECON_START_DATE", "2025-01-01")
@@ -78,3 +80,35 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
     assert verified and all(int(count) > 50 for count in verified.groups())
     assert re.search(r"chat 0% -> 9\d%", out)
     assert f"OpenAI requests no row logged: {unlogged}" in out
+
+    # The whole range's gap, explained by cause: the causes add up to it to the micro-dollar
+    # as printed, every cause the demo plants is there, and the residual stays under 1%.
+    gap = re.search(r"reconciled rows \$([\d.]+); gap \$(-?[\d.]+):", out)
+    assert gap is not None
+    lines = re.findall(r"^  ([a-z_]+)\s+\$\s*(-?[\d.]+)\s+(-?[\d.]+)%$", out, re.MULTILINE)
+    causes = {name: Decimal(amount) for name, amount, _ in lines}
+    assert set(causes) == {
+        "unlogged_requests",
+        "rows_without_request_id",
+        "pending_rows",
+        "non_token_charges",
+        "price_difference",
+        "other_projects",
+        "residual",
+    }
+    assert abs(sum(causes.values()) - Decimal(gap.group(2))) <= Decimal("0.000010")
+    residual_share = {name: float(share) for name, _, share in lines}["residual"]
+    assert abs(residual_share) < 1.0
+    assert "Stale catalogue price: gpt-4o-2024-08-06 output: billed $10.500000" in out
+    engine = sa.create_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as conn:
+            worst = conn.execute(
+                sa.text(
+                    "SELECT max(abs(share_of_billed)), count(DISTINCT usage_date) FROM invoice_gap"
+                    " WHERE project_id = '(all)' AND cause = 'residual'"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    assert worst[1] == 14 and worst[0] < 0.01

@@ -255,7 +255,9 @@ def test_daily_totals_pages_add_up_to_the_records(tmp_path: Path) -> None:
     names = sorted(p.name for p in summary.daily_totals_files)
     assert len(names) == 3 * 3
     totals = read_daily_totals(tmp_path / "exports", summary.days[0], summary.days[-1])
-    assert int(totals.usage["num_model_requests"].sum()) == summary.openai_records
+    # OpenAI reported every record it holds, and bills the recent ones its records lack yet.
+    late = summary.anomalies["missing_at_openai_recent"]
+    assert int(totals.usage["num_model_requests"].sum()) == summary.openai_records + late
     per_day = totals.costs.groupby("day")["amount_pico"].sum()
     assert sorted(per_day.index) == summary.days
     assert (per_day > 10 * 10**12 // 1000).all()

@@ -6,13 +6,14 @@ import dagster as dg
 import pandas as pd
 
 from recon_pipeline.core import schema as s
-from recon_pipeline.core.invoice import (
-    ALL_MODELS,
-    day_unattributed_share,
-    invoice_check,
-    request_id_coverage,
-)
+from recon_pipeline.core.invoice import ALL_MODELS, request_id_coverage
 from recon_pipeline.core.pricing import PriceCatalogue
+from recon_pipeline.core.project_scope import (
+    ALL_PROJECTS,
+    day_unattributed_share,
+    describe_scope,
+    scoped_invoice_check,
+)
 from recon_pipeline.core.summarise import exact_sum
 from recon_pipeline.defs.assets import (
     GROUP,
@@ -48,7 +49,8 @@ from recon_pipeline.io.exports import read_daily_totals
         ),
         dg.AssetSpec(
             "openai_daily_costs",
-            description="OpenAI's Costs API per day: billed USD by line item.",
+            description="OpenAI's Costs API per day: billed USD by project and line item, "
+            "with the billed quantity where OpenAI gives one.",
             group_name=GROUP,
             kinds={"openai", "sql"},
         ),
@@ -71,8 +73,9 @@ def openai_daily_totals(
     embedded = database.is_embedded
     if openai_api.has_admin_access:
         client = openai_api.client()
-        usage = client.usage(first, last + timedelta(days=1))
-        costs = client.costs(first, last + timedelta(days=1))
+        # Every project, so that spend outside RECON_OPENAI_PROJECT_IDS is known too.
+        usage = client.usage(first, last + timedelta(days=1), by_project=True)
+        costs = client.costs(first, last + timedelta(days=1), by_project=True)
         source = "OpenAI organization Usage and Costs APIs"
     elif openai_exports.configured(embedded):
         read = read_daily_totals(openai_exports.folder(embedded), first, last)
@@ -156,9 +159,10 @@ def _share(figures: Figures) -> dict[str, float]:
         dg.AssetCheckSpec(
             "unattributed_spend_within_bounds",
             asset="invoice_check",
-            description="The share of OpenAI's billed USD that reconciled rows do not explain "
-            "stays under RECON_UNATTRIBUTED_WARN_SHARE (warns) and RECON_UNATTRIBUTED_FAIL_SHARE "
-            "(fails).",
+            description="The share of OpenAI's billed USD, for the projects in "
+            "RECON_OPENAI_PROJECT_IDS (organisation-wide when unset), that reconciled rows do "
+            "not explain stays under RECON_UNATTRIBUTED_WARN_SHARE (warns) and "
+            "RECON_UNATTRIBUTED_FAIL_SHARE (fails).",
         )
     ],
 )
@@ -170,6 +174,7 @@ def invoice_check_asset(
     share of rows that carry a request id (the routes that cannot be verified stand out)."""
     db = database.get()
     catalogue = PriceCatalogue()
+    scope = settings.project_scope()
     report = DailyReport(context, "invoice_check", derive=_share)
     shares: dict[str, float | None] = {}
     rollups, day_rows = [], []
@@ -178,7 +183,7 @@ def invoice_check_asset(
         with db.day_transaction(day, "invoice_check", tables) as conn:
             if conn is not None:
                 results = db.read_results_rollup(day, conn)
-                table = invoice_check(
+                table = scoped_invoice_check(
                     day,
                     db.read_day(OPENAI_DAILY_USAGE, day, conn=conn),
                     db.read_day(OPENAI_DAILY_COSTS, day, conn=conn),
@@ -187,13 +192,16 @@ def invoice_check_asset(
                         UNLOGGED_OPENAI_REQUESTS, day, ["model", "actual_cost_pico"], conn=conn
                     ),
                     catalogue,
+                    scope,
                 )
                 db.replace_day(conn, INVOICE_CHECK, table, day)
         if conn is None:
             report.skip(day)
             continue
         shares[day.isoformat()] = day_unattributed_share(table)
-        whole_day = table[table["model"] == ALL_MODELS].iloc[0]
+        whole_day = table[
+            (table["model"] == ALL_MODELS) & (table["project_id"] == ALL_PROJECTS)
+        ].iloc[0]
         billed = whole_day["billed_pico"]
         report.add(
             day,
@@ -218,9 +226,11 @@ def invoice_check_asset(
         )
     coverage = request_id_coverage(pd.concat(rollups, ignore_index=True))
     per_model = pd.concat(day_rows, ignore_index=True)
-    shown = per_model[["usage_date", "model", "openai_requests", "logged_requests"]].assign(
+    shown = per_model[
+        ["usage_date", "project_id", "model", "openai_requests", "logged_requests"]
+    ].assign(
         billed=[usd(v) if pd.notna(v) else "n/a" for v in per_model["billed_pico"]],
-        reconciled=[usd(v) for v in per_model["reconciled_actual_pico"]],
+        reconciled=[usd(v) if pd.notna(v) else "n/a" for v in per_model["reconciled_actual_pico"]],
         unattributed=[usd(v) if pd.notna(v) else "n/a" for v in per_model["unattributed_pico"]],
         share=per_model["unattributed_share"],
     )
@@ -234,6 +244,7 @@ def invoice_check_asset(
     return dg.MaterializeResult(
         metadata=report.metadata(
             **report.skipped_metadata(),
+            scope=describe_scope(scope),
             by_model=dg.MetadataValue.md(markdown_table(shown)),
             request_id_coverage_by_route=dg.MetadataValue.md(markdown_table(coverage)),
         ),
@@ -241,7 +252,7 @@ def invoice_check_asset(
             dg.AssetCheckResult(
                 check_name="unattributed_spend_within_bounds",
                 passed=passed,
-                description=_verdict(worst, unchecked, settings),
+                description=f"{describe_scope(scope)}: {_verdict(worst, unchecked, settings)}",
                 severity=dg.AssetCheckSeverity.ERROR if over_fail else dg.AssetCheckSeverity.WARN,
                 metadata={
                     **({} if worst is None else {"worst_unattributed_share": worst}),

@@ -17,8 +17,10 @@ from pydantic import PrivateAttr
 
 from recon_pipeline.core.completeness import CompletenessPolicy
 from recon_pipeline.core.fingerprint import FingerprintPolicy
+from recon_pipeline.core.project_scope import Scope, parse_project_ids
 from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
+from recon_pipeline.demo_data import APP_PROJECT as DEMO_PROJECT_IDS
 from recon_pipeline.io.database import Database, connect_engine
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.openai_api import OpenAIClient
@@ -238,6 +240,9 @@ class ReconciliationSettings(dg.ConfigurableResource):
     thin_day_ratio: float = 0.5
     thin_day_trailing_share: float = 0.25
     accept_thin_days: str | None = None
+    openai_project_ids: str | None = None
+    gap_residual_fail_share: float = 0.01
+    gap_change_warn_share: float = 0.05
 
     def completeness(self) -> CompletenessPolicy:
         """The thin-day rule's knobs; `accept_thin_days`: comma-separated `YYYY-MM-DD` days
@@ -257,6 +262,10 @@ class ReconciliationSettings(dg.ConfigurableResource):
             min_trailing_share=self.thin_day_trailing_share,
             accepted_days=accepted,
         )
+
+    def project_scope(self) -> Scope:
+        """RECON_OPENAI_PROJECT_IDS as a tuple; None means the whole organisation."""
+        return parse_project_ids(self.openai_project_ids)
 
     def policy(self) -> ReconciliationPolicy:
         try:
@@ -334,5 +343,11 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             thin_day_ratio=float(os.environ.get("RECON_THIN_DAY_RATIO", "0.5")),
             thin_day_trailing_share=float(os.environ.get("RECON_THIN_DAY_TRAILING_SHARE", "0.25")),
             accept_thin_days=env_or("RECON_ACCEPT_THIN_DAYS"),
+            openai_project_ids=env_or(
+                "RECON_OPENAI_PROJECT_IDS",
+                None if os.environ.get("RECON_DATABASE_URL") else DEMO_PROJECT_IDS,
+            ),
+            gap_residual_fail_share=float(os.environ.get("RECON_GAP_RESIDUAL_FAIL_SHARE", "0.01")),
+            gap_change_warn_share=float(os.environ.get("RECON_GAP_CHANGE_WARN_SHARE", "0.05")),
         ),
     }

@@ -28,6 +28,7 @@ from recon_pipeline.io.catalogue import has_equivalent_index, pg_snapshot, resol
 from recon_pipeline.io.database import begin_sqlite
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.migration_sql import blocks, script, write_sql_file
+from recon_pipeline.io.output_schema import upgrade_output_schema
 from recon_pipeline.io.secrets import masked_url, scrub_url_secrets
 from recon_pipeline.io.view_rebuild import dependent_views, rebuild_statements
 from recon_pipeline.io.whole_cents import INTEGER_TYPES
@@ -502,6 +503,11 @@ def _parser() -> argparse.ArgumentParser:
         help="write that SQL to DIR/recon_pipeline_<table>.sql for the application's own"
         " migration folder; change nothing",
     )
+    parser.add_argument(
+        "--output-schema",
+        default=os.environ.get("RECON_OUTPUT_SCHEMA") or None,
+        help="the output tables' schema (default: $RECON_OUTPUT_SCHEMA, else --schema)",
+    )
     return parser
 
 
@@ -521,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
             comment = "-- " if args.dry_run else ""
             print(f"{comment}recon-migrate: {target} at {masked_url(raw_url)}")
             plan = migrate(engine, args.table, args.schema, args.keep_integer_cents, execute)
+            output_steps = (
+                upgrade_output_schema(engine, args.output_schema or args.schema) if execute else []
+            )
         finally:
             engine.dispose()
     except Exception as exc:
@@ -534,9 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.dry_run:
         print(plan.sql() or "-- already up to date: nothing to run", end="")
     else:
-        for step in plan.steps:
+        for step in [*plan.steps, *output_steps]:
             print(f"  {step}")
-        if not plan.steps:
+        if not plan.steps and not output_steps:
             print("  already up to date")
     for notice in plan.notices:
         print(f"{'-- ' if args.dry_run else '  '}note: {notice}")

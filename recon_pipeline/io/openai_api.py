@@ -115,6 +115,7 @@ COSTS_COLUMNS: dict[str, str] = {
     "project_id": "object",
     "amount_pico": "int64",
     "currency": "object",
+    "quantity": "float64",
 }
 
 _CHAT_PAGE_LIMIT = 100
@@ -450,7 +451,19 @@ def _cost_row(day: date, result: Mapping[str, Any]) -> dict[str, Any]:
         "project_id": _optional_str(result, "project_id"),
         "amount_pico": _pico(amount["value"]),
         "currency": "usd",
+        "quantity": _quantity(result.get("quantity")),
     }
+
+
+def _quantity(value: Any) -> float:
+    """The billed quantity when the result carries one (newer API versions do), else NaN."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise RecordError(f"field 'quantity' must be a number, got {type(value).__name__}")
+    if value < 0 or not Decimal(value).is_finite():
+        raise RecordError(f"field 'quantity' must be a finite number >= 0, got {value}")
+    return float(value)
 
 
 def _costs_rows(buckets: Iterable[Any]) -> list[dict[str, Any]]:

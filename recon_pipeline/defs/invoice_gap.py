@@ -1,0 +1,233 @@
+"""The day's bill explained by cause, and the checks finance reads: residual, changes, prices."""
+
+import json
+from datetime import date, timedelta
+
+import dagster as dg
+import pandas as pd
+
+from recon_pipeline.core import invoice_gap as g
+from recon_pipeline.core import schema as s
+from recon_pipeline.core.billed_prices import STALE_PRICE_SHARE, override_rules, stale_prices
+from recon_pipeline.core.pricing import DEFAULT_OVERRIDES_PATH, PriceCatalogue
+from recon_pipeline.core.project_scope import ALL_PROJECTS, Scope, describe_scope, in_scope
+from recon_pipeline.core.summarise import exact_sum
+from recon_pipeline.defs.assets import GROUP, partition_days, usd
+from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
+from recon_pipeline.defs.reporting import DailyReport, markdown_table
+from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
+from recon_pipeline.io.database import (
+    INVOICE_GAP,
+    OPENAI_DAILY_COSTS,
+    OPENAI_DAILY_USAGE,
+    RECONCILED_USAGE,
+    UNLOGGED_OPENAI_REQUESTS,
+    Database,
+)
+
+RESIDUAL_CHECK = "invoice_gap_residual_within_bounds"
+CHANGES_CHECK = "invoice_gap_causes_steady"
+PRICES_CHECK = "billed_prices_match_catalogue"
+
+
+def _day_gap(db: Database, day: date, conn, catalogue: PriceCatalogue, scope: Scope):
+    costs = db.read_day(OPENAI_DAILY_COSTS, day, conn=conn)
+    usage = db.read_day(OPENAI_DAILY_USAGE, day, conn=conn)
+    gap, items = g.invoice_gap(
+        day,
+        costs,
+        usage,
+        db.read_results_rollup(day, conn),
+        db.read_day(UNLOGGED_OPENAI_REQUESTS, day, ["model", "actual_cost_pico"], conn=conn),
+        catalogue,
+        scope,
+    )
+    billed = exact_sum(costs.loc[in_scope(costs, scope), "amount_pico"]) if len(costs) else 0
+    return gap, stale_prices(day, items, usage, STALE_PRICE_SHARE), billed
+
+
+def _shown(gap: pd.DataFrame) -> pd.DataFrame:
+    return gap.assign(
+        amount=[usd(v) for v in gap["amount_pico"]],
+        share=[f"{v:.2%}" if pd.notna(v) else "" for v in gap["share_of_billed"]],
+    )[["usage_date", "project_id", "cause", "detail", "amount", "share"]]
+
+
+def _by_cause(gap: pd.DataFrame, billed: int) -> pd.DataFrame:
+    totals = g.gap_totals(gap).groupby("cause", sort=False)["amount_pico"].sum()
+    return pd.DataFrame(
+        {
+            "cause": totals.index,
+            "amount": [usd(int(v)) for v in totals],
+            "share_of_billed": [f"{int(v) / billed:.2%}" if billed else "" for v in totals],
+        }
+    )
+
+
+@dg.asset(
+    name="invoice_gap",
+    deps=["invoice_check"],
+    partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
+    group_name=GROUP,
+    kinds={"pandas", "sql"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            RESIDUAL_CHECK,
+            asset="invoice_gap",
+            description="What no cause explains stays within RECON_GAP_RESIDUAL_FAIL_SHARE "
+            "(default 1%) of the billed USD of the projects in scope.",
+        ),
+        dg.AssetCheckSpec(
+            CHANGES_CHECK,
+            asset="invoice_gap",
+            description="Warns when a cause of the gap is new since the day before, or at "
+            "least doubled, by RECON_GAP_CHANGE_WARN_SHARE (default 5%) of billed or more.",
+        ),
+        dg.AssetCheckSpec(
+            PRICES_CHECK,
+            asset="invoice_gap",
+            description="Warns when OpenAI billed a unit price more than 0.5% off the "
+            "catalogue's, with the price_overrides.json rule that fixes it.",
+        ),
+    ],
+)
+def invoice_gap_asset(
+    context: dg.AssetExecutionContext, database: ReconDatabase, settings: ReconciliationSettings
+) -> dg.MaterializeResult:
+    """Per day: OpenAI's billed total minus the reconciled rows' actual cost, split into named
+    causes that add up exactly, with a residual that is always shown; per project in scope,
+    its billed-side causes."""
+    db = database.get()
+    catalogue = PriceCatalogue()
+    scope = settings.project_scope()
+    report = DailyReport(context, "invoice_gap")
+    days = partition_days(context)
+    gaps, findings, billed = [], [], {}
+    before = min(days) - timedelta(days=1)
+    previous = db.read_day(INVOICE_GAP, before)
+    if len(previous):
+        gaps.append(previous.assign(usage_date=before))
+    tables = (OPENAI_DAILY_COSTS, OPENAI_DAILY_USAGE, RECONCILED_USAGE, INVOICE_GAP)
+    for day in days:
+        with db.day_transaction(day, "invoice_gap", tables) as conn:
+            if conn is not None:
+                gap, stale_found, billed[day] = _day_gap(db, day, conn, catalogue, scope)
+                db.replace_day(conn, INVOICE_GAP, gap, day)
+        if conn is None:
+            report.skip(day)
+            continue
+        residual = gap.loc[
+            (gap["project_id"] == ALL_PROJECTS) & (gap["cause"] == g.RESIDUAL), "amount_pico"
+        ]
+        report.add(
+            day,
+            rows=len(gap),
+            billed_usd=billed[day] / s.PICO_PER_USD,
+            residual_usd=(int(residual.sum()) if len(residual) else 0) / s.PICO_PER_USD,
+        )
+        gaps.append(gap)
+        findings.append(stale_found)
+
+    all_gaps = pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=g.GAP_COLUMNS)
+    this_run = all_gaps[all_gaps["usage_date"].isin(billed)]
+    newest = max(billed, default=None)
+    stale = pd.concat(findings, ignore_index=True) if findings else pd.DataFrame()
+    tables_md = {}
+    if newest is not None:
+        tables_md = {
+            "explained_gap": dg.MetadataValue.md(
+                markdown_table(_shown(this_run[this_run["usage_date"] == newest]))
+            ),
+            "gap_by_cause": dg.MetadataValue.md(
+                markdown_table(_by_cause(this_run, sum(billed.values())))
+            ),
+        }
+    return dg.MaterializeResult(
+        metadata=report.metadata(
+            **report.skipped_metadata(), scope=describe_scope(scope), **tables_md
+        ),
+        check_results=[
+            _residual_check(this_run, billed, settings.gap_residual_fail_share),
+            _changes_check(all_gaps, billed, settings.gap_change_warn_share),
+            _prices_check(stale),
+        ],
+    )
+
+
+def _residual_check(gap: pd.DataFrame, billed: dict, bound: float) -> dg.AssetCheckResult:
+    shares = g.residual_shares(gap, billed)
+    worst = max(shares.values(), default=None)
+    over = {d.isoformat(): round(v, 6) for d, v in shares.items() if v > bound}
+    unchecked = sorted(d.isoformat() for d in billed if d not in shares)
+    return dg.AssetCheckResult(
+        check_name=RESIDUAL_CHECK,
+        passed=not over,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"residual over {bound:.1%} of billed on {', '.join(over)}"
+            if over
+            else f"worst residual {worst:.2%} of billed, within {bound:.1%}"
+            if worst is not None
+            else "no day had a bill to explain"
+        ),
+        metadata={
+            "fail_above": bound,
+            **({} if worst is None else {"worst_residual_share": round(worst, 6)}),
+            "residual_share_by_day": dg.MetadataValue.json(
+                {d.isoformat(): round(v, 6) for d, v in shares.items()}
+            ),
+            "days_without_costs": dg.MetadataValue.json(unchecked),
+        },
+    )
+
+
+def _changes_check(gap: pd.DataFrame, billed: dict, share: float) -> dg.AssetCheckResult:
+    changes = g.cause_changes(gap, billed, min_share=share)
+    changes = changes[changes["usage_date"].isin(billed)]
+    shown = changes.assign(
+        previous=[usd(v) for v in changes["previous_pico"]],
+        amount=[usd(v) for v in changes["amount_pico"]],
+    )[["usage_date", "cause", "previous", "amount", "change"]]
+    return dg.AssetCheckResult(
+        check_name=CHANGES_CHECK,
+        passed=changes.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="no cause is new or jumped"
+        if changes.empty
+        else "; ".join(
+            f"{r.usage_date}: {r.cause} {r.change} ({r.previous} -> {r.amount})"
+            for r in shown.head(5).itertuples()
+        ),
+        metadata={"warn_above": share, "changes": dg.MetadataValue.md(markdown_table(shown))},
+    )
+
+
+def _prices_check(stale: pd.DataFrame) -> dg.AssetCheckResult:
+    if stale.empty:
+        return dg.AssetCheckResult(
+            check_name=PRICES_CHECK,
+            passed=True,
+            description="every billed unit price is within 0.5% of the catalogue's",
+        )
+    rules = override_rules(stale)
+    first = stale.sort_values("usage_date").groupby(["model", "kind"]).head(1)
+    said = "; ".join(
+        f"{r.model} {r.kind}: billed ${r.billed_usd_per_unit}, catalogue "
+        f"${r.catalogue_usd_per_unit} (per 1M tokens, or per hour of audio) on {r.usage_date}"
+        for r in first.itertuples()
+    )
+    text = ",\n".join(json.dumps(rule, indent=2) for rule in rules)
+    return dg.AssetCheckResult(
+        check_name=PRICES_CHECK,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{said}. Add to {DEFAULT_OVERRIDES_PATH.name}: {json.dumps(rules)}",
+        metadata={
+            "stale_prices": dg.MetadataValue.md(markdown_table(stale)),
+            "override_rules": dg.MetadataValue.md(
+                f"Append to `recon_pipeline/core/{DEFAULT_OVERRIDES_PATH.name}` under "
+                f'`"rules"`:\n\n```json\n{text}\n```'
+            ),
+        },
+    )
