@@ -11,28 +11,54 @@ from recon_pipeline.io.output_schema import (
     current_revision,
     upgrade_output_schema,
 )
-from recon_pipeline_tests.runs import LAST_DAY, checks, metadata, step_failure
+from recon_pipeline_tests.runs import LAST_DAY, checks, metadata
 
-# The DDL release fb4caf3 ran for the two tables that gained columns (Database.ensure_table).
-OLD_DDL = {
-    "openai_daily_costs": '"usage_date" {date}, "line_item" {text}, "project_id" {text},'
-    ' "amount_cents" {money}, "currency" {text}',
-    "invoice_check": '"usage_date" {date}, "model" {text}, "openai_requests" {bigint},'
-    ' "openai_input_tokens" {bigint}, "openai_output_tokens" {bigint},'
-    ' "logged_requests" {bigint}, "logged_input_tokens" {bigint},'
-    ' "logged_output_tokens" {bigint}, "billed_cents" {money},'
-    ' "reconciled_actual_cents" {money}, "unlogged_actual_cents" {money},'
-    ' "unattributed_cents" {money}, "unattributed_share" {float}, "billed_source" {text}',
-}
+# The output tables release fb4caf3 wrote whose columns changed since (its OutputTable specs;
+# `Database.ensure_table` turned each into CREATE TABLE with the types below).
+STATUS_COUNTS = [
+    f"{s}:bigint" for s in ("pending", "matched", "discrepancy", "not_found", "unverifiable")
+]
+OLD_TABLES = {
+    "openai_requests": ["usage_date:date", "request_id:text", "created_at:timestamp",
+        "model:text", "service_tier:text", "batch:bool", "input_tokens:bigint",
+        "cached_input_tokens:bigint", "output_tokens:bigint", "reasoning_tokens:bigint",
+        "input_audio_tokens:bigint", "output_audio_tokens:bigint", "audio_ms:bigint",
+        "source:text"],
+    "reconciled_usage": ["usage_date:date", "usage_id:usage_id", "user_id:text",
+        "action_type:text", "model_used:text", "openai_request_id:text",
+        "created_at:timestamp", "openai_model:text", "service_tier:text", "batch:bool",
+        "logged_input_tokens:bigint", "logged_output_tokens:bigint",
+        "openai_input_tokens:bigint", "openai_cached_input_tokens:bigint",
+        "openai_output_tokens:bigint", "openai_reasoning_tokens:bigint",
+        "openai_audio_ms:bigint", "estimated_cost:money", "actual_cost:money",
+        "variance:money", "variance_pct:float", "variance_class:text",
+        "reconciliation_status:text", "model_mismatch:bool", "token_mismatch:bool",
+        "price_status:text", "openai_source:text"],
+    "daily_variance_summary": ["usage_date:date", "action_type:text", "model_used:text",
+        "requests:bigint", *STATUS_COUNTS, "estimated_cost:money", "actual_cost:money",
+        "variance:money", "match_rate:float"],
+    "openai_daily_costs": ["usage_date:date", "line_item:text", "project_id:text",
+        "amount:money", "currency:text"],
+    "invoice_check": ["usage_date:date", "model:text", "openai_requests:bigint",
+        "openai_input_tokens:bigint", "openai_output_tokens:bigint", "logged_requests:bigint",
+        "logged_input_tokens:bigint", "logged_output_tokens:bigint", "billed:money",
+        "reconciled_actual:money", "unlogged_actual:money", "unattributed:money",
+        "unattributed_share:float", "billed_source:text"],
+}  # fmt: skip
 PG = {"date": "date", "text": "text", "money": "numeric(24,10)", "bigint": "bigint",
-      "float": "double precision"}  # fmt: skip
-SQLITE = {"date": "TEXT", "text": "TEXT", "money": "NUMERIC", "bigint": "INTEGER", "float": "REAL"}
+      "float": "double precision", "bool": "boolean", "timestamp": "timestamptz"}  # fmt: skip
+SQLITE = {"date": "TEXT", "text": "TEXT", "money": "NUMERIC", "bigint": "INTEGER",
+          "float": "REAL", "bool": "INTEGER", "timestamp": "TEXT", "usage_id": "TEXT"}  # fmt: skip
 OLD_DAY = "2026-10-01"
 
 
 def _create_old_tables(conn: sa.Connection, prefix: str, types: dict[str, str]) -> None:
-    for table, columns in OLD_DDL.items():
-        conn.execute(sa.text(f"CREATE TABLE {prefix}{table} ({columns.format(**types)})"))
+    for table, spec in OLD_TABLES.items():
+        columns = []
+        for name, kind in (item.split(":") for item in spec):
+            stored = f"{name}_cents" if kind == "money" else name
+            columns.append(f'"{stored}" {types[kind]}')
+        conn.execute(sa.text(f"CREATE TABLE {prefix}{table} ({', '.join(columns)})"))
     conn.execute(
         sa.text(
             f"INSERT INTO {prefix}invoice_check (usage_date, model, openai_requests,"
@@ -46,22 +72,24 @@ def _create_old_tables(conn: sa.Connection, prefix: str, types: dict[str, str]) 
 
 
 def test_tables_of_the_previous_release_are_upgraded_once_and_a_day_runs_again(demo, capsys):
+    [(id_type,)] = demo.rows(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = to_regclass(:t) AND attname = 'id'",
+        t=f'"{demo.schema}".token_usage',
+    )
     with demo.engine.begin() as conn:
-        _create_old_tables(conn, f'"{demo.schema}".', PG)
-
-    refused = demo.run(LAST_DAY)
-    assert not refused.success
-    _, error = step_failure(refused)
-    assert "recon-migrate" in error and "lacks quantity" in error
+        _create_old_tables(conn, f'"{demo.schema}".', {**PG, "usage_id": id_type})
 
     assert main(["--url", demo.url, "--schema", demo.schema]) == 0
     out = capsys.readouterr().out
     assert "openai_daily_costs: added column quantity" in out
     assert "invoice_check: added column project_id" in out
-    assert "output tables at revision 0002_project_scope (were at no revision)" in out
-    assert current_revision(demo.engine, demo.schema) == "0002_project_scope"
+    assert "reconciled_usage: added column match_method" in out
+    assert "daily_variance_summary: added column verified_by_fingerprint" in out
+    assert "output tables at revision 0003_row_verification (were at no revision)" in out
+    assert current_revision(demo.engine, demo.schema) == "0003_row_verification"
     [version] = demo.rows(f"SELECT version_num FROM {{s}}.{VERSION_TABLE}")
-    assert version.version_num == "0002_project_scope"
+    assert version.version_num == "0003_row_verification"
     [old] = demo.rows("SELECT project_id, billed_cents FROM {s}.invoice_check")
     assert (old.project_id, float(old.billed_cents)) == ("(all)", 2.5)
 
@@ -104,6 +132,7 @@ def test_sqlite_output_tables_are_upgraded_too_and_a_database_without_them_is_un
         "openai_daily_costs: added column quantity",
         "invoice_check: added column project_id",
     ]
+    assert "reconciled_usage: added column matched_request_id" in steps
     assert upgrade_output_schema(sqlite_engine, None) == []
     with sqlite_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT project_id FROM invoice_check")).scalar() == "(all)"

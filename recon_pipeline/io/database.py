@@ -592,7 +592,6 @@ class Database:
         if self.is_postgres and self._table_exists(output):
             # CREATE INDEX IF NOT EXISTS would still queue for a lock on a table another
             # run is writing: look in the catalogue first.
-            self._check_columns(output)
             self._ready.add(output.name)
             return
         definitions = self._column_definitions(output)
@@ -617,21 +616,7 @@ class Database:
             for columns, name in zip(output.indexes, self._index_names(output), strict=True):
                 on = ", ".join(f'"{c}"' for c in columns)
                 conn.execute(sa.text(f'CREATE INDEX IF NOT EXISTS "{name}" ON {table} ({on})'))
-        self._check_columns(output)
         self._ready.add(output.name)
-
-    def _check_columns(self, output: OutputTable) -> None:
-        """A table an earlier release wrote lacks newer columns until `recon-migrate` runs."""
-        schema = self._output_schema or (None if self.is_postgres else "main")
-        have = {c["name"] for c in sa.inspect(self.engine).get_columns(output.name, schema)}
-        missing = [
-            output.stored_name(c) for c in output.columns if output.stored_name(c) not in have
-        ]
-        if missing:
-            raise SchemaNotReadyError(
-                f"{self.table(output)} was written by an earlier release and lacks "
-                f"{', '.join(missing)}; run `recon-migrate` to upgrade the output tables"
-            )
 
     def _index_names(self, output: OutputTable) -> list[str]:
         return [
