@@ -4,7 +4,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from recon_pipeline.defs import assets, invoice, invoice_gap
+from recon_pipeline.defs import assets, catalog, invoice, invoice_gap
 from recon_pipeline.defs.resources import resources_from_env
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
@@ -14,16 +14,17 @@ from recon_pipeline.defs.schedules import (
 
 
 def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.Definitions:
+    every_asset = [
+        assets.token_usage,
+        assets.openai_requests,
+        assets.reconciled_usage,
+        assets.daily_variance_summary,
+        invoice.openai_daily_totals,
+        invoice.invoice_check_asset,
+        invoice_gap.invoice_gap_asset,
+    ]
     return dg.Definitions(
-        assets=[
-            assets.token_usage,
-            assets.openai_requests,
-            assets.reconciled_usage,
-            assets.daily_variance_summary,
-            invoice.openai_daily_totals,
-            invoice.invoice_check_asset,
-            invoice_gap.invoice_gap_asset,
-        ],
+        assets=dg.map_asset_specs(catalog.describe(resources["database"]), every_asset),
         jobs=[daily_reconciliation],
         schedules=[daily_reconciliation_schedule],
         sensors=[pending_rows_sensor],

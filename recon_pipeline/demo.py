@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_demo(home, last_day)
     print(f"Generated {DEMO_DAYS} days of demo data ({first_day} .. {last_day}) in {home}")
 
-    os.environ.setdefault("RECON_START_DATE", first_day.isoformat())
+    # The demo's partitions are its days: the UI then shows each of them, filled.
+    os.environ["RECON_START_DATE"] = first_day.isoformat()
     from recon_pipeline.definitions import build_definitions
 
     database = ReconDatabase()
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\nNext: open the Dagster UI on the same data and run history:\n"
         f"  env -u RECON_DATABASE_URL -u RECON_USAGE_EXPORT_DIR RECON_HOME={home}"
-        f" DAGSTER_HOME={dagster_home} uv run dagster dev -w workspace.yaml\n"
+        f" RECON_START_DATE={first_day} DAGSTER_HOME={dagster_home}"
+        " uv run dagster dev -w workspace.yaml\n"
         f"and query the tables in {demo_database_path(home)} "
         "(reconciled_usage, daily_variance_summary, unlogged_openai_requests, invoice_check,\n"
         " invoice_gap, token_usage_reconciliation)."

@@ -1,6 +1,7 @@
 """The daily reconciliation, as assets. Each reads, calls the core, writes one day at a time,
 and reports; the rules themselves live in `recon_pipeline.core`."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, closing
 from datetime import date, datetime
@@ -16,7 +17,6 @@ from recon_pipeline.core.completeness import CompletenessPolicy, DayCompleteness
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import (
-    RESULT_COLUMNS,
     DayReconciliation,
     ReconciliationPolicy,
     day_bounds,
@@ -113,6 +113,7 @@ def openai_requests(
             window = windows[day]
             frames: list[pd.DataFrame] = []
             figures: dict[str, int] = {}
+            anomalies: dict[str, int] = {}
             if chat is not None:
                 ids = db.read_logged(*window)["openai_request_id"]
                 wanted = sorted(ids[ids.str.startswith("resp_", na=False)].unique())
@@ -127,8 +128,10 @@ def openai_requests(
                 figures |= {
                     "from_chat_completions_api": len(chat),
                     "from_responses_api": len(responses),
-                    "responses_not_found": len(missing),
                     "from_batch_api": len(batch),
+                }
+                anomalies |= {
+                    "responses_not_found": len(missing),
                     "batch_matched_by_custom_id": by_custom_id,
                     "batch_custom_ids_ambiguous": ambiguous,
                 }
@@ -142,8 +145,8 @@ def openai_requests(
                 figures |= {
                     "from_export_files": len(read.records) - batch,
                     "from_batch_output": batch,
-                    "skipped_lines": sum(read.skipped.values()),
                 }
+                anomalies["skipped_lines"] = sum(read.skipped.values())
             records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
             # Every source has answered for the day: only now is anything of it written.
             with db.day_transaction(day, "openai_requests", (OPENAI_REQUESTS,)) as conn:
@@ -153,40 +156,40 @@ def openai_requests(
             if conn is None:
                 report.skip(day)
                 continue
-            report.add(
-                day,
-                rows=written,
-                **figures,
-                duplicate_records_dropped=identical,
-                conflicting_duplicates=conflicting,
-                skipped_locked=0,
-            )
+            anomalies |= {
+                "duplicate_records_dropped": identical,
+                "conflicting_duplicates": conflicting,
+            }
+            report.add(day, rows=written, figures=figures, details={"anomalies": anomalies})
     # One line a run, not a day: each log line is a write to the instance's event storage.
     stored = sum(figures["rows"] for figures in report.days.values())
     context.log.info(f"{len(report.days)} days: {stored} OpenAI records from {', '.join(sources)}")
-    described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
-    batch_figures = (
-        {
-            "batches_read": batches.batches,
-            "batch_files_downloaded": batches.files_downloaded,
-            "batch_files_from_cache": batches.files_from_cache,
-            "batch_lines_skipped": dg.MetadataValue.json(batches.skipped_lines),
-        }
-        if batches is not None
-        else {}
-    )
-    return dg.MaterializeResult(
-        metadata=report.metadata(
-            source=" + ".join(described[s] for s in sources),
-            **batch_figures,
-            **report.skipped_metadata(),
+    if batches is not None:  # the run's, not a day's: in its log
+        context.log.info(
+            f"Batch API: {batches.batches} batches read, {batches.files_downloaded} files"
+            f" downloaded, {batches.files_from_cache} from the cache; lines skipped:"
+            f" {json.dumps(batches.skipped_lines, sort_keys=True)}"
         )
+    described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
+    return dg.MaterializeResult(
+        metadata=report.metadata(source=" + ".join(described[s] for s in sources))
     )
 
 
-def _match_rate(figures: Figures) -> dict[str, float]:
-    verifiable = figures[s.MATCHED] + figures[s.DISCREPANCY]
-    return {"match_rate": round(figures[s.MATCHED] / verifiable, 6) if verifiable else 0.0}
+def _result_figures(results: pd.DataFrame) -> tuple[Figures, dict[str, float]]:
+    """What an analyst reads of a day's results: money, the rows that need a look, and two
+    ratios: the match rate of the verifiable rows and the share no record can verify."""
+    totals = summarise.totals(results)
+    figures = {
+        "estimated_cost_usd": totals["estimated_cost_pico"] / s.PICO_PER_USD,
+        "actual_cost_usd": totals["actual_cost_pico"] / s.PICO_PER_USD,
+        **{status: totals[status] for status in (s.DISCREPANCY, s.PENDING, s.NOT_FOUND)},
+    }
+    verifiable = totals[s.MATCHED] + totals[s.DISCREPANCY]
+    ratios = {"match_rate": round(totals[s.MATCHED] / verifiable, 6)} if verifiable else {}
+    if totals["rows"]:
+        ratios["unverifiable_share"] = round(totals[s.UNVERIFIABLE] / totals["rows"], 6)
+    return figures, ratios
 
 
 @dg.multi_asset(
@@ -210,7 +213,7 @@ def _match_rate(figures: Figures) -> dict[str, float]:
             "token_usage_reconciliation",
             description="`actual_cost_cents`, `reconciliation_status` and `reconciled_at` "
             "written back onto token_usage, on the rows whose values change.",
-            deps=["reconciled_usage"],
+            deps=[token_usage, "openai_requests"],
             group_name=GROUP,
             kinds={"sql"},
         ),
@@ -267,11 +270,9 @@ def reconciled_usage(
     now = settings.now()
     catalogue = PriceCatalogue()
     thin: list[tuple[DayCompleteness, str]] = []
-    results_report = DailyReport(context, "reconciled_usage", derive=_match_rate)
+    results_report = DailyReport(context, "reconciled_usage")
     unlogged_report = DailyReport(context, "unlogged_openai_requests")
     write_back_report = DailyReport(context, "token_usage_reconciliation")
-    worst: list[pd.DataFrame] = []
-    classes: dict[str, int] = {}
     unpriced = unaccounted = disagreeing = 0
     for day in partition_days(context):
         done = _reconcile_and_write_back(db, day, now, policy, catalogue, completeness)
@@ -297,74 +298,46 @@ def reconciled_usage(
         day_classes = outcome.results["variance_class"].value_counts()
         unpriced += int(day_classes.get(s.CLASS_UNPRICED, 0))
         unpriced += int((outcome.unlogged["variance_class"] == s.CLASS_UNPRICED).sum())
-        for name, count in day_classes.items():
-            classes[name] = classes.get(name, 0) + int(count)
-        totals = summarise.totals(outcome.results)
+        figures, ratios = _result_figures(outcome.results)
+        statuses = outcome.results["reconciliation_status"].value_counts()
         methods = outcome.results["match_method"].value_counts()
         results_report.add(
             day,
-            **{status: totals[status] for status in s.STATUSES},
-            **{f"verified_by_{m}": int(methods.get(m, 0)) for m in s.MATCH_METHODS},
-            ambiguous_fingerprint=int(day_classes.get(s.CLASS_AMBIGUOUS_FINGERPRINT, 0)),
-            rows=totals["rows"],
-            estimated_cost_usd=totals["estimated_cost_pico"] / s.PICO_PER_USD,
-            actual_cost_usd=totals["actual_cost_pico"] / s.PICO_PER_USD,
-            skipped_locked=0,
+            rows=len(outcome.results),
+            figures=figures,
+            ratios=ratios,
+            details={
+                "statuses": {status: int(statuses.get(status, 0)) for status in s.STATUSES},
+                "verified_by": {m: int(methods.get(m, 0)) for m in s.MATCH_METHODS},
+                "variance_classes": {name: int(n) for name, n in day_classes.items()},
+            },
+            tables={"largest_discrepancies": _largest_table(outcome.results)},
         )
         unlogged_actual = summarise.exact_sum(outcome.unlogged["actual_cost_pico"])
         unlogged_report.add(
             day,
             rows=len(outcome.unlogged),
-            actual_cost_usd=unlogged_actual / s.PICO_PER_USD,
-            skipped_locked=0,
+            figures={"actual_cost_usd": unlogged_actual / s.PICO_PER_USD},
         )
         write_back_report.add(
             day,
             rows=written.rows_considered,
-            rows_updated=written.rows_updated,
-            rows_unchanged=written.rows_considered - written.rows_updated,
-            rows_disagreeing=written.rows_disagreeing,
-            rows_without_result=without_result,
-            skipped_locked=0,
+            figures={"rows_updated": written.rows_updated},
+            details={
+                "rows": {
+                    "unchanged": written.rows_considered - written.rows_updated,
+                    "disagreeing": written.rows_disagreeing,
+                    "without_result": without_result,
+                }
+            },
         )
-        worst.append(summarise.largest_discrepancies(outcome.results))
 
-    if results_report.days:
-        counts = results_report.totals()
-        changed = write_back_report.totals()["rows_updated"]
-        by_status = ", ".join(f"{counts[status]} {status}" for status in s.STATUSES)
-        context.log.info(
-            f"{len(results_report.days)} days, {counts['rows']} rows: {by_status};"
-            f" {changed} token_usage rows changed"
-        )
-    largest = summarise.largest_discrepancies(
-        pd.concat(worst, ignore_index=True) if worst else pd.DataFrame(columns=RESULT_COLUMNS)
-    )
-    largest_table = largest[
-        ["usage_date", "action_type", "model_used", "openai_request_id", "variance_class"]
-    ].assign(
-        estimated=[usd(v) for v in largest["estimated_cost_pico"].fillna(0)],
-        actual=[usd(v) for v in largest["actual_cost_pico"].fillna(0)],
-    )
-    by_day = pd.DataFrame(
-        [{"day": day.isoformat(), **figures} for day, figures in results_report.days.items()]
+    yield dg.MaterializeResult(asset_key="reconciled_usage", metadata=results_report.metadata())
+    yield dg.MaterializeResult(
+        asset_key="unlogged_openai_requests", metadata=unlogged_report.metadata()
     )
     yield dg.MaterializeResult(
-        asset_key="reconciled_usage",
-        metadata=results_report.metadata(
-            variance_classes=dg.MetadataValue.json(classes),
-            by_day=dg.MetadataValue.md(markdown_table(by_day)),
-            largest_discrepancies=dg.MetadataValue.md(markdown_table(largest_table)),
-            **results_report.skipped_metadata(),
-        ),
-    )
-    yield dg.MaterializeResult(
-        asset_key="unlogged_openai_requests",
-        metadata=unlogged_report.metadata(**unlogged_report.skipped_metadata()),
-    )
-    yield dg.MaterializeResult(
-        asset_key="token_usage_reconciliation",
-        metadata=write_back_report.metadata(**write_back_report.skipped_metadata()),
+        asset_key="token_usage_reconciliation", metadata=write_back_report.metadata()
     )
     yield dg.AssetCheckResult(
         asset_key="reconciled_usage",
@@ -390,9 +363,18 @@ def reconciled_usage(
         metadata={
             "rows_disagreeing": disagreeing,
             "rows_without_result": unaccounted,
-            **write_back_report.skipped_metadata(),
+            "days_skipped_locked": dg.MetadataValue.json(write_back_report.skipped_days()),
         },
     )
+
+
+def _largest_table(results: pd.DataFrame) -> str:
+    largest = summarise.largest_discrepancies(results)
+    shown = largest[["action_type", "model_used", "openai_request_id", "variance_class"]].assign(
+        estimated=[usd(v) for v in largest["estimated_cost_pico"].fillna(0)],
+        actual=[usd(v) for v in largest["actual_cost_pico"].fillna(0)],
+    )
+    return markdown_table(shown)
 
 
 def _reconcile_and_write_back(
@@ -525,7 +507,6 @@ def daily_variance_summary(
     db = database.get()
     report = DailyReport(context, "daily_variance_summary")
     mismatched_days: list[str] = []
-    summaries = [pd.DataFrame(columns=summarise.SUMMARY_COLUMNS)]
     tables = (RECONCILED_USAGE, DAILY_VARIANCE_SUMMARY)
     for day in partition_days(context):
         # Read, replace and verify in one transaction under the day's lock, so the check
@@ -536,21 +517,13 @@ def daily_variance_summary(
                 rows = db.replace_day(conn, DAILY_VARIANCE_SUMMARY, summary, day)
                 if not db.summary_matches_rows(day, conn):
                     mismatched_days.append(day.isoformat())
-                summaries.append(summary)
         if conn is None:
             report.skip(day)
             continue
-        report.add(day, rows=rows, skipped_locked=0)
-    summary = pd.concat([f for f in summaries if len(f)] or summaries[:1], ignore_index=True)
-    by_route = (
-        summary.groupby("action_type")[["requests", *s.STATUSES]].sum().reset_index()
-        if len(summary)
-        else summary
-    )
+        by_route = summary.groupby("action_type")[["requests", *s.STATUSES]].sum().reset_index()
+        report.add(day, rows=rows, tables={"by_route": markdown_table(by_route)})
     return dg.MaterializeResult(
-        metadata=report.metadata(
-            by_route=dg.MetadataValue.md(markdown_table(by_route)), **report.skipped_metadata()
-        ),
+        metadata=report.metadata(),
         check_results=[
             dg.AssetCheckResult(
                 check_name="summary_totals_equal_row_sums",

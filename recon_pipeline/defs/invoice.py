@@ -86,7 +86,10 @@ def openai_daily_totals(
             "no source of OpenAI's daily usage and costs (set OPENAI_ADMIN_KEY or "
             "RECON_USAGE_EXPORT_DIR); the stored days are left as they were"
         )
-        none = {"source": "none (set OPENAI_ADMIN_KEY)", "days_left_unchanged": len(days)}
+        none = {
+            "source": "none (set OPENAI_ADMIN_KEY or RECON_USAGE_EXPORT_DIR): the stored day is"
+            " left as it was"
+        }
         yield dg.MaterializeResult(asset_key="openai_daily_usage", metadata=none)
         yield dg.MaterializeResult(asset_key="openai_daily_costs", metadata=none)
         return
@@ -101,12 +104,19 @@ def openai_daily_totals(
         usage_report.add(
             day,
             rows=db.replace_days(OPENAI_DAILY_USAGE, day_usage, [day]),
-            requests=int(day_usage["num_model_requests"].sum()),
+            figures={
+                name: int(day_usage[column].sum())
+                for name, column in (
+                    ("requests", "num_model_requests"),
+                    ("input_tokens", "input_tokens"),
+                    ("output_tokens", "output_tokens"),
+                )
+            },
         )
         costs_report.add(
             day,
             rows=db.replace_days(OPENAI_DAILY_COSTS, day_costs, [day]),
-            billed_usd=exact_sum(day_costs["amount_pico"]) / s.PICO_PER_USD,
+            figures={"billed_usd": exact_sum(day_costs["amount_pico"]) / s.PICO_PER_USD},
         )
     yield dg.MaterializeResult(
         asset_key="openai_daily_usage", metadata=usage_report.metadata(source=source)
@@ -132,15 +142,20 @@ def _verdict(worst: float | None, unchecked: list[str], settings: Reconciliation
     return "; ".join(parts) or "no day was checked"
 
 
-def _share(figures: Figures) -> dict[str, float]:
-    if "billed_usd" not in figures or pd.isna(figures["billed_usd"]):
-        return {}
-    billed = figures["billed_usd"]
-    unattributed = billed - figures["reconciled_actual_usd"]
-    return {
-        "unattributed_usd": round(unattributed, 6),
-        "unattributed_share": round(unattributed / billed, 6) if billed > 0 else 0.0,
+def _day_figures(whole_day: pd.Series) -> tuple[Figures, dict[str, float]]:
+    """The `(all)` row of a day: billed against explained, and requests on both sides; the
+    billed and unattributed figures only when the day has an invoice total."""
+    figures: Figures = {
+        "reconciled_actual_usd": int(whole_day["reconciled_actual_pico"]) / s.PICO_PER_USD,
+        "openai_requests": int(whole_day["openai_requests"]),
+        "logged_requests": int(whole_day["logged_requests"]),
     }
+    if pd.isna(whole_day["billed_pico"]):
+        return figures, {}
+    figures["billed_usd"] = int(whole_day["billed_pico"]) / s.PICO_PER_USD
+    figures["unattributed_usd"] = int(whole_day["unattributed_pico"]) / s.PICO_PER_USD
+    share = whole_day["unattributed_share"]
+    return figures, ({} if pd.isna(share) else {"unattributed_share": round(float(share), 6)})
 
 
 @dg.asset(
@@ -175,9 +190,8 @@ def invoice_check_asset(
     db = database.get()
     catalogue = PriceCatalogue()
     scope = settings.project_scope()
-    report = DailyReport(context, "invoice_check", derive=_share)
+    report = DailyReport(context, "invoice_check")
     shares: dict[str, float | None] = {}
-    rollups, day_rows = [], []
     tables = (OPENAI_DAILY_USAGE, OPENAI_DAILY_COSTS, RECONCILED_USAGE, INVOICE_CHECK)
     for day in partition_days(context):
         with db.day_transaction(day, "invoice_check", tables) as conn:
@@ -199,41 +213,18 @@ def invoice_check_asset(
             report.skip(day)
             continue
         shares[day.isoformat()] = day_unattributed_share(table)
-        whole_day = table[
-            (table["model"] == ALL_MODELS) & (table["project_id"] == ALL_PROJECTS)
-        ].iloc[0]
-        billed = whole_day["billed_pico"]
+        whole_day = table[(table["model"] == ALL_MODELS) & (table["project_id"] == ALL_PROJECTS)]
+        figures, ratios = _day_figures(whole_day.iloc[0])
         report.add(
             day,
             rows=len(table),
-            **({} if pd.isna(billed) else {"billed_usd": int(billed) / s.PICO_PER_USD}),
-            reconciled_actual_usd=int(whole_day["reconciled_actual_pico"]) / s.PICO_PER_USD,
-            skipped_locked=0,
+            figures=figures,
+            ratios=ratios,
+            tables={
+                "by_model": markdown_table(_shown(table)),
+                "request_id_coverage_by_route": markdown_table(request_id_coverage(results)),
+            },
         )
-        rollups.append(results)
-        day_rows.append(table.assign(usage_date=day.isoformat()))
-
-    if not day_rows:
-        return dg.MaterializeResult(
-            metadata=report.metadata(**report.skipped_metadata()),
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="unattributed_spend_within_bounds",
-                    passed=True,
-                    metadata={"days_checked": 0, **report.skipped_metadata()},
-                )
-            ],
-        )
-    coverage = request_id_coverage(pd.concat(rollups, ignore_index=True))
-    per_model = pd.concat(day_rows, ignore_index=True)
-    shown = per_model[
-        ["usage_date", "project_id", "model", "openai_requests", "logged_requests"]
-    ].assign(
-        billed=[usd(v) if pd.notna(v) else "n/a" for v in per_model["billed_pico"]],
-        reconciled=[usd(v) if pd.notna(v) else "n/a" for v in per_model["reconciled_actual_pico"]],
-        unattributed=[usd(v) if pd.notna(v) else "n/a" for v in per_model["unattributed_pico"]],
-        share=per_model["unattributed_share"],
-    )
 
     unchecked = [day for day, share in shares.items() if share is None]
     known = {day: share for day, share in shares.items() if share is not None}
@@ -242,12 +233,7 @@ def invoice_check_asset(
     over_fail = worst is not None and abs(worst) > settings.unattributed_fail_share
     passed = not unchecked and (worst is None or abs(worst) <= settings.unattributed_warn_share)
     return dg.MaterializeResult(
-        metadata=report.metadata(
-            **report.skipped_metadata(),
-            scope=describe_scope(scope),
-            by_model=dg.MetadataValue.md(markdown_table(shown)),
-            request_id_coverage_by_route=dg.MetadataValue.md(markdown_table(coverage)),
-        ),
+        metadata=report.metadata(scope=describe_scope(scope)),
         check_results=[
             dg.AssetCheckResult(
                 check_name="unattributed_spend_within_bounds",
@@ -258,9 +244,21 @@ def invoice_check_asset(
                     **({} if worst is None else {"worst_unattributed_share": worst}),
                     "warn_above": settings.unattributed_warn_share,
                     "fail_above": settings.unattributed_fail_share,
+                    "days_checked": len(shares),
                     "days_without_invoice_data": dg.MetadataValue.json(unchecked),
+                    "days_skipped_locked": dg.MetadataValue.json(report.skipped_days()),
                     "unattributed_share_by_day": dg.MetadataValue.json(known),
                 },
             )
         ],
+    )
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    """A day's invoice check as the asset page shows it: money in dollars."""
+    return table[["project_id", "model", "openai_requests", "logged_requests"]].assign(
+        billed=[usd(v) if pd.notna(v) else "n/a" for v in table["billed_pico"]],
+        reconciled=[usd(v) if pd.notna(v) else "n/a" for v in table["reconciled_actual_pico"]],
+        unattributed=[usd(v) if pd.notna(v) else "n/a" for v in table["unattributed_pico"]],
+        share=table["unattributed_share"],
     )

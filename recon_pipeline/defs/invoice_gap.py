@@ -123,30 +123,23 @@ def invoice_gap_asset(
         report.add(
             day,
             rows=len(gap),
-            billed_usd=billed[day] / s.PICO_PER_USD,
-            residual_usd=(int(residual.sum()) if len(residual) else 0) / s.PICO_PER_USD,
+            figures={
+                "billed_usd": billed[day] / s.PICO_PER_USD,
+                "residual_usd": (int(residual.sum()) if len(residual) else 0) / s.PICO_PER_USD,
+            },
+            tables={
+                "gap_by_cause": markdown_table(_by_cause(gap, billed[day])),
+                "explained_gap": markdown_table(_shown(gap)),
+            },
         )
         gaps.append(gap)
         findings.append(stale_found)
 
     all_gaps = pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=g.GAP_COLUMNS)
     this_run = all_gaps[all_gaps["usage_date"].isin(billed)]
-    newest = max(billed, default=None)
     stale = pd.concat(findings, ignore_index=True) if findings else pd.DataFrame()
-    tables_md = {}
-    if newest is not None:
-        tables_md = {
-            "explained_gap": dg.MetadataValue.md(
-                markdown_table(_shown(this_run[this_run["usage_date"] == newest]))
-            ),
-            "gap_by_cause": dg.MetadataValue.md(
-                markdown_table(_by_cause(this_run, sum(billed.values())))
-            ),
-        }
     return dg.MaterializeResult(
-        metadata=report.metadata(
-            **report.skipped_metadata(), scope=describe_scope(scope), **tables_md
-        ),
+        metadata=report.metadata(scope=describe_scope(scope)),
         check_results=[
             _residual_check(this_run, billed, settings.gap_residual_fail_share),
             _changes_check(all_gaps, billed, settings.gap_change_warn_share),

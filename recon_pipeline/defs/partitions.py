@@ -1,13 +1,32 @@
 """UTC days by `created_at`; the first day comes from RECON_START_DATE."""
 
 import os
+from datetime import UTC, date, datetime
 
 import dagster as dg
 
 DEFAULT_START_DATE = "2025-01-01"
 
+
+def first_day(value: str | None = None) -> date:
+    """The first daily partition: RECON_START_DATE (YYYY-MM-DD), checked when the definitions
+    load, so that a typo or a day still to come stops the code location with the reason
+    rather than leaving the UI with no partition or a thousand empty ones."""
+    text = value if value is not None else os.environ.get("RECON_START_DATE", DEFAULT_START_DATE)
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"RECON_START_DATE must be a day as YYYY-MM-DD, not {text!r}") from None
+    today = datetime.now(UTC).date()
+    if day >= today:
+        raise ValueError(
+            f"RECON_START_DATE {day} leaves no complete UTC day to reconcile (today is {today})"
+        )
+    return day
+
+
 daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=os.environ.get("RECON_START_DATE", DEFAULT_START_DATE),
+    start_date=first_day().isoformat(),
     timezone="UTC",
     fmt="%Y-%m-%d",
 )

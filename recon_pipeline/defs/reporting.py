@@ -1,6 +1,6 @@
-"""Turning a run's per-day figures into Dagster metadata that is true for every partition."""
+"""Turning a run's per-day figures into the metadata of each day's partition."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
@@ -9,31 +9,59 @@ import pandas as pd
 
 Figures = dict[str, int | float]
 
+# Dagster plots every number of a materialization: beyond a few, the ones analysts read
+# drown among the others.
+MAX_PLOTTED = 8
+
 
 class DailyReport:
-    """Additive per-day figures (counts, money) of one asset in one run, as Dagster metadata.
+    """One asset's figures in one run, each day's on that day's partition only.
 
     A range run materializes every partition of its range from one MaterializeResult, which
-    would copy one set of metadata onto each. So each partition's materialization gets its own
-    day's figures (with `dagster/row_count`) through `add_asset_metadata`, and on a range run
-    the range's totals under `range_` names. The UI plots figures by partition from these
-    materializations.
+    would copy one set of metadata onto each. So each partition's materialization gets its
+    own day's figures through `add_asset_metadata`, and the range's totals go to the run's
+    log (`log_range`), where they cannot be read as a day's.
+
+    A day holds `dagster/row_count`, a few plotted `figures` (summed over a range) and
+    `ratios` (plotted, not summed), counts shown but not plotted (`details`, JSON) and
+    markdown `tables` of that day.
     """
 
-    def __init__(
-        self,
-        context: dg.AssetExecutionContext,
-        asset_key: str,
-        derive: Callable[[Figures], Mapping[str, Any]] | None = None,
-    ) -> None:
+    def __init__(self, context: dg.AssetExecutionContext, asset_key: str) -> None:
         self._context = context
         self._asset_key = dg.AssetKey(asset_key)
-        self._derive = derive or (lambda figures: {})
         self.days: dict[date, Figures] = {}
         self.skipped: list[date] = []
+        self._metadata: dict[date, dict[str, Any]] = {}
 
-    def add(self, day: date, **figures: int | float) -> None:
-        self.days[day] = figures
+    def add(
+        self,
+        day: date,
+        rows: int,
+        figures: Figures | None = None,
+        ratios: Mapping[str, float] | None = None,
+        details: Mapping[str, Mapping[str, int]] | None = None,
+        tables: Mapping[str, str] | None = None,
+    ) -> None:
+        figures, ratios, details = dict(figures or {}), dict(ratios or {}), dict(details or {})
+        plotted = 1 + len(figures) + len(ratios)
+        if plotted > MAX_PLOTTED:
+            raise ValueError(
+                f"{self._asset_key.to_user_string()}: {plotted} plotted figures, at most "
+                f"{MAX_PLOTTED}; show the others as details"
+            )
+        self.days[day] = {
+            "rows": rows,
+            **figures,
+            **{name: count for counts in details.values() for name, count in counts.items()},
+        }
+        self._metadata[day] = {
+            "dagster/row_count": rows,
+            **figures,
+            **ratios,
+            **{name: dg.MetadataValue.json(dict(counts)) for name, counts in details.items()},
+            **{name: dg.MetadataValue.md(text) for name, text in (tables or {}).items()},
+        }
 
     def skip(self, day: date, warn: bool = True) -> None:
         """A day this run did not write (another run held its lock, see
@@ -48,52 +76,51 @@ class DailyReport:
                 " run's results stand"
             )
 
-    def skipped_metadata(self) -> dict[str, dg.MetadataValue]:
-        return {"days_skipped_locked": dg.MetadataValue.json([d.isoformat() for d in self.skipped])}
+    def skipped_days(self) -> list[str]:
+        return [day.isoformat() for day in self.skipped]
 
     def totals(self) -> Figures:
-        """Each figure summed over the days in its own type: a frame's `sum()` would turn every
-        count into a float as soon as one figure (money in USD) is a float."""
-        frame = pd.DataFrame(list(self.days.values()))
+        """The additive figures and details summed over the days, each in its own type: a
+        frame's `sum()` would turn every count into a float as soon as one figure is a float."""
+        frame = pd.DataFrame(list(self.days.values())).fillna(0)
         sums = {name: frame[name].sum() for name in frame.columns}
         return {k: v.item() if hasattr(v, "item") else v for k, v in sums.items()}
 
-    def _one(self, figures: Figures) -> dict[str, Any]:
-        return {"dagster/row_count": figures["rows"], **figures, **self._derive(figures)}
-
-    def metadata(self, **extra: Any) -> dict[str, Any]:
-        """Attach every day's metadata to its partition; returns the MaterializeResult's own
-        metadata, which is empty because each partition already carries all of it."""
-        shared = dict(extra)
+    def log_range(self) -> None:
+        """A range run's totals, once, in the run's log."""
         every_day = [*self.days, *self.skipped]
-        if len(every_day) > 1 and self.days:
-            first, last = min(every_day), max(every_day)
-            totals = self._one(self.totals())
-            del totals["dagster/row_count"]
-            shared = {
-                "range": f"{first.isoformat()}..{last.isoformat()} ({len(every_day)} days)",
-                **{f"range_{name}": value for name, value in totals.items()},
-                **extra,
-            }
-        # The run's tables (markdown) go on its newest partition only, the one the asset page
-        # shows first: copied onto every day of a month they cost storage and time, not news.
-        tables = {k: v for k, v in shared.items() if isinstance(v, dg.MarkdownMetadataValue)}
-        newest = max(every_day, default=None)
-        if len(every_day) > 1 and tables:
-            shared = {k: v for k, v in shared.items() if k not in tables}
-            shared["range_tables_on"] = newest.isoformat()
-        for day, figures in self.days.items():
+        if len(every_day) < 2:
+            return
+        totals = ", ".join(
+            f"{name} {round(value, 6) if isinstance(value, float) else value}"
+            for name, value in self.totals().items()
+        )
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
+        self._context.log.info(
+            f"{self._asset_key.to_user_string()} {min(every_day)}..{max(every_day)}"
+            f" ({len(self.days)} days{skipped}): {totals or 'nothing written'}"
+        )
+
+    def metadata(self, **shared: Any) -> dict[str, Any]:
+        """Attach every day's metadata to its partition, with `shared` (text that is true of
+        every day of the run, such as the source); returns the MaterializeResult's own
+        metadata, empty because each partition already carries all of it. Logs the range's
+        totals."""
+        for day, own in self._metadata.items():
             self._context.add_asset_metadata(
-                {**self._one(figures), **shared, **(tables if day == newest else {})},
-                asset_key=self._asset_key,
-                partition_key=day.isoformat(),
+                {**own, **shared}, asset_key=self._asset_key, partition_key=day.isoformat()
             )
         for day in self.skipped:
             self._context.add_asset_metadata(
-                {"skipped_locked": 1, **shared, **(tables if day == newest else {})},
+                {
+                    "skipped_locked": "another run held this day's lock and wrote it; this"
+                    " run wrote nothing of it",
+                    **shared,
+                },
                 asset_key=self._asset_key,
                 partition_key=day.isoformat(),
             )
+        self.log_range()
         return {}
 
 

@@ -110,6 +110,17 @@ class ReconDatabase(dg.ConfigurableResource):
     def is_embedded(self) -> bool:
         return not self.url
 
+    def catalog_schemas(self) -> tuple[str, str]:
+        """The schemas of the usage table and of the output tables, as the catalog names them:
+        the configured ones, else SQLite's `main` for the embedded demo and PostgreSQL's
+        default `public`."""
+        values = [
+            value.get_value() if isinstance(value, dg.EnvVar) else value
+            for value in (self.usage_schema, self.output_schema)
+        ]
+        usage = values[0] or ("main" if self.is_embedded else "public")
+        return usage, values[1] or usage
+
     def get(self) -> Database:
         if self._database is None:
             qualified(self.usage_table, self.usage_schema)
