@@ -75,9 +75,16 @@ class Demo:
         }
 
     def run(
-        self, first: date, last: date, as_of: str = AS_OF, raise_on_error: bool = True
+        self,
+        first: date,
+        last: date,
+        as_of: str = AS_OF,
+        raise_on_error: bool = True,
+        instance: dg.DagsterInstance | None = None,
     ) -> dg.ExecuteInProcessResult:
-        return run_job(self.resources(as_of), first, last, raise_on_error=raise_on_error)
+        return run_job(
+            self.resources(as_of), first, last, instance=instance, raise_on_error=raise_on_error
+        )
 
     def rows(self, sql: str, **params: object) -> list[sa.Row]:
         with self.engine.connect() as conn:
@@ -101,14 +108,17 @@ def _make_demo(engine: sa.Engine, url: str, schema: str, folder: Path) -> Demo:
 class Reference:
     demo: Demo
     result: dg.ExecuteInProcessResult
+    log: list[str]
 
 
 @pytest.fixture(scope="module")
 def reference(pg_module_schema, pg_url, tmp_path_factory) -> Reference:
     engine, schema = pg_module_schema
     demo = _make_demo(engine, pg_url, schema, tmp_path_factory.mktemp("exports"))
-    result = demo.run(FIRST_DAY, LAST_DAY)
-    return Reference(demo, result)
+    instance = dg.DagsterInstance.ephemeral()
+    result = demo.run(FIRST_DAY, LAST_DAY, instance=instance)
+    log = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    return Reference(demo, result, log)
 
 
 @pytest.fixture
@@ -329,44 +339,73 @@ def test_one_actual_cost_priced_by_hand(reference: Reference) -> None:
     assert row.calculated_cost_cents == row.actual_cost_cents
 
 
-def test_metadata_and_checks(reference: Reference) -> None:
-    result, summary = reference.result, reference.demo.summary
-    reconciled = _metadata(result, "reconciled_usage")
-    assert len(reconciled) == 14
-    # Every partition's materialization carries its own day's figures, plus the range totals.
-    meta = reconciled[0]
-    assert meta["range"] == f"{FIRST_DAY.isoformat()}..{LAST_DAY.isoformat()} (14 days)"
-    assert meta["range_rows"] == summary.rows_logged
-    assert meta["range_pending"] == 3
-    assert sum(meta[f"range_{status}"] for status in s.STATUSES) == summary.rows_logged
-    assert meta["variance_classes"][s.CLASS_DUPLICATE_ID] == 1
-    # The run's tables are on the newest partition, and each partition says which that is.
-    by_day = _by_partition(result, "reconciled_usage")
-    with_tables = [day for day, m in by_day.items() if "largest_discrepancies" in m]
-    assert with_tables == [LAST_DAY.isoformat()] == [meta["range_tables_on"]]
-    assert "| day |" in by_day[LAST_DAY.isoformat()]["by_day"]
-    assert _metadata(result, "openai_requests")[0]["range_rows"] >= summary.openai_records
-    unlogged = _metadata(result, "unlogged_openai_requests")[0]
-    # Each row without an id verified by tag or fingerprint claims one record no id claims.
-    without_id = meta["range_verified_by_metadata_tag"] + meta["range_verified_by_fingerprint"]
-    assert without_id > 200
-    assert unlogged["range_rows"] == summary.openai_only_records - without_id
-    write_back = _metadata(result, "token_usage_reconciliation")[0]
-    assert write_back["range_rows"] == summary.rows_logged
-    assert write_back["range_rows_updated"] == summary.rows_logged - 3  # pending rows unchanged
-    [(summary_rows,)] = reference.demo.rows("SELECT count(*) FROM {s}.daily_variance_summary")
-    assert _metadata(result, "daily_variance_summary")[0]["range_rows"] == summary_rows
+def _plotted(metadata: dict[str, object]) -> dict[str, float]:
+    """The figures Dagster plots: the numbers."""
+    return {
+        k: v for k, v in metadata.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
+
+def test_metadata_and_checks(reference: Reference) -> None:
+    """Each partition carries its own day's figures and nothing of the range: the totals of a
+    range run go to the run's log. Summed over the partitions, the figures are the range's."""
+    result, summary = reference.result, reference.demo.summary
+    days = [(FIRST_DAY + timedelta(days=n)).isoformat() for n in range(14)]
     per_day = _by_partition(result, "reconciled_usage")
-    assert sorted(per_day) == [(FIRST_DAY + timedelta(days=n)).isoformat() for n in range(14)]
+    assert sorted(per_day) == days
     assert sum(m["dagster/row_count"] for m in per_day.values()) == summary.rows_logged
+    assert sum(m["pending"] for m in per_day.values()) == 3
+    assert sum(sum(m["statuses"].values()) for m in per_day.values()) == summary.rows_logged
+    classes = Counter()
+    for figures in per_day.values():
+        classes.update(figures["variance_classes"])
+    assert classes[s.CLASS_DUPLICATE_ID] == 1
     for day, figures in per_day.items():
-        [(rows_on_day,)] = reference.demo.rows(
-            "SELECT count(*) FROM {s}.reconciled_usage WHERE usage_date = :d",
+        [(rows_on_day, matched, discrepancy, estimated)] = reference.demo.rows(
+            "SELECT count(*), count(*) FILTER (WHERE reconciliation_status = 'matched'),"
+            " count(*) FILTER (WHERE reconciliation_status = 'discrepancy'),"
+            " sum(estimated_cost_cents) FROM {s}.reconciled_usage WHERE usage_date = :d",
             d=date.fromisoformat(day),
         )
-        assert figures["dagster/row_count"] == figures["rows"] == rows_on_day
-    assert sum(m["pending"] for m in per_day.values()) == 3
+        assert figures["dagster/row_count"] == rows_on_day
+        assert figures["match_rate"] == round(matched / (matched + discrepancy), 6)
+        assert math.isclose(figures["estimated_cost_usd"], float(estimated) / 100)
+        # Its own table of the day's largest discrepancies, or none.
+        table = figures["largest_discrepancies"]
+        assert ("| action_type |" in table) == (discrepancy > 0), (day, table)
+    assert len({m["match_rate"] for m in per_day.values()}) > 1
+
+    for asset in PIPELINE_ASSETS:
+        by_day = _by_partition(result, asset)
+        assert sorted(by_day) == days, asset
+        for figures in by_day.values():
+            assert not any(name.startswith("range") for name in figures), (asset, figures)
+            assert 1 <= len(_plotted(figures)) <= 8, (asset, sorted(_plotted(figures)))
+        # No plotted figure is the same on every day (constant, or always zero); the row
+        # count, Dagster's own, may be (six models every demo day).
+        for name in _plotted(next(iter(by_day.values()))):
+            values = {figures.get(name) for figures in by_day.values()}
+            assert name == "dagster/row_count" or len(values) > 1, (asset, name, values)
+
+    unlogged = _by_partition(result, "unlogged_openai_requests").values()
+    # Each row without an id verified by tag or fingerprint claims one record no id claims.
+    without_id = sum(
+        m["verified_by"]["metadata_tag"] + m["verified_by"]["fingerprint"] for m in per_day.values()
+    )
+    assert without_id > 200
+    assert sum(m["dagster/row_count"] for m in unlogged) == summary.openai_only_records - without_id
+    write_back = _by_partition(result, "token_usage_reconciliation").values()
+    assert sum(m["dagster/row_count"] for m in write_back) == summary.rows_logged
+    assert sum(m["rows_updated"] for m in write_back) == summary.rows_logged - 3  # pending rows
+    [(summary_rows,)] = reference.demo.rows("SELECT count(*) FROM {s}.daily_variance_summary")
+    summaries = _by_partition(result, "daily_variance_summary").values()
+    assert sum(m["dagster/row_count"] for m in summaries) == summary_rows
+    records = _by_partition(result, "openai_requests").values()
+    assert sum(m["dagster/row_count"] for m in records) >= summary.openai_records
+
+    # The range's totals, once, in the run's log.
+    totals = [m for m in reference.log if m.startswith(f"reconciled_usage {FIRST_DAY}..{LAST_DAY}")]
+    assert len(totals) == 1 and f"rows {summary.rows_logged}," in totals[0], totals
 
     evaluations = result.get_asset_check_evaluations()
     assert {(e.asset_key.to_user_string(), e.check_name) for e in evaluations} == CHECKS
@@ -386,9 +425,8 @@ def test_rerun_updates_nothing(reference: Reference) -> None:
     # A later "now" that still keeps the recent rows inside the grace period.
     again = demo.run(FIRST_DAY, LAST_DAY, as_of="2026-11-11T09:00:00+00:00")
     assert again.success
-    assert [m["range_rows_updated"] for m in _metadata(again, "token_usage_reconciliation")] == [
-        0
-    ] * 14
+    updated = _by_partition(again, "token_usage_reconciliation")
+    assert [m["rows_updated"] for m in updated.values()] == [0] * 14
     assert demo.token_usage() == usage_before
     assert demo.results() == results_before
 
@@ -429,9 +467,6 @@ def test_late_openai_record_moves_row_from_pending(own_demo: Demo) -> None:
     later = "2026-11-11T12:00:00+00:00"
     again = demo.run(first, LAST_DAY, as_of=later)
     assert again.success
-    # Range-wide totals on each of the three partitions; each day's own count as an observation.
-    ranges = _metadata(again, "token_usage_reconciliation")
-    assert [m["range_rows_updated"] for m in ranges] == [1] * 3
     per_day = _by_partition(again, "token_usage_reconciliation")
     changed = {day: m["rows_updated"] for day, m in per_day.items() if m["rows_updated"]}
     assert changed == {late.created_at.astimezone(UTC).date().isoformat(): 1}

@@ -29,6 +29,8 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
     last_day = datetime.now(UTC).date() - timedelta(days=1)
     first_day = last_day - timedelta(days=13)
     assert f"({first_day} .. {last_day})" in out
+    # The UI it points to has the demo's days as partitions, all of them filled.
+    assert f" RECON_START_DATE={first_day} DAGSTER_HOME=" in out
     printed = {
         m.group(1): int(m.group(2))
         for m in re.finditer(rf"^  ({'|'.join(s.STATUSES)})\s+(\d+)$", out, re.MULTILINE)

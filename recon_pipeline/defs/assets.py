@@ -213,6 +213,9 @@ def _result_figures(results: pd.DataFrame) -> tuple[Figures, dict[str, float]]:
             "token_usage_reconciliation",
             description="`actual_cost_cents`, `reconciliation_status` and `reconciled_at` "
             "written back onto token_usage, on the rows whose values change.",
+            # Computed in this step from the same inputs as reconciled_usage. Not declared
+            # downstream of it: that would rank the step after invoice_check in the backfill
+            # daemon's order, which then holds invoice_check back for a second run.
             deps=[token_usage, "openai_requests"],
             group_name=GROUP,
             kinds={"sql"},
