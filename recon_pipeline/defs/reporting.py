@@ -53,7 +53,11 @@ class DailyReport:
         self.days[day] = {
             "rows": rows,
             **figures,
-            **{name: count for counts in details.values() for name, count in counts.items()},
+            **{
+                f"{group}.{name}": count
+                for group, counts in details.items()
+                for name, count in counts.items()
+            },
         }
         self._metadata[day] = {
             "dagster/row_count": rows,
