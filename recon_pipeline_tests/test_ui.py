@@ -1,6 +1,8 @@
 """The Dagster UI as a user drives it: `dagster-webserver` and `dagster-daemon` running as
-processes on the shipped deploy/dagster.yaml (PostgreSQL storage, queued runs), a three-day
-backfill run by the daemon, and the pages looked at in headless Chromium.
+processes on the shipped deploy/dagster.yaml (PostgreSQL storage, queued runs), on the demo's
+two weeks with partitions starting on its first day: a backfill of every day launched from the
+asset graph, then one of the job, each run by the daemon, and the pages looked at in headless
+Chromium.
 
 Nothing is installed at run time: Chromium and its driver are Debian's `chromium` and
 `chromium-driver` (.ci/run installs them when missing), driven by selenium. Screenshots go to
@@ -35,7 +37,7 @@ from selenium.webdriver.common.by import By
 from recon_pipeline.demo_data import generate_demo_data
 from recon_pipeline.io.migrations import create_demo_token_usage
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -62,10 +64,12 @@ ASSETS = (
     "daily_variance_summary",
     "invoice_check",
 )
-# Old enough that the grace period is over and the pending-rows sensor has nothing to do.
-LAST_DAY = datetime.now(UTC).date() - timedelta(days=10)
+# As recon-demo: two weeks up to yesterday, and the partitions start on the first of them.
+# With no grace period (RECON_GRACE_DAYS=0) every row gets its verdict at once, so the
+# pending-rows sensor has nothing to do.
+LAST_DAY = datetime.now(UTC).date() - timedelta(days=1)
 FIRST_DAY = LAST_DAY - timedelta(days=13)
-BACKFILL_DAYS = [LAST_DAY - timedelta(days=n) for n in (2, 1, 0)]
+BACKFILL_DAYS = [FIRST_DAY + timedelta(days=n) for n in range(14)]
 STARTUP_SECONDS = 120
 BACKFILL_SECONDS = 240
 PAGE_SECONDS = 60
@@ -174,6 +178,9 @@ def _environment(home: Path, pg_url: str, dagster_db: str, schema: str, folder: 
         "RECON_USAGE_SCHEMA": schema,
         "RECON_USAGE_EXPORT_DIR": str(folder),
         "RECON_START_DATE": FIRST_DAY.isoformat(),
+        "RECON_GRACE_DAYS": "0",
+        # Low enough that the demo's unattributed spend warns: the UI must show a warning.
+        "RECON_UNATTRIBUTED_WARN_SHARE": "0.01",
         "RECON_OPENAI_SOURCE": "exports",
         "RECON_HOME": str(home / "recon"),
         "PYTHONUNBUFFERED": "1",
@@ -197,8 +204,8 @@ LOCATIONS = """
 @pytest.fixture(scope="module")
 def stack(pg_engine, pg_module_schema, pg_url, tmp_path_factory) -> Iterator[Stack]:
     """The webserver and the daemon on a fresh Dagster database and a fresh demo schema, with
-    the three-day backfill launched (GraphQL, as the UI's "Launch backfill" does) as soon as the
-    code location has loaded."""
+    a backfill of every demo day launched from the asset graph (GraphQL, as the UI's
+    "Materialize all" then "Launch backfill" does) as soon as the code location has loaded."""
     engine, schema = pg_module_schema
     root = tmp_path_factory.mktemp("ui")
     create_demo_token_usage(engine, schema=schema)
@@ -235,16 +242,7 @@ def stack(pg_engine, pg_module_schema, pg_url, tmp_path_factory) -> Iterator[Sta
             return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
 
         _wait_for("the code location to load", location_loaded, STARTUP_SECONDS)
-        launched = stack.graphql(
-            LAUNCH_BACKFILL,
-            params={
-                "partitionNames": [day.isoformat() for day in BACKFILL_DAYS],
-                "assetSelection": [{"path": [name]} for name in ASSETS],
-                "fromFailure": False,
-            },
-        )["launchPartitionBackfill"]
-        assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        stack.backfill_id = launched["backfillId"]
+        stack.backfill_id = _launch(stack, assetSelection=[{"path": [name]} for name in ASSETS])
         yield stack
     finally:
         for process in processes:
@@ -265,13 +263,25 @@ query Backfill($id: String!) {
 }"""
 
 
-@pytest.fixture(scope="module")
-def backfill(stack: Stack) -> dict[str, Any]:
+def _launch(stack: Stack, **selection: Any) -> str:
+    launched = stack.graphql(
+        LAUNCH_BACKFILL,
+        params={
+            "partitionNames": [day.isoformat() for day in BACKFILL_DAYS],
+            "fromFailure": False,
+            **selection,
+        },
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    return launched["backfillId"]
+
+
+def _finished(stack: Stack, backfill_id: str) -> dict[str, Any]:
     """The backfill once the daemon has finished it."""
 
     def finished() -> dict[str, Any] | None:
         stack.check_alive()
-        found = stack.graphql(BACKFILL_STATUS, id=stack.backfill_id)["partitionBackfillOrError"]
+        found = stack.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
         done = found["status"] not in ("REQUESTED", "CANCELING", "FAILING")
         return found if done else None
 
@@ -279,6 +289,25 @@ def backfill(stack: Stack) -> dict[str, Any]:
         return _wait_for("the daemon to run the backfill", finished, BACKFILL_SECONDS, every=2)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{stack.log_tails()}") from None
+
+
+@pytest.fixture(scope="module")
+def backfill(stack: Stack) -> dict[str, Any]:
+    """The asset graph's backfill of every demo day, finished."""
+    return _finished(stack, stack.backfill_id)
+
+
+@pytest.fixture(scope="module")
+def job_backfill(stack: Stack, backfill) -> dict[str, Any]:
+    """Then the same days from the job's partitions page (a job backfill), finished."""
+    selector = {
+        "repositorySelector": {
+            "repositoryLocationName": "recon_pipeline",
+            "repositoryName": "__repository__",
+        },
+        "partitionSetName": "daily_reconciliation_partition_set",
+    }
+    return _finished(stack, _launch(stack, selector=selector))
 
 
 @pytest.fixture(scope="module")
@@ -345,19 +374,28 @@ def _save(driver: Any, shots: Path, name: str) -> Path:
 # -- the backfill, through the daemon --------------------------------------------------------
 
 
-def test_the_daemon_runs_the_backfill_through_the_queue(stack: Stack, backfill) -> None:
-    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
-    runs = backfill["runs"]
-    # BackfillPolicy.multi_run(31): the three days are one run, and it went through the queue
-    # with the backfill's tag (the tag the instance's queue limits).
-    assert runs and all(run["status"] == "SUCCESS" for run in runs)
-    for run in runs:
-        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
-        assert tags["dagster/backfill"] == stack.backfill_id
-        assert (
-            tags["dagster/asset_partition_range_start"],
-            tags["dagster/asset_partition_range_end"],
-        ) == (BACKFILL_DAYS[0].isoformat(), BACKFILL_DAYS[-1].isoformat())
+def _one_run_for_every_day(found: dict[str, Any]) -> dict[str, str]:
+    """BackfillPolicy.multi_run(31): the 14 days are one run, through the queue with the
+    backfill's tag (the tag the instance's queue limits). Returns the run's tags."""
+    assert found["status"] == "COMPLETED_SUCCESS", found
+    [run] = found["runs"]
+    assert run["status"] == "SUCCESS"
+    tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+    assert (
+        tags["dagster/asset_partition_range_start"],
+        tags["dagster/asset_partition_range_end"],
+    ) == (BACKFILL_DAYS[0].isoformat(), BACKFILL_DAYS[-1].isoformat())
+    return tags
+
+
+def test_a_backfill_from_the_asset_graph_is_one_run(stack: Stack, backfill) -> None:
+    tags = _one_run_for_every_day(backfill)
+    assert tags["dagster/backfill"] == stack.backfill_id
+
+
+def test_a_backfill_of_the_job_is_one_run(stack: Stack, job_backfill) -> None:
+    tags = _one_run_for_every_day(job_backfill)
+    assert tags["dagster/backfill"] != stack.backfill_id
 
 
 def test_the_backfilled_days_are_reconciled_in_the_database(stack: Stack, backfill) -> None:
@@ -380,7 +418,7 @@ def test_the_backfilled_days_are_reconciled_in_the_database(stack: Stack, backfi
         first=first,
         end=end,
     )
-    assert (pending, unstamped) == (0, 0)  # the grace period is over: every row has a verdict
+    assert (pending, unstamped) == (0, 0)  # no grace period: every row has a verdict
     [(touched_outside,)] = stack.rows(
         "SELECT count(*) FROM {s}.token_usage WHERE (created_at < :first OR created_at >= :end)"
         " AND reconciled_at IS NOT NULL",
@@ -419,14 +457,12 @@ def _materialized_days(stack: Stack, asset: str) -> tuple[set[date], dict[str, i
     return days, node["partitionStats"]
 
 
-def test_graphql_shows_the_days_materialized(stack: Stack, backfill) -> None:
-    partitions = (datetime.now(UTC).date() - FIRST_DAY).days  # up to yesterday
+def test_graphql_shows_every_demo_day_materialized(stack: Stack, backfill) -> None:
+    """The partitions are the demo's days (RECON_START_DATE), so every one of them is filled."""
     for asset in ASSETS:
         days, stats = _materialized_days(stack, asset)
-        assert set(BACKFILL_DAYS) <= days, asset
-        # Only a 02:00 UTC schedule tick during the test could add a day (yesterday).
-        assert days - set(BACKFILL_DAYS) <= {datetime.now(UTC).date() - timedelta(days=1)}
-        assert stats["numPartitions"] == partitions and stats["numFailed"] == 0, asset
+        assert days == set(BACKFILL_DAYS), asset
+        assert stats == {"numMaterialized": 14, "numPartitions": 14, "numFailed": 0}, asset
 
 
 METADATA = """
@@ -439,6 +475,7 @@ query Metadata($key: AssetKeyInput!, $partitions: [String!]) {
           label
           ... on FloatMetadataEntry { floatValue }
           ... on IntMetadataEntry { intValue }
+          ... on TextMetadataEntry { text }
         }
       }
     }
@@ -446,28 +483,43 @@ query Metadata($key: AssetKeyInput!, $partitions: [String!]) {
 }"""
 
 
+PLOTTED = {
+    "reconciled_usage": ("match_rate", "estimated_cost_usd", "actual_cost_usd"),
+    "invoice_check": ("unattributed_share", "billed_usd", "reconciled_actual_usd"),
+}
+
+
 def test_each_partition_carries_its_own_figures(stack: Stack, backfill) -> None:
-    """What the UI plots per partition: each day's materialization has that day's numbers."""
+    """What the UI plots per partition: each day's materialization has that day's numbers, a
+    few of them, and nothing of the range it was run in."""
     days = [day.isoformat() for day in BACKFILL_DAYS]
-    for asset, figures in {
-        "reconciled_usage": ("match_rate", "estimated_cost_usd", "actual_cost_usd", "rows"),
-        "invoice_check": ("unattributed_share", "billed_usd", "reconciled_actual_usd"),
-    }.items():
+    for asset in ASSETS:
         found = stack.graphql(METADATA, key={"path": [asset]}, partitions=days)["assetOrError"]
         values: dict[str, dict[str, float]] = {}
         for event in found["assetMaterializations"]:
-            entries = {
-                e["label"]: e.get("floatValue", e.get("intValue")) for e in event["metadataEntries"]
+            labels = [e["label"] for e in event["metadataEntries"]]
+            assert not [label for label in labels if label.startswith("range")], (asset, labels)
+            values[event["partition"]] = {
+                e["label"]: e.get("floatValue", e.get("intValue"))
+                for e in event["metadataEntries"]
+                if "floatValue" in e or "intValue" in e
             }
-            values[event["partition"]] = {name: entries[name] for name in figures}
         assert sorted(values) == days, asset
-        if asset == "reconciled_usage":
-            rows = dict(
-                stack.rows("SELECT usage_date::text, count(*) FROM {s}.reconciled_usage GROUP BY 1")
-            )
-            assert {day: v["rows"] for day, v in values.items()} == rows
-        # Different days, different numbers: not the range's totals copied onto each.
-        assert len({v[figures[0]] for v in values.values()}) > 1, (asset, values)
+        assert all(1 <= len(figures) <= 8 for figures in values.values()), (asset, values)
+        for name in PLOTTED.get(asset, ()):
+            # Different days, different numbers: not the range's totals copied onto each.
+            assert len({v[name] for v in values.values()}) > 1, (asset, name, values)
+    rows = dict(
+        stack.rows("SELECT usage_date::text, count(*) FROM {s}.reconciled_usage GROUP BY 1")
+    )
+    found = stack.graphql(METADATA, key={"path": ["reconciled_usage"]}, partitions=days)
+    counted = {
+        event["partition"]: entry["intValue"]
+        for event in found["assetOrError"]["assetMaterializations"]
+        for entry in event["metadataEntries"]
+        if entry["label"] == "dagster/row_count"
+    }
+    assert counted == rows
 
 
 # -- the pages -------------------------------------------------------------------------------
@@ -487,20 +539,21 @@ def test_the_asset_page_shows_the_partitions(stack, backfill, browser, screensho
         browser,
         stack,
         f"/assets/reconciled_usage?view=partitions&partition={days[-1]}",
-        ["Materialized (", "Missing (", *days, "Latest materialization", "match_rate", "range"],
+        ["Materialized (", *days, "Latest materialization", "match_rate", "largest_discrepancies"],
         screenshots,
     )
-    materialized = int(re.search(r"Materialized \((\d+)\)", text).group(1))
-    missing = int(re.search(r"Missing \((\d+)\)", text).group(1))
-    partitions = (datetime.now(UTC).date() - FIRST_DAY).days
-    assert materialized >= 3 and materialized + missing == partitions
+    assert int(re.search(r"Materialized \((\d+)\)", text).group(1)) == 14
+    assert "range_" not in text
     _save(browser, screenshots, "asset-page.png")
 
 
 def _plots(browser: Any, stack: Stack, asset: str, labels: tuple[str, ...], shots: Path) -> None:
     """The asset's overview, with its metadata shown as plots by partition."""
     _page(browser, stack, f"/assets/{asset}", ["Metadata", "Plots"], shots)
-    browser.find_element(By.XPATH, "//button[normalize-space()='Plots']").click()
+    plots = browser.find_element(By.XPATH, "//button[normalize-space()='Plots']")
+    plots.click()
+    # Below the columns: brought to the top of the window, as a user scrolls to it.
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", plots)
     _wait_for(
         f"the plots of {asset} to show {labels}",
         lambda: all(
@@ -539,3 +592,74 @@ def test_the_asset_graph_shows_the_pipeline(stack, backfill, browser, screenshot
         screenshots,
     )
     _save(browser, screenshots, "asset-graph.png")
+
+
+CATALOG = """
+{ assetNodes {
+    assetKey { path }
+    owners { ... on TeamAssetOwner { team } }
+    metadataEntries {
+      label
+      ... on TextMetadataEntry { text }
+      ... on TableSchemaMetadataEntry { schema { columns { name type description } } }
+    }
+} }"""
+
+
+def test_the_catalog_lists_each_assets_table_and_columns(
+    stack, backfill, browser, screenshots
+) -> None:
+    """Which table, which columns, what they mean: from the catalog alone."""
+    nodes = {
+        "/".join(node["assetKey"]["path"]): node for node in stack.graphql(CATALOG)["assetNodes"]
+    }
+    assert set(nodes) == {"token_usage", *ASSETS}
+    for name, node in nodes.items():
+        entries = {entry["label"]: entry for entry in node["metadataEntries"]}
+        table = name if name in ASSETS and name != "token_usage_reconciliation" else "token_usage"
+        assert entries["dagster/table_name"]["text"] == f"{stack.schema}.{table}", name
+        columns = entries["dagster/column_schema"]["schema"]["columns"]
+        assert columns and all(c["description"] and c["type"] for c in columns), name
+        assert node["owners"], name
+    text = _page(
+        browser,
+        stack,
+        "/assets/invoice_check",
+        ["Columns", "unattributed_share", "unattributed / billed", f"{stack.schema}.invoice_check"],
+        screenshots,
+    )
+    assert "data-engineering" in text
+    _save(browser, screenshots, "asset-catalog.png")
+
+
+CHECK_EXECUTIONS = """
+query Executions($key: AssetKeyInput!, $name: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $name, limit: 5) {
+    status
+    evaluation { severity }
+  }
+}"""
+
+
+def test_a_failing_warning_check_reads_as_a_warning(stack, backfill, browser, screenshots) -> None:
+    """RECON_UNATTRIBUTED_WARN_SHARE=0.01 makes the demo's unattributed spend warn: the UI shows
+    the check failed as a warning (yellow, warning icon), not as an error."""
+    executions = stack.graphql(
+        CHECK_EXECUTIONS,
+        key={"path": ["invoice_check"]},
+        name="unattributed_spend_within_bounds",
+    )["assetCheckExecutions"]
+    assert executions and executions[0]["status"] == "FAILED"
+    assert executions[0]["evaluation"]["severity"] == "WARN"
+    _page(
+        browser,
+        stack,
+        "/assets/invoice_check?view=checks",
+        ["unattributed_spend_within_bounds", "Failed", "over the warn bound"],
+        screenshots,
+    )
+    icons = {
+        element.get_attribute("aria-label")
+        for element in browser.find_elements(By.CSS_SELECTOR, "[role=img][aria-label]")
+    }
+    assert "warning_outline" in icons and "cancel" not in icons, icons

@@ -242,9 +242,9 @@ def invoice_check_asset(
                 severity=dg.AssetCheckSeverity.ERROR if over_fail else dg.AssetCheckSeverity.WARN,
                 metadata={
                     **({} if worst is None else {"worst_unattributed_share": worst}),
-                    "warn_above": settings.unattributed_warn_share,
-                    "fail_above": settings.unattributed_fail_share,
-                    "days_checked": len(shares),
+                    # Text, not numbers: the UI would plot the bounds as flat lines.
+                    "bounds": f"warns above {settings.unattributed_warn_share:.1%}, fails above"
+                    f" {settings.unattributed_fail_share:.1%} of billed spend",
                     "days_without_invoice_data": dg.MetadataValue.json(unchecked),
                     "days_skipped_locked": dg.MetadataValue.json(report.skipped_days()),
                     "unattributed_share_by_day": dg.MetadataValue.json(known),
