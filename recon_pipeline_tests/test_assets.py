@@ -354,7 +354,7 @@ def test_metadata_and_checks(reference: Reference) -> None:
     per_day = _by_partition(result, "reconciled_usage")
     assert sorted(per_day) == days
     assert sum(m["dagster/row_count"] for m in per_day.values()) == summary.rows_logged
-    assert sum(m["pending"] for m in per_day.values()) == 3
+    assert sum(m["statuses"]["pending"] for m in per_day.values()) == 3
     assert sum(sum(m["statuses"].values()) for m in per_day.values()) == summary.rows_logged
     classes = Counter()
     for figures in per_day.values():

@@ -178,12 +178,13 @@ def openai_requests(
 
 def _result_figures(results: pd.DataFrame) -> tuple[Figures, dict[str, float]]:
     """What an analyst reads of a day's results: money, the rows that need a look, and two
-    ratios: the match rate of the verifiable rows and the share no record can verify."""
+    ratios: the match rate of the verifiable rows and the share no record can verify.
+    Pending rows are in `statuses` only: a state of the last few days, flat at zero before."""
     totals = summarise.totals(results)
     figures = {
         "estimated_cost_usd": totals["estimated_cost_pico"] / s.PICO_PER_USD,
         "actual_cost_usd": totals["actual_cost_pico"] / s.PICO_PER_USD,
-        **{status: totals[status] for status in (s.DISCREPANCY, s.PENDING, s.NOT_FOUND)},
+        **{status: totals[status] for status in (s.DISCREPANCY, s.NOT_FOUND)},
     }
     verifiable = totals[s.MATCHED] + totals[s.DISCREPANCY]
     ratios = {"match_rate": round(totals[s.MATCHED] / verifiable, 6)} if verifiable else {}
