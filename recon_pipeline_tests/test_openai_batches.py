@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -160,6 +161,15 @@ def fake(server: HTTPServer) -> Iterator[FakeOpenAI]:
     server.check_handler_errors()
 
 
+def _batch_log(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> str:
+    [line] = [
+        entry.user_message
+        for entry in instance.all_logs(result.run_id)
+        if entry.user_message.startswith("Batch API:")
+    ]
+    return line
+
+
 def _content(file_id: str) -> str:
     return f"/v1/files/{file_id}/content"
 
@@ -171,7 +181,8 @@ def test_batch_output_from_the_api_is_matched_at_batch_rates_and_downloaded_once
     fake.script(_content(OUT_1), Scripted(503, error_body("overloaded", type_="server_error")))
     chosen = resources(store, fake, file_cache_dir=str(tmp_path / "cache"))
 
-    result = run_day(chosen)
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_day(chosen, instance)
 
     assert result.success, step_failure(result)
     statuses = {
@@ -201,17 +212,21 @@ def test_batch_output_from_the_api_is_matched_at_batch_rates_and_downloaded_once
     assert fake.requests_to(_content(OLD_OUT)) == fake.requests_to(_content(EMBED_OUT)) == []
     meta = metadata(result, "openai_requests")
     assert meta["from_batch_api"] == 11
-    assert meta["batch_matched_by_custom_id"] == 1
-    assert meta["batch_custom_ids_ambiguous"] == 1
-    assert meta["batch_files_downloaded"] == 3 and meta["batch_files_from_cache"] == 0
-    assert meta["batch_lines_skipped"] == {"batch request failed": 2}
+    assert meta["anomalies"]["batch_matched_by_custom_id"] == 1
+    assert meta["anomalies"]["batch_custom_ids_ambiguous"] == 1
+    # What the run did with the Batch API, for all its days: in the run's log.
+    assert _batch_log(instance, result) == (
+        "Batch API: 3 batches read, 3 files downloaded, 0 from the cache; lines skipped:"
+        ' {"batch request failed": 2}'
+    )
 
     before = store.token_usage()
-    again = run_day(chosen)
+    again = run_day(chosen, instance)
 
     assert again.success, step_failure(again)
     assert len(fake.requests_to(_content(OUT_1))) == 2  # read from the cache
-    assert metadata(again, "openai_requests")["batch_files_from_cache"] == 3
+    assert "3 files downloaded" not in _batch_log(instance, again)
+    assert "0 files downloaded, 3 from the cache" in _batch_log(instance, again)
     assert store.token_usage() == before
 
 

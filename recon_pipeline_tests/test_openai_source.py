@@ -541,7 +541,7 @@ def test_day_pulls_both_endpoints_and_reconciles_every_row(reference: Reference)
     requests_meta = metadata(result, "openai_requests")
     assert requests_meta["from_chat_completions_api"] == 18
     assert requests_meta["from_responses_api"] == 8
-    assert requests_meta["responses_not_found"] == 1
+    assert requests_meta["anomalies"]["responses_not_found"] == 1
     assert requests_meta["source"] == "OpenAI API"
     assert requests_meta["dagster/row_count"] == 26
 
@@ -753,8 +753,8 @@ def test_both_sources_deduplicated_by_id(fresh: Store, fake: FakeOpenAI, tmp_pat
     assert meta["source"] == "OpenAI API + export folder (1 files)"
     assert (meta["from_chat_completions_api"], meta["from_responses_api"]) == (18, 8)
     assert meta["from_export_files"] == 5
-    assert meta["duplicate_records_dropped"] == 3
-    assert meta["conflicting_duplicates"] == 1
+    assert meta["anomalies"]["duplicate_records_dropped"] == 3
+    assert meta["anomalies"]["conflicting_duplicates"] == 1
     stored = {r.request_id: r for r in fresh.table("openai_requests", "request_id")}
     assert len(stored) == 18 + 8 + 1
     assert {stored[line["request_id"]].source for line in [*repeated, conflicting]} == {

@@ -89,8 +89,8 @@ def test_the_day_list_setting_is_parsed_and_checked() -> None:
 
 def test_totals_keep_counts_as_integers() -> None:
     report = DailyReport(None, "reconciled_usage")  # type: ignore[arg-type]
-    report.add(DAY, rows=3, pending=1, actual_cost_usd=0.5)
-    report.add(DAY + timedelta(days=1), rows=5, pending=0, actual_cost_usd=0.25)
+    report.add(DAY, rows=3, figures={"pending": 1, "actual_cost_usd": 0.5})
+    report.add(DAY + timedelta(days=1), rows=5, figures={"pending": 0, "actual_cost_usd": 0.25})
     totals = report.totals()
     assert totals == {"rows": 8, "pending": 1, "actual_cost_usd": 0.75}
     assert type(totals["rows"]) is int and type(totals["pending"]) is int

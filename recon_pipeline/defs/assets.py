@@ -336,6 +336,14 @@ def reconciled_usage(
             },
         )
 
+    if results_report.days:
+        counts = results_report.totals()
+        changed = write_back_report.totals()["rows_updated"]
+        by_status = ", ".join(f"{counts[f'statuses.{status}']} {status}" for status in s.STATUSES)
+        context.log.info(
+            f"{len(results_report.days)} days, {counts['rows']} rows: {by_status};"
+            f" {changed} token_usage rows changed"
+        )
     yield dg.MaterializeResult(asset_key="reconciled_usage", metadata=results_report.metadata())
     yield dg.MaterializeResult(
         asset_key="unlogged_openai_requests", metadata=unlogged_report.metadata()
