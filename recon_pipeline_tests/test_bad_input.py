@@ -242,7 +242,8 @@ def test_repeated_request_ids_are_counted_and_billed_once(demo: SmallDemo) -> No
     again = demo.run(DAY)
 
     assert again.success and all(checks(again).values())
-    first, second = metadata(baseline, "openai_requests"), metadata(again, "openai_requests")
+    first = metadata(baseline, "openai_requests")["anomalies"]
+    second = metadata(again, "openai_requests")["anomalies"]
     assert second["duplicate_records_dropped"] == first["duplicate_records_dropped"] + 1
     assert second["conflicting_duplicates"] == first["conflicting_duplicates"] + 1
     assert demo.table("openai_requests", DAY) == stored  # the first record of each id is kept
