@@ -63,6 +63,7 @@ ASSETS = (
     "token_usage_reconciliation",
     "daily_variance_summary",
     "invoice_check",
+    "invoice_gap",
 )
 # As recon-demo: two weeks up to yesterday, and the partitions start on the first of them.
 # With no grace period (RECON_GRACE_DAYS=0) every row gets its verdict at once, so the
