@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.reconcile import RESULT_COLUMNS, day_bounds
-from recon_pipeline.io import database
+from recon_pipeline.io import pg_copy
 from recon_pipeline.io.database import (
     DAILY_VARIANCE_SUMMARY,
     RECONCILED_USAGE,
@@ -61,7 +61,7 @@ def _usage_row(created_at: datetime, **overrides: object) -> dict[str, object]:
 def _insert_usage(db: Database, rows: list[dict[str, object]]) -> list[str]:
     """Insert rows into the usage table; return their ids as text, in order."""
     columns = list(rows[0])
-    sqlite = not db.is_postgres
+    sqlite = db.dialect.name != "postgresql"
     ids = []
     with db.engine.begin() as conn:
         for row in rows:
@@ -157,7 +157,7 @@ def _stored_results(db: Database, day: date) -> list[tuple]:
                 f" estimated_cost_cents, variance_cents FROM {db.table(RECONCILED_USAGE)}"
                 " WHERE usage_date = :day ORDER BY 1"
             ),
-            {"day": day if db.is_postgres else day.isoformat()},
+            {"day": day if db.dialect.name == "postgresql" else day.isoformat()},
         ).all()
 
 
@@ -504,7 +504,7 @@ def test_copy_in_chunks_arrive_whole_and_a_bad_last_chunk_writes_nothing(
 ) -> None:
     """Chunks of two rows: a bad value in the last chunk, found after earlier chunks went to
     the server, leaves the previous rows."""
-    monkeypatch.setattr(database, "_COPY_CHUNK_ROWS", 2)
+    monkeypatch.setattr(pg_copy, "_COPY_CHUNK_ROWS", 2)
     db = _pg_db(pg_schema)
     names = [f"route-{n}" for n in range(7)]
     assert (
@@ -524,7 +524,7 @@ def test_copy_in_chunks_arrive_whole_and_a_bad_last_chunk_writes_nothing(
 def test_copy_in_a_chunk_the_server_rejects_writes_nothing(pg_schema, monkeypatch) -> None:
     """PostgreSQL refuses text holding a NUL byte; the refusal of the third chunk fails the
     day and leaves the previous rows."""
-    monkeypatch.setattr(database, "_COPY_CHUNK_ROWS", 2)
+    monkeypatch.setattr(pg_copy, "_COPY_CHUNK_ROWS", 2)
     db = _pg_db(pg_schema)
     db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, [("a", 1)]), [DAY])
     before = _stored_summary(db)
@@ -537,7 +537,7 @@ def test_copy_in_a_chunk_the_server_rejects_writes_nothing(pg_schema, monkeypatc
 def test_copy_in_a_send_failing_in_the_worker_reaches_the_caller(pg_schema, monkeypatch) -> None:
     """Chunks go to the server from the worker thread; a send that fails there fails the
     day, and the chunk already sent is rolled back with it."""
-    monkeypatch.setattr(database, "_COPY_CHUNK_ROWS", 2)
+    monkeypatch.setattr(pg_copy, "_COPY_CHUNK_ROWS", 2)
     db = _pg_db(pg_schema)
     db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, [("a", 1)]), [DAY])
     before = _stored_summary(db)
@@ -666,8 +666,8 @@ def test_write_back_sets_three_columns_on_the_days_rows_only(request, backend) -
 
     assert (outcome.rows_considered, outcome.rows_updated) == (2, 2)
     stored = _by_id(db)
-    at = T1 if db.is_postgres else T1.isoformat(timespec="microseconds")
-    if db.is_postgres:
+    at = T1 if db.dialect.name == "postgresql" else T1.isoformat(timespec="microseconds")
+    if db.dialect.name == "postgresql":
         assert stored[ids["a"]] == (Decimal("1E-10"), at, s.MATCHED)
         assert stored[ids["b"]] == (Decimal("12.3456789012"), at, s.DISCREPANCY)
     else:
@@ -823,7 +823,9 @@ def test_write_back_writes_a_row_the_application_moved_to_another_day(request, b
         conn.execute(
             sa.text(f"UPDATE {db.usage} SET created_at = :at WHERE id = :id"),
             {
-                "at": moved if db.is_postgres else moved.isoformat(timespec="microseconds"),
+                "at": moved
+                if db.dialect.name == "postgresql"
+                else moved.isoformat(timespec="microseconds"),
                 "id": int(ids["b"]),
             },
         )
@@ -831,7 +833,7 @@ def test_write_back_writes_a_row_the_application_moved_to_another_day(request, b
     outcome = db.write_back(DAY, T1)
 
     assert (outcome.rows_updated, outcome.rows_disagreeing) == (2, 0)
-    at = T1 if db.is_postgres else T1.isoformat(timespec="microseconds")
+    at = T1 if db.dialect.name == "postgresql" else T1.isoformat(timespec="microseconds")
     stored = _by_id(db)
     assert stored[ids["a"]][1:] == stored[ids["b"]][1:] == (at, s.MATCHED)
     assert db.count_disagreeing(DAY) == 0

@@ -1,5 +1,5 @@
 """How long pyarrow takes to write a million UTC timestamps as CSV: zoned, as the COPY used
-to send them, and as naive text with a `Z` (`recon_pipeline.io.database._utc_text`), which
+to send them, and as naive text with a `Z` (`recon_pipeline.io.pg_copy._utc_text`), which
 it sends now (benchmarks/README.md). Needs no database:
 
     uv run python -m benchmarks.experiments.csv_timestamps
@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from recon_pipeline.io.database import _CSV_OPTIONS, _utc_text
+from recon_pipeline.io.pg_copy import _CSV_OPTIONS, _utc_text
 
 ROWS = 1_000_000
 REPEATS = 3

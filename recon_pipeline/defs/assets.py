@@ -418,11 +418,9 @@ def _reconcile_and_write_back(
         verdict = judge_day(day, logged, openai, trailing, completeness)
         outcome = reconcile_day(logged, openai, day, now, policy, finalize=not verdict.hold)
         del logged, openai
-        write_conn = None
-        if db.is_postgres:
-            write_conn = write_back.enter_context(db.write_back_transaction(day))
-            if write_conn is None:
-                return None  # nothing was written in the results' transaction yet
+        write_conn = write_back.enter_context(db.write_back_beside(day, conn))
+        if write_conn is None:
+            return None  # nothing was written in the results' transaction yet
         return outcome, _store_and_write_back(db, conn, write_conn, day, now, outcome), verdict
 
 
@@ -475,14 +473,15 @@ def _completeness_check(
 def _store_and_write_back(
     db: Database,
     conn: sa.Connection,
-    write_conn: sa.Connection | None,
+    write_conn: sa.Connection,
     day: date,
     now: datetime,
     outcome: DayReconciliation,
 ) -> WriteBackResult:
     """Replace the day's result tables on `conn` while a worker thread runs the write-back
-    on `write_conn`; SQLite, one writer, does both in turn on `conn`."""
-    if write_conn is None:
+    on `write_conn`; where the database has one writer, `write_conn` is `conn` and both run
+    in turn on it."""
+    if write_conn is conn:
         db.replace_day(conn, RECONCILED_USAGE, outcome.results, day)
         db.replace_day(conn, UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, day)
         return db.write_back_rows(conn, day, now)
@@ -493,7 +492,7 @@ def _store_and_write_back(
             db.replace_day(conn, UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, day)
         except BaseException:
             # Stop the UPDATE rather than wait it out; its transaction rolls back with this one.
-            write_conn.connection.driver_connection.cancel_safe()
+            db.cancel(write_conn)
             wait([pending])
             raise
         return pending.result()

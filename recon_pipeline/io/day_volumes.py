@@ -18,5 +18,5 @@ def trailing_record_counts(db: Database, day: date, conn: sa.Connection) -> dict
         " WHERE usage_date >= :first AND usage_date < :day GROUP BY usage_date"
     )
     first = day - timedelta(days=TRAILING_DAYS)
-    rows = conn.execute(query, {"first": db._day(first), "day": db._day(day)}).all()
+    rows = conn.execute(query, {"first": db.dialect.day(first), "day": db.dialect.day(day)}).all()
     return {date.fromisoformat(str(moment)[:10]): int(count) for moment, count in rows}

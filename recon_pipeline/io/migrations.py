@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core.schema import STATUSES
 from recon_pipeline.io.catalogue import has_equivalent_index, pg_snapshot, resolve_table
-from recon_pipeline.io.database import begin_sqlite
+from recon_pipeline.io.connections import begin_sqlite
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.migration_sql import blocks, script, write_sql_file
 from recon_pipeline.io.output_schema import upgrade_output_schema

@@ -19,8 +19,8 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from recon_pipeline.io import database as tables
-from recon_pipeline.io.database import begin_sqlite
+from recon_pipeline.io import tables
+from recon_pipeline.io.connections import begin_sqlite
 from recon_pipeline.io.identifiers import validate_identifier
 
 VERSION_TABLE = "recon_pipeline_schema_version"

@@ -1,0 +1,166 @@
+"""What differs between PostgreSQL and SQLite, behind one interface.
+
+`Database` holds one `Dialect` and never asks which database it talks to: types, how a day
+or an instant is passed, locks, the fast COPY path against plain SQL, and the write-back's
+UPDATE are the dialect's. PostgreSQL is in `dialect_postgres.py`, SQLite in
+`dialect_sqlite.py`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+
+from recon_pipeline.io.tables import Column, OutputTable
+from recon_pipeline.io.write_back import WriteBackSql
+
+
+class Dialect(ABC):
+    """One database's way of doing what `Database` needs; `usage`: token_usage's
+    qualified name."""
+
+    name: str
+    # Whether the write-back may run on a second connection while the day's results are
+    # stored on the first (one writer at a time on SQLite).
+    parallel_write_back: bool
+
+    def __init__(self, engine: sa.Engine, usage: str) -> None:
+        self.engine = engine
+        self.usage = usage
+
+    @abstractmethod
+    def day(self, day: date) -> date | str:
+        """A day as a bound parameter."""
+
+    @abstractmethod
+    def moment(self, moment: datetime) -> datetime | str:
+        """An instant as a bound parameter compared with stored timestamps."""
+
+    @abstractmethod
+    def utc_day_sql(self, column: str) -> str:
+        """SQL of the UTC day of a timestamp column."""
+
+    @abstractmethod
+    def whole_cents(self) -> bool:
+        """Whether token_usage keeps its actual cost in whole cents; raises
+        `RowSecurityError` when row-level security would hide rows from the pipeline."""
+
+    @abstractmethod
+    def sql_type(self, column: Column) -> str:
+        """The stored type of an output column."""
+
+    @abstractmethod
+    def table_complete(
+        self, table: str, index_names: Sequence[str], columns: Sequence[str]
+    ) -> bool:
+        """The table, all its columns and indexes are there (False: let DDL make sure)."""
+
+    @abstractmethod
+    def before_ddl(self, conn: sa.Connection, schema: str | None) -> None:
+        """Serialise creating tables in `schema`, and create the schema when missing."""
+
+    @abstractmethod
+    def prepare_writes(self) -> None:
+        """Look up, before a write transaction opens, what its DDL will need."""
+
+    @abstractmethod
+    def begin_day(self, conn: sa.Connection, key: int) -> bool:
+        """Start a day's write transaction on `conn`; False: another run holds the day."""
+
+    @abstractmethod
+    def lock_table_day(self, conn: sa.Connection, key: int) -> None:
+        """Wait for the lock of one day of one table, until the transaction ends."""
+
+    @abstractmethod
+    def insert(
+        self, conn: sa.Connection, table: str, output: OutputTable, frame: pd.DataFrame
+    ) -> None:
+        """Insert the core's frame (money in pico) into an output table."""
+
+    @abstractmethod
+    def read_logged(
+        self, conn: sa.Connection | None, optional: dict[str, str], start: datetime, end: datetime
+    ) -> pd.DataFrame:
+        """token_usage rows created in [start, end); `optional`: SQL of the optional
+        columns cached_input_tokens, user_id and openai_created (a column or NULL)."""
+
+    @abstractmethod
+    def read_openai_requests(
+        self, conn: sa.Connection | None, table: str, names: Sequence[str], day: date
+    ) -> pd.DataFrame:
+        """The named columns and created_at of a stored day of openai_requests."""
+
+    @abstractmethod
+    def read_day(
+        self,
+        conn: sa.Connection | None,
+        table: str,
+        output: OutputTable,
+        day: date,
+        chosen: Sequence[Column],
+    ) -> pd.DataFrame:
+        """The chosen columns of a stored day but its date, in the core's names and types."""
+
+    @abstractmethod
+    def day_param(self) -> str:
+        """The placeholder of the day in a query run by `select_frame`."""
+
+    @abstractmethod
+    def bigint_sum(self, column: str) -> str:
+        """SQL of an exact integer sum."""
+
+    @abstractmethod
+    def pico_sum(self, cents: str) -> str:
+        """SQL of an exact sum of a NUMERIC cents column, in integer pico-dollars."""
+
+    @abstractmethod
+    def select_frame(
+        self, conn: sa.Connection | None, select: str, day: date, types: dict[str, pa.DataType]
+    ) -> pd.DataFrame:
+        """Run `select` (its day at `day_param()`) into a frame typed as `types` says:
+        strings as str or None, integers as Int64, booleans as boolean."""
+
+    @abstractmethod
+    def sums_equal(self, left: Sequence, right: Sequence) -> bool:
+        """Whether two rows of sums agree (exactly, where the database sums exactly)."""
+
+    @abstractmethod
+    def same_estimate(self, usage: str) -> str:
+        """SQL: token_usage's estimate equals the one the results were computed from."""
+
+    @abstractmethod
+    def stage_write_back(
+        self, conn: sa.Connection, results: pd.DataFrame, definitions: str
+    ) -> str | None:
+        """Stage the results for the write-back and name the table, or None to read the
+        stored day of reconciled_usage instead."""
+
+    @abstractmethod
+    def write_back_update(
+        self,
+        conn: sa.Connection,
+        sql: WriteBackSql,
+        day: date,
+        reconciled_at: datetime,
+        count_disagreeing: Callable[[], int],
+    ) -> tuple[int, int]:
+        """Run the write-back's UPDATE: (rows updated, rows the application changed)."""
+
+    @abstractmethod
+    def cancel(self, conn: sa.Connection) -> None:
+        """Stop the statement running on `conn` from another thread."""
+
+
+def dialect_for(engine: sa.Engine, usage: str) -> Dialect:
+    """The dialect of the engine's database."""
+    from recon_pipeline.io.dialect_postgres import PostgresDialect
+    from recon_pipeline.io.dialect_sqlite import SqliteDialect
+
+    if engine.dialect.name == "postgresql":
+        return PostgresDialect(engine, usage)
+    return SqliteDialect(engine, usage)

@@ -1,0 +1,261 @@
+"""PostgreSQL: COPY in and out (`pg_copy.py`), advisory locks, exact NUMERIC sums."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+
+from recon_pipeline.core.schema import OPENAI_COLUMNS
+from recon_pipeline.io.connections import lock_key
+from recon_pipeline.io.dialect import Dialect
+from recon_pipeline.io.pg_copy import COPY_TYPES, copy_in, copy_out
+from recon_pipeline.io.row_security import inspect_row_security
+from recon_pipeline.io.tables import Column, OutputTable, RowSecurityError, SchemaNotReadyError
+from recon_pipeline.io.whole_cents import INTEGER_TYPES, cost_column_type
+from recon_pipeline.io.write_back import (
+    MAX_ESTIMATE_CENTS,
+    WriteBackSql,
+    postgres_same_estimate,
+    postgres_update,
+    stage_results,
+)
+
+_PG_TYPES = {
+    "text": "text",
+    "bigint": "bigint",
+    "float": "double precision",
+    "bool": "boolean",
+    "date": "date",
+    "timestamp": "timestamptz",
+    "money": "numeric(24,10)",
+}
+
+
+def column_type(column: Column) -> str:
+    """The column's type on PostgreSQL, as the catalog shows it."""
+    return _PG_TYPES.get(column.kind, "the type of token_usage.id")
+
+
+_LOGGED_TYPES = {
+    "usage_id": pa.string(),
+    "user_id": pa.string(),
+    "action_type": pa.string(),
+    "model_used": pa.string(),
+    "openai_request_id": pa.string(),
+    "input_tokens": pa.int64(),
+    "output_tokens": pa.int64(),
+    "cached_input_tokens": pa.int64(),
+    "calculated_cost_pico": pa.int64(),
+    "created_us": pa.int64(),
+    "openai_created": pa.int64(),
+}
+_ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
+
+
+def _epoch_us(column: str) -> str:
+    return f"(extract(epoch FROM {column}) * 1000000)::bigint"
+
+
+def _instants(frame: pd.DataFrame, us: str, name: str) -> None:
+    frame[name] = pd.to_datetime(frame.pop(us), unit="us", utc=True)
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    parallel_write_back = True
+
+    def __init__(self, engine: sa.Engine, usage: str) -> None:
+        super().__init__(engine, usage)
+        self._id_type: str | None = None
+
+    def day(self, day: date) -> date:
+        return day
+
+    def moment(self, moment: datetime) -> datetime:
+        return moment
+
+    def utc_day_sql(self, column: str) -> str:
+        return f"({column} AT TIME ZONE 'UTC')::date"
+
+    def whole_cents(self) -> bool:
+        with self.engine.connect() as conn:
+            problem = inspect_row_security(conn, self.usage).problem
+            if problem is not None:
+                raise RowSecurityError(problem)
+            return cost_column_type(conn, self.usage) in INTEGER_TYPES
+
+    def sql_type(self, column: Column) -> str:
+        if column.kind == "usage_id":
+            return self._usage_id_type()
+        return _PG_TYPES[column.kind]
+
+    def _usage_id_type(self) -> str:
+        if self._id_type is not None:
+            return self._id_type
+        query = sa.text(
+            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+            " WHERE a.attrelid = CAST(:rel AS regclass) AND a.attname = 'id'"
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(query, {"rel": self.usage}).scalar()
+        if found is None:
+            raise SchemaNotReadyError(f"{self.usage} has no id column")
+        self._id_type = str(found)
+        return self._id_type
+
+    def table_complete(
+        self, table: str, index_names: Sequence[str], columns: Sequence[str]
+    ) -> bool:
+        # CREATE INDEX IF NOT EXISTS would still queue for a lock on a table another run is
+        # writing: look in the catalogue first.
+        query = sa.text(
+            "SELECT bool_and(to_regclass(name) IS NOT NULL) AND (SELECT count(*) FROM pg_attribute"
+            " WHERE attrelid = to_regclass(:table) AND attname = ANY(CAST(:columns AS text[]))"
+            " AND NOT attisdropped) = cardinality(CAST(:columns AS text[]))"
+            " FROM unnest(CAST(:names AS text[])) AS name"
+        )
+        params = {"names": [table, *index_names], "table": table, "columns": list(columns)}
+        with self.engine.connect() as conn:
+            return bool(conn.execute(query, params).scalar())
+
+    def before_ddl(self, conn: sa.Connection, schema: str | None) -> None:
+        """Two runs creating the same table at once would race on the catalogue; the schema
+        is created only when missing, so a role with CREATE on that schema alone, and no
+        CREATE on the database, can run the pipeline."""
+        key = lock_key("recon_pipeline:ddl", schema or "")
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        if schema:
+            query = sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :schema")
+            if conn.execute(query, {"schema": schema}).first() is None:
+                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+
+    def prepare_writes(self) -> None:
+        self._usage_id_type()
+
+    def begin_day(self, conn: sa.Connection, key: int) -> bool:
+        query = sa.text("SELECT pg_try_advisory_xact_lock(:key)")
+        return bool(conn.execute(query, {"key": key}).scalar_one())
+
+    def lock_table_day(self, conn: sa.Connection, key: int) -> None:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    def insert(
+        self, conn: sa.Connection, table: str, output: OutputTable, frame: pd.DataFrame
+    ) -> None:
+        copy_in(conn, table, output, frame)
+
+    def read_logged(
+        self, conn: sa.Connection | None, optional: dict[str, str], start: datetime, end: datetime
+    ) -> pd.DataFrame:
+        user, cached, created = (optional[k] for k in ("user_id", "cached", "created"))
+        frame = copy_out(
+            self.engine,
+            f"SELECT id::text AS usage_id, {user}::text AS user_id, action_type::text,"
+            f" model_used::text, input_tokens::bigint, output_tokens::bigint,"
+            f" {cached}::bigint AS cached_input_tokens,"
+            f" CASE WHEN abs(calculated_cost_cents) < {MAX_ESTIMATE_CENTS}"
+            f" THEN round(calculated_cost_cents * 10000000000)::bigint END"
+            f" AS calculated_cost_pico,"
+            f" {_epoch_us('created_at')} AS created_us,"
+            f" NULLIF(openai_request_id::text, '') AS openai_request_id,"
+            f" {created}::bigint AS openai_created"
+            f" FROM {self.usage} WHERE created_at >= %s AND created_at < %s",
+            (start, end),
+            _LOGGED_TYPES,
+            conn,
+        )
+        _instants(frame, "created_us", "created_at")
+        return frame
+
+    def read_openai_requests(
+        self, conn: sa.Connection | None, table: str, names: Sequence[str], day: date
+    ) -> pd.DataFrame:
+        frame = copy_out(
+            self.engine,
+            f"SELECT {', '.join(names)}, {_epoch_us('created_at')} AS created_us"
+            f" FROM {table} WHERE usage_date = %s",
+            (day,),
+            {
+                **{name: _ARROW_TYPES[OPENAI_COLUMNS[name]] for name in names},
+                "created_us": pa.int64(),
+            },
+            conn,
+        )
+        _instants(frame, "created_us", "created_at")
+        return frame
+
+    def read_day(
+        self,
+        conn: sa.Connection | None,
+        table: str,
+        output: OutputTable,
+        day: date,
+        chosen: Sequence[Column],
+    ) -> pd.DataFrame:
+        select, types = [], {}
+        for column in chosen:
+            name = output.frame_name(column)
+            if column.kind == "money":
+                select.append(f'round("{column.name}_cents" * 10000000000)::bigint AS "{name}"')
+                types[name] = pa.int64()
+            elif column.kind == "timestamp":
+                quoted = f'"{name}"'
+                select.append(f'{_epoch_us(quoted)} AS "{name}__us"')
+                types[f"{name}__us"] = pa.int64()
+            elif column.kind != "date":
+                select.append(f'"{name}"::text' if column.kind == "usage_id" else f'"{name}"')
+                types[name] = COPY_TYPES[column.kind]
+        if not select:
+            select.append("1 AS one")
+            types["one"] = pa.int64()
+        frame = copy_out(
+            self.engine,
+            f"SELECT {', '.join(select)} FROM {table} WHERE usage_date = %s",
+            (day,),
+            types,
+            conn,
+        )
+        for column in chosen:
+            if column.kind == "timestamp":
+                _instants(frame, f"{column.name}__us", column.name)
+        return frame
+
+    def day_param(self) -> str:
+        return "%s"
+
+    def bigint_sum(self, column: str) -> str:
+        return f"sum({column})::bigint"
+
+    def pico_sum(self, cents: str) -> str:
+        return f"round(sum({cents}) * 10000000000)::bigint"
+
+    def select_frame(
+        self, conn: sa.Connection | None, select: str, day: date, types: dict[str, pa.DataType]
+    ) -> pd.DataFrame:
+        return copy_out(self.engine, select, (day,), types, conn)
+
+    def sums_equal(self, left: Sequence, right: Sequence) -> bool:
+        return tuple(left) == tuple(right)
+
+    def same_estimate(self, usage: str) -> str:
+        return postgres_same_estimate(usage)
+
+    def stage_write_back(self, conn: sa.Connection, results: pd.DataFrame, definitions: str) -> str:
+        return stage_results(conn, definitions, results)
+
+    def write_back_update(
+        self,
+        conn: sa.Connection,
+        sql: WriteBackSql,
+        day: date,
+        reconciled_at: datetime,
+        count_disagreeing: Callable[[], int],
+    ) -> tuple[int, int]:
+        return postgres_update(conn, sql, day, reconciled_at)
+
+    def cancel(self, conn: sa.Connection) -> None:
+        conn.connection.driver_connection.cancel_safe()

@@ -1,0 +1,245 @@
+"""SQLite, the embedded demo: plain SQLAlchemy, ISO text for dates and instants, one writer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+
+from recon_pipeline.io.connections import begin_sqlite, connection, sqlite_ts
+from recon_pipeline.io.dialect import Dialect
+from recon_pipeline.io.tables import Column, OutputTable
+from recon_pipeline.io.write_back import WriteBackSql, sqlite_same_estimate, sqlite_update
+
+_SQLITE_TYPES = {
+    "text": "TEXT",
+    "bigint": "INTEGER",
+    "float": "REAL",
+    "bool": "INTEGER",
+    "date": "TEXT",
+    "timestamp": "TEXT",
+    "money": "NUMERIC",
+    "usage_id": "TEXT",
+}
+_LOGGED_TEXT = ("usage_id", "user_id", "action_type", "model_used", "openai_request_id")
+
+
+def _texts(frame: pd.DataFrame, names: Sequence[str]) -> None:
+    """Missing text as None, as on PostgreSQL (pandas' SQLite path would give NaN)."""
+    for name in names:
+        frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
+
+
+def _instants(frame: pd.DataFrame, name: str) -> None:
+    frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    parallel_write_back = False
+
+    def day(self, day: date) -> str:
+        return day.isoformat()
+
+    def moment(self, moment: datetime) -> str:
+        return sqlite_ts(moment)
+
+    def utc_day_sql(self, column: str) -> str:
+        return f"date({column})"
+
+    def whole_cents(self) -> bool:
+        return False
+
+    def sql_type(self, column: Column) -> str:
+        return _SQLITE_TYPES[column.kind]
+
+    def table_complete(
+        self, table: str, index_names: Sequence[str], columns: Sequence[str]
+    ) -> bool:
+        return False
+
+    def before_ddl(self, conn: sa.Connection, schema: str | None) -> None:
+        return None
+
+    def prepare_writes(self) -> None:
+        return None
+
+    def begin_day(self, conn: sa.Connection, key: int) -> bool:
+        begin_sqlite(conn)
+        return True
+
+    def lock_table_day(self, conn: sa.Connection, key: int) -> None:
+        return None  # SQLite has one writer at a time
+
+    def insert(
+        self, conn: sa.Connection, table: str, output: OutputTable, frame: pd.DataFrame
+    ) -> None:
+        """Through a staging table in the session's own temporary schema (an unqualified
+        name could resolve to a real table of the same name), money converted in SQL."""
+        stored = [output.stored_name(c) for c in output.columns]
+        values = [
+            f'"{output.frame_name(c)}" * 0.0000000001' if c.kind == "money" else f'"{c.name}"'
+            for c in output.columns
+        ]
+        staging = f'temp."staging_{output.name}"'
+        stage_types = {"money": "bigint", "usage_id": "text", "date": "TEXT"}
+        stage_cols = ", ".join(
+            f'"{output.frame_name(c)}" {stage_types.get(c.kind) or self.sql_type(c)}'
+            for c in output.columns
+        )
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {staging}"))
+        conn.execute(sa.text(f"CREATE TEMPORARY TABLE {staging.partition('.')[2]} ({stage_cols})"))
+        wire = _wire_frame(output, frame)
+        placeholders = ", ".join(f":p{i}" for i in range(len(wire.columns)))
+        names = ", ".join(f'"{c}"' for c in wire.columns)
+        rows = [
+            {f"p{i}": _plain(v) for i, v in enumerate(row)}
+            for row in wire.itertuples(index=False, name=None)
+        ]
+        conn.execute(sa.text(f"INSERT INTO {staging} ({names}) VALUES ({placeholders})"), rows)
+        target = ", ".join(f'"{c}"' for c in stored)
+        conn.execute(
+            sa.text(f"INSERT INTO {table} ({target}) SELECT {', '.join(values)} FROM {staging}")
+        )
+        conn.execute(sa.text(f"DROP TABLE {staging}"))
+
+    def read_logged(
+        self, conn: sa.Connection | None, optional: dict[str, str], start: datetime, end: datetime
+    ) -> pd.DataFrame:
+        user, cached, created = (optional[k] for k in ("user_id", "cached", "created"))
+        query = sa.text(
+            f"SELECT CAST(id AS TEXT) AS usage_id, CAST({user} AS TEXT) AS user_id,"
+            f" action_type, model_used, input_tokens, output_tokens,"
+            f" {cached} AS cached_input_tokens,"
+            f" CAST(round(calculated_cost_cents * 10000000000) AS INTEGER)"
+            f" AS calculated_cost_pico, created_at, openai_request_id,"
+            f" CAST({created} AS INTEGER) AS openai_created"
+            f" FROM {self.usage} WHERE created_at >= :start AND created_at < :end"
+        )
+        params = {"start": sqlite_ts(start), "end": sqlite_ts(end)}
+        with connection(self.engine, conn) as reader:
+            frame = pd.read_sql_query(query, reader, params=params)
+        _instants(frame, "created_at")
+        _texts(frame, _LOGGED_TEXT)
+        blank = frame["openai_request_id"].isin([""])
+        frame.loc[blank, "openai_request_id"] = None
+        return frame
+
+    def read_openai_requests(
+        self, conn: sa.Connection | None, table: str, names: Sequence[str], day: date
+    ) -> pd.DataFrame:
+        query = sa.text(
+            f"SELECT {', '.join(names)}, created_at FROM {table} WHERE usage_date = :day"
+        )
+        with connection(self.engine, conn) as reader:
+            frame = pd.read_sql_query(query, reader, params={"day": day.isoformat()})
+        _instants(frame, "created_at")
+        frame["batch"] = frame["batch"].astype(bool)
+        return frame
+
+    def read_day(
+        self,
+        conn: sa.Connection | None,
+        table: str,
+        output: OutputTable,
+        day: date,
+        chosen: Sequence[Column],
+    ) -> pd.DataFrame:
+        select = ", ".join(
+            f'CAST(round("{c.name}_cents" * 10000000000) AS BIGINT) AS "{c.name}_pico"'
+            if c.kind == "money"
+            else f'"{c.name}"'
+            for c in chosen
+        )
+        query = sa.text(f"SELECT {select} FROM {table} WHERE usage_date = :day")
+        with connection(self.engine, conn) as reader:
+            frame = pd.read_sql_query(query, reader, params={"day": self.day(day)})
+        for column in chosen:
+            name = output.frame_name(column)
+            if column.kind in ("money", "bigint"):
+                frame[name] = frame[name].astype("Int64")
+            elif column.kind == "bool":
+                frame[name] = frame[name].astype("boolean")
+            elif column.kind == "float":
+                frame[name] = frame[name].astype("float64")
+            elif column.kind == "timestamp":
+                _instants(frame, name)
+            elif column.kind != "date":
+                _texts(frame, [name])
+        return frame
+
+    def day_param(self) -> str:
+        return ":day"
+
+    def bigint_sum(self, column: str) -> str:
+        return f"sum({column})"
+
+    def pico_sum(self, cents: str) -> str:
+        return f"sum(CAST(round({cents} * 10000000000) AS INTEGER))"
+
+    def select_frame(
+        self, conn: sa.Connection | None, select: str, day: date, types: dict[str, pa.DataType]
+    ) -> pd.DataFrame:
+        with connection(self.engine, conn) as reader:
+            frame = pd.read_sql_query(sa.text(select), reader, params={"day": self.day(day)})
+        for name, kind in types.items():
+            if pa.types.is_string(kind):
+                _texts(frame, [name])
+            elif pa.types.is_boolean(kind):
+                frame[name] = frame[name].astype(bool)
+            else:
+                frame[name] = frame[name].astype("Int64")
+        return frame
+
+    def sums_equal(self, left: Sequence, right: Sequence) -> bool:
+        return all(abs(float(a) - float(b)) < 1e-6 for a, b in zip(left, right, strict=True))
+
+    def same_estimate(self, usage: str) -> str:
+        return sqlite_same_estimate(usage)
+
+    def stage_write_back(
+        self, conn: sa.Connection, results: pd.DataFrame, definitions: str
+    ) -> None:
+        return None  # the write-back reads the day just stored in reconciled_usage
+
+    def write_back_update(
+        self,
+        conn: sa.Connection,
+        sql: WriteBackSql,
+        day: date,
+        reconciled_at: datetime,
+        count_disagreeing: Callable[[], int],
+    ) -> tuple[int, int]:
+        updated = sqlite_update(conn, sql, day, reconciled_at)
+        return updated, count_disagreeing()
+
+    def cancel(self, conn: sa.Connection) -> None:
+        conn.connection.driver_connection.interrupt()
+
+
+def _plain(value: object) -> object:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _wire_frame(output: OutputTable, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame in SQLite's staging column order, with timestamps and dates as text."""
+    wire = pd.DataFrame(index=frame.index)
+    for column in output.columns:
+        name = output.frame_name(column)
+        values = frame[name]
+        if column.kind == "timestamp":
+            values = pd.to_datetime(values, utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+        elif column.kind == "date":
+            values = values.astype(str)
+        elif column.kind == "bool":
+            values = values.astype("boolean").astype("Int64")
+        wire[name] = values
+    return wire

@@ -1,0 +1,148 @@
+"""The write-back: a day's results copied onto `token_usage`'s three reconciliation columns.
+
+Only rows whose status or cost differs are touched, so re-running an unchanged day updates
+nothing. A row the application changed since it was read (request id or estimate) keeps its
+values and is counted as disagreeing. On PostgreSQL the results are staged by COPY into a
+temporary table and one UPDATE … FROM both applies and counts; on SQLite the stored day of
+`reconciled_usage` is the source and a second query counts. Whole cents: see `whole_cents.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import pandas as pd
+import sqlalchemy as sa
+
+from recon_pipeline.io.connections import sqlite_ts
+from recon_pipeline.io.pg_copy import copy_in
+from recon_pipeline.io.tables import WRITE_BACK_ROWS
+
+# Reconciliation values that fit the int64 pico-dollar columns: an estimate at or above this
+# many cents (or NaN, or infinite) is read as missing, never as a wrapped or rounded number.
+MAX_ESTIMATE_CENTS = 900_000_000
+# Measured 115 bytes a staged row in the write-back's hash table; the rest is headroom.
+_WRITE_BACK_HASH_BYTES_PER_ROW = 160
+_DISTINCT = "IS DISTINCT FROM"
+
+
+@dataclass(frozen=True)
+class WriteBackResult:
+    """One day's write-back. `locked`: another run held the day, nothing was written."""
+
+    rows_considered: int
+    rows_updated: int
+    rows_disagreeing: int = 0
+    locked: bool = False
+
+
+@dataclass(frozen=True)
+class WriteBackSql:
+    """The SQL pieces of one day's UPDATE, shared by both databases."""
+
+    usage: str
+    cost: str
+    join: str
+    differs: str
+    unchanged_by_app: str
+
+
+def write_back_sql(
+    usage: str, source: str, where: str, cost: str, same_estimate: str
+) -> WriteBackSql:
+    """The UPDATE's pieces: `source` the results (aliased r), `cost` the written cost's SQL."""
+    differs = (
+        f"({usage}.actual_cost_cents {_DISTINCT} {cost}"
+        f" OR {usage}.reconciliation_status {_DISTINCT} r.reconciliation_status)"
+    )
+    # A row the application changed since it was read keeps its values; the check
+    # token_usage_agrees_with_results then reports it, and the next run reconciles it.
+    unchanged_by_app = (
+        f"(NULLIF({usage}.openai_request_id, '') IS NOT DISTINCT FROM r.openai_request_id"
+        f" AND {same_estimate})"
+    )
+    join = f" FROM {source} AS r WHERE {usage}.id = r.usage_id{where}"
+    return WriteBackSql(usage, cost, join, differs, unchanged_by_app)
+
+
+def postgres_same_estimate(usage: str) -> str:
+    """The estimate as read_logged read it: NaN or absurd amounts count as missing."""
+    return (
+        f"(CASE WHEN abs({usage}.calculated_cost_cents) < {MAX_ESTIMATE_CENTS}"
+        f" THEN round({usage}.calculated_cost_cents, 10) END)"
+        " IS NOT DISTINCT FROM r.estimated_cost_cents"
+    )
+
+
+def sqlite_same_estimate(usage: str) -> str:
+    return (
+        f"(({usage}.calculated_cost_cents IS NULL AND r.estimated_cost_cents IS NULL)"
+        f" OR abs({usage}.calculated_cost_cents - r.estimated_cost_cents) < 0.000001)"
+    )
+
+
+def postgres_update(
+    conn: sa.Connection, sql: WriteBackSql, day: date, reconciled_at: datetime
+) -> tuple[int, int]:
+    """One pass: rows that differ are updated where the app left them unchanged, and the
+    others, counted as disagreeing, keep their values (rewritten with their own values, so
+    an application trigger ON UPDATE sees them). No second join to count."""
+    usage = sql.usage
+    kept = {
+        "actual_cost_cents": sql.cost,
+        "reconciliation_status": "r.reconciliation_status",
+        "reconciled_at": "CAST(:at AS timestamptz)",
+    }
+    sets = ", ".join(
+        f"{name} = CASE WHEN {sql.unchanged_by_app} THEN {value} ELSE {usage}.{name} END"
+        for name, value in kept.items()
+    )
+    query = sa.text(
+        f"WITH changed AS (UPDATE {usage} SET {sets}{sql.join} AND {sql.differs}"
+        f" RETURNING {sql.unchanged_by_app} AS applied)"
+        " SELECT count(*) FILTER (WHERE applied), count(*) FILTER (WHERE NOT applied)"
+        " FROM changed"
+    )
+    updated, disagreeing = conn.execute(query, {"day": day, "at": reconciled_at}).one()
+    return int(updated), int(disagreeing)
+
+
+def sqlite_update(
+    conn: sa.Connection, sql: WriteBackSql, day: date, reconciled_at: datetime
+) -> int:
+    """The UPDATE on SQLite; the caller counts the disagreeing rows afterwards."""
+    query = sa.text(
+        f"UPDATE {sql.usage} SET actual_cost_cents = r.actual_cost_cents,"
+        f" reconciliation_status = r.reconciliation_status, reconciled_at = :at"
+        f"{sql.join} AND {sql.differs} AND {sql.unchanged_by_app}"
+    )
+    params = {"day": day.isoformat(), "at": sqlite_ts(reconciled_at)}
+    return int(conn.execute(query, params).rowcount)
+
+
+def stage_results(conn: sa.Connection, definitions: str, results: pd.DataFrame) -> str:
+    """COPY the columns the write-back needs into a temporary table dropped at commit;
+    `definitions`: the staging table's column definitions in this database's types."""
+    staging = f"pg_temp.{WRITE_BACK_ROWS.name}"
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {staging}"))
+    conn.execute(
+        sa.text(f"CREATE TEMPORARY TABLE {WRITE_BACK_ROWS.name} ({definitions}) ON COMMIT DROP")
+    )
+    copy_in(conn, staging, WRITE_BACK_ROWS, results)
+    if len(results) >= 100_000:  # a small day plans well enough from the table's size
+        # Enough memory for the UPDATE's hash join to stay in one batch. Spilled into
+        # batches, it updates token_usage in batch order and revisits each heap page once
+        # per batch: at 1M rows, 32 batches read 1.36M buffers and took 14.0 s; one batch
+        # read 56k and took 9.6 s (benchmarks/README.md). Local to this transaction, never
+        # lower than the session's own setting.
+        kilobytes = min(len(results) * _WRITE_BACK_HASH_BYTES_PER_ROW // 1024, 1024 * 1024)
+        conn.execute(
+            sa.text(
+                "SELECT set_config('work_mem', greatest(:kb, setting::bigint) || 'kB', true)"
+                " FROM pg_settings WHERE name = 'work_mem'"
+            ),
+            {"kb": kilobytes},
+        )
+        conn.execute(sa.text(f"ANALYZE {staging}"))
+    return staging
