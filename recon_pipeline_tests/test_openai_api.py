@@ -14,8 +14,10 @@ from pytest_httpserver import HTTPServer
 
 from recon_pipeline.core.openai_records import RecordError
 from recon_pipeline.core.schema import OPENAI_COLUMNS
+from recon_pipeline.defs.resources import resources_from_env
 from recon_pipeline.io.openai_api import (
     COSTS_COLUMNS,
+    DEFAULT_BASE_URL,
     USAGE_COLUMNS,
     OpenAIAPIError,
     OpenAIClient,
@@ -601,15 +603,28 @@ def test_missing_key_names_the_variable(fake: FakeOpenAI, monkeypatch) -> None:
 
 
 def test_configuration_comes_from_the_environment(fake: FakeOpenAI, monkeypatch) -> None:
+    """Through the `openai_api` resource, as the definitions bind the environment to it."""
     monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
     fake.chat = chat_completions(2, END - timedelta(minutes=1), timedelta(minutes=1))
-    client = OpenAIClient()
+    client = resources_from_env()["openai_api"].process_config_and_initialize().client()
     assert len(client.list_chat_completions(START, END)) == 2
     assert repr(client).startswith(f"OpenAIClient(base_url='{fake.base_url}', api_key=set")
     with pytest.raises(ValueError, match="credentials"):
         OpenAIClient("https://user:pw@api.example.com/v1")
+
+
+def test_the_client_reads_no_environment(monkeypatch) -> None:
+    """Only its constructor configures the client: variables set beside it change nothing."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    client = OpenAIClient()
+    assert client.base_url == DEFAULT_BASE_URL
+    assert "api_key=unset, admin_key=unset" in repr(client)
+    error = raises("config", client.retrieve_responses, ["resp_1"])
+    assert "OPENAI_API_KEY" in str(error)
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:

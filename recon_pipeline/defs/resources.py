@@ -23,10 +23,9 @@ from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.demo_data import APP_PROJECT as DEMO_PROJECT_IDS
 from recon_pipeline.io.database import Database, connect_engine
 from recon_pipeline.io.identifiers import qualified, validate_identifier
+from recon_pipeline.io.openai_api import DEFAULT_BASE_URL as DEFAULT_OPENAI_BASE_URL
 from recon_pipeline.io.openai_api import OpenAIClient
 from recon_pipeline.io.secrets import masked_url
-
-DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 DEMO_DAYS = 14
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from recon_pipeline.core.openai_pages import costs_frame, usage_frame
 from recon_pipeline.core.openai_records import (
     RECORD_FIELDS,
     RecordError,
@@ -36,7 +37,6 @@ from recon_pipeline.core.openai_records import (
 from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.core.text_fields import TextFieldError, check_text
-from recon_pipeline.io.openai_api import costs_frame, usage_frame
 
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 

@@ -34,7 +34,8 @@ from recon_pipeline.core.openai_records import (
 )
 from recon_pipeline.core.text_fields import TextFieldError, check_text
 from recon_pipeline.io.exports import ExportFileError, json_lines
-from recon_pipeline.io.openai_api import _PLAIN_ID, OpenAIAPIError, OpenAIClient, _Call
+from recon_pipeline.io.openai_api import OpenAIClient
+from recon_pipeline.io.openai_http import _PLAIN_ID, OpenAIAPIError, _Call
 
 _K = TypeVar("_K")
 
