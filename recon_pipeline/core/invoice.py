@@ -13,6 +13,7 @@ from datetime import UTC, date
 
 import pandas as pd
 
+from recon_pipeline.core.output_tables import INVOICE_CHECK
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED, PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import snapshot_base
 from recon_pipeline.core.schema import OPENAI_COLUMNS
@@ -20,38 +21,8 @@ from recon_pipeline.core.summarise import exact_sum, request_counts
 
 ALL_MODELS = "(all)"
 
-USAGE_COLUMNS = {
-    "usage_date": "object",
-    "endpoint": "object",
-    "model": "object",
-    "batch": "bool",
-    "service_tier": "object",
-    "input_tokens": "int64",
-    "input_cached_tokens": "int64",
-    "output_tokens": "int64",
-    "input_audio_tokens": "int64",
-    "output_audio_tokens": "int64",
-    "num_model_requests": "int64",
-    "seconds": "int64",
-}
-COSTS_COLUMNS = {"usage_date": "object", "line_item": "object", "amount_pico": "int64"}
-
-INVOICE_COLUMNS = [
-    "usage_date",
-    "model",
-    "openai_requests",
-    "openai_input_tokens",
-    "openai_output_tokens",
-    "logged_requests",
-    "logged_input_tokens",
-    "logged_output_tokens",
-    "billed_pico",
-    "reconciled_actual_pico",
-    "unlogged_actual_pico",
-    "unattributed_pico",
-    "unattributed_share",
-    "billed_source",
-]
+# The unscoped check has no project column (`project_scope` adds it).
+INVOICE_COLUMNS = [c for c in INVOICE_CHECK.frame_columns if c != "project_id"]
 
 
 def price_usage_buckets(usage: pd.DataFrame, catalogue: PriceCatalogue) -> pd.DataFrame:

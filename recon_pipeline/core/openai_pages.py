@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from recon_pipeline.core.openai_records import RecordError
+from recon_pipeline.core.output_tables import OPENAI_DAILY_COSTS, OPENAI_DAILY_USAGE, OutputTable
 from recon_pipeline.core.schema import PICO_PER_USD
 from recon_pipeline.core.text_fields import TextFieldError, check_optional_text
 
@@ -28,32 +29,29 @@ _USAGE_REQUIRED: dict[str, tuple[str, ...]] = {
     "embeddings": ("input_tokens", "num_model_requests"),
     "audio_transcriptions": ("seconds", "num_model_requests"),
 }
-_USAGE_COUNTS = (
-    "input_tokens",
-    "input_cached_tokens",
-    "output_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "num_model_requests",
-    "seconds",
-)
-USAGE_COLUMNS: dict[str, str] = {
-    "day": "object",
-    "endpoint": "object",
-    "model": "object",
-    "batch": "bool",
-    "service_tier": "object",
-    "project_id": "object",
-    **dict.fromkeys(_USAGE_COUNTS, "int64"),
+
+
+# The dtype of each column kind in a page's frame.
+_FRAME_TYPES = {
+    "text": "object",
+    "date": "object",
+    "bool": "bool",
+    "bigint": "int64",
+    "money": "int64",
+    "float": "float64",
 }
-COSTS_COLUMNS: dict[str, str] = {
-    "day": "object",
-    "line_item": "object",
-    "project_id": "object",
-    "amount_pico": "int64",
-    "currency": "object",
-    "quantity": "float64",
-}
+
+
+def _page_columns(table: OutputTable) -> dict[str, str]:
+    """A daily table's columns as a page's frame has them: `day` for `usage_date`."""
+    columns = {table.frame_name(c): _FRAME_TYPES[c.kind] for c in table.columns}
+    return {"day": "object", **{k: v for k, v in columns.items() if k != "usage_date"}}
+
+
+# The tables' columns (`core/output_tables.py`), as the parsers below fill them.
+USAGE_COLUMNS: dict[str, str] = _page_columns(OPENAI_DAILY_USAGE)
+COSTS_COLUMNS: dict[str, str] = _page_columns(OPENAI_DAILY_COSTS)
+_USAGE_COUNTS = tuple(name for name, kind in USAGE_COLUMNS.items() if kind == "int64")
 
 _MAX_COUNT = 10**12
 _INT64_MAX = 2**63 - 1

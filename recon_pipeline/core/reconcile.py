@@ -30,57 +30,12 @@ import pandas as pd
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.fingerprint import FingerprintPolicy, link_without_ids, row_times_us
 from recon_pipeline.core.models import snapshot_base
+from recon_pipeline.core.output_tables import RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED
 
-RESULT_COLUMNS = [
-    "usage_date",
-    "usage_id",
-    "user_id",
-    "action_type",
-    "model_used",
-    "openai_request_id",
-    "created_at",
-    "openai_model",
-    "service_tier",
-    "batch",
-    "logged_input_tokens",
-    "logged_output_tokens",
-    "openai_input_tokens",
-    "openai_cached_input_tokens",
-    "openai_output_tokens",
-    "openai_reasoning_tokens",
-    "openai_audio_ms",
-    "estimated_cost_pico",
-    "actual_cost_pico",
-    "variance_pico",
-    "variance_pct",
-    "variance_class",
-    "reconciliation_status",
-    "model_mismatch",
-    "token_mismatch",
-    "price_status",
-    "openai_source",
-    "match_method",
-    "matched_request_id",
-]
+RESULT_COLUMNS = RECONCILED_USAGE.frame_columns
 
-UNLOGGED_COLUMNS = [
-    "usage_date",
-    "request_id",
-    "created_at",
-    "model",
-    "service_tier",
-    "batch",
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "audio_ms",
-    "actual_cost_pico",
-    "price_status",
-    "variance_class",
-    "source",
-]
+UNLOGGED_COLUMNS = UNLOGGED_OPENAI_REQUESTS.frame_columns
 
 
 @dataclass(frozen=True)
