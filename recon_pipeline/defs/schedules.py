@@ -16,16 +16,28 @@ from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
 daily_reconciliation = dg.define_asset_job(
     "daily_reconciliation",
     selection=dg.AssetSelection.groups("reconciliation"),
-    partitions_def=daily_partitions,
     description="Extract, reconcile, write back and summarise the selected days.",
 )
 
-daily_reconciliation_schedule = dg.build_schedule_from_partitioned_job(
-    daily_reconciliation,
-    hour_of_day=int(os.environ.get("RECON_SCHEDULE_HOUR", "2")),
-    minute_of_hour=0,
+
+
+@dg.schedule(
+    job=daily_reconciliation,
+    cron_schedule=f"0 {int(os.environ.get('RECON_SCHEDULE_HOUR', '2'))} * * *",
+    execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
+def daily_reconciliation_schedule(
+    context: dg.ScheduleEvaluationContext,
+) -> dg.RunRequest | dg.SkipReason:
+    """Yesterday's partition, keyed by the day so a tick is never run twice; the tag is the
+    resolved partition, so the tick needs no repository to evaluate."""
+    tick = context.scheduled_execution_time or datetime.now(UTC)
+    yesterday = tick.astimezone(UTC).date() - timedelta(days=1)
+    if yesterday < daily_partitions.start.date():
+        return dg.SkipReason(f"{yesterday} is before the first partition")
+    key = yesterday.isoformat()
+    return dg.RunRequest(run_key=key, partition_key=key, tags={"dagster/partition": key})
 
 
 @dg.sensor(
