@@ -231,24 +231,37 @@ def request_sources(choice: str, api: OpenAIAPI, exports_configured: bool) -> tu
     return chosen
 
 
+# The core's policies hold the reconciliation defaults; the resource shows them as its own.
+_POLICY = ReconciliationPolicy()
+_COMPLETENESS = CompletenessPolicy()
+
+
+def _seconds(span: timedelta) -> int:
+    return int(span.total_seconds())
+
+
+def _minutes(span: timedelta) -> int:
+    return _seconds(span) // 60
+
+
 class ReconciliationSettings(dg.ConfigurableResource):
     """Tolerance, grace period, match window, and how rows without a request id are verified
     (see the README's configuration table)."""
 
-    tolerance_cents: str = "5"
+    tolerance_cents: str = str(_POLICY.tolerance_cents)
     relative_tolerance: str | None = None
-    grace_days: int = 3
-    match_window_minutes: int = 60
+    grace_days: int = _POLICY.grace.days
+    match_window_minutes: int = _minutes(_POLICY.match_window)
     metadata_row_key: str = DEFAULT_METADATA_ROW_KEY
-    fingerprint_window_seconds: int = 120
-    fingerprint_token_tolerance: str = "0"
-    fingerprint_tie_seconds: int = 60
+    fingerprint_window_seconds: int = _seconds(_POLICY.fingerprint.window)
+    fingerprint_token_tolerance: str = str(_POLICY.fingerprint.token_tolerance)
+    fingerprint_tie_seconds: int = _seconds(_POLICY.fingerprint.tie)
     as_of: str | None = None
     openai_source: str = "auto"
     unattributed_warn_share: float = 0.10
     unattributed_fail_share: float = 0.25
-    thin_day_ratio: float = 0.5
-    thin_day_trailing_share: float = 0.25
+    thin_day_ratio: float = _COMPLETENESS.min_ratio
+    thin_day_trailing_share: float = _COMPLETENESS.min_trailing_share
     accept_thin_days: str | None = None
     openai_project_ids: str | None = None
     gap_residual_fail_share: float = 0.01
@@ -320,44 +333,97 @@ def _check_names_in_env() -> None:
             validate_identifier(value, f"{variable}: {what}")
 
 
+# Which variable configures which field; the defaults are the resources' own.
+DATABASE_ENV = {
+    "url": "RECON_DATABASE_URL",
+    "usage_table": "RECON_USAGE_TABLE",
+    "usage_schema": "RECON_USAGE_SCHEMA",
+    "output_schema": "RECON_OUTPUT_SCHEMA",
+}
+EXPORTS_ENV = {"path": "RECON_USAGE_EXPORT_DIR"}
+API_ENV = {
+    "base_url": "OPENAI_BASE_URL",
+    "api_key": "OPENAI_API_KEY",
+    "admin_key": "OPENAI_ADMIN_KEY",
+    "file_cache_dir": "RECON_OPENAI_FILE_CACHE",
+}
+SETTINGS_ENV = {
+    "tolerance_cents": "RECON_TOLERANCE_CENTS",
+    "relative_tolerance": "RECON_RELATIVE_TOLERANCE",
+    "grace_days": "RECON_GRACE_DAYS",
+    "match_window_minutes": "RECON_MATCH_WINDOW_MINUTES",
+    "metadata_row_key": "RECON_METADATA_ROW_KEY",
+    "fingerprint_window_seconds": "RECON_FINGERPRINT_WINDOW_SECONDS",
+    "fingerprint_token_tolerance": "RECON_FINGERPRINT_TOKEN_TOLERANCE",
+    "fingerprint_tie_seconds": "RECON_FINGERPRINT_TIE_SECONDS",
+    "openai_source": "RECON_OPENAI_SOURCE",
+    "unattributed_warn_share": "RECON_UNATTRIBUTED_WARN_SHARE",
+    "unattributed_fail_share": "RECON_UNATTRIBUTED_FAIL_SHARE",
+    "thin_day_ratio": "RECON_THIN_DAY_RATIO",
+    "thin_day_trailing_share": "RECON_THIN_DAY_TRAILING_SHARE",
+    "accept_thin_days": "RECON_ACCEPT_THIN_DAYS",
+    "openai_project_ids": "RECON_OPENAI_PROJECT_IDS",
+    "gap_residual_fail_share": "RECON_GAP_RESIDUAL_FAIL_SHARE",
+    "gap_change_warn_share": "RECON_GAP_CHANGE_WARN_SHARE",
+}
+
+
+def _bound(resource: type[dg.ConfigurableResource], names: dict[str, str]) -> dict[str, object]:
+    """The fields whose variable is set, bound to it with EnvVar (the UI shows the name, never
+    the value); unset ones keep the resource's default. Dagster binds text and integers; a
+    decimal share is read here, when the definitions load."""
+    bound: dict[str, object] = {}
+    for field, variable in names.items():
+        if not os.environ.get(variable):
+            continue
+        kind = resource.model_fields[field].annotation
+        if kind is int:
+            bound[field] = dg.EnvVar.int(variable)
+        elif kind is float:
+            try:
+                bound[field] = float(os.environ[variable])
+            except ValueError:
+                raise ValueError(f"{variable} must be a number") from None
+        else:
+            bound[field] = dg.EnvVar(variable)
+    return bound
+
+
+def _check_settings_in_env() -> None:
+    """Refuse a bad tolerance, grace period, window or day list when the definitions load, as
+    a bad table name is, rather than at the first run."""
+    values = {field: os.environ[v] for field, v in SETTINGS_ENV.items() if os.environ.get(v)}
+    for field, variable in SETTINGS_ENV.items():
+        kind = ReconciliationSettings.model_fields[field].annotation
+        if field in values and kind in (int, float):
+            try:
+                kind(values[field])
+            except ValueError:
+                what = "a whole number" if kind is int else "a number"
+                raise ValueError(f"{variable} must be {what}") from None
+    settings = ReconciliationSettings(**values)
+    try:
+        settings.policy()
+    except ValueError as error:
+        raise ValueError(f"the RECON_* reconciliation settings are refused: {error}") from None
+    settings.completeness()
+    settings.project_scope()
+    if settings.openai_source not in SOURCES:
+        raise ValueError(
+            f"RECON_OPENAI_SOURCE must be one of {SOURCES}, not {settings.openai_source!r}"
+        )
+
+
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     _check_names_in_env()
+    _check_settings_in_env()
+    settings = _bound(ReconciliationSettings, SETTINGS_ENV)
+    if not os.environ.get("RECON_DATABASE_URL"):
+        # The embedded demo reconciles the demo application's project.
+        settings.setdefault("openai_project_ids", DEMO_PROJECT_IDS)
     return {
-        "database": ReconDatabase(
-            url=env_or("RECON_DATABASE_URL"),
-            usage_table=os.environ.get("RECON_USAGE_TABLE", "token_usage"),
-            usage_schema=env_or("RECON_USAGE_SCHEMA"),
-            output_schema=env_or("RECON_OUTPUT_SCHEMA"),
-        ),
-        "openai_exports": OpenAIExportFolder(path=env_or("RECON_USAGE_EXPORT_DIR")),
-        "openai_api": OpenAIAPI(
-            base_url=env_or("OPENAI_BASE_URL", DEFAULT_OPENAI_BASE_URL),
-            api_key=env_or("OPENAI_API_KEY"),
-            admin_key=env_or("OPENAI_ADMIN_KEY"),
-            file_cache_dir=env_or("RECON_OPENAI_FILE_CACHE"),
-        ),
-        "settings": ReconciliationSettings(
-            tolerance_cents=os.environ.get("RECON_TOLERANCE_CENTS", "5"),
-            relative_tolerance=env_or("RECON_RELATIVE_TOLERANCE"),
-            grace_days=int(os.environ.get("RECON_GRACE_DAYS", "3")),
-            match_window_minutes=int(os.environ.get("RECON_MATCH_WINDOW_MINUTES", "60")),
-            metadata_row_key=os.environ.get("RECON_METADATA_ROW_KEY", DEFAULT_METADATA_ROW_KEY),
-            fingerprint_window_seconds=int(
-                os.environ.get("RECON_FINGERPRINT_WINDOW_SECONDS", "120")
-            ),
-            fingerprint_token_tolerance=os.environ.get("RECON_FINGERPRINT_TOKEN_TOLERANCE", "0"),
-            fingerprint_tie_seconds=int(os.environ.get("RECON_FINGERPRINT_TIE_SECONDS", "60")),
-            openai_source=os.environ.get("RECON_OPENAI_SOURCE", "auto"),
-            unattributed_warn_share=float(os.environ.get("RECON_UNATTRIBUTED_WARN_SHARE", "0.10")),
-            unattributed_fail_share=float(os.environ.get("RECON_UNATTRIBUTED_FAIL_SHARE", "0.25")),
-            thin_day_ratio=float(os.environ.get("RECON_THIN_DAY_RATIO", "0.5")),
-            thin_day_trailing_share=float(os.environ.get("RECON_THIN_DAY_TRAILING_SHARE", "0.25")),
-            accept_thin_days=env_or("RECON_ACCEPT_THIN_DAYS"),
-            openai_project_ids=env_or(
-                "RECON_OPENAI_PROJECT_IDS",
-                None if os.environ.get("RECON_DATABASE_URL") else DEMO_PROJECT_IDS,
-            ),
-            gap_residual_fail_share=float(os.environ.get("RECON_GAP_RESIDUAL_FAIL_SHARE", "0.01")),
-            gap_change_warn_share=float(os.environ.get("RECON_GAP_CHANGE_WARN_SHARE", "0.05")),
-        ),
+        "database": ReconDatabase(**_bound(ReconDatabase, DATABASE_ENV)),
+        "openai_exports": OpenAIExportFolder(**_bound(OpenAIExportFolder, EXPORTS_ENV)),
+        "openai_api": OpenAIAPI(**_bound(OpenAIAPI, API_ENV)),
+        "settings": ReconciliationSettings(**settings),
     }

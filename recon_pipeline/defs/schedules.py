@@ -20,7 +20,6 @@ daily_reconciliation = dg.define_asset_job(
 )
 
 
-
 @dg.schedule(
     job=daily_reconciliation,
     cron_schedule=f"0 {int(os.environ.get('RECON_SCHEDULE_HOUR', '2'))} * * *",
