@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
 from pathlib import Path
@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from genai_prices import data_snapshot, types
+
+from recon_pipeline.core.days import day_start
 
 PRICE_STATUS_PRICED = "priced"
 PRICE_STATUS_UNKNOWN_MODEL = "unknown_model"
@@ -146,7 +148,7 @@ class PriceCatalogue:
         if info is None and not any(r.model == model for r in price_rules):
             return None
 
-        moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        moment = day_start(day)
         context: dict[str, str] = {"service_tier": service_tier}
         if batch:
             context["processing"] = "batch"

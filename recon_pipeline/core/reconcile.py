@@ -21,13 +21,14 @@ The rules, in the order they decide a row's status and class:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
 import pandas as pd
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.days import day_bounds
 from recon_pipeline.core.fingerprint import FingerprintPolicy, link_without_ids, row_times_us
 from recon_pipeline.core.models import snapshot_base
 from recon_pipeline.core.output_tables import RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS
@@ -68,12 +69,6 @@ class ReconciliationPolicy:
 class DayReconciliation:
     results: pd.DataFrame
     unlogged: pd.DataFrame
-
-
-def day_bounds(day: date) -> tuple[datetime, datetime]:
-    """[start, end) of a UTC day."""
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return start, start + timedelta(days=1)
 
 
 def read_window(day: date, policy: ReconciliationPolicy) -> tuple[datetime, datetime]:

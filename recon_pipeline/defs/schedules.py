@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from recon_pipeline.core.days import day_start
 from recon_pipeline.defs.partitions import daily_partitions
 from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
 
@@ -51,7 +52,7 @@ def pending_rows_sensor(
 ) -> dg.SensorResult:
     """Re-reconcile days whose rows still wait for OpenAI, until their grace period ends."""
     now = settings.now()
-    today = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    today = day_start(now.date())
     since = today - timedelta(days=settings.grace_days + 1)
     days = database.get().pending_days(since, today - timedelta(days=1))
     first = daily_partitions.start

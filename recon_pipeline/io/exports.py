@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from recon_pipeline.core.days import day_bounds, day_start
 from recon_pipeline.core.openai_pages import costs_frame, usage_frame
 from recon_pipeline.core.openai_records import (
     RECORD_FIELDS,
@@ -34,7 +35,6 @@ from recon_pipeline.core.openai_records import (
     parse_record,
     records_columns,
 )
-from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.core.text_fields import TextFieldError, check_text
 
@@ -182,7 +182,7 @@ def _reach(named: date | None) -> tuple[float, float] | None:
     """
     if named is None:
         return None
-    day = datetime(named.year, named.month, named.day, tzinfo=UTC)
+    day = day_start(named)
     return (day - timedelta(days=1)).timestamp(), (day + timedelta(days=2)).timestamp()
 
 
