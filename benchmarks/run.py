@@ -336,7 +336,7 @@ def plan_backfill(days: list[date]) -> list[tuple[str, str]]:
     from dagster._core.definitions.events import AssetKeyPartitionKey
 
     from recon_pipeline.definitions import defs
-    from recon_pipeline.defs.assets import GROUP
+    from recon_pipeline.defs.partitions import GROUP
 
     graph = defs.resolve_asset_graph()
     keys = sorted(dg.AssetSelection.groups(GROUP).resolve(graph))

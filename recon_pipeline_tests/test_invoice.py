@@ -149,3 +149,26 @@ def test_request_id_coverage_puts_the_routes_that_cannot_be_verified_first():
     assert coverage["action_type"].tolist() == ["chat", "transcribe", "blueprint"]
     assert coverage["share_with_id"].tolist() == [0.0, 0.5, 1.0]
     assert coverage["rows"].sum() == len(rows)
+
+
+def test_the_unattributed_verdict_compares_magnitudes_and_names_unchecked_days() -> None:
+    from recon_pipeline.core.invoice import judge_unattributed
+
+    within = judge_unattributed({"2026-11-09": 0.02, "2026-11-10": -0.05}, 0.10, 0.25)
+    assert (within.passed, within.failed, within.worst) == (True, False, -0.05)
+    assert within.text == "worst unattributed share -5.0%, within bounds"
+
+    over = judge_unattributed({"2026-11-09": 0.02, "2026-11-10": -0.30}, 0.10, 0.25)
+    assert (over.passed, over.failed, over.worst) == (False, True, -0.30)
+    assert "over the fail bound 25%" in over.text
+
+    warned = judge_unattributed({"2026-11-10": 0.12}, 0.10, 0.25)
+    assert (warned.passed, warned.failed) == (False, False)
+    assert "over the warn bound 10%" in warned.text
+
+    unchecked = judge_unattributed({"2026-11-09": None, "2026-11-10": 0.0}, 0.10, 0.25)
+    assert not unchecked.passed
+    assert unchecked.unchecked == ("2026-11-09",)
+    assert unchecked.text.startswith("no invoice total to check against for 2026-11-09")
+
+    assert judge_unattributed({}, 0.10, 0.25).text == "no day was checked"

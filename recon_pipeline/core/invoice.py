@@ -9,6 +9,8 @@ requests nobody logged, routes that record no request id, and anything billed be
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, date
 
 import pandas as pd
@@ -156,6 +158,47 @@ def day_unattributed_share(table: pd.DataFrame) -> float | None:
     if share.empty or pd.isna(share.iloc[0]):
         return None
     return float(share.iloc[0])
+
+
+@dataclass(frozen=True)
+class UnattributedVerdict:
+    """The range's verdict on unattributed spend: `worst` is the share furthest from zero,
+    `unchecked` the days without an invoice total (they keep the check from passing)."""
+
+    worst: float | None
+    unchecked: tuple[str, ...]
+    passed: bool
+    failed: bool
+    text: str
+
+
+def judge_unattributed(
+    shares: Mapping[str, float | None], warn_share: float, fail_share: float
+) -> UnattributedVerdict:
+    """Warn above `warn_share`, fail above `fail_share`. Reconciled rows explaining more than
+    was billed is as wrong as less, so magnitudes are compared."""
+    unchecked = tuple(day for day, share in shares.items() if share is None)
+    known = [share for share in shares.values() if share is not None]
+    worst = max(known, key=abs, default=None)
+    parts = []
+    if unchecked:
+        parts.append(f"no invoice total to check against for {', '.join(unchecked)}")
+    if worst is not None:
+        bound = (
+            f"over the fail bound {fail_share:.0%}"
+            if abs(worst) > fail_share
+            else f"over the warn bound {warn_share:.0%}"
+            if abs(worst) > warn_share
+            else "within bounds"
+        )
+        parts.append(f"worst unattributed share {worst:.1%}, {bound}")
+    return UnattributedVerdict(
+        worst=worst,
+        unchecked=unchecked,
+        passed=not unchecked and (worst is None or abs(worst) <= warn_share),
+        failed=worst is not None and abs(worst) > fail_share,
+        text="; ".join(parts) or "no day was checked",
+    )
 
 
 def request_id_coverage(results: pd.DataFrame) -> pd.DataFrame:

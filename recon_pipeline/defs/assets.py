@@ -23,8 +23,8 @@ from recon_pipeline.core.reconcile import (
     read_window,
     reconcile_day,
 )
-from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
-from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table
+from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
+from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table, usd
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
     OpenAIExportFolder,
@@ -44,7 +44,6 @@ from recon_pipeline.io.day_volumes import trailing_record_counts
 from recon_pipeline.io.exports import ParsedFiles, read_export_folder
 from recon_pipeline.io.openai_batches import BatchRead, batch_records_by_window
 
-GROUP = "reconciliation"
 WRITE_BACK_POOL = "token_usage_write_back"
 
 token_usage = dg.AssetSpec(
@@ -53,14 +52,6 @@ token_usage = dg.AssetSpec(
     group_name="application",
     kinds={"postgres"},
 )
-
-
-def partition_days(context: dg.AssetExecutionContext) -> list[date]:
-    return [date.fromisoformat(key) for key in context.partition_keys]
-
-
-def usd(pico: int) -> str:
-    return "$" + summarise.pico_to_usd_text(pico)
 
 
 @dg.asset(

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from recon_pipeline.core import schema as s
-from recon_pipeline.core.invoice import ALL_MODELS, request_id_coverage
+from recon_pipeline.core.invoice import ALL_MODELS, judge_unattributed, request_id_coverage
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.project_scope import (
     ALL_PROJECTS,
@@ -15,13 +15,8 @@ from recon_pipeline.core.project_scope import (
     scoped_invoice_check,
 )
 from recon_pipeline.core.summarise import exact_sum
-from recon_pipeline.defs.assets import (
-    GROUP,
-    partition_days,
-    usd,
-)
-from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
-from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table
+from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
+from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table, usd
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
     OpenAIExportFolder,
@@ -126,22 +121,6 @@ def openai_daily_totals(
     )
 
 
-def _verdict(worst: float | None, unchecked: list[str], settings: ReconciliationSettings) -> str:
-    parts = []
-    if unchecked:
-        parts.append(f"no invoice total to check against for {', '.join(unchecked)}")
-    if worst is not None:
-        bound = (
-            f"over the fail bound {settings.unattributed_fail_share:.0%}"
-            if abs(worst) > settings.unattributed_fail_share
-            else f"over the warn bound {settings.unattributed_warn_share:.0%}"
-            if abs(worst) > settings.unattributed_warn_share
-            else "within bounds"
-        )
-        parts.append(f"worst unattributed share {worst:.1%}, {bound}")
-    return "; ".join(parts) or "no day was checked"
-
-
 def _day_figures(whole_day: pd.Series) -> tuple[Figures, dict[str, float]]:
     """The `(all)` row of a day: billed against explained, and requests on both sides; the
     billed and unattributed figures only when the day has an invoice total."""
@@ -226,26 +205,28 @@ def invoice_check_asset(
             },
         )
 
-    unchecked = [day for day, share in shares.items() if share is None]
+    verdict = judge_unattributed(
+        shares, settings.unattributed_warn_share, settings.unattributed_fail_share
+    )
     known = {day: share for day, share in shares.items() if share is not None}
-    # Reconciled rows explaining more than was billed is as wrong as less: compare magnitudes.
-    worst = max(known.values(), key=abs, default=None)
-    over_fail = worst is not None and abs(worst) > settings.unattributed_fail_share
-    passed = not unchecked and (worst is None or abs(worst) <= settings.unattributed_warn_share)
     return dg.MaterializeResult(
         metadata=report.metadata(scope=describe_scope(scope)),
         check_results=[
             dg.AssetCheckResult(
                 check_name="unattributed_spend_within_bounds",
-                passed=passed,
-                description=f"{describe_scope(scope)}: {_verdict(worst, unchecked, settings)}",
-                severity=dg.AssetCheckSeverity.ERROR if over_fail else dg.AssetCheckSeverity.WARN,
+                passed=verdict.passed,
+                description=f"{describe_scope(scope)}: {verdict.text}",
+                severity=dg.AssetCheckSeverity.ERROR
+                if verdict.failed
+                else dg.AssetCheckSeverity.WARN,
                 metadata={
-                    **({} if worst is None else {"worst_unattributed_share": worst}),
+                    **(
+                        {} if verdict.worst is None else {"worst_unattributed_share": verdict.worst}
+                    ),
                     # Text, not numbers: the UI would plot the bounds as flat lines.
                     "bounds": f"warns above {settings.unattributed_warn_share:.1%}, fails above"
                     f" {settings.unattributed_fail_share:.1%} of billed spend",
-                    "days_without_invoice_data": dg.MetadataValue.json(unchecked),
+                    "days_without_invoice_data": dg.MetadataValue.json(list(verdict.unchecked)),
                     "days_skipped_locked": dg.MetadataValue.json(report.skipped_days()),
                     "unattributed_share_by_day": dg.MetadataValue.json(known),
                 },

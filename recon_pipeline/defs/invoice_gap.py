@@ -12,9 +12,8 @@ from recon_pipeline.core.billed_prices import STALE_PRICE_SHARE, override_rules,
 from recon_pipeline.core.pricing import DEFAULT_OVERRIDES_PATH, PriceCatalogue
 from recon_pipeline.core.project_scope import ALL_PROJECTS, Scope, describe_scope, in_scope
 from recon_pipeline.core.summarise import exact_sum
-from recon_pipeline.defs.assets import GROUP, partition_days, usd
-from recon_pipeline.defs.partitions import backfill_policy, daily_partitions
-from recon_pipeline.defs.reporting import DailyReport, markdown_table
+from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
+from recon_pipeline.defs.reporting import DailyReport, markdown_table, usd
 from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
 from recon_pipeline.io.database import (
     INVOICE_GAP,

@@ -31,5 +31,13 @@ daily_partitions = dg.DailyPartitionsDefinition(
     fmt="%Y-%m-%d",
 )
 
+GROUP = "reconciliation"
+
+
+def partition_days(context: dg.AssetExecutionContext) -> list[date]:
+    """The days of a run, one per partition key of its range."""
+    return [date.fromisoformat(key) for key in context.partition_keys]
+
+
 # A backfill of a year becomes twelve runs of a month, each reconciling day by day.
 backfill_policy = dg.BackfillPolicy.multi_run(max_partitions_per_run=31)

@@ -7,6 +7,8 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from recon_pipeline.core.summarise import pico_to_usd_text
+
 Figures = dict[str, int | float]
 
 # Dagster plots every number of a materialization: beyond a few, the ones analysts read
@@ -138,3 +140,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
         for row in frame.itertuples(index=False, name=None)
     ]
     return "\n".join([header, rule, *body])
+
+
+def usd(pico: int) -> str:
+    """Pico-dollars as the asset pages show money: `$1.23`."""
+    return "$" + pico_to_usd_text(pico)

@@ -30,11 +30,6 @@ from recon_pipeline.io.secrets import masked_url
 DEMO_DAYS = 14
 
 
-def env_or(name: str, default: str | None = None) -> str | dg.EnvVar | None:
-    """An EnvVar when the variable is set (so the UI shows its name, never its value)."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
-
-
 def _shown(name: str, value: object, secret: bool) -> object:
     """How a resource field appears in repr() and str(): an EnvVar by its name, a secret
     never, and a database URL with its password masked."""
