@@ -5,6 +5,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, closing
 from datetime import date, datetime
+from typing import NamedTuple
 
 import dagster as dg
 import pandas as pd
@@ -265,9 +266,12 @@ def reconciled_usage(
     now = settings.now()
     catalogue = PriceCatalogue()
     thin: list[tuple[DayCompleteness, str]] = []
-    results_report = DailyReport(context, "reconciled_usage")
-    unlogged_report = DailyReport(context, "unlogged_openai_requests")
-    write_back_report = DailyReport(context, "token_usage_reconciliation")
+    reports = _Reports(
+        DailyReport(context, "reconciled_usage"),
+        DailyReport(context, "unlogged_openai_requests"),
+        DailyReport(context, "token_usage_reconciliation"),
+    )
+    results_report, unlogged_report, write_back_report = reports
     unpriced = unaccounted = disagreeing = 0
     for day in partition_days(context):
         done = _reconcile_and_write_back(db, day, now, policy, catalogue, completeness)
@@ -290,42 +294,7 @@ def reconciled_usage(
         without_result = db.count_without_result(day)
         unaccounted += without_result
         disagreeing += written.rows_disagreeing
-        day_classes = outcome.results["variance_class"].value_counts()
-        unpriced += int(day_classes.get(s.CLASS_UNPRICED, 0))
-        unpriced += int((outcome.unlogged["variance_class"] == s.CLASS_UNPRICED).sum())
-        figures, ratios = _result_figures(outcome.results)
-        statuses = outcome.results["reconciliation_status"].value_counts()
-        methods = outcome.results["match_method"].value_counts()
-        results_report.add(
-            day,
-            rows=len(outcome.results),
-            figures=figures,
-            ratios=ratios,
-            details={
-                "statuses": {status: int(statuses.get(status, 0)) for status in s.STATUSES},
-                "verified_by": {m: int(methods.get(m, 0)) for m in s.MATCH_METHODS},
-                "variance_classes": {name: int(n) for name, n in day_classes.items()},
-            },
-            tables={"largest_discrepancies": _largest_table(outcome.results)},
-        )
-        unlogged_actual = summarise.exact_sum(outcome.unlogged["actual_cost_pico"])
-        unlogged_report.add(
-            day,
-            rows=len(outcome.unlogged),
-            figures={"actual_cost_usd": unlogged_actual / s.PICO_PER_USD},
-        )
-        write_back_report.add(
-            day,
-            rows=written.rows_considered,
-            figures={"rows_updated": written.rows_updated},
-            details={
-                "rows": {
-                    "unchanged": written.rows_considered - written.rows_updated,
-                    "disagreeing": written.rows_disagreeing,
-                    "without_result": without_result,
-                }
-            },
-        )
+        unpriced += _report_day(reports, day, outcome, written, without_result)
 
     if results_report.days:
         counts = results_report.totals()
@@ -342,6 +311,76 @@ def reconciled_usage(
     yield dg.MaterializeResult(
         asset_key="token_usage_reconciliation", metadata=write_back_report.metadata()
     )
+    yield from _reconciled_checks(
+        unaccounted,
+        disagreeing,
+        unpriced,
+        write_back_report,
+        _completeness_check(thin, now, policy),
+    )
+
+
+class _Reports(NamedTuple):
+    results: DailyReport
+    unlogged: DailyReport
+    write_back: DailyReport
+
+
+def _report_day(
+    reports: _Reports,
+    day: date,
+    outcome: DayReconciliation,
+    written: WriteBackResult,
+    without_result: int,
+) -> int:
+    """A day's figures on its partition of each of the three assets; returns the day's
+    unpriced records."""
+    day_classes = outcome.results["variance_class"].value_counts()
+    figures, ratios = _result_figures(outcome.results)
+    statuses = outcome.results["reconciliation_status"].value_counts()
+    methods = outcome.results["match_method"].value_counts()
+    reports.results.add(
+        day,
+        rows=len(outcome.results),
+        figures=figures,
+        ratios=ratios,
+        details={
+            "statuses": {status: int(statuses.get(status, 0)) for status in s.STATUSES},
+            "verified_by": {m: int(methods.get(m, 0)) for m in s.MATCH_METHODS},
+            "variance_classes": {name: int(n) for name, n in day_classes.items()},
+        },
+        tables={"largest_discrepancies": _largest_table(outcome.results)},
+    )
+    unlogged_actual = summarise.exact_sum(outcome.unlogged["actual_cost_pico"])
+    reports.unlogged.add(
+        day,
+        rows=len(outcome.unlogged),
+        figures={"actual_cost_usd": unlogged_actual / s.PICO_PER_USD},
+    )
+    reports.write_back.add(
+        day,
+        rows=written.rows_considered,
+        figures={"rows_updated": written.rows_updated},
+        details={
+            "rows": {
+                "unchanged": written.rows_considered - written.rows_updated,
+                "disagreeing": written.rows_disagreeing,
+                "without_result": without_result,
+            }
+        },
+    )
+    return int(day_classes.get(s.CLASS_UNPRICED, 0)) + int(
+        (outcome.unlogged["variance_class"] == s.CLASS_UNPRICED).sum()
+    )
+
+
+def _reconciled_checks(
+    unaccounted: int,
+    disagreeing: int,
+    unpriced: int,
+    write_back_report: DailyReport,
+    completeness: dg.AssetCheckResult,
+):
     yield dg.AssetCheckResult(
         asset_key="reconciled_usage",
         check_name="every_logged_row_reconciled",
@@ -350,7 +389,7 @@ def reconciled_usage(
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"rows_without_result": unaccounted},
     )
-    yield _completeness_check(thin, now, policy)
+    yield completeness
     yield dg.AssetCheckResult(
         asset_key="reconciled_usage",
         check_name="every_model_priced",
