@@ -24,6 +24,7 @@ from recon_pipeline.core.reconcile import (
     read_window,
     reconcile_day,
 )
+from recon_pipeline.core.sources import choose_sources
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
 from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table, usd
 from recon_pipeline.defs.resources import (
@@ -31,7 +32,6 @@ from recon_pipeline.defs.resources import (
     OpenAIExportFolder,
     ReconciliationSettings,
     ReconDatabase,
-    request_sources,
 )
 from recon_pipeline.io.database import (
     DAILY_VARIANCE_SUMMARY,
@@ -83,8 +83,8 @@ def openai_requests(
     db = database.get()
     policy = settings.policy()
     embedded = database.is_embedded
-    sources = request_sources(
-        settings.openai_source, openai_api, openai_exports.configured(embedded)
+    sources = choose_sources(
+        settings.openai_source, openai_api.has_request_access, openai_exports.configured(embedded)
     )
     row_key = settings.metadata_row_key
     client = openai_api.client(row_key) if "api" in sources else None

@@ -20,6 +20,7 @@ from recon_pipeline.core.fingerprint import FingerprintPolicy
 from recon_pipeline.core.project_scope import Scope, parse_project_ids
 from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
+from recon_pipeline.core.sources import SOURCES
 from recon_pipeline.demo_data import APP_PROJECT as DEMO_PROJECT_IDS
 from recon_pipeline.io.database import Database, connect_engine
 from recon_pipeline.io.identifiers import qualified, validate_identifier
@@ -198,32 +199,6 @@ class OpenAIAPI(dg.ConfigurableResource):
             max_total_wait_seconds=self.max_total_wait_seconds,
             max_concurrency=self.max_concurrency,
         )
-
-
-SOURCES = ("auto", "exports", "api", "both")
-
-
-def request_sources(choice: str, api: OpenAIAPI, exports_configured: bool) -> tuple[str, ...]:
-    """Where OpenAI's per-request records come from. `auto`: the API when a key is set, the
-    export folder when one is configured (or embedded), both when both are."""
-    if choice not in SOURCES:
-        raise ValueError(f"RECON_OPENAI_SOURCE must be one of {SOURCES}, not {choice!r}")
-    if choice == "auto":
-        chosen = (("api",) if api.has_request_access else ()) + (
-            ("exports",) if exports_configured else ()
-        )
-        if not chosen:
-            raise ValueError(
-                "no source of OpenAI records is configured: set OPENAI_API_KEY or "
-                "RECON_USAGE_EXPORT_DIR"
-            )
-        return chosen
-    chosen = ("api", "exports") if choice == "both" else (choice,)
-    if "api" in chosen and not api.has_request_access:
-        raise ValueError(f"RECON_OPENAI_SOURCE={choice} needs OPENAI_API_KEY")
-    if "exports" in chosen and not exports_configured:
-        raise ValueError(f"RECON_OPENAI_SOURCE={choice} needs RECON_USAGE_EXPORT_DIR")
-    return chosen
 
 
 # The core's policies hold the reconciliation defaults; the resource shows them as its own.
