@@ -37,8 +37,8 @@ from recon_pipeline.core.fingerprint import (
 )
 from recon_pipeline.core.reconcile import (
     ReconciliationPolicy,
-    _link,
     day_bounds,
+    link_rows,
     read_window,
     reconcile_day,
 )
@@ -148,7 +148,7 @@ def measure(
     logged, records, truth = generate(rows, day, seed)
     policy = ReconciliationPolicy(fingerprint=FingerprintPolicy(tie=timedelta(seconds=tie_seconds)))
     window = read_window(day, policy)
-    positions, methods, ambiguous = _link(logged, records, window, policy)
+    positions, methods, ambiguous = link_rows(logged, records, window, policy)
     start, end = day_bounds(day)
     on_day = ((logged["created_at"] >= start) & (logged["created_at"] < end)).to_numpy()
     bare = logged["openai_request_id"].isna().to_numpy() & on_day

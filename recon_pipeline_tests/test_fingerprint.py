@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.fingerprint import FingerprintPolicy, candidate_pairs, row_times_us
-from recon_pipeline.core.reconcile import ReconciliationPolicy, _link, read_window, reconcile_day
+from recon_pipeline.core.reconcile import (
+    ReconciliationPolicy,
+    link_rows,
+    read_window,
+    reconcile_day,
+)
 from recon_pipeline_tests.frames import DAY, at, logged_frame, priced_openai
 
 NOW = at(DAY + timedelta(days=5))
@@ -231,7 +236,7 @@ def test_rows_at_the_edge_of_the_read_window_are_not_fingerprinted():
         {"request_id": "r2", "created_at": start + timedelta(seconds=600)},
     )
     policy = ReconciliationPolicy()
-    positions, methods, _ = _link(logged, openai, read_window(DAY, policy), policy)
+    positions, methods, _ = link_rows(logged, openai, read_window(DAY, policy), policy)
     assert positions.tolist() == [-1, 1]
     assert methods.tolist() == [None, s.MATCH_FINGERPRINT]
 

@@ -137,7 +137,7 @@ def reconcile_day(
     rows = logged[on_day].reset_index(drop=True)
     is_first = first[on_day]
 
-    positions, method, ambiguous = _link(logged, openai, read_window(day, policy), policy)
+    positions, method, ambiguous = link_rows(logged, openai, read_window(day, policy), policy)
     joined = rows.assign(
         **{
             f"openai_{name}": _take(openai[name], positions[on_day])
@@ -265,7 +265,7 @@ def reconcile_day(
     return DayReconciliation(results=results, unlogged=_unlogged(openai, claimed, start, end, day))
 
 
-def _link(
+def link_rows(
     logged: pd.DataFrame,
     openai: pd.DataFrame,
     window: tuple[datetime, datetime],
