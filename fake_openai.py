@@ -1,4 +1,6 @@
 """A small fake OpenAI on pytest-httpserver: the documented payload shapes over real HTTP.
+Shared by the tests (`recon_pipeline_tests/openai_server.py` re-exports it) and the
+benchmarks; it needs the dev dependencies.
 
 What it serves (shapes from the OpenAI API reference):
 - `GET /v1/chat/completions`: the list envelope `{object: "list", data, first_id, last_id,
