@@ -114,6 +114,92 @@ def _take(column: pd.Series, positions: np.ndarray) -> pd.Series:
     return values
 
 
+# The rules of `reconcile_day`, in the order they apply: the first whose condition holds
+# decides the row's class and status (the README's Statuses table).
+_RULES = (
+    (s.CLASS_AMBIGUOUS_FINGERPRINT, s.UNVERIFIABLE),
+    (s.CLASS_NO_REQUEST_ID, s.UNVERIFIABLE),
+    (s.CLASS_DUPLICATE_ID, s.DISCREPANCY),
+    (s.CLASS_AWAITING_OPENAI, s.PENDING),
+    (s.CLASS_MISSING_AT_OPENAI, s.NOT_FOUND),
+    (s.CLASS_UNPRICED, s.DISCREPANCY),
+    (s.CLASS_NO_ESTIMATE, s.DISCREPANCY),
+    (s.CLASS_EXACT, s.MATCHED),
+    (s.CLASS_WITHIN_TOLERANCE, s.MATCHED),
+    (s.CLASS_MODEL_MISMATCH, s.DISCREPANCY),
+    (s.CLASS_TOKEN_MISMATCH, s.DISCREPANCY),
+)
+
+
+def _classify(conditions: list[np.ndarray], variance: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's class and status from the first rule that holds; what no rule decides is a
+    discrepancy in the variance's direction."""
+    direction = np.where(
+        variance.fillna(0).to_numpy(np.int64) > 0, s.CLASS_UNDER_ESTIMATE, s.CLASS_OVER_ESTIMATE
+    )
+    variance_class = np.select(conditions, [rule[0] for rule in _RULES], default=direction)
+    status = np.select(conditions, [rule[1] for rule in _RULES], default=s.DISCREPANCY)
+    return variance_class, status
+
+
+def _within_tolerance(
+    actual: pd.Series, variance: pd.Series, policy: ReconciliationPolicy
+) -> tuple[np.ndarray, np.ndarray]:
+    """|variance| in pico (the largest int64 where unknown), and whether it is within the
+    absolute tolerance and, when one is set, the relative one."""
+    abs_variance = variance.abs().fillna(np.iinfo(np.int64).max).to_numpy(np.int64)
+    within = abs_variance <= policy.tolerance_pico
+    if policy.relative_tolerance is not None:
+        # Exact: |variance| <= floor(|actual| * p / q) in Python integers, never via float.
+        p, q = Decimal(policy.relative_tolerance).as_integer_ratio()
+        actual_abs = actual.abs().fillna(0).to_numpy(np.int64).astype(object)
+        bound = actual_abs * p // q
+        within &= (abs_variance.astype(object) <= bound).astype(bool)
+    return abs_variance, within
+
+
+def _mismatches(joined: pd.DataFrame, has_record: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whether the model (snapshot date ignored) and the token counts differ from the record."""
+    model_mismatch = (
+        snapshot_base(joined["model_used"]) != snapshot_base(joined["openai_model"])
+    ).fillna(False).to_numpy(bool) & has_record
+    token_mismatch = (
+        (joined["input_tokens"] != joined["openai_input_tokens"])
+        | (joined["output_tokens"] != joined["openai_output_tokens"])
+    ).fillna(False).to_numpy(bool) & has_record
+    return model_mismatch, token_mismatch
+
+
+def _results_frame(day: date, joined: pd.DataFrame, derived: dict[str, object]) -> pd.DataFrame:
+    """The day's result rows: the logged row's columns, its OpenAI record's, and `derived`."""
+    return pd.DataFrame(
+        {
+            "usage_date": day,
+            "usage_id": joined["usage_id"],
+            "user_id": joined["user_id"],
+            "action_type": joined["action_type"],
+            "model_used": joined["model_used"],
+            "openai_request_id": joined["openai_request_id"],
+            "created_at": joined["created_at"],
+            "openai_model": joined["openai_model"],
+            "service_tier": joined["openai_service_tier"],
+            "batch": joined["openai_batch"].astype("boolean"),
+            "logged_input_tokens": joined["input_tokens"].astype("Int64"),
+            "logged_output_tokens": joined["output_tokens"].astype("Int64"),
+            "openai_input_tokens": joined["openai_input_tokens"].astype("Int64"),
+            "openai_cached_input_tokens": joined["openai_cached_input_tokens"].astype("Int64"),
+            "openai_output_tokens": joined["openai_output_tokens"].astype("Int64"),
+            "openai_reasoning_tokens": joined["openai_reasoning_tokens"].astype("Int64"),
+            "openai_audio_ms": joined["openai_audio_ms"].astype("Int64"),
+            "price_status": joined["openai_price_status"],
+            "openai_source": joined["openai_source"],
+            **derived,
+        },
+        columns=RESULT_COLUMNS,
+        copy=False,
+    )
+
+
 def reconcile_day(
     logged: pd.DataFrame,
     openai: pd.DataFrame,
@@ -157,22 +243,9 @@ def reconcile_day(
     actual[duplicate & has_record] = 0
     actual[~has_record] = pd.NA
     variance = (actual - estimate).astype("Int64")
-    abs_variance = variance.abs().fillna(np.iinfo(np.int64).max).to_numpy(np.int64)
-    within = abs_variance <= policy.tolerance_pico
-    if policy.relative_tolerance is not None:
-        # Exact: |variance| <= floor(|actual| * p / q) in Python integers, never via float.
-        p, q = Decimal(policy.relative_tolerance).as_integer_ratio()
-        actual_abs = actual.abs().fillna(0).to_numpy(np.int64).astype(object)
-        bound = actual_abs * p // q
-        within &= (abs_variance.astype(object) <= bound).astype(bool)
+    abs_variance, within = _within_tolerance(actual, variance, policy)
 
-    model_mismatch = (
-        snapshot_base(joined["model_used"]) != snapshot_base(joined["openai_model"])
-    ).fillna(False).to_numpy(bool) & has_record
-    token_mismatch = (
-        (joined["input_tokens"] != joined["openai_input_tokens"])
-        | (joined["output_tokens"] != joined["openai_output_tokens"])
-    ).fillna(False).to_numpy(bool) & has_record
+    model_mismatch, token_mismatch = _mismatches(joined, has_record)
     in_grace = now < end + policy.grace or not finalize
 
     conditions = [
@@ -188,62 +261,16 @@ def reconcile_day(
         model_mismatch,
         token_mismatch,
     ]
-    classes = [
-        s.CLASS_AMBIGUOUS_FINGERPRINT,
-        s.CLASS_NO_REQUEST_ID,
-        s.CLASS_DUPLICATE_ID,
-        s.CLASS_AWAITING_OPENAI,
-        s.CLASS_MISSING_AT_OPENAI,
-        s.CLASS_UNPRICED,
-        s.CLASS_NO_ESTIMATE,
-        s.CLASS_EXACT,
-        s.CLASS_WITHIN_TOLERANCE,
-        s.CLASS_MODEL_MISMATCH,
-        s.CLASS_TOKEN_MISMATCH,
-    ]
-    statuses = [
-        s.UNVERIFIABLE,
-        s.UNVERIFIABLE,
-        s.DISCREPANCY,
-        s.PENDING,
-        s.NOT_FOUND,
-        s.DISCREPANCY,
-        s.DISCREPANCY,
-        s.MATCHED,
-        s.MATCHED,
-        s.DISCREPANCY,
-        s.DISCREPANCY,
-    ]
-    direction = np.where(
-        variance.fillna(0).to_numpy(np.int64) > 0, s.CLASS_UNDER_ESTIMATE, s.CLASS_OVER_ESTIMATE
-    )
-    # What no rule above decides is a discrepancy in the variance's direction.
-    variance_class = np.select(conditions, classes, default=direction)
-    status = np.select(conditions, statuses, default=s.DISCREPANCY)
+    variance_class, status = _classify(conditions, variance)
 
     actual_float = actual.astype("Float64")
     variance_pct = (variance.astype("Float64") / actual_float * 100).round(4)
     variance_pct[actual_float == 0] = pd.NA
 
-    results = pd.DataFrame(
+    results = _results_frame(
+        day,
+        joined,
         {
-            "usage_date": day,
-            "usage_id": joined["usage_id"],
-            "user_id": joined["user_id"],
-            "action_type": joined["action_type"],
-            "model_used": joined["model_used"],
-            "openai_request_id": joined["openai_request_id"],
-            "created_at": joined["created_at"],
-            "openai_model": joined["openai_model"],
-            "service_tier": joined["openai_service_tier"],
-            "batch": joined["openai_batch"].astype("boolean"),
-            "logged_input_tokens": joined["input_tokens"].astype("Int64"),
-            "logged_output_tokens": joined["output_tokens"].astype("Int64"),
-            "openai_input_tokens": joined["openai_input_tokens"].astype("Int64"),
-            "openai_cached_input_tokens": joined["openai_cached_input_tokens"].astype("Int64"),
-            "openai_output_tokens": joined["openai_output_tokens"].astype("Int64"),
-            "openai_reasoning_tokens": joined["openai_reasoning_tokens"].astype("Int64"),
-            "openai_audio_ms": joined["openai_audio_ms"].astype("Int64"),
             "estimated_cost_pico": estimate,
             "actual_cost_pico": actual,
             "variance_pico": variance,
@@ -252,13 +279,9 @@ def reconcile_day(
             "reconciliation_status": status,
             "model_mismatch": model_mismatch,
             "token_mismatch": token_mismatch,
-            "price_status": joined["openai_price_status"],
-            "openai_source": joined["openai_source"],
             "match_method": pd.Series(method, dtype=object),
             "matched_request_id": _take(openai["request_id"], positions[on_day]),
         },
-        columns=RESULT_COLUMNS,
-        copy=False,
     )
     claimed = np.zeros(len(openai), dtype=bool)
     claimed[positions[positions >= 0]] = True  # by id, tag or fingerprint, in the window
