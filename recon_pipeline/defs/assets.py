@@ -5,6 +5,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, closing
 from datetime import date, datetime
+from pathlib import Path
 from typing import NamedTuple
 
 import dagster as dg
@@ -43,7 +44,8 @@ from recon_pipeline.io.database import (
 )
 from recon_pipeline.io.day_volumes import trailing_record_counts
 from recon_pipeline.io.exports import ParsedFiles, read_export_folder
-from recon_pipeline.io.openai_batches import BatchRead, batch_records_by_window
+from recon_pipeline.io.openai_api import OpenAIClient
+from recon_pipeline.io.openai_batches import BatchRead, BatchRecords, batch_records_by_window
 
 WRITE_BACK_POOL = "token_usage_write_back"
 
@@ -107,38 +109,16 @@ def openai_requests(
             figures: dict[str, int] = {}
             anomalies: dict[str, int] = {}
             if chat is not None:
-                ids = db.read_logged(*window)["openai_request_id"]
-                wanted = sorted(ids[ids.str.startswith("resp_", na=False)].unique())
-                responses, missing = client.retrieve_responses(wanted)
                 if batches is None:  # once a run, after the listing's first page answered
                     batches = batch_records_by_window(client, windows, openai_api.cache_dir())
-                in_batches = batches.by_window[day]
-                batch, by_custom_id, ambiguous = key_by_custom_id(
-                    in_batches.records, in_batches.custom_ids, ids.dropna()
+                _from_api(
+                    db, client, chat, window, batches.by_window[day], frames, figures, anomalies
                 )
-                frames += [chat, responses, batch]
-                figures |= {
-                    "from_chat_completions_api": len(chat),
-                    "from_responses_api": len(responses),
-                    "from_batch_api": len(batch),
-                }
-                anomalies |= {
-                    "responses_not_found": len(missing),
-                    "batch_matched_by_custom_id": by_custom_id,
-                    "batch_custom_ids_ambiguous": ambiguous,
-                }
             if "exports" in sources:
-                read = read_export_folder(
-                    openai_exports.folder(embedded), *window, parsed, row_key=row_key
+                folder = openai_exports.folder(embedded)
+                files.update(
+                    _from_exports(folder, window, parsed, row_key, frames, figures, anomalies)
                 )
-                batch = int(read.records["source"].str.startswith("batch_output:").sum())
-                frames.append(read.records)
-                files.update(read.files)
-                figures |= {
-                    "from_export_files": len(read.records) - batch,
-                    "from_batch_output": batch,
-                }
-                anomalies["skipped_lines"] = sum(read.skipped.values())
             records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
             # Every source has answered for the day: only now is anything of it written.
             with db.day_transaction(day, "openai_requests", (OPENAI_REQUESTS,)) as conn:
@@ -166,6 +146,55 @@ def openai_requests(
     return dg.MaterializeResult(
         metadata=report.metadata(source=" + ".join(described[s] for s in sources))
     )
+
+
+def _from_api(
+    db: Database,
+    client: OpenAIClient,
+    chat: pd.DataFrame,
+    window: tuple[datetime, datetime],
+    in_batches: BatchRecords,
+    frames: list[pd.DataFrame],
+    figures: dict[str, int],
+    anomalies: dict[str, int],
+) -> None:
+    """A day's records from the API: the listed chat completions, the Responses its rows
+    name, and the Batch output lines of its window, keyed by custom id where logged."""
+    ids = db.read_logged(*window)["openai_request_id"]
+    wanted = sorted(ids[ids.str.startswith("resp_", na=False)].unique())
+    responses, missing = client.retrieve_responses(wanted)
+    batch, by_custom_id, ambiguous = key_by_custom_id(
+        in_batches.records, in_batches.custom_ids, ids.dropna()
+    )
+    frames += [chat, responses, batch]
+    figures |= {
+        "from_chat_completions_api": len(chat),
+        "from_responses_api": len(responses),
+        "from_batch_api": len(batch),
+    }
+    anomalies |= {
+        "responses_not_found": len(missing),
+        "batch_matched_by_custom_id": by_custom_id,
+        "batch_custom_ids_ambiguous": ambiguous,
+    }
+
+
+def _from_exports(
+    folder: Path,
+    window: tuple[datetime, datetime],
+    parsed: ParsedFiles,
+    row_key: str,
+    frames: list[pd.DataFrame],
+    figures: dict[str, int],
+    anomalies: dict[str, int],
+) -> list[str]:
+    """A day's records from the export folder; returns the files read."""
+    read = read_export_folder(folder, *window, parsed, row_key=row_key)
+    batch = int(read.records["source"].str.startswith("batch_output:").sum())
+    frames.append(read.records)
+    figures |= {"from_export_files": len(read.records) - batch, "from_batch_output": batch}
+    anomalies["skipped_lines"] = sum(read.skipped.values())
+    return read.files
 
 
 def _result_figures(results: pd.DataFrame) -> tuple[Figures, dict[str, float]]:
