@@ -638,9 +638,9 @@ def _write_daily_totals(export_dir: Path, window: list[date], calls: list[_Call]
     the catalogue (plus the requests OpenAI billed but has not reported yet), with the
     gpt-4o output price the catalogue lacks from mid-period, tool and storage charges, and
     another project's spend."""
+    from recon_pipeline.core.days import day_bounds
     from recon_pipeline.core.openai_records import parse_record, records_frame
     from recon_pipeline.core.pricing import PriceCatalogue, price_usage
-    from recon_pipeline.core.reconcile import day_bounds
     from recon_pipeline.io.exports import ParsedFiles, read_export_folder
 
     catalogue = PriceCatalogue()
@@ -750,8 +750,8 @@ def write_daily_totals_pages(
     created on `day` and priced (`actual_cost_pico`): completions and transcriptions usage by
     model, and cost line items per model and kind (`gpt-4o-2024-08-06, input`, with their
     quantity), plus any other charges, all under `project_id`."""
+    from recon_pipeline.core.days import day_bounds
     from recon_pipeline.core.pricing import PriceCatalogue
-    from recon_pipeline.core.reconcile import day_bounds
 
     start, end = day_bounds(day)
     whisper = priced["model"] == "whisper-1"

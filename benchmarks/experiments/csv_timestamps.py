@@ -1,5 +1,5 @@
 """How long pyarrow takes to write a million UTC timestamps as CSV: zoned, as the COPY used
-to send them, and as naive text with a `Z` (`recon_pipeline.io.pg_copy._utc_text`), which
+to send them, and as naive text with a `Z` (`recon_pipeline.io.pg_copy.utc_text`), which
 it sends now (benchmarks/README.md). Needs no database:
 
     uv run python -m benchmarks.experiments.csv_timestamps
@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from recon_pipeline.io.pg_copy import _CSV_OPTIONS, _utc_text
+from recon_pipeline.io.pg_copy import CSV_OPTIONS, utc_text
 
 ROWS = 1_000_000
 REPEATS = 3
@@ -25,7 +25,7 @@ REPEATS = 3
 
 def _csv(array: pa.Array) -> bytes:
     sink = io.BytesIO()
-    pa_csv.write_csv(pa.table({"t": array}), sink, _CSV_OPTIONS)
+    pa_csv.write_csv(pa.table({"t": array}), sink, CSV_OPTIONS)
     return sink.getvalue()
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     zoned = pa.array(pd.to_datetime(micros, unit="us", utc=True), pa.timestamp("us", tz="UTC"))
     zoned = pa.concat_arrays([zoned, pa.nulls(1, zoned.type)])
     old_s, old = _best(lambda: _csv(zoned))
-    new_s, new = _best(lambda: _csv(_utc_text(zoned)))
+    new_s, new = _best(lambda: _csv(utc_text(zoned)))
     # The new text is quoted (it is a string column); NULL stays an unquoted empty field.
     if old.split(b"\n") != [line.strip(b'"') for line in new.split(b"\n")]:
         raise SystemExit("the two encodings differ")

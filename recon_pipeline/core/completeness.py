@@ -18,7 +18,7 @@ from datetime import date, timedelta
 
 import pandas as pd
 
-from recon_pipeline.core.reconcile import day_bounds
+from recon_pipeline.core.days import day_bounds
 
 TRAILING_DAYS = 7
 MIN_TRAILING_DAYS = 3

@@ -27,7 +27,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
-from recon_pipeline.core.reconcile import day_bounds
+from recon_pipeline.core.days import day_bounds
 from recon_pipeline.io.connections import (
     DatabaseConnectionError,
     begin_sqlite,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
 import pandas as pd
 
+from recon_pipeline.core.days import day_start
 from recon_pipeline.core.openai_pages import (
     COSTS_COLUMNS,
     USAGE_COLUMNS,
@@ -82,7 +83,7 @@ _COSTS_BUCKET_LIMIT = 180
 def _utc_midnight(day: date, name: str) -> int:
     if isinstance(day, datetime) or not isinstance(day, date):
         raise TypeError(f"{name} must be a date, got {type(day).__name__}")
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+    return int(day_start(day).timestamp())
 
 
 def _day_range(start: date, end_exclusive: date) -> dict[str, Any]:
