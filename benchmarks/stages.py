@@ -23,9 +23,10 @@ import sqlalchemy as sa
 from benchmarks.child import status_mb
 from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
-from recon_pipeline.core.invoice import invoice_check, request_id_coverage
+from recon_pipeline.core.invoice import request_id_coverage
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
+from recon_pipeline.core.project_scope import scoped_invoice_check
 from recon_pipeline.core.reconcile import ReconciliationPolicy, day_bounds, read_window
 from recon_pipeline.core.reconcile import reconcile_day as reconcile
 from recon_pipeline.io.database import (
@@ -188,7 +189,9 @@ def run_stages(
         day_costs = db.read_day(OPENAI_DAILY_COSTS, day)
         unlogged = db.read_day(UNLOGGED_OPENAI_REQUESTS, day, ["model", "actual_cost_pico"])
     with phase("invoice.compute+store"):
-        table = invoice_check(day, day_usage, day_costs, results, unlogged, catalogue)
+        table = scoped_invoice_check(
+            day, day_usage, day_costs, results, unlogged, catalogue, scope=None
+        )
         db.replace_days(INVOICE_CHECK, table, [day])
         request_id_coverage(results)
     total = time.perf_counter() - started

@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.invoice_gap import CAUSES, RESIDUAL
 from recon_pipeline.core.summarise import pico_to_usd_text
-from recon_pipeline.defs.invoice_gap import PRICES_CHECK
 from recon_pipeline.defs.resources import (
     DEMO_DAYS,
     DEMO_PROJECT_IDS,
@@ -196,6 +195,8 @@ def _print_gap(database: ReconDatabase, result: dg.ExecuteInProcessResult) -> No
     for cause in sorted(to_pico, key=order.index):
         share = to_pico[cause] / scope_pico if scope_pico else 0.0
         print(f"  {cause:<24} ${pico_to_usd_text(to_pico[cause]):>12}  {share:>7.2%}")
+    from recon_pipeline.defs.invoice_gap import PRICES_CHECK  # after main's warning filter
+
     for evaluation in result.get_asset_check_evaluations():
         if evaluation.check_name == PRICES_CHECK and not evaluation.passed:
             print(f"Stale catalogue price: {evaluation.description}")

@@ -1,3 +1,3 @@
-"""The tests' fake OpenAI: `fake_openai.py` at the repository root, shared with the benchmarks."""
+"""The tests' fake OpenAI: `benchmarks/fake_openai.py`, shared with the benchmarks."""
 
-from fake_openai import *  # noqa: F403
+from benchmarks.fake_openai import *  # noqa: F403

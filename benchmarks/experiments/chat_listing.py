@@ -2,7 +2,7 @@
 
 OpenAI lists stored chat completions newest first and cannot filter them by time, so reaching
 a day means paging from today back past it. This stands up the tests' fake OpenAI on
-127.0.0.1 (`fake_openai`, the documented payloads and cursor
+127.0.0.1 (`benchmarks.fake_openai`, the documented payloads and cursor
 pagination) holding `--days` days of stored completions, then runs the real
 `daily_reconciliation` job through Dagster (`execute_in_process`, API source) as one range
 run over the oldest 31 of those days, the month a backfill reaches last. It reports the
@@ -27,9 +27,9 @@ from datetime import UTC, date, datetime, timedelta
 import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 
+from benchmarks.fake_openai import ADMIN_KEY, API_KEY, FakeOpenAI, chat_completions
 from benchmarks.job import JOB, QUIET, RANGE_END, RANGE_START
 from benchmarks.seed import drop_schema, fresh_schema
-from fake_openai import ADMIN_KEY, API_KEY, FakeOpenAI, chat_completions
 from recon_pipeline.definitions import build_definitions
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
