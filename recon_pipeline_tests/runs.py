@@ -4,6 +4,9 @@ own backend at a chosen point (it connects with `application_name = recon_pipeli
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -225,3 +228,15 @@ def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
 
 def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def load_code_location(**env: str) -> subprocess.CompletedProcess[str]:
+    """Import the Definitions in a fresh interpreter with `env` added, as `dagster dev` does."""
+    return subprocess.run(
+        [sys.executable, "-c", "import recon_pipeline.definitions"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -4,9 +4,6 @@ when the definitions load; and the per-partition figures' limits."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -22,7 +19,7 @@ from recon_pipeline.defs.resources import (
     ReconciliationSettings,
     ReconDatabase,
 )
-from recon_pipeline_tests.runs import LAST_DAY, PIPELINE_ASSETS, make_small_demo
+from recon_pipeline_tests.runs import LAST_DAY, PIPELINE_ASSETS, load_code_location, make_small_demo
 
 
 def _asset_nodes(resources: dict) -> dict[str, object]:
@@ -125,15 +122,7 @@ def test_a_first_day_with_no_complete_day_yet_is_refused() -> None:
 
 
 def test_the_code_location_refuses_to_load_with_a_bad_first_day() -> None:
-    env = {**os.environ, "RECON_START_DATE": "2025-02-30"}
-    done = subprocess.run(
-        [sys.executable, "-c", "import recon_pipeline.definitions"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = load_code_location(RECON_START_DATE="2025-02-30")
     assert done.returncode != 0
     assert "RECON_START_DATE must be a day as YYYY-MM-DD, not '2025-02-30'" in done.stderr
 

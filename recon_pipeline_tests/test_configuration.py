@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import dagster as dg
 import pytest
 
 from recon_pipeline.defs.resources import SETTINGS_ENV, ReconciliationSettings, resources_from_env
+from recon_pipeline_tests.runs import load_code_location
 
 
 @pytest.fixture
@@ -41,15 +40,7 @@ def test_a_bad_setting_stops_the_definitions_loading(
 
 
 def test_the_code_location_refuses_to_load_with_a_bad_tolerance(clean_env) -> None:
-    env = {**os.environ, "RECON_TOLERANCE_CENTS": "-5", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [sys.executable, "-c", "import recon_pipeline.definitions"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = load_code_location(RECON_TOLERANCE_CENTS="-5", PYTHONWARNINGS="ignore")
     assert done.returncode != 0
     assert "tolerance_cents must not be negative" in done.stderr
 

@@ -13,10 +13,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +43,7 @@ from recon_pipeline_tests.runs import (
     QUIET,
     SmallDemo,
     checks,
+    load_code_location,
     step_failure,
 )
 
@@ -135,15 +133,7 @@ def test_an_injection_through_the_environment_stops_the_definitions_loading(
 
 def test_the_code_location_refuses_to_load_with_a_hostile_table_name(clean_env) -> None:
     """What `dagster dev -w workspace.yaml` imports: the module fails, naming the variable."""
-    env = {**os.environ, "RECON_USAGE_TABLE": 'token_usage"; DROP TABLE x; --'}
-    done = subprocess.run(
-        [sys.executable, "-c", "import recon_pipeline.definitions"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = load_code_location(RECON_USAGE_TABLE='token_usage"; DROP TABLE x; --')
     assert done.returncode != 0
     assert "InvalidIdentifierError: RECON_USAGE_TABLE: table name" in done.stderr
 
