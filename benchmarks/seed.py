@@ -48,10 +48,9 @@ from recon_pipeline.core.schema import OPENAI_COLUMNS
 from recon_pipeline.demo_data import (
     APP_PRICES_USD_PER_MTOK,
     APP_STALE_O4_MINI_USD_PER_MTOK,
-    OPENAI_SNAPSHOTS,
     ROUTES,
-    write_daily_totals_pages,
 )
+from recon_pipeline.demo_openai_side import OPENAI_SNAPSHOTS, write_daily_totals_pages
 from recon_pipeline.io.migrations import create_demo_token_usage
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -8,34 +8,25 @@ same arguments give byte-identical files and identical rows.
 
 from __future__ import annotations
 
-import json
 import random
 import string
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import sqlalchemy as sa
 
-from recon_pipeline.io.identifiers import qualified
-
-EXPORT_GLOBS = (
-    "openai-requests-*.jsonl",
-    "batch-output-*.jsonl",
-    "openai-usage-*.json",
-    "openai-costs-*.json",
+from recon_pipeline.demo_openai_side import (
+    OPENAI_SNAPSHOTS,
+    DemoCall,
+    write_daily_totals,
+    write_exports,
 )
-# The application's OpenAI project, and another team's on the same bill.
-APP_PROJECT = "proj_viva"
-OTHER_PROJECT = "proj_labs"
-# What OpenAI billed from mid-period at a price the catalogue does not have: (snapshot,
-# kind) -> pico-dollars per token ($10.50 per 1M gpt-4o output tokens instead of $10).
-BILLED_PRICE_CORRECTIONS = {("gpt-4o-2024-08-06", "output"): 10_500_000}
+from recon_pipeline.io.identifiers import qualified
 
 # The application's own price table (USD per 1M tokens), as its code has it.
 APP_PRICES_USD_PER_MTOK: dict[str, tuple[Decimal, Decimal]] = {
@@ -47,14 +38,6 @@ APP_PRICES_USD_PER_MTOK: dict[str, tuple[Decimal, Decimal]] = {
 APP_STALE_O4_MINI_USD_PER_MTOK = (Decimal("4.40"), Decimal("17.60"))
 APP_WHISPER_USD_PER_MINUTE = Decimal("0.006")
 
-# The dated snapshot OpenAI reports for each model name the application logs.
-OPENAI_SNAPSHOTS: dict[str, str] = {
-    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
-    "gpt-4o": "gpt-4o-2024-08-06",
-    "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
-    "o4-mini": "o4-mini-2025-04-16",
-    "whisper-1": "whisper-1",
-}
 
 ANOMALIES = (
     "cached_tokens",
@@ -83,7 +66,7 @@ _HOUR_WEIGHTS = (2, 1, 1, 1, 1, 2, 3, 5, 7, 9, 10, 11, 12, 12, 12, 11, 10, 9, 8,
 
 
 @dataclass(frozen=True)
-class _CallSpec:
+class DemoCallSpec:
     model: str
     input_tokens: tuple[int, int]
     output_tokens: tuple[int, int]
@@ -96,7 +79,7 @@ class _Route:
     action_type: str
     weight: int
     api: str  # "chat", "responses" or "transcription"
-    calls: tuple[_CallSpec, ...]
+    calls: tuple[DemoCallSpec, ...]
     captures_id: bool = True
 
 
@@ -106,14 +89,14 @@ ROUTES: tuple[_Route, ...] = (
         "blueprint",
         8,
         "chat",
-        (_CallSpec("gpt-4o", (3000, 12000), (800, 2500)),),
+        (DemoCallSpec("gpt-4o", (3000, 12000), (800, 2500)),),
     ),
     _Route(
         "/api/viva/category-summary",
         "category_summary",
         14,
         "chat",
-        (_CallSpec("gpt-4o-mini", (1500, 6000), (200, 600)),),
+        (DemoCallSpec("gpt-4o-mini", (1500, 6000), (200, 600)),),
     ),
     _Route(
         "/api/viva/final-assembly",
@@ -121,8 +104,8 @@ ROUTES: tuple[_Route, ...] = (
         5,
         "chat",
         (
-            _CallSpec("gpt-4o-mini", (4000, 9000), (500, 1500)),
-            _CallSpec("gpt-4o", (6000, 15000), (1500, 4000)),
+            DemoCallSpec("gpt-4o-mini", (4000, 9000), (500, 1500)),
+            DemoCallSpec("gpt-4o", (6000, 15000), (1500, 4000)),
         ),
     ),
     _Route(
@@ -130,49 +113,49 @@ ROUTES: tuple[_Route, ...] = (
         "ideal_state",
         8,
         "responses",
-        (_CallSpec("gpt-4.1-mini", (1500, 5000), (300, 1200)),),
+        (DemoCallSpec("gpt-4.1-mini", (1500, 5000), (300, 1200)),),
     ),
     _Route(
         "/api/viva/master-vision",
         "master_vision",
         4,
         "responses",
-        (_CallSpec("o4-mini", (20000, 60000), (2000, 8000), (0.4, 0.8)),),
+        (DemoCallSpec("o4-mini", (20000, 60000), (2000, 8000), (0.4, 0.8)),),
     ),
     _Route(
         "/api/viva/merge-clarity",
         "merge_clarity",
         10,
         "chat",
-        (_CallSpec("gpt-4o-mini", (2000, 8000), (300, 1000)),),
+        (DemoCallSpec("gpt-4o-mini", (2000, 8000), (300, 1000)),),
     ),
     _Route(
         "/api/viva/prompt-suggestions",
         "prompt_suggestions",
         14,
         "chat",
-        (_CallSpec("gpt-4o-mini", (500, 2000), (100, 400)),),
+        (DemoCallSpec("gpt-4o-mini", (500, 2000), (100, 400)),),
     ),
     _Route(
         "/api/viva/refine-category",
         "refine_category",
         10,
         "chat",
-        (_CallSpec("gpt-4o", (2000, 7000), (400, 1200)),),
+        (DemoCallSpec("gpt-4o", (2000, 7000), (400, 1200)),),
     ),
     _Route(
         "/api/transcribe",
         "transcribe",
         10,
         "transcription",
-        (_CallSpec("whisper-1", (0, 0), (0, 0)),),
+        (DemoCallSpec("whisper-1", (0, 0), (0, 0)),),
     ),
     _Route(
         "/api/viva/chat",
         "chat",
         14,
         "chat",
-        (_CallSpec("gpt-4o-mini", (300, 2500), (50, 500)),),
+        (DemoCallSpec("gpt-4o-mini", (300, 2500), (50, 500)),),
         captures_id=False,
     ),
     _Route(
@@ -180,7 +163,7 @@ ROUTES: tuple[_Route, ...] = (
         "flip_frequency",
         6,
         "chat",
-        (_CallSpec("gpt-4o-mini", (400, 1500), (50, 300)),),
+        (DemoCallSpec("gpt-4o-mini", (400, 1500), (50, 300)),),
         captures_id=False,
     ),
 )
@@ -205,45 +188,6 @@ class DemoDataSummary:
     openai_only_records: int = 0
     daily_totals_files: list[Path] = field(default_factory=list)
     rows_tagged: int = 0
-
-
-@dataclass
-class _Call:
-    """One OpenAI call, as both sides saw it."""
-
-    action_type: str
-    api: str
-    user_id: str
-    model_used: str
-    openai_model: str
-    request_id: str
-    created: int
-    created_at: datetime
-    input_tokens: int
-    output_tokens: int
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0
-    audio_seconds: Decimal | None = None
-    fingerprint: str | None = None
-    captured: bool = True
-    app_input_tokens: int = 0
-    app_output_tokens: int = 0
-    app_cached_tokens: int | None = None
-    logged: bool = True
-    at_openai: bool = True
-    batch: bool = False
-    batch_line_id: str = ""
-    batch_request_id: str = ""
-    custom_id: str = ""
-    stale_price: bool = False
-    duplicate_after: timedelta | None = None
-    planted: set[str] = field(default_factory=set)
-    tagged: bool = False
-    row_id: str | None = None
-
-    @property
-    def day(self) -> date:
-        return self.created_at.date()
 
 
 def generate_demo_data(
@@ -273,8 +217,8 @@ def generate_demo_data(
         call = row["call"]
         if call.row_id is None:
             call.row_id = row_id
-    files = _write_exports(Path(export_dir), window, calls)
-    totals_files = _write_daily_totals(Path(export_dir), window, calls)
+    files = write_exports(Path(export_dir), window, calls)
+    totals_files = write_daily_totals(Path(export_dir), window, calls)
 
     openai_calls = [c for c in calls if c.at_openai]
     return DemoDataSummary(
@@ -320,7 +264,7 @@ class _Builder:
             return self._unique(lambda: f"req_{rng.getrandbits(128):032x}")
         return self._unique(lambda: "chatcmpl-" + "".join(rng.choices(_ALNUM, k=29)))
 
-    def day(self, day: date) -> list[_Call]:
+    def day(self, day: date) -> list[DemoCall]:
         rng = self.rng
         requests = rng.randint(130, 200)
         if day.weekday() >= 5:
@@ -329,7 +273,7 @@ class _Builder:
             [r.action_type for r in ROUTES], [r.weight for r in ROUTES], k=requests
         )
         midnight = datetime.combine(day, time(0), tzinfo=UTC)
-        calls: list[_Call] = []
+        calls: list[DemoCall] = []
         for action in actions:
             hour = rng.choices(range(24), _HOUR_WEIGHTS)[0]
             second = min(hour * 3600 + rng.randrange(3600), _DAY_SECONDS - 120)
@@ -337,7 +281,7 @@ class _Builder:
             calls.extend(self.request(_ROUTE_BY_ACTION[action], start))
         return calls
 
-    def request(self, route: _Route, start: datetime, user: str | None = None) -> list[_Call]:
+    def request(self, route: _Route, start: datetime, user: str | None = None) -> list[DemoCall]:
         """One request to `route`: one call, or two a few seconds apart for final_assembly."""
         rng = self.rng
         user = user or rng.choices(self.users, self.user_weights)[0]
@@ -351,8 +295,8 @@ class _Builder:
         return calls
 
     def call(
-        self, route: _Route, spec: _CallSpec, user: str, created: int, delay: timedelta
-    ) -> _Call:
+        self, route: _Route, spec: DemoCallSpec, user: str, created: int, delay: timedelta
+    ) -> DemoCall:
         rng = self.rng
         created_at = datetime.fromtimestamp(created, UTC) + delay
         input_tokens = rng.randint(*spec.input_tokens)
@@ -369,7 +313,7 @@ class _Builder:
         fingerprint = None
         if route.api == "chat":
             fingerprint = rng.choice(self.fingerprints[spec.model])
-        call = _Call(
+        call = DemoCall(
             action_type=route.action_type,
             api=route.api,
             user_id=user,
@@ -396,7 +340,7 @@ class _Builder:
             call.planted.add("batch")
         return call
 
-    def midnight_calls(self, window: list[date]) -> list[_Call]:
+    def midnight_calls(self, window: list[date]) -> list[DemoCall]:
         """Calls OpenAI stamped at 23:59:5x on day D that the application logged on D+1."""
         rng = self.rng
         calls = []
@@ -412,13 +356,13 @@ class _Builder:
             calls.append(call)
         return calls
 
-    def plant(self, calls: list[_Call], window: list[date]) -> dict[str, list[str]]:
+    def plant(self, calls: list[DemoCall], window: list[date]) -> dict[str, list[str]]:
         """Turn a few ordinary calls into each anomaly; return the request ids per anomaly."""
         rng = self.rng
         middle = window[len(window) // 2]
         recent = set(window[-2:])
 
-        def pool(*actions: str) -> list[_Call]:
+        def pool(*actions: str) -> list[DemoCall]:
             wanted = set(actions) or {
                 "blueprint",
                 "category_summary",
@@ -430,7 +374,7 @@ class _Builder:
             }
             return [c for c in calls if c.action_type in wanted and c.captured and not c.planted]
 
-        def pick(name: str, candidates: list[_Call], k: int) -> list[_Call]:
+        def pick(name: str, candidates: list[DemoCall], k: int) -> list[DemoCall]:
             chosen = rng.sample(candidates, min(k, len(candidates)))
             for call in chosen:
                 call.planted.add(name)
@@ -474,7 +418,7 @@ class _Builder:
         return ids
 
     def plant_without_ids(
-        self, calls: list[_Call], pick: Callable[[str, list[_Call], int], list[_Call]]
+        self, calls: list[DemoCall], pick: Callable[[str, list[DemoCall], int], list[DemoCall]]
     ) -> None:
         """Rows without an id: a few wrapper calls OpenAI never stored (no record to find),
         bursts of concurrent chat calls whose token counts collide (ambiguous fingerprints),
@@ -498,7 +442,7 @@ class _Builder:
                 call.tagged = rng.random() < CHAT_TAGGED_SHARE
 
 
-def _app_cost_cents(call: _Call, stale_from: date) -> Decimal:
+def _app_cost_cents(call: DemoCall, stale_from: date) -> Decimal:
     """The application's estimate: its own table, no cache or batch discount."""
     if call.audio_seconds is not None:
         usd = call.audio_seconds / 60 * APP_WHISPER_USD_PER_MINUTE
@@ -510,7 +454,7 @@ def _app_cost_cents(call: _Call, stale_from: date) -> Decimal:
     return (usd * 100).quantize(_CENT_QUANTUM, rounding=ROUND_HALF_UP)
 
 
-def _app_rows(calls: Iterable[_Call], stale_from: date) -> list[dict[str, Any]]:
+def _app_rows(calls: Iterable[DemoCall], stale_from: date) -> list[dict[str, Any]]:
     """The application's rows, a duplicate insert included, in the order it wrote them."""
     rows = []
     for call in calls:
@@ -539,286 +483,6 @@ def _app_rows(calls: Iterable[_Call], stale_from: date) -> list[dict[str, Any]]:
             rows.append({**row, "created_at": call.created_at + call.duplicate_after})
     rows.sort(key=lambda r: r["created_at"])
     return rows
-
-
-def _canonical_line(call: _Call) -> dict[str, Any]:
-    line: dict[str, Any] = {
-        "request_id": call.request_id,
-        "created": call.created,
-        "model": call.openai_model,
-        "service_tier": "default",
-        "batch": False,
-    }
-    if call.tagged and call.row_id is not None:
-        line["metadata"] = {"token_usage_id": call.row_id}
-    if call.audio_seconds is not None:
-        line["audio_seconds"] = float(call.audio_seconds)
-        return line
-    line.update(
-        input_tokens=call.input_tokens,
-        cached_input_tokens=call.cached_tokens,
-        output_tokens=call.output_tokens,
-        reasoning_tokens=call.reasoning_tokens,
-        input_audio_tokens=0,
-        output_audio_tokens=0,
-    )
-    return line
-
-
-def _batch_line(call: _Call) -> dict[str, Any]:
-    """One line of a Batch API output file, shaped as OpenAI writes it."""
-    body = {
-        "id": call.request_id,
-        "object": "chat.completion",
-        "created": call.created,
-        "model": call.openai_model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": "Summary of the category.",
-                    "refusal": None,
-                    "annotations": [],
-                },
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": call.input_tokens,
-            "completion_tokens": call.output_tokens,
-            "total_tokens": call.input_tokens + call.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": call.cached_tokens, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": call.reasoning_tokens,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        },
-        "system_fingerprint": call.fingerprint,
-        "service_tier": "default",
-    }
-    return {
-        "id": call.batch_line_id,
-        "custom_id": call.custom_id,
-        "response": {"status_code": 200, "request_id": call.batch_request_id, "body": body},
-        "error": None,
-    }
-
-
-def _write_exports(export_dir: Path, window: list[date], calls: list[_Call]) -> list[Path]:
-    """Replace the folder's export files with one canonical file (and batch file) per day."""
-    export_dir.mkdir(parents=True, exist_ok=True)
-    for pattern in EXPORT_GLOBS:
-        for old in export_dir.glob(pattern):
-            old.unlink()
-    by_day: dict[date, list[_Call]] = {day: [] for day in window}
-    for call in calls:
-        if call.at_openai:
-            by_day[datetime.fromtimestamp(call.created, UTC).date()].append(call)
-    files = []
-    for day, day_calls in by_day.items():
-        day_calls.sort(key=lambda c: (c.created, c.request_id))
-        canonical = [_canonical_line(c) for c in day_calls if not c.batch]
-        batch = [_batch_line(c) for c in day_calls if c.batch]
-        for name, lines in (("openai-requests", canonical), ("batch-output", batch)):
-            if not lines and name == "batch-output":
-                continue
-            path = export_dir / f"{name}-{day.isoformat()}.jsonl"
-            text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
-            path.write_text(text, encoding="utf-8", newline="\n")
-            files.append(path)
-    return files
-
-
-def _write_daily_totals(export_dir: Path, window: list[date], calls: list[_Call]) -> list[Path]:
-    """OpenAI's Usage and Costs API pages for each day, built from the day's records priced at
-    the catalogue (plus the requests OpenAI billed but has not reported yet), with the
-    gpt-4o output price the catalogue lacks from mid-period, tool and storage charges, and
-    another project's spend."""
-    from recon_pipeline.core.days import day_bounds
-    from recon_pipeline.core.openai_records import parse_record, records_frame
-    from recon_pipeline.core.pricing import PriceCatalogue, price_usage
-    from recon_pipeline.io.exports import ParsedFiles, read_export_folder
-
-    catalogue = PriceCatalogue()
-    parsed = ParsedFiles()
-    late = [c for c in calls if "missing_at_openai_recent" in c.planted]
-    # A window of a week or more (the demo's) is billed at the new price from its middle on.
-    repriced_from = window[len(window) // 2] if len(window) >= 7 else None
-    files = []
-    for day in window:
-        records = read_export_folder(export_dir, *day_bounds(day), parsed).records
-        not_yet = [parse_record(_canonical_line(c), "late").record for c in late]
-        not_yet = [r for r in not_yet if datetime.fromtimestamp(r["created"], UTC).date() == day]
-        if not_yet:
-            records = pd.concat([records, records_frame(not_yet)], ignore_index=True)
-        priced = price_usage(records, catalogue)
-        repriced = BILLED_PRICE_CORRECTIONS if repriced_from and day >= repriced_from else {}
-        files += write_daily_totals_pages(
-            export_dir,
-            day,
-            priced,
-            project_id=APP_PROJECT,
-            repriced=repriced,
-            extra_costs=_other_charges(day, repriced),
-            catalogue=catalogue,
-        )
-    return files
-
-
-def _other_charges(day: date, repriced: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
-    """The day's tool calls and storage for the application, and another team's tokens."""
-    # As small as the one charge the demo had before (the unattributed check's share).
-    searches = 1
-    labs_in, labs_out = 300_000 + 1_000 * (day.toordinal() % 50), 40_000
-    gpt4o = OPENAI_SNAPSHOTS["gpt-4o"]
-    out_rate = repriced.get((gpt4o, "output"), 10_000_000)
-    return [
-        _cost(APP_PROJECT, "web search tool calls", searches * 10**10, searches),
-        _cost(APP_PROJECT, "Vector storage", 10**9, Decimal("0.01")),
-        _cost(OTHER_PROJECT, f"{gpt4o}, input", labs_in * 2_500_000, labs_in),
-        _cost(OTHER_PROJECT, f"{gpt4o}, output", labs_out * out_rate, labs_out),
-    ]
-
-
-def _cost(
-    project: str | None, line_item: str, pico: int, quantity: int | Decimal | None
-) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "object": "organization.costs.result",
-        "amount": {"value": float(Decimal(pico) / 10**12), "currency": "usd"},
-        "line_item": line_item,
-        "project_id": project,
-    }
-    if quantity is not None:
-        result["quantity"] = float(quantity) if isinstance(quantity, Decimal) else quantity
-    return result
-
-
-_TOKEN_KINDS = (("input", "input"), ("cached input", "cached_input"), ("output", "output"))
-
-
-def _token_costs(
-    day: date,
-    priced: pd.DataFrame,
-    catalogue: Any,
-    repriced: Mapping[tuple[str, str], int],
-) -> list[tuple[str, int, int | None]]:
-    """(line item, pico, quantity) per model, tier, batch flag and kind, named as OpenAI
-    names them; each kind billed at the catalogue's rate unless `repriced` says otherwise."""
-    whisper = priced["model"] == "whisper-1"
-    tokens = priced[~whisper]
-    counts = {
-        "input": tokens["input_tokens"]
-        - tokens["cached_input_tokens"]
-        - tokens["input_audio_tokens"],
-        "cached_input": tokens["cached_input_tokens"],
-        "output": tokens["output_tokens"] - tokens["output_audio_tokens"],
-    }
-    items: list[tuple[str, int, int | None]] = []
-    for (model, batch, tier), group in tokens.groupby(["model", "batch", "service_tier"]):
-        rates = catalogue.rates(model, day, tier, bool(batch))
-        if rates is None:
-            continue
-        prefix = "" if tier == "default" else f"{tier} | "
-        for label, kind in _TOKEN_KINDS:
-            count = int(counts[kind][group.index].sum())
-            if count and rates.components[kind]:
-                rate = repriced.get((model, kind), rates.components[kind][0][1])
-                name = f"{prefix}{model}, {'batch ' if batch else ''}{label}"
-                items.append((name, count * rate, count))
-    if whisper.any():
-        items.append(("whisper-1, audio", int(priced.loc[whisper, "actual_cost_pico"].sum()), None))
-    return items
-
-
-def write_daily_totals_pages(
-    folder: Path,
-    day: date,
-    priced: pd.DataFrame,
-    non_token_charges_usd: Mapping[str, Decimal] | None = None,
-    *,
-    project_id: str | None = None,
-    repriced: Mapping[tuple[str, str], int] | None = None,
-    extra_costs: Iterable[dict[str, Any]] = (),
-    catalogue: Any = None,
-) -> list[Path]:
-    """Write the day's Usage and Costs API pages, as the API returns them, for OpenAI records
-    created on `day` and priced (`actual_cost_pico`): completions and transcriptions usage by
-    model, and cost line items per model and kind (`gpt-4o-2024-08-06, input`, with their
-    quantity), plus any other charges, all under `project_id`."""
-    from recon_pipeline.core.days import day_bounds
-    from recon_pipeline.core.pricing import PriceCatalogue
-
-    start, end = day_bounds(day)
-    whisper = priced["model"] == "whisper-1"
-    completions = (
-        priced[~whisper]
-        .groupby(["model", "batch", "service_tier"], sort=True)
-        .agg(
-            input_tokens=("input_tokens", "sum"),
-            input_cached_tokens=("cached_input_tokens", "sum"),
-            output_tokens=("output_tokens", "sum"),
-            num_model_requests=("request_id", "size"),
-        )
-        .reset_index()
-    )
-    transcriptions = (
-        priced[whisper]
-        .groupby("model", sort=True)
-        .agg(ms=("audio_ms", "sum"), num_model_requests=("request_id", "size"))
-        .reset_index()
-    )
-    token_items = _token_costs(day, priced, catalogue or PriceCatalogue(), repriced or {})
-    costs = [_cost(project_id, item, pico, quantity) for item, pico, quantity in token_items]
-    costs += [
-        _cost(project_id, item, int(usd * 10**12), None)
-        for item, usd in (non_token_charges_usd or {}).items()
-    ]
-    costs += list(extra_costs)
-    pages = {
-        "openai-usage-completions": [
-            {
-                "object": "organization.usage.completions.result",
-                "project_id": project_id,
-                **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
-            }
-            for row in completions.to_dict("records")
-        ],
-        "openai-usage-audio_transcriptions": [
-            {
-                "object": "organization.usage.audio_transcriptions.result",
-                "project_id": project_id,
-                "model": row["model"],
-                "seconds": round(int(row["ms"]) / 1000),
-                "num_model_requests": int(row["num_model_requests"]),
-            }
-            for row in transcriptions.to_dict("records")
-        ],
-        "openai-costs": costs,
-    }
-    files = []
-    for name, results in pages.items():
-        page = {
-            "object": "page",
-            "data": [
-                {
-                    "object": "bucket",
-                    "start_time": int(start.timestamp()),
-                    "end_time": int(end.timestamp()),
-                    "results": results,
-                }
-            ],
-            "has_more": False,
-            "next_page": None,
-        }
-        path = folder / f"{name}-{day.isoformat()}.json"
-        path.write_text(json.dumps(page, separators=(",", ":")) + "\n", encoding="utf-8")
-        files.append(path)
-    return files
 
 
 APP_ROW_COLUMNS = (

@@ -26,7 +26,8 @@ from recon_pipeline.defs.resources import (
     ReconciliationSettings,
     ReconDatabase,
 )
-from recon_pipeline.demo_data import APP_PROJECT, DemoDataSummary, generate_demo_data
+from recon_pipeline.demo_data import DemoDataSummary, generate_demo_data
+from recon_pipeline.demo_openai_side import APP_PROJECT
 from recon_pipeline.io.database import Database
 from recon_pipeline.io.migrations import create_demo_token_usage
 

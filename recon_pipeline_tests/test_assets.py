@@ -35,12 +35,8 @@ from recon_pipeline.defs.resources import (
     demo_database_path,
     demo_export_dir,
 )
-from recon_pipeline.demo_data import (
-    APP_PROJECT,
-    OPENAI_SNAPSHOTS,
-    DemoDataSummary,
-    generate_demo_data,
-)
+from recon_pipeline.demo_data import DemoDataSummary, generate_demo_data
+from recon_pipeline.demo_openai_side import APP_PROJECT, OPENAI_SNAPSHOTS
 from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.runs import AS_OF, LAST_DAY, PIPELINE_ASSETS, QUIET, run_job
 

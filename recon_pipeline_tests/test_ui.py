@@ -35,7 +35,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from recon_pipeline.demo_data import APP_PROJECT, generate_demo_data
+from recon_pipeline.demo_data import generate_demo_data
+from recon_pipeline.demo_openai_side import APP_PROJECT
 from recon_pipeline.io.migrations import create_demo_token_usage
 
 pytestmark = pytest.mark.timeout(900)

@@ -21,7 +21,7 @@ from recon_pipeline.core.project_scope import Scope, parse_project_ids
 from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.core.sources import SOURCES
-from recon_pipeline.demo_data import APP_PROJECT as DEMO_PROJECT_IDS
+from recon_pipeline.demo_openai_side import APP_PROJECT as DEMO_PROJECT_IDS
 from recon_pipeline.io.database import Database, connect_engine
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.openai_api import DEFAULT_BASE_URL as DEFAULT_OPENAI_BASE_URL
