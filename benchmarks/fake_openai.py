@@ -516,38 +516,24 @@ class FakeOpenAI:
         if order not in ("asc", "desc") or not 1 <= limit <= 100:
             return self._json(400, error_body("Invalid value for 'order' or 'limit'."))
         items = sorted(self.chat, key=lambda c: (c["created"], c["id"]), reverse=order == "desc")
-        start = 0
-        after = args.get("after")
-        if after is not None:
-            ids = [item["id"] for item in items]
-            if after not in ids:
-                return self._json(400, error_body(f"No chat completion found with id '{after}'."))
-            start = ids.index(after) + 1
-        page = items[start : start + limit]
-        return self._json(
-            200,
-            {
-                "object": "list",
-                "data": page,
-                "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None,
-                "has_more": start + limit < len(items),
-            },
-        )
+        return self._cursor_page(items, args.get("after"), limit, "chat completion")
 
     def _list_batches(self, request: Request) -> Response:
         limit = int(request.args.get("limit", 20))
         if not 1 <= limit <= 100:
             return self._json(400, error_body("Invalid value for 'limit'."))
         items = sorted(self.batches, key=lambda b: (b["created_at"], b["id"]), reverse=True)
+        size = min(limit, self.batch_page_size)
+        return self._cursor_page(items, request.args.get("after"), size, "batch")
+
+    def _cursor_page(self, items: list[dict], after: str | None, size: int, kind: str) -> Response:
+        """OpenAI's list envelope for the `size` items after the id `after`."""
         start = 0
-        after = request.args.get("after")
         if after is not None:
             ids = [item["id"] for item in items]
             if after not in ids:
-                return self._json(400, error_body(f"No batch found with id '{after}'."))
+                return self._json(400, error_body(f"No {kind} found with id '{after}'."))
             start = ids.index(after) + 1
-        size = min(limit, self.batch_page_size)
         page = items[start : start + size]
         return self._json(
             200,
