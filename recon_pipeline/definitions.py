@@ -4,7 +4,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from recon_pipeline.defs import assets, catalog, invoice, invoice_gap
+from recon_pipeline.defs import assets, catalog, invoice, invoice_gap, openai_requests
 from recon_pipeline.defs.resources import resources_from_env
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
@@ -16,7 +16,7 @@ from recon_pipeline.defs.schedules import (
 def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.Definitions:
     every_asset = [
         assets.token_usage,
-        assets.openai_requests,
+        openai_requests.openai_requests,
         assets.reconciled_usage,
         assets.daily_variance_summary,
         invoice.openai_daily_totals,

@@ -25,7 +25,7 @@ from dagster._core.definitions.events import AssetKeyPartitionKey
 from recon_pipeline import definitions
 from recon_pipeline.core import schema as s
 from recon_pipeline.definitions import build_definitions
-from recon_pipeline.defs import assets
+from recon_pipeline.defs import assets, openai_requests
 from recon_pipeline.defs.partitions import daily_partitions
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
@@ -491,7 +491,7 @@ def test_single_partition_runs_equal_the_range_run(reference: Reference, own_dem
     result = dg.materialize(
         [
             assets.token_usage,
-            assets.openai_requests,
+            openai_requests.openai_requests,
             assets.reconciled_usage,
             assets.daily_variance_summary,
         ],

@@ -17,7 +17,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
-from recon_pipeline.defs import assets
+from recon_pipeline.defs import assets, openai_requests
 from recon_pipeline.io.database import Database
 from recon_pipeline_tests.runs import (
     AS_OF,
@@ -337,5 +337,5 @@ def test_the_write_back_runs_in_its_dagster_concurrency_pool() -> None:
     # The write-back is part of the reconciled_usage step (see its docstring).
     assert assets.reconciled_usage.op.pool == "token_usage_write_back"
     assert "token_usage_reconciliation" in {k.path[-1] for k in assets.reconciled_usage.keys}
-    for other in (assets.daily_variance_summary, assets.openai_requests):
+    for other in (assets.daily_variance_summary, openai_requests.openai_requests):
         assert other.op.pool is None

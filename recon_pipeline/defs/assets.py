@@ -1,11 +1,9 @@
 """The daily reconciliation, as assets. Each reads, calls the core, writes one day at a time,
 and reports; the rules themselves live in `recon_pipeline.core`."""
 
-import json
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from datetime import date, datetime
-from pathlib import Path
 from typing import NamedTuple
 
 import dagster as dg
@@ -14,9 +12,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
-from recon_pipeline.core.batch_ids import key_by_custom_id
 from recon_pipeline.core.completeness import CompletenessPolicy, DayCompleteness, judge_day
-from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import (
     DayReconciliation,
@@ -25,12 +21,9 @@ from recon_pipeline.core.reconcile import (
     read_window,
     reconcile_day,
 )
-from recon_pipeline.core.sources import choose_sources
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
 from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table, usd
 from recon_pipeline.defs.resources import (
-    OpenAIAPI,
-    OpenAIExportFolder,
     ReconciliationSettings,
     ReconDatabase,
 )
@@ -43,9 +36,6 @@ from recon_pipeline.io.database import (
     WriteBackResult,
 )
 from recon_pipeline.io.day_volumes import trailing_record_counts
-from recon_pipeline.io.exports import ParsedFiles, read_export_folder
-from recon_pipeline.io.openai_api import OpenAIClient
-from recon_pipeline.io.openai_batches import BatchRead, BatchRecords, batch_records_by_window
 
 WRITE_BACK_POOL = "token_usage_write_back"
 
@@ -55,146 +45,6 @@ token_usage = dg.AssetSpec(
     group_name="application",
     kinds={"postgres"},
 )
-
-
-@dg.asset(
-    partitions_def=daily_partitions,
-    backfill_policy=backfill_policy,
-    group_name=GROUP,
-    kinds={"openai", "sql"},
-)
-def openai_requests(
-    context: dg.AssetExecutionContext,
-    database: ReconDatabase,
-    openai_exports: OpenAIExportFolder,
-    openai_api: OpenAIAPI,
-    settings: ReconciliationSettings,
-) -> dg.MaterializeResult:
-    """OpenAI's own per-request records for each day's match window: created on the day, or
-    within RECON_MATCH_WINDOW_MINUTES of it, so that every partition reconciles on its own
-    (a request made at 23:59:59 and logged at 00:00:01 is in both days' records).
-
-    Sources (RECON_OPENAI_SOURCE): the export folder, and/or the API: stored Chat Completions
-    listed newest first, Responses retrieved by the `resp_` ids the day's rows carry, and the
-    output files of the batches that ran in the range (`io.openai_batches`, cached). A
-    day is written only once every source has answered for it, so a failing API writes
-    nothing of that day. With the API, a range run goes latest day first (the listing's
-    order, walked once for the whole range): days the walk has passed are written before it
-    reaches the earlier ones.
-    """
-    db = database.get()
-    policy = settings.policy()
-    embedded = database.is_embedded
-    sources = choose_sources(
-        settings.openai_source, openai_api.has_request_access, openai_exports.configured(embedded)
-    )
-    row_key = settings.metadata_row_key
-    client = openai_api.client(row_key) if "api" in sources else None
-    report = DailyReport(context, "openai_requests")
-    files: set[str] = set()
-    parsed = ParsedFiles()
-    windows = {day: read_window(day, policy) for day in partition_days(context)}
-    batches: BatchRead | None = None
-    # One walk of OpenAI's newest-first listing serves the whole range, latest day first;
-    # closed with the step, so a failing day does not leave the listing's session open.
-    days = closing(
-        client.chat_completions_by_window(windows)
-        if client is not None
-        else ((day, None) for day in windows)
-    )
-    with days as chat_by_day:
-        for day, chat in chat_by_day:
-            window = windows[day]
-            frames: list[pd.DataFrame] = []
-            figures: dict[str, int] = {}
-            anomalies: dict[str, int] = {}
-            if chat is not None:
-                if batches is None:  # once a run, after the listing's first page answered
-                    batches = batch_records_by_window(client, windows, openai_api.cache_dir())
-                _from_api(
-                    db, client, chat, window, batches.by_window[day], frames, figures, anomalies
-                )
-            if "exports" in sources:
-                folder = openai_exports.folder(embedded)
-                files.update(
-                    _from_exports(folder, window, parsed, row_key, frames, figures, anomalies)
-                )
-            records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
-            # Every source has answered for the day: only now is anything of it written.
-            with db.day_transaction(day, "openai_requests", (OPENAI_REQUESTS,)) as conn:
-                if conn is not None:
-                    records = records.assign(usage_date=day)
-                    written = db.replace_day(conn, OPENAI_REQUESTS, records, day)
-            if conn is None:
-                report.skip(day)
-                continue
-            anomalies |= {
-                "duplicate_records_dropped": identical,
-                "conflicting_duplicates": conflicting,
-            }
-            report.add(day, rows=written, figures=figures, details={"anomalies": anomalies})
-    # One line a run, not a day: each log line is a write to the instance's event storage.
-    stored = sum(figures["rows"] for figures in report.days.values())
-    context.log.info(f"{len(report.days)} days: {stored} OpenAI records from {', '.join(sources)}")
-    if batches is not None:  # the run's, not a day's: in its log
-        context.log.info(
-            f"Batch API: {batches.batches} batches read, {batches.files_downloaded} files"
-            f" downloaded, {batches.files_from_cache} from the cache; lines skipped:"
-            f" {json.dumps(batches.skipped_lines, sort_keys=True)}"
-        )
-    described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
-    return dg.MaterializeResult(
-        metadata=report.metadata(source=" + ".join(described[s] for s in sources))
-    )
-
-
-def _from_api(
-    db: Database,
-    client: OpenAIClient,
-    chat: pd.DataFrame,
-    window: tuple[datetime, datetime],
-    in_batches: BatchRecords,
-    frames: list[pd.DataFrame],
-    figures: dict[str, int],
-    anomalies: dict[str, int],
-) -> None:
-    """A day's records from the API: the listed chat completions, the Responses its rows
-    name, and the Batch output lines of its window, keyed by custom id where logged."""
-    ids = db.read_logged(*window)["openai_request_id"]
-    wanted = sorted(ids[ids.str.startswith("resp_", na=False)].unique())
-    responses, missing = client.retrieve_responses(wanted)
-    batch, by_custom_id, ambiguous = key_by_custom_id(
-        in_batches.records, in_batches.custom_ids, ids.dropna()
-    )
-    frames += [chat, responses, batch]
-    figures |= {
-        "from_chat_completions_api": len(chat),
-        "from_responses_api": len(responses),
-        "from_batch_api": len(batch),
-    }
-    anomalies |= {
-        "responses_not_found": len(missing),
-        "batch_matched_by_custom_id": by_custom_id,
-        "batch_custom_ids_ambiguous": ambiguous,
-    }
-
-
-def _from_exports(
-    folder: Path,
-    window: tuple[datetime, datetime],
-    parsed: ParsedFiles,
-    row_key: str,
-    frames: list[pd.DataFrame],
-    figures: dict[str, int],
-    anomalies: dict[str, int],
-) -> list[str]:
-    """A day's records from the export folder; returns the files read."""
-    read = read_export_folder(folder, *window, parsed, row_key=row_key)
-    batch = int(read.records["source"].str.startswith("batch_output:").sum())
-    frames.append(read.records)
-    figures |= {"from_export_files": len(read.records) - batch, "from_batch_output": batch}
-    anomalies["skipped_lines"] = sum(read.skipped.values())
-    return read.files
 
 
 def _result_figures(results: pd.DataFrame) -> tuple[Figures, dict[str, float]]:
