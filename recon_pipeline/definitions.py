@@ -11,6 +11,7 @@ from recon_pipeline.defs.schedules import (
     daily_reconciliation_schedule,
     pending_rows_sensor,
 )
+from recon_pipeline.demo_setup import DEMO_PROJECT_IDS, EmbeddedDemoDatabase
 
 
 def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.Definitions:
@@ -35,4 +36,5 @@ def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.De
     )
 
 
-defs = build_definitions(resources_from_env())
+# With no RECON_DATABASE_URL, the embedded default: the demo's database, generated on first use.
+defs = build_definitions(resources_from_env(EmbeddedDemoDatabase, DEMO_PROJECT_IDS))

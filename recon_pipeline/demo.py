@@ -21,21 +21,23 @@ from recon_pipeline.core import schema as s
 from recon_pipeline.core.invoice_gap import CAUSES, RESIDUAL
 from recon_pipeline.core.summarise import pico_to_usd_text
 from recon_pipeline.defs.resources import (
-    DEMO_DAYS,
-    DEMO_PROJECT_IDS,
     OpenAIAPI,
     OpenAIExportFolder,
     ReconciliationSettings,
     ReconDatabase,
     demo_database_path,
     demo_export_dir,
-    ensure_demo,
     recon_home,
 )
+from recon_pipeline.demo_setup import DEMO_DAYS, DEMO_PROJECT_IDS, ensure_demo
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Dagster's decorators warn about beta parameters as the asset modules load.
     warnings.filterwarnings("ignore", category=Warning, module="dagster")
+    from recon_pipeline.definitions import build_definitions
+    from recon_pipeline.defs.partitions import daily_partitions
+
     home = recon_home()
     if os.environ.get("RECON_DATABASE_URL"):
         print("recon-demo always uses the embedded SQLite demo; RECON_DATABASE_URL is ignored.")
@@ -43,12 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(demo_export_dir(home), ignore_errors=True)
     last_day = datetime.now(UTC).date() - timedelta(days=1)
     first_day = last_day - timedelta(days=DEMO_DAYS - 1)
+    if not daily_partitions.has_partition_key(first_day.isoformat()):
+        print(
+            f"RECON_START_DATE is after the demo's first day {first_day}: unset it, or set it"
+            " to that day or earlier.",
+            file=sys.stderr,
+        )
+        return 2
     ensure_demo(home, last_day)
     print(f"Generated {DEMO_DAYS} days of demo data ({first_day} .. {last_day}) in {home}")
-
-    # The demo's partitions are its days: the UI then shows each of them, filled.
-    os.environ["RECON_START_DATE"] = first_day.isoformat()
-    from recon_pipeline.definitions import build_definitions
 
     database = ReconDatabase()
     definitions = build_definitions(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -34,9 +36,11 @@ from recon_pipeline.defs.resources import (
     ReconDatabase,
     demo_database_path,
     demo_export_dir,
+    resources_from_env,
 )
 from recon_pipeline.demo_data import DemoDataSummary, generate_demo_data
 from recon_pipeline.demo_openai_side import APP_PROJECT, OPENAI_SNAPSHOTS
+from recon_pipeline.demo_setup import DEMO_PROJECT_IDS, EmbeddedDemoDatabase
 from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.runs import AS_OF, LAST_DAY, PIPELINE_ASSETS, QUIET, run_job
 
@@ -590,11 +594,51 @@ def test_a_year_backfills_in_twelve_runs() -> None:
 # -- the embedded default --------------------------------------------------------------------
 
 
+def test_the_embedded_default_is_the_demo_only_where_the_definitions_inject_it(
+    monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setenv("RECON_HOME", str(tmp_path))
+    monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RECON_OPENAI_PROJECT_IDS", raising=False)
+    with pytest.raises(ValueError, match="recon-demo") as refused:
+        ReconDatabase().get()
+    assert str(demo_database_path(tmp_path)) in str(refused.value)
+    assert not demo_database_path(tmp_path).exists()
+
+    injected = resources_from_env(EmbeddedDemoDatabase, DEMO_PROJECT_IDS)
+    assert type(injected["database"]) is EmbeddedDemoDatabase
+    assert injected["settings"].project_scope() == (DEMO_PROJECT_IDS,)
+    plain = resources_from_env()
+    assert type(plain["database"]) is ReconDatabase
+    assert plain["settings"].project_scope() is None
+
+    monkeypatch.setenv("RECON_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    configured = resources_from_env(EmbeddedDemoDatabase, DEMO_PROJECT_IDS)
+    assert type(configured["database"]) is ReconDatabase
+    assert configured["settings"].project_scope() is None
+
+
+def test_the_resources_do_not_import_the_demo() -> None:
+    """The one import against the layers is gone: the resources load without the demo."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, recon_pipeline.defs.resources;"
+            "print(sorted(m for m in sys.modules if m.startswith('recon_pipeline.demo')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
 def test_embedded_sqlite_default_builds_the_demo_and_runs(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("RECON_HOME", str(tmp_path))
     monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
     monkeypatch.delenv("RECON_USAGE_EXPORT_DIR", raising=False)
-    database = ReconDatabase()
+    database = EmbeddedDemoDatabase()
     assert database.is_embedded
     assert not demo_database_path(tmp_path).exists()
     db = database.get()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -19,9 +22,8 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
     monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
     monkeypatch.delenv("RECON_USAGE_EXPORT_DIR", raising=False)
     monkeypatch.delenv("RECON_OPENAI_PROJECT_IDS", raising=False)
-    # main() sets these for the process; monkeypatch puts them back afterwards.
+    # main() sets DAGSTER_HOME for the process; monkeypatch puts it back afterwards.
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
-    monkeypatch.setenv("RECON_START_DATE", "2025-01-01")
 
     assert demo.main([]) == 0
 
@@ -114,3 +116,20 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
     finally:
         engine.dispose()
     assert worst[1] == 14 and worst[0] < 0.01
+
+
+def test_demo_refuses_a_start_date_after_its_first_day_and_generates_nothing(tmp_path) -> None:
+    """The partitions come from RECON_START_DATE as the definitions load; the demo no longer
+    rewrites it, so a later first day is reported before any data is generated."""
+    env = {**os.environ, "RECON_HOME": str(tmp_path), "RECON_START_DATE": str(_yesterday())}
+    env.pop("RECON_DATABASE_URL", None)
+    ran = subprocess.run(
+        [sys.executable, "-m", "recon_pipeline.demo"], env=env, capture_output=True, text=True
+    )
+    assert ran.returncode == 2
+    assert "RECON_START_DATE is after the demo's first day" in ran.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def _yesterday():
+    return datetime.now(UTC).date() - timedelta(days=1)

@@ -1,7 +1,8 @@
 """Resources, configured from the environment (see the README's configuration table).
 
-With no RECON_DATABASE_URL the pipeline runs on the embedded SQLite demo under RECON_HOME
-(default `.recon/`), generating two weeks of demo data the first time it is needed.
+With no RECON_DATABASE_URL the pipeline runs on the embedded SQLite database under RECON_HOME
+(default `.recon/`); `definitions.py` injects the demo's set-up (`demo_setup`), which
+generates two weeks of demo data there the first time it is needed.
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ from recon_pipeline.core.project_scope import Scope, parse_project_ids
 from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.core.sources import SOURCES
-from recon_pipeline.demo_openai_side import APP_PROJECT as DEMO_PROJECT_IDS
 from recon_pipeline.io.database import Database, connect_engine
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.openai_api import DEFAULT_BASE_URL as DEFAULT_OPENAI_BASE_URL
 from recon_pipeline.io.openai_api import OpenAIClient
 from recon_pipeline.io.secrets import masked_url
-
-DEMO_DAYS = 14
 
 
 def _shown(name: str, value: object, secret: bool) -> object:
@@ -53,32 +51,6 @@ def demo_database_path(home: Path) -> Path:
 
 def demo_export_dir(home: Path) -> Path:
     return home / "openai_exports"
-
-
-def ensure_demo(home: Path, last_day: date | None = None) -> bool:
-    """Generate the embedded demo (SQLite + export folder) if it is not there yet."""
-    database = demo_database_path(home)
-    if database.exists():
-        return False
-    from recon_pipeline.demo_data import generate_demo_data
-    from recon_pipeline.io.migrations import create_demo_token_usage
-
-    home.mkdir(parents=True, exist_ok=True)
-    partial = database.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    engine = sa.create_engine(f"sqlite:///{partial}")
-    try:
-        create_demo_token_usage(engine)
-        generate_demo_data(
-            engine,
-            demo_export_dir(home),
-            last_day=last_day or (datetime.now(UTC).date() - timedelta(days=1)),
-            days=DEMO_DAYS,
-        )
-    finally:
-        engine.dispose()
-    partial.rename(database)
-    return True
 
 
 class ReconDatabase(dg.ConfigurableResource):
@@ -124,13 +96,22 @@ class ReconDatabase(dg.ConfigurableResource):
             if self.url:
                 engine = connect_engine(self.url, self.application_name)
             else:
-                home = recon_home()
-                ensure_demo(home)
-                engine = sa.create_engine(f"sqlite:///{demo_database_path(home)}")
+                engine = self.embedded_engine()
             self._database = Database(
                 engine, self.usage_table, self.usage_schema, self.output_schema
             )
         return self._database
+
+    def embedded_engine(self) -> sa.Engine:
+        """The embedded SQLite database under RECON_HOME, when no URL is set. This class only
+        opens it; the demo's set-up, injected by `definitions.py`, generates it."""
+        path = demo_database_path(recon_home())
+        if not path.exists():
+            raise ValueError(
+                f"RECON_DATABASE_URL is not set and there is no embedded database at {path}: "
+                "set RECON_DATABASE_URL, or run `recon-demo` to generate the demo"
+            )
+        return sa.create_engine(f"sqlite:///{path}")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._database is not None:
@@ -384,15 +365,23 @@ def _check_settings_in_env() -> None:
         )
 
 
-def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+def resources_from_env(
+    embedded_database: type[ReconDatabase] = ReconDatabase,
+    embedded_project_ids: str | None = None,
+) -> dict[str, dg.ConfigurableResource]:
+    """The resources as the environment configures them. With no RECON_DATABASE_URL the
+    database is `embedded_database` and, unless RECON_OPENAI_PROJECT_IDS says otherwise, the
+    scope is `embedded_project_ids`: how `definitions.py` plugs in the demo."""
     _check_names_in_env()
     _check_settings_in_env()
     settings = _bound(ReconciliationSettings, SETTINGS_ENV)
+    database = ReconDatabase
     if not os.environ.get("RECON_DATABASE_URL"):
-        # The embedded demo reconciles the demo application's project.
-        settings.setdefault("openai_project_ids", DEMO_PROJECT_IDS)
+        database = embedded_database
+        if embedded_project_ids:
+            settings.setdefault("openai_project_ids", embedded_project_ids)
     return {
-        "database": ReconDatabase(**_bound(ReconDatabase, DATABASE_ENV)),
+        "database": database(**_bound(ReconDatabase, DATABASE_ENV)),
         "openai_exports": OpenAIExportFolder(**_bound(OpenAIExportFolder, EXPORTS_ENV)),
         "openai_api": OpenAIAPI(**_bound(OpenAIAPI, API_ENV)),
         "settings": ReconciliationSettings(**settings),
