@@ -77,7 +77,7 @@ def invoice_check(
     cannot be priced); on the `(all)` row it is the Costs API total when there is one.
     `unattributed_pico` = billed - actual cost of the reconciled rows; the share is of billed.
     """
-    priced = price_usage_buckets(usage, catalogue) if len(usage) else None
+    reported, source = _reported_by_model(usage, catalogue)
     rows = results.assign(model_key=_model_of_row(results), requests=request_counts(results))
     logged = rows.groupby("model_key").agg(
         logged_requests=("requests", "sum"),
@@ -88,28 +88,6 @@ def invoice_check(
     orphans = unlogged.assign(model_key=snapshot_base(unlogged["model"]))
     unlogged_actual = orphans.groupby("model_key")["actual_cost_pico"].sum()
 
-    if priced is not None:
-        priced = priced.assign(model_key=snapshot_base(priced["model"]))
-        unpriced = priced.groupby("model_key")["price_status"].agg(
-            lambda v: bool((v != PRICE_STATUS_PRICED).any())
-        )
-        reported = priced.groupby("model_key").agg(
-            openai_requests=("num_model_requests", "sum"),
-            openai_input_tokens=("input_tokens", "sum"),
-            openai_output_tokens=("output_tokens", "sum"),
-            billed_pico=("actual_cost_pico", "sum"),
-        )
-        reported.loc[unpriced[unpriced].index, "billed_pico"] = pd.NA
-    else:
-        reported = pd.DataFrame(
-            columns=[
-                "openai_requests",
-                "openai_input_tokens",
-                "openai_output_tokens",
-                "billed_pico",
-            ]
-        )
-
     per_model = reported.join(logged, how="outer").join(
         unlogged_actual.rename("unlogged_actual_pico"), how="left"
     )
@@ -117,26 +95,8 @@ def invoice_check(
         if column.endswith(("_requests", "_tokens")) or column == "unlogged_actual_pico":
             per_model[column] = per_model.get(column, pd.Series(dtype="Int64")).fillna(0)
     per_model["reconciled_actual_pico"] = per_model["reconciled_actual_pico"].fillna(0)
-    per_model["billed_source"] = "usage_api" if priced is not None else "none"
-    if priced is None:
-        per_model["billed_pico"] = pd.NA
-
-    total_billed = exact_sum(costs["amount_pico"]) if len(costs) else None
-    day_row = pd.DataFrame(
-        {
-            "openai_requests": [per_model["openai_requests"].sum()],
-            "openai_input_tokens": [per_model["openai_input_tokens"].sum()],
-            "openai_output_tokens": [per_model["openai_output_tokens"].sum()],
-            "logged_requests": [per_model["logged_requests"].sum()],
-            "logged_input_tokens": [per_model["logged_input_tokens"].sum()],
-            "logged_output_tokens": [per_model["logged_output_tokens"].sum()],
-            "billed_pico": [total_billed if total_billed is not None else pd.NA],
-            "reconciled_actual_pico": [per_model["reconciled_actual_pico"].sum()],
-            "unlogged_actual_pico": [per_model["unlogged_actual_pico"].sum()],
-            "billed_source": ["costs_api" if total_billed is not None else "none"],
-        },
-        index=pd.Index([ALL_MODELS], name="model_key"),
-    )
+    per_model["billed_source"] = source
+    day_row = _day_row(per_model, costs)
     table = pd.concat([per_model.sort_index(), day_row])
     for column in table.columns:
         if column.endswith(("_requests", "_tokens")):
@@ -150,6 +110,52 @@ def invoice_check(
     table["usage_date"] = day
     table = table.rename_axis("model").reset_index()
     return table[INVOICE_COLUMNS]
+
+
+_REPORTED = ["openai_requests", "openai_input_tokens", "openai_output_tokens", "billed_pico"]
+
+
+def _reported_by_model(usage: pd.DataFrame, catalogue: PriceCatalogue) -> tuple[pd.DataFrame, str]:
+    """What OpenAI's Usage API counted per model, priced at the catalogue; a model with a
+    bucket the catalogue cannot price has no billed figure rather than a partial one."""
+    if not len(usage):
+        return pd.DataFrame(columns=_REPORTED).assign(billed_pico=pd.NA), "none"
+    priced = price_usage_buckets(usage, catalogue)
+    priced = priced.assign(model_key=snapshot_base(priced["model"]))
+    unpriced = priced.groupby("model_key")["price_status"].agg(
+        lambda v: bool((v != PRICE_STATUS_PRICED).any())
+    )
+    reported = priced.groupby("model_key").agg(
+        openai_requests=("num_model_requests", "sum"),
+        openai_input_tokens=("input_tokens", "sum"),
+        openai_output_tokens=("output_tokens", "sum"),
+        billed_pico=("actual_cost_pico", "sum"),
+    )
+    reported.loc[unpriced[unpriced].index, "billed_pico"] = pd.NA
+    return reported, "usage_api"
+
+
+def _day_row(per_model: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
+    """The `(all)` row: the models' counts summed, billed from the Costs API total."""
+    total_billed = exact_sum(costs["amount_pico"]) if len(costs) else None
+    summed = [
+        "openai_requests",
+        "openai_input_tokens",
+        "openai_output_tokens",
+        "logged_requests",
+        "logged_input_tokens",
+        "logged_output_tokens",
+    ]
+    return pd.DataFrame(
+        {
+            **{column: [per_model[column].sum()] for column in summed},
+            "billed_pico": [total_billed if total_billed is not None else pd.NA],
+            "reconciled_actual_pico": [per_model["reconciled_actual_pico"].sum()],
+            "unlogged_actual_pico": [per_model["unlogged_actual_pico"].sum()],
+            "billed_source": ["costs_api" if total_billed is not None else "none"],
+        },
+        index=pd.Index([ALL_MODELS], name="model_key"),
+    )
 
 
 def day_unattributed_share(table: pd.DataFrame) -> float | None:
