@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED, PriceCatalogue
 
 DAY = date(2025, 3, 10)
@@ -85,12 +86,12 @@ _OPENAI_DEFAULTS: dict[str, Any] = {
 
 
 def openai_frame(*rows: dict[str, Any]) -> pd.DataFrame:
-    """OpenAI's per-request records (`schema.OPENAI_COLUMNS`); `request_id` defaults to r1, r2."""
+    """OpenAI's per-request records (`OPENAI_COLUMNS`); `request_id` defaults to r1, r2."""
     filled = []
     for number, row in enumerate(rows, start=1):
         item = {"request_id": f"r{number}", "created_at": at(DAY), **_OPENAI_DEFAULTS, **row}
         filled.append(item)
-    return _typed(filled, s.OPENAI_COLUMNS)
+    return _typed(filled, OPENAI_COLUMNS)
 
 
 def priced_openai(*rows: dict[str, Any]) -> pd.DataFrame:

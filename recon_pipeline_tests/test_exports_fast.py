@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from pandas.testing import assert_frame_equal
 
 from recon_pipeline.core import openai_records
-from recon_pipeline.core import schema as s
 from recon_pipeline.core.openai_records import parse_record
+from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.io import exports
 from recon_pipeline.io.exports import (
@@ -50,11 +50,11 @@ def line_by_line(folder: Path, start: datetime, end: datetime) -> tuple[pd.DataF
                     record = parse_record(json.loads(text), source=path.name).record
                     if record and start.timestamp() <= record["created"] < end.timestamp():
                         records.append(record)
-    frame = pd.DataFrame.from_records(records, columns=[*s.OPENAI_COLUMNS, "created"])
+    frame = pd.DataFrame.from_records(records, columns=[*OPENAI_COLUMNS, "created"])
     frame["created_at"] = pd.to_datetime(frame["created"].astype("float64"), unit="s", utc=True)
-    frame = frame.drop(columns="created").astype(s.OPENAI_COLUMNS)
+    frame = frame.drop(columns="created").astype(OPENAI_COLUMNS)
     frame["metadata_tag"] = frame["metadata_tag"].where(frame["metadata_tag"].notna(), None)
-    return frame[list(s.OPENAI_COLUMNS)], lines
+    return frame[list(OPENAI_COLUMNS)], lines
 
 
 def read_in_one_go(path: Path) -> dict[str, Any] | None:
@@ -218,7 +218,7 @@ def test_a_file_of_blank_lines_reads_no_records(tmp_path: Path):
     (tmp_path / "y.jsonl").write_text("")
     read = read_export_folder(tmp_path, START, END)
     assert read.records.empty
-    assert read.records.dtypes.to_dict() == s.OPENAI_COLUMNS
+    assert read.records.dtypes.to_dict() == OPENAI_COLUMNS
     assert (read.lines, read.files) == (0, ["x.jsonl", "y.jsonl"])
 
 
@@ -231,8 +231,8 @@ def test_the_frame_read_in_one_go_is_typed_as_the_schema(tmp_path: Path):
     )
     assert read_in_one_go(tmp_path / "x.jsonl") is not None
     records = read_export_folder(tmp_path, START, END).records
-    assert records.dtypes.to_dict() == s.OPENAI_COLUMNS
-    assert list(records.columns) == list(s.OPENAI_COLUMNS)
+    assert records.dtypes.to_dict() == OPENAI_COLUMNS
+    assert list(records.columns) == list(OPENAI_COLUMNS)
     assert records["service_tier"].tolist() == ["default", "default"]
     assert records["audio_ms"].tolist() == [12, 0]  # 12.5 ms, half to even
     assert records["batch"].tolist() == [True, False]

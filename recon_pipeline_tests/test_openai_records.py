@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from pandas.testing import assert_frame_equal
 
-from recon_pipeline.core import schema as s
 from recon_pipeline.core.openai_records import (
     RecordError,
     dedupe_records,
@@ -20,6 +19,7 @@ from recon_pipeline.core.openai_records import (
     parse_record,
     records_frame,
 )
+from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.io.exports import ExportFileError, files_for_day, read_export_folder
 from recon_pipeline_tests.frames import at, openai_frame, unix
@@ -386,14 +386,14 @@ def test_records_frame_is_typed_as_the_schema():
         },
     )
     assert_frame_equal(frame, expected)
-    assert dict(frame.dtypes.astype(str)) == s.OPENAI_COLUMNS
+    assert dict(frame.dtypes.astype(str)) == OPENAI_COLUMNS
 
 
 def test_empty_records_have_the_schema_columns():
     frame = empty_records()
     assert frame.empty
-    assert list(frame.columns) == list(s.OPENAI_COLUMNS)
-    assert dict(frame.dtypes.astype(str)) == s.OPENAI_COLUMNS
+    assert list(frame.columns) == list(OPENAI_COLUMNS)
+    assert dict(frame.dtypes.astype(str)) == OPENAI_COLUMNS
 
 
 def test_dedupe_drops_identical_repeats_and_counts_conflicting_ones():
@@ -536,7 +536,7 @@ def test_a_missing_folder_is_a_clear_error(tmp_path: Path):
 def test_an_empty_folder_reads_no_records(tmp_path: Path):
     read = read_export_folder(tmp_path, *day_bounds(D))
     assert read.records.empty
-    assert list(read.records.columns) == list(s.OPENAI_COLUMNS)
+    assert list(read.records.columns) == list(OPENAI_COLUMNS)
     assert (read.files, read.lines) == ([], 0)
 
 

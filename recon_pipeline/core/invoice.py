@@ -15,10 +15,9 @@ from datetime import UTC, date
 
 import pandas as pd
 
-from recon_pipeline.core.output_tables import INVOICE_CHECK
+from recon_pipeline.core.output_tables import INVOICE_CHECK, OPENAI_COLUMNS
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED, PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import snapshot_base
-from recon_pipeline.core.schema import OPENAI_COLUMNS
 from recon_pipeline.core.summarise import exact_sum, request_counts
 
 ALL_MODELS = "(all)"

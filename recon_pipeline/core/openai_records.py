@@ -21,7 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY, OPENAI_COLUMNS
+from recon_pipeline.core.output_tables import OPENAI_COLUMNS
+from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.core.text_fields import TextFieldError, any_refused, check_text
 
 _MAX_TOKENS = 10**9

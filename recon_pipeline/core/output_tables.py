@@ -38,11 +38,30 @@ class OutputTable:
     def frame_name(self, column: Column) -> str:
         return f"{column.name}_pico" if column.kind == "money" else column.name
 
+    def frame_dtypes(self, *, without: tuple[str, ...] = ()) -> dict[str, str]:
+        """The pandas dtype of each column of the core's frame (money as pico integers)."""
+        return {
+            self.frame_name(c): _PANDAS_DTYPES[c.kind]
+            for c in self.columns
+            if c.name not in without
+        }
+
     @property
     def frame_columns(self) -> list[str]:
         """The columns of the core's frame of this table, in order (money in pico)."""
         return [self.frame_name(c) for c in self.columns]
 
+
+_PANDAS_DTYPES = {
+    "text": "object",
+    "bigint": "int64",
+    "float": "float64",
+    "bool": "bool",
+    "date": "object",
+    "timestamp": "datetime64[us, UTC]",
+    "money": "Int64",
+    "usage_id": "object",
+}
 
 # Descriptions of the columns several tables share; any other column describes itself.
 _SHARED = {
@@ -96,6 +115,9 @@ OPENAI_REQUESTS = OutputTable(
     # every stored record (measured in benchmarks/README.md).
     indexes=(("usage_date",),),
 )
+# OpenAI's per-request records, whatever the source (export line, Batch output, API): the
+# stored table's columns without the day it is stored under.
+OPENAI_COLUMNS: dict[str, str] = OPENAI_REQUESTS.frame_dtypes(without=("usage_date",))
 RECONCILED_USAGE = OutputTable(
     "reconciled_usage",
     _cols(

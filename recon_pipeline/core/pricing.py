@@ -223,7 +223,7 @@ def _rate_per_row(tiers: Tiers, threshold_tokens: np.ndarray) -> np.ndarray:
 def price_usage(records: pd.DataFrame, catalogue: PriceCatalogue) -> pd.DataFrame:
     """Add `actual_cost_pico` (Int64, NA when it cannot be priced) and `price_status`.
 
-    Expects OpenAI-side records (see `schema.OPENAI_COLUMNS`). Text input excludes cached
+    Expects OpenAI-side records (see `output_tables.OPENAI_COLUMNS`). Text input excludes cached
     and audio input tokens; output includes reasoning tokens, as OpenAI bills them.
     """
     n = len(records)

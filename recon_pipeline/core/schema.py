@@ -72,21 +72,3 @@ LOGGED_COLUMNS: dict[str, str] = {
     "openai_request_id": "object",
     "openai_created": "Int64",
 }
-
-# OpenAI's per-request records, whatever the source (export line, Batch output, API).
-OPENAI_COLUMNS: dict[str, str] = {
-    "request_id": "object",
-    "created_at": "datetime64[us, UTC]",
-    "model": "object",
-    "service_tier": "object",
-    "batch": "bool",
-    "input_tokens": "int64",
-    "cached_input_tokens": "int64",
-    "output_tokens": "int64",
-    "reasoning_tokens": "int64",
-    "input_audio_tokens": "int64",
-    "output_audio_tokens": "int64",
-    "audio_ms": "int64",
-    "source": "object",
-    "metadata_tag": "object",
-}

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.days import day_bounds
+from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import (
     DatabaseConnectionError,
     begin_sqlite,
@@ -193,15 +194,15 @@ class Database:
         return frame.reindex(columns=list(s.LOGGED_COLUMNS)).astype(s.LOGGED_COLUMNS)
 
     def read_openai_requests(self, day: date, conn: sa.Connection | None = None) -> pd.DataFrame:
-        """The OpenAI records stored for a day's match window, typed as `schema.OPENAI_COLUMNS`.
+        """The OpenAI records stored for a day's match window, typed as `OPENAI_COLUMNS`.
 
         `conn`: read inside that transaction (a `day_transaction` that ensured the table).
         """
         if conn is None:
             self.ensure_table(OPENAI_REQUESTS)
-        names = [c for c in s.OPENAI_COLUMNS if c != "created_at"]
+        names = [c for c in OPENAI_COLUMNS if c != "created_at"]
         frame = self.dialect.read_openai_requests(conn, self.table(OPENAI_REQUESTS), names, day)
-        return frame[list(s.OPENAI_COLUMNS)].astype(s.OPENAI_COLUMNS)
+        return frame[list(OPENAI_COLUMNS)].astype(OPENAI_COLUMNS)
 
     def pending_days(self, since: datetime, until: datetime) -> list[date]:
         """UTC days in [since, until) that still hold rows awaiting OpenAI's record."""

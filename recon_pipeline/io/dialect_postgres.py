@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
-from recon_pipeline.core.schema import OPENAI_COLUMNS
+from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import lock_key
 from recon_pipeline.io.dialect import Dialect
 from recon_pipeline.io.pg_copy import COPY_TYPES, copy_in, copy_out
