@@ -13,7 +13,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from recon_pipeline.core.openai_records import RecordError
-from recon_pipeline.core.schema import OPENAI_COLUMNS
+from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.defs.resources import resources_from_env
 from recon_pipeline.io.openai_api import (
     COSTS_COLUMNS,
