@@ -35,6 +35,7 @@ from recon_pipeline.core.fingerprint import (
     link_without_ids,
     row_times_us,
 )
+from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.core.reconcile import (
     ReconciliationPolicy,
     day_bounds,
@@ -134,7 +135,7 @@ def generate(
             "source": "bench",
             "metadata_tag": np.where(is_tagged & logged, usage_ids, None)[kept],
         }
-    ).astype(s.OPENAI_COLUMNS)
+    ).astype(OPENAI_COLUMNS)
     records["actual_cost_pico"] = pd.array(records["input_tokens"] * 150_000, dtype="Int64")
     records["price_status"] = "priced"
     position = np.full(n, -1, dtype=np.int64)

@@ -43,8 +43,8 @@ import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 
 from recon_pipeline.core.openai_records import COUNT_FIELDS
+from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
-from recon_pipeline.core.schema import OPENAI_COLUMNS
 from recon_pipeline.demo_data import (
     APP_PRICES_USD_PER_MTOK,
     APP_STALE_O4_MINI_USD_PER_MTOK,

@@ -314,7 +314,7 @@ def parse_record(obj: Any, source: str, row_key: str = DEFAULT_METADATA_ROW_KEY)
 
 
 def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Parsed records -> the typed frame of `schema.OPENAI_COLUMNS`."""
+    """Parsed records -> the typed frame of `OPENAI_COLUMNS`."""
     return columns_frame(records_columns(records))
 
 
@@ -329,7 +329,7 @@ def records_columns(records: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarra
 
 
 def columns_frame(columns: Mapping[str, Any]) -> pd.DataFrame:
-    """One array per field of `RECORD_FIELDS` -> the typed frame of `schema.OPENAI_COLUMNS`.
+    """One array per field of `RECORD_FIELDS` -> the typed frame of `OPENAI_COLUMNS`.
 
     The one place `created` becomes `created_at`: pandas picks the unit of the conversion
     from the whole column, so every reader converts once, over all of its records.
