@@ -29,6 +29,7 @@ from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.project_scope import scoped_invoice_check
 from recon_pipeline.core.reconcile import ReconciliationPolicy, day_bounds, read_window
 from recon_pipeline.core.reconcile import reconcile_day as reconcile
+from recon_pipeline.core.settlement import OPEN, with_day_status
 from recon_pipeline.io.database import (
     DAILY_VARIANCE_SUMMARY,
     INVOICE_CHECK,
@@ -175,7 +176,7 @@ def run_stages(
     with phase("summary.read_rollup"):
         results = db.read_results_rollup(day)
     with phase("summary.summarise"):
-        summary = summarise.daily_variance_summary(results)
+        summary = with_day_status(summarise.daily_variance_summary(results), OPEN)
     with phase("summary.store"):
         db.replace_days(DAILY_VARIANCE_SUMMARY, summary, [day])
     with phase("summary.check_sums"):
@@ -192,6 +193,7 @@ def run_stages(
         table = scoped_invoice_check(
             day, day_usage, day_costs, results, unlogged, catalogue, scope=None
         )
+        table = with_day_status(table, OPEN)
         db.replace_days(INVOICE_CHECK, table, [day])
         request_id_coverage(results)
     total = time.perf_counter() - started

@@ -4,7 +4,14 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from recon_pipeline.defs import assets, catalog, invoice, invoice_gap, openai_requests
+from recon_pipeline.defs import (
+    assets,
+    catalog,
+    daily_totals,
+    invoice,
+    invoice_gap,
+    openai_requests,
+)
 from recon_pipeline.defs.resources import resources_from_env
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
@@ -20,7 +27,7 @@ def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.De
         openai_requests.openai_requests,
         assets.reconciled_usage,
         assets.daily_variance_summary,
-        invoice.openai_daily_totals,
+        daily_totals.openai_daily_totals,
         invoice.invoice_check_asset,
         invoice_gap.invoice_gap_asset,
     ]

@@ -38,6 +38,7 @@ PIPELINE_ASSETS = {
     "openai_requests",
     "openai_daily_usage",
     "openai_daily_costs",
+    "day_settlement",
     "invoice_check",
     "invoice_gap",
     "reconciled_usage",

@@ -86,12 +86,13 @@ def test_tables_of_the_previous_release_are_upgraded_once_and_a_day_runs_again(d
     assert "invoice_check: added column project_id" in out
     assert "reconciled_usage: added column match_method" in out
     assert "daily_variance_summary: added column verified_by_fingerprint" in out
-    assert "output tables at revision 0003_row_verification (were at no revision)" in out
-    assert current_revision(demo.engine, demo.schema) == "0003_row_verification"
+    assert "invoice_check: added column day_status" in out
+    assert "output tables at revision 0004_day_status (were at no revision)" in out
+    assert current_revision(demo.engine, demo.schema) == "0004_day_status"
     [version] = demo.rows(f"SELECT version_num FROM {{s}}.{VERSION_TABLE}")
-    assert version.version_num == "0003_row_verification"
-    [old] = demo.rows("SELECT project_id, billed_cents FROM {s}.invoice_check")
-    assert (old.project_id, float(old.billed_cents)) == ("(all)", 2.5)
+    assert version.version_num == "0004_day_status"
+    [old] = demo.rows("SELECT project_id, billed_cents, day_status FROM {s}.invoice_check")
+    assert (old.project_id, float(old.billed_cents), old.day_status) == ("(all)", 2.5, "open")
 
     assert main(["--url", demo.url, "--schema", demo.schema]) == 0
     assert "already up to date" in capsys.readouterr().out
@@ -112,6 +113,11 @@ def test_tables_of_the_previous_release_are_upgraded_once_and_a_day_runs_again(d
     assert sums.causes == sums.gap and sums.gap > 0
     kept = demo.rows("SELECT usage_date FROM {s}.invoice_check WHERE usage_date = :d", d=OLD_DAY)
     assert len(kept) == 1
+    # The run day is inside its grace period: its rows say it is still open.
+    for table in ("invoice_check", "invoice_gap", "daily_variance_summary", "day_settlement"):
+        statuses = demo.rows(f"SELECT DISTINCT day_status FROM {{s}}.{table} WHERE usage_date = :d",
+                             d=LAST_DAY)  # fmt: skip
+        assert [r.day_status for r in statuses] == ["open"], table
 
 
 def test_sqlite_output_tables_are_upgraded_too_and_a_database_without_them_is_untouched(
@@ -133,6 +139,9 @@ def test_sqlite_output_tables_are_upgraded_too_and_a_database_without_them_is_un
         "invoice_check: added column project_id",
     ]
     assert "reconciled_usage: added column matched_request_id" in steps
+    assert "invoice_gap: added column day_status" not in steps  # no such table back then
+    assert "daily_variance_summary: added column day_status" in steps
     assert upgrade_output_schema(sqlite_engine, None) == []
     with sqlite_engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT project_id FROM invoice_check")).scalar() == "(all)"
+        old = conn.execute(sa.text("SELECT project_id, day_status FROM invoice_check")).one()
+    assert tuple(old) == ("(all)", "open")

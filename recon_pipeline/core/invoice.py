@@ -15,15 +15,16 @@ from datetime import UTC, date
 
 import pandas as pd
 
-from recon_pipeline.core.output_tables import INVOICE_CHECK, OPENAI_COLUMNS
+from recon_pipeline.core.output_tables import DAY_STATUS, INVOICE_CHECK, OPENAI_COLUMNS
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED, PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import snapshot_base
 from recon_pipeline.core.summarise import exact_sum, request_counts
 
 ALL_MODELS = "(all)"
 
-# The unscoped check has no project column (`project_scope` adds it).
-INVOICE_COLUMNS = [c for c in INVOICE_CHECK.frame_columns if c != "project_id"]
+# The unscoped check has no project column (`project_scope` adds it); the day's status is
+# added when the day is stored.
+INVOICE_COLUMNS = [c for c in INVOICE_CHECK.frame_columns if c not in ("project_id", DAY_STATUS)]
 
 
 def price_usage_buckets(usage: pd.DataFrame, catalogue: PriceCatalogue) -> pd.DataFrame:

@@ -27,7 +27,7 @@ import pandas as pd
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.billed_prices import price_line_items
 from recon_pipeline.core.line_items import PRICED_CATEGORIES
-from recon_pipeline.core.output_tables import INVOICE_GAP
+from recon_pipeline.core.output_tables import DAY_STATUS, INVOICE_GAP
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.project_scope import ALL_PROJECTS, NO_PROJECT, Scope, in_scope
 from recon_pipeline.core.reconcile import snapshot_base
@@ -42,7 +42,7 @@ PRICE_DIFFERENCE = "price_difference"
 OTHER_PROJECTS = "other_projects"
 RESIDUAL = "residual"
 CAUSES = (UNLOGGED, WITHOUT_ID, PENDING, UNPRICED, NON_TOKEN, PRICE_DIFFERENCE, OTHER_PROJECTS)
-GAP_COLUMNS = INVOICE_GAP.frame_columns
+GAP_COLUMNS = [c for c in INVOICE_GAP.frame_columns if c != DAY_STATUS]  # status added on storing
 RESIDUAL_FAIL_SHARE = 0.01
 # A cause's day-to-day move below this share of billed is noise, not news.
 CHANGE_WARN_SHARE = 0.05

@@ -63,6 +63,10 @@ _PANDAS_DTYPES = {
     "usage_id": "object",
 }
 
+# The column of every daily table finance reads that says whether the day is final
+# (`core/settlement.py`); the core's rules compute the figures, the status is added after.
+DAY_STATUS = "day_status"
+
 # Descriptions of the columns several tables share; any other column describes itself.
 _SHARED = {
     "usage_date": "UTC day the row belongs to (the partition)",
@@ -76,6 +80,8 @@ _SHARED = {
     "price_status": "priced, unknown_model, unpriced_usage or invalid_usage",
     "variance_class": "why the row's actual cost differs from the estimate, one class per row",
     "project_id": "OpenAI project the figure belongs to",
+    "day_status": "open (grace period running, or Costs not read since), closed (final) or"
+    " restated (OpenAI's billed total changed after the day closed; figures recomputed)",
 }
 
 
@@ -192,6 +198,7 @@ DAILY_VARIANCE_SUMMARY = OutputTable(
         "actual_cost:money:actual cost, US cents (exact)",
         "variance:money:actual - estimated, US cents",
         "match_rate:float:matched / (matched + discrepancy)",
+        "day_status:text",
     ),
     indexes=(("usage_date",),),
 )
@@ -245,6 +252,7 @@ INVOICE_CHECK = OutputTable(
         "unattributed:money:billed - reconciled_actual, US cents",
         "unattributed_share:float:unattributed / billed",
         "billed_source:text:costs_api, usage_api or none",
+        "day_status:text",
     ),
     indexes=(("usage_date",),),
 )
@@ -259,6 +267,24 @@ INVOICE_GAP = OutputTable(
         "detail:text:what within the cause (a model, a line item, a project)",
         "amount:money:the cause's share of billed - reconciled, US cents",
         "share_of_billed:float:amount / billed",
+        "day_status:text",
+    ),
+    indexes=(("usage_date",),),
+)
+DAY_SETTLEMENT = OutputTable(
+    "day_settlement",
+    _cols(
+        "usage_date:date",
+        "project_id:text:OpenAI project in scope, or (all) for the scope as one",
+        "day_status:text",
+        "billed:money:the Costs API total as last read, US cents",
+        "billed_at_close:money:the total when the day closed (the first read after the grace"
+        " period), US cents",
+        "previous_billed:money:the total before the last restatement, US cents",
+        "read_at:timestamp:when the Costs data of the day was last read",
+        "closed_at:timestamp:when the day closed",
+        "restated_at:timestamp:when the last restatement was found",
+        "restatements:bigint:how many times the total changed after the day closed",
     ),
     indexes=(("usage_date",),),
 )
@@ -283,4 +309,5 @@ OUTPUT_TABLES = (
     OPENAI_DAILY_COSTS,
     INVOICE_CHECK,
     INVOICE_GAP,
+    DAY_SETTLEMENT,
 )

@@ -21,6 +21,7 @@ from recon_pipeline.core.reconcile import (
     read_window,
     reconcile_day,
 )
+from recon_pipeline.core.settlement import status_of_day, with_day_status
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
 from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table, usd
 from recon_pipeline.defs.resources import (
@@ -29,6 +30,7 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.io.database import (
     DAILY_VARIANCE_SUMMARY,
+    DAY_SETTLEMENT,
     OPENAI_REQUESTS,
     RECONCILED_USAGE,
     UNLOGGED_OPENAI_REQUESTS,
@@ -408,7 +410,7 @@ def _store_and_write_back(
 
 
 @dg.asset(
-    deps=["reconciled_usage"],
+    deps=["reconciled_usage", "day_settlement"],
     partitions_def=daily_partitions,
     backfill_policy=backfill_policy,
     group_name=GROUP,
@@ -425,17 +427,18 @@ def _store_and_write_back(
 def daily_variance_summary(
     context: dg.AssetExecutionContext, database: ReconDatabase
 ) -> dg.MaterializeResult:
-    """Per day, route (`action_type`) and model: counts per status, money, match rate."""
+    """Per day, route (`action_type`) and model: counts per status, money, match rate, and
+    whether the day is final (`day_status`, from `day_settlement`)."""
     db = database.get()
     report = DailyReport(context, "daily_variance_summary")
     mismatched_days: list[str] = []
-    tables = (RECONCILED_USAGE, DAILY_VARIANCE_SUMMARY)
+    tables = (RECONCILED_USAGE, DAY_SETTLEMENT, DAILY_VARIANCE_SUMMARY)
     for day in partition_days(context):
         # Read, replace and verify in one transaction under the day's lock, so the check
         # compares the summary with the very rows it was computed from.
         with db.day_transaction(day, "daily_variance_summary", tables) as conn:
             if conn is not None:
-                summary = summarise.daily_variance_summary(db.read_results_rollup(day, conn))
+                summary = summary_day(db, day, conn)
                 rows = db.replace_day(conn, DAILY_VARIANCE_SUMMARY, summary, day)
                 if not db.summary_matches_rows(day, conn):
                     mismatched_days.append(day.isoformat())
@@ -454,3 +457,10 @@ def daily_variance_summary(
             )
         ],
     )
+
+
+def summary_day(db: Database, day: date, conn: sa.Connection) -> pd.DataFrame:
+    """A stored day's variance summary, with the day's status (`day_settlement`)."""
+    summary = summarise.daily_variance_summary(db.read_results_rollup(day, conn))
+    status = status_of_day(db.read_day(DAY_SETTLEMENT, day, conn=conn))
+    return with_day_status(summary, status)

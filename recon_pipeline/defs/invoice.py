@@ -1,124 +1,35 @@
-"""The day against OpenAI's invoice: daily usage and costs, and the invoice check."""
+"""The day against OpenAI's invoice: the invoice check (the daily totals it reads are
+`defs/daily_totals.py`'s)."""
 
-from datetime import timedelta
+from datetime import date
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.invoice import ALL_MODELS, judge_unattributed, request_id_coverage
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.project_scope import (
     ALL_PROJECTS,
+    Scope,
     day_unattributed_share,
     describe_scope,
     scoped_invoice_check,
 )
-from recon_pipeline.core.summarise import exact_sum
+from recon_pipeline.core.settlement import status_of_day, with_day_status
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
 from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table, usd
-from recon_pipeline.defs.resources import (
-    OpenAIAPI,
-    OpenAIExportFolder,
-    ReconciliationSettings,
-    ReconDatabase,
-)
+from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
 from recon_pipeline.io.database import (
+    DAY_SETTLEMENT,
     INVOICE_CHECK,
     OPENAI_DAILY_COSTS,
     OPENAI_DAILY_USAGE,
     RECONCILED_USAGE,
     UNLOGGED_OPENAI_REQUESTS,
+    Database,
 )
-from recon_pipeline.io.exports import read_daily_totals
-
-
-@dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            "openai_daily_usage",
-            description="OpenAI's Usage API per day: tokens and requests by model, batch and "
-            "service tier (completions, embeddings, audio transcriptions).",
-            group_name=GROUP,
-            kinds={"openai", "sql"},
-        ),
-        dg.AssetSpec(
-            "openai_daily_costs",
-            description="OpenAI's Costs API per day: billed USD by project and line item, "
-            "with the billed quantity where OpenAI gives one.",
-            group_name=GROUP,
-            kinds={"openai", "sql"},
-        ),
-    ],
-    partitions_def=daily_partitions,
-    backfill_policy=backfill_policy,
-)
-def openai_daily_totals(
-    context: dg.AssetExecutionContext,
-    database: ReconDatabase,
-    openai_api: OpenAIAPI,
-    openai_exports: OpenAIExportFolder,
-):
-    """From the organization Usage and Costs APIs (OPENAI_ADMIN_KEY), else from API pages saved
-    in the export folder; with neither, the days are stored empty and the invoice check says
-    there was nothing to check against."""
-    db = database.get()
-    days = partition_days(context)
-    first, last = min(days), max(days)
-    embedded = database.is_embedded
-    if openai_api.has_admin_access:
-        client = openai_api.client()
-        # Every project, so that spend outside RECON_OPENAI_PROJECT_IDS is known too.
-        usage = client.usage(first, last + timedelta(days=1), by_project=True)
-        costs = client.costs(first, last + timedelta(days=1), by_project=True)
-        source = "OpenAI organization Usage and Costs APIs"
-    elif openai_exports.configured(embedded):
-        read = read_daily_totals(openai_exports.folder(embedded), first, last)
-        usage, costs = read.usage, read.costs
-        source = f"export folder ({len(read.files)} files)"
-    else:
-        context.log.warning(
-            "no source of OpenAI's daily usage and costs (set OPENAI_ADMIN_KEY or "
-            "RECON_USAGE_EXPORT_DIR); the stored days are left as they were"
-        )
-        none = {
-            "source": "none (set OPENAI_ADMIN_KEY or RECON_USAGE_EXPORT_DIR): the stored day is"
-            " left as it was"
-        }
-        yield dg.MaterializeResult(asset_key="openai_daily_usage", metadata=none)
-        yield dg.MaterializeResult(asset_key="openai_daily_costs", metadata=none)
-        return
-
-    usage_report = DailyReport(context, "openai_daily_usage")
-    costs_report = DailyReport(context, "openai_daily_costs")
-    usage = usage.rename(columns={"day": "usage_date"})
-    costs = costs.rename(columns={"day": "usage_date"})
-    for day in days:
-        day_usage = usage[usage["usage_date"] == day]
-        day_costs = costs[costs["usage_date"] == day]
-        usage_report.add(
-            day,
-            rows=db.replace_days(OPENAI_DAILY_USAGE, day_usage, [day]),
-            figures={
-                name: int(day_usage[column].sum())
-                for name, column in (
-                    ("requests", "num_model_requests"),
-                    ("input_tokens", "input_tokens"),
-                    ("output_tokens", "output_tokens"),
-                )
-            },
-        )
-        costs_report.add(
-            day,
-            rows=db.replace_days(OPENAI_DAILY_COSTS, day_costs, [day]),
-            figures={"billed_usd": exact_sum(day_costs["amount_pico"]) / s.PICO_PER_USD},
-        )
-    yield dg.MaterializeResult(
-        asset_key="openai_daily_usage", metadata=usage_report.metadata(source=source)
-    )
-    yield dg.MaterializeResult(
-        asset_key="openai_daily_costs", metadata=costs_report.metadata(source=source)
-    )
 
 
 def _day_figures(whole_day: pd.Series) -> tuple[Figures, dict[str, float]]:
@@ -142,6 +53,7 @@ def _day_figures(whole_day: pd.Series) -> tuple[Figures, dict[str, float]]:
     deps=[
         "openai_daily_usage",
         "openai_daily_costs",
+        "day_settlement",
         "reconciled_usage",
         "unlogged_openai_requests",
     ],
@@ -171,22 +83,11 @@ def invoice_check_asset(
     scope = settings.project_scope()
     report = DailyReport(context, "invoice_check")
     shares: dict[str, float | None] = {}
-    tables = (OPENAI_DAILY_USAGE, OPENAI_DAILY_COSTS, RECONCILED_USAGE, INVOICE_CHECK)
+    tables = (OPENAI_DAILY_USAGE, OPENAI_DAILY_COSTS, RECONCILED_USAGE, DAY_SETTLEMENT)
     for day in partition_days(context):
-        with db.day_transaction(day, "invoice_check", tables) as conn:
+        with db.day_transaction(day, "invoice_check", (*tables, INVOICE_CHECK)) as conn:
             if conn is not None:
-                results = db.read_results_rollup(day, conn)
-                table = scoped_invoice_check(
-                    day,
-                    db.read_day(OPENAI_DAILY_USAGE, day, conn=conn),
-                    db.read_day(OPENAI_DAILY_COSTS, day, conn=conn),
-                    results,
-                    db.read_day(
-                        UNLOGGED_OPENAI_REQUESTS, day, ["model", "actual_cost_pico"], conn=conn
-                    ),
-                    catalogue,
-                    scope,
-                )
+                table, results = check_day(db, day, conn, catalogue, scope)
                 db.replace_day(conn, INVOICE_CHECK, table, day)
         if conn is None:
             report.skip(day)
@@ -233,6 +134,25 @@ def invoice_check_asset(
             )
         ],
     )
+
+
+def check_day(
+    db: Database, day: date, conn: sa.Connection, catalogue: PriceCatalogue, scope: Scope
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A stored day's invoice check, with the day's status (`day_settlement`), and the
+    results' rollup it was computed from."""
+    results = db.read_results_rollup(day, conn)
+    table = scoped_invoice_check(
+        day,
+        db.read_day(OPENAI_DAILY_USAGE, day, conn=conn),
+        db.read_day(OPENAI_DAILY_COSTS, day, conn=conn),
+        results,
+        db.read_day(UNLOGGED_OPENAI_REQUESTS, day, ["model", "actual_cost_pico"], conn=conn),
+        catalogue,
+        scope,
+    )
+    status = status_of_day(db.read_day(DAY_SETTLEMENT, day, conn=conn))
+    return with_day_status(table, status), results
 
 
 def _shown(table: pd.DataFrame) -> pd.DataFrame:

@@ -11,11 +11,13 @@ from recon_pipeline.core import schema as s
 from recon_pipeline.core.billed_prices import STALE_PRICE_SHARE, override_rules, stale_prices
 from recon_pipeline.core.pricing import DEFAULT_OVERRIDES_PATH, PriceCatalogue
 from recon_pipeline.core.project_scope import ALL_PROJECTS, Scope, describe_scope, in_scope
+from recon_pipeline.core.settlement import status_of_day, with_day_status
 from recon_pipeline.core.summarise import exact_sum
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
 from recon_pipeline.defs.reporting import DailyReport, markdown_table, usd
 from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
 from recon_pipeline.io.database import (
+    DAY_SETTLEMENT,
     INVOICE_GAP,
     OPENAI_DAILY_COSTS,
     OPENAI_DAILY_USAGE,
@@ -29,7 +31,9 @@ CHANGES_CHECK = "invoice_gap_causes_steady"
 PRICES_CHECK = "billed_prices_match_catalogue"
 
 
-def _day_gap(db: Database, day: date, conn, catalogue: PriceCatalogue, scope: Scope):
+def day_gap(db: Database, day: date, conn, catalogue: PriceCatalogue, scope: Scope):
+    """A stored day's gap by cause, with the day's status (`day_settlement`); the billed
+    unit prices found stale; the scope's billed total."""
     costs = db.read_day(OPENAI_DAILY_COSTS, day, conn=conn)
     usage = db.read_day(OPENAI_DAILY_USAGE, day, conn=conn)
     gap, items = g.invoice_gap(
@@ -42,7 +46,8 @@ def _day_gap(db: Database, day: date, conn, catalogue: PriceCatalogue, scope: Sc
         scope,
     )
     billed = exact_sum(costs.loc[in_scope(costs, scope), "amount_pico"]) if len(costs) else 0
-    return gap, stale_prices(day, items, usage, STALE_PRICE_SHARE), billed
+    status = status_of_day(db.read_day(DAY_SETTLEMENT, day, conn=conn))
+    return with_day_status(gap, status), stale_prices(day, items, usage, STALE_PRICE_SHARE), billed
 
 
 def _shown(gap: pd.DataFrame) -> pd.DataFrame:
@@ -65,7 +70,7 @@ def _by_cause(gap: pd.DataFrame, billed: int) -> pd.DataFrame:
 
 @dg.asset(
     name="invoice_gap",
-    deps=["invoice_check"],
+    deps=["invoice_check", "day_settlement"],
     partitions_def=daily_partitions,
     backfill_policy=backfill_policy,
     group_name=GROUP,
@@ -107,11 +112,11 @@ def invoice_gap_asset(
     previous = db.read_day(INVOICE_GAP, before)
     if len(previous):
         gaps.append(previous.assign(usage_date=before))
-    tables = (OPENAI_DAILY_COSTS, OPENAI_DAILY_USAGE, RECONCILED_USAGE, INVOICE_GAP)
+    tables = (OPENAI_DAILY_COSTS, OPENAI_DAILY_USAGE, RECONCILED_USAGE, DAY_SETTLEMENT, INVOICE_GAP)
     for day in days:
         with db.day_transaction(day, "invoice_gap", tables) as conn:
             if conn is not None:
-                gap, stale_found, billed[day] = _day_gap(db, day, conn, catalogue, scope)
+                gap, stale_found, billed[day] = day_gap(db, day, conn, catalogue, scope)
                 db.replace_day(conn, INVOICE_GAP, gap, day)
         if conn is None:
             report.skip(day)

@@ -41,6 +41,7 @@ from recon_pipeline.io.dialect_postgres import column_type
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.tables import (
     DAILY_VARIANCE_SUMMARY,
+    DAY_SETTLEMENT,
     INVOICE_CHECK,
     INVOICE_GAP,
     MONEY_COLUMNS,
@@ -64,6 +65,7 @@ from recon_pipeline.io.write_back import WriteBackResult, write_back_sql
 
 __all__ = [
     "DAILY_VARIANCE_SUMMARY",
+    "DAY_SETTLEMENT",
     "INVOICE_CHECK",
     "INVOICE_GAP",
     "OPENAI_DAILY_COSTS",
@@ -316,19 +318,31 @@ class Database:
         (table, day), so two runs replacing the same day one after the other leave one copy
         of it, never both.
         """
-        self.ensure_table(output)
-        self.dialect.prepare_writes()
         by_day = frame.groupby("usage_date", sort=False) if len(frame) else None
         written = 0
         for day in days:
             part = (
                 by_day.get_group(day) if by_day is not None and day in by_day.groups else frame[:0]
             )
-            with self.engine.begin() as conn:
-                key = lock_key("recon_pipeline:table_day", self.table(output), day.isoformat())
-                self.dialect.lock_table_day(conn, key)
+            with self.tables_day_transaction(day, (output,)) as conn:
                 written += self.replace_day(conn, output, part, day)
         return written
+
+    @contextmanager
+    def tables_day_transaction(
+        self, day: date, outputs: Sequence[OutputTable]
+    ) -> Iterator[sa.Connection]:
+        """One transaction that replaces a day of each of `outputs` together; on PostgreSQL
+        it first waits for the advisory lock of (table, day) of each, in name order, so two
+        such transactions never wait on each other in a circle."""
+        for output in outputs:
+            self.ensure_table(output)
+        self.dialect.prepare_writes()
+        with self.engine.begin() as conn:
+            for output in sorted(outputs, key=lambda o: o.name):
+                key = lock_key("recon_pipeline:table_day", self.table(output), day.isoformat())
+                self.dialect.lock_table_day(conn, key)
+            yield conn
 
     def write_back(self, day: date, reconciled_at: datetime) -> WriteBackResult:
         """Copy the day's stored results onto `token_usage` in a transaction of its own.

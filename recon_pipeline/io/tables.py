@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from recon_pipeline.core.output_tables import (
     DAILY_VARIANCE_SUMMARY,
+    DAY_SETTLEMENT,
     INVOICE_CHECK,
     INVOICE_GAP,
     OPENAI_DAILY_COSTS,
@@ -20,6 +21,7 @@ from recon_pipeline.core.output_tables import (
 
 __all__ = [
     "DAILY_VARIANCE_SUMMARY",
+    "DAY_SETTLEMENT",
     "INVOICE_CHECK",
     "INVOICE_GAP",
     "MONEY_COLUMNS",

@@ -35,6 +35,7 @@ OUTPUT_TABLES = tuple(
         tables.OPENAI_DAILY_COSTS,
         tables.INVOICE_CHECK,
         tables.INVOICE_GAP,
+        tables.DAY_SETTLEMENT,
     )
 )
 _HERE = Path(__file__).resolve().parent
