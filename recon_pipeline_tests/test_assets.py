@@ -27,7 +27,7 @@ from dagster._core.definitions.events import AssetKeyPartitionKey
 from recon_pipeline import definitions
 from recon_pipeline.core import schema as s
 from recon_pipeline.definitions import build_definitions
-from recon_pipeline.defs import assets, openai_requests
+from recon_pipeline.defs import assets, daily_totals, openai_requests
 from recon_pipeline.defs.partitions import daily_partitions
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
@@ -55,6 +55,7 @@ CHECKS = {
     ("invoice_gap", "invoice_gap_residual_within_bounds"),
     ("invoice_gap", "invoice_gap_causes_steady"),
     ("invoice_gap", "billed_prices_match_catalogue"),
+    ("day_settlement", "billed_totals_not_restated"),
 }
 
 
@@ -497,6 +498,8 @@ def test_single_partition_runs_equal_the_range_run(reference: Reference, own_dem
             assets.token_usage,
             openai_requests.openai_requests,
             assets.reconciled_usage,
+            # Its read of the Costs totals settles the day, as the range run's did.
+            daily_totals.openai_daily_totals,
             assets.daily_variance_summary,
         ],
         partition_key=day.isoformat(),

@@ -357,6 +357,7 @@ def _summary_frame(day: date, rows: list[tuple[str, int]]) -> pd.DataFrame:
             "actual_cost_pico": [r[1] for r in rows],
             "variance_pico": [0] * len(rows),
             "match_rate": [1.0] * len(rows),
+            "day_status": ["open"] * len(rows),
         }
     )
     for column in ("requests", *s.STATUSES, "estimated_cost_pico", "actual_cost_pico"):

@@ -60,6 +60,7 @@ ASSETS = (
     "openai_requests",
     "openai_daily_usage",
     "openai_daily_costs",
+    "day_settlement",
     "reconciled_usage",
     "unlogged_openai_requests",
     "token_usage_reconciliation",
