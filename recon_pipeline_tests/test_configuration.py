@@ -29,6 +29,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         ("RECON_THIN_DAY_RATIO", "half", "RECON_THIN_DAY_RATIO must be a number"),
         ("RECON_ACCEPT_THIN_DAYS", "yesterday", "RECON_ACCEPT_THIN_DAYS"),
         ("RECON_OPENAI_SOURCE", "ftp", "RECON_OPENAI_SOURCE must be one of"),
+        ("RECON_RESTATEMENT_LOOKBACK_DAYS", "week", "RECON_RESTATEMENT_LOOKBACK_DAYS must be a"),
+        ("RECON_RESTATEMENT_LOOKBACK_DAYS", "-1", "LOOKBACK_DAYS must be a number of days from 0"),
     ],
 )
 def test_a_bad_setting_stops_the_definitions_loading(
@@ -63,4 +65,5 @@ def test_every_setting_has_a_variable_and_the_defaults_match_the_core() -> None:
     assert set(SETTINGS_ENV) == set(ReconciliationSettings.model_fields) - {"as_of"}
     assert policy.tolerance_cents == 5
     assert policy.grace.days == 3
+    assert settings.restatement_lookback() == 7
     assert policy.match_window.total_seconds() == 3600

@@ -34,6 +34,7 @@ RESTATED = "restated"
 DAY_STATUSES = (OPEN, CLOSED, RESTATED)
 SETTLED = (CLOSED, RESTATED)
 DEFAULT_LOOKBACK_DAYS = 7
+MAX_LOOKBACK_DAYS = 366  # a year's days, each read again in every run, is already plenty
 SETTLEMENT_COLUMNS = DAY_SETTLEMENT.frame_columns
 _MONEY = ("billed_pico", "billed_at_close_pico", "previous_billed_pico")
 

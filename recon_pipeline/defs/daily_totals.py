@@ -1,14 +1,25 @@
 """OpenAI's daily Usage and Costs totals, and whether each day's totals are final."""
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 import pandas as pd
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.pricing import PriceCatalogue
+from recon_pipeline.core.project_scope import Scope
+from recon_pipeline.core.settlement import reread_days
 from recon_pipeline.core.summarise import exact_sum
-from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
-from recon_pipeline.defs.reporting import DailyReport
+from recon_pipeline.defs.partitions import (
+    GROUP,
+    backfill_policy,
+    daily_partitions,
+    partition_days,
+)
+from recon_pipeline.defs.reporting import DailyReport, markdown_table
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
     OpenAIExportFolder,
@@ -17,11 +28,13 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.defs.settlement import (
     RESTATED_CHECK,
+    Reread,
+    reread_day,
     restated_check,
     settlement_table,
     store_costs_day,
 )
-from recon_pipeline.io.database import OPENAI_DAILY_USAGE
+from recon_pipeline.io.database import DAY_SETTLEMENT, OPENAI_DAILY_USAGE, Database
 from recon_pipeline.io.exports import read_daily_totals
 
 
@@ -73,27 +86,23 @@ def openai_daily_totals(
     in the export folder; with neither, the days are stored empty and the invoice check says
     there was nothing to check against.
 
-    Each read of a day's Costs totals settles it (`core/settlement.py`): the day stays `open`
-    until it is read after its grace period (RECON_GRACE_DAYS), then is `closed`; a closed
-    day read again with another billed total is `restated`, and `billed_totals_not_restated`
-    fails naming it. A day's Costs rows and its settlement are stored in one transaction.
+    Each read of a day's Costs totals settles it (`core/settlement.py`, stored in
+    `day_settlement`): the day stays `open` until it is read after its grace period
+    (RECON_GRACE_DAYS), then is `closed`; a closed day read again with another billed total
+    is `restated`, and `billed_totals_not_restated` fails naming the day, the project and
+    both totals. A day's Costs rows and its settlement are stored in one transaction.
+
+    Every run also reads again the Costs totals of the last RECON_RESTATEMENT_LOOKBACK_DAYS
+    (7) days past their grace period that were read before: this closes them, and finds
+    restatements. A day this read changes gets its Costs rows replaced and its invoice_check,
+    invoice_gap and daily_variance_summary rows computed again (new totals, new status), in
+    one transaction with its settlement (`settlement.reread_day`); those partitions' own
+    materializations are not repeated, the rows are listed in `days_read_again`.
     """
     db = database.get()
     days = partition_days(context)
-    first, last = min(days), max(days)
     embedded = database.is_embedded
-    now, grace, scope = settings.now(), settings.policy().grace, settings.project_scope()
-    if openai_api.has_admin_access:
-        client = openai_api.client()
-        # Every project, so that spend outside RECON_OPENAI_PROJECT_IDS is known too.
-        usage = client.usage(first, last + timedelta(days=1), by_project=True)
-        costs = client.costs(first, last + timedelta(days=1), by_project=True)
-        source = "OpenAI organization Usage and Costs APIs"
-    elif openai_exports.configured(embedded):
-        read = read_daily_totals(openai_exports.folder(embedded), first, last)
-        usage, costs = read.usage, read.costs
-        source = f"export folder ({len(read.files)} files)"
-    else:
+    if not openai_api.has_admin_access and not openai_exports.configured(embedded):
         context.log.warning(
             "no source of OpenAI's daily usage and costs (set OPENAI_ADMIN_KEY or "
             "RECON_USAGE_EXPORT_DIR); the stored days are left as they were"
@@ -107,48 +116,158 @@ def openai_daily_totals(
         yield restated_check(pd.DataFrame(columns=["usage_date"]), [])
         return
 
-    usage_report = DailyReport(context, "openai_daily_usage")
-    costs_report = DailyReport(context, "openai_daily_costs")
-    settlement_report = DailyReport(context, "day_settlement")
-    usage = usage.rename(columns={"day": "usage_date"})
-    costs = costs.rename(columns={"day": "usage_date"})
-    restated = []
-    for day in days:
-        day_usage = usage[usage["usage_date"] == day]
-        day_costs = costs[costs["usage_date"] == day]
-        usage_report.add(
-            day,
-            rows=db.replace_days(OPENAI_DAILY_USAGE, day_usage, [day]),
-            figures={
-                name: int(day_usage[column].sum())
-                for name, column in (
-                    ("requests", "num_model_requests"),
-                    ("input_tokens", "input_tokens"),
-                    ("output_tokens", "output_tokens"),
-                )
-            },
-        )
-        settled = store_costs_day(db, day, day_costs, now, now, grace, scope)
-        restated.append(settled.restated)
-        costs_report.add(
-            day,
-            rows=len(day_costs),
-            figures={"billed_usd": exact_sum(day_costs["amount_pico"]) / s.PICO_PER_USD},
-        )
-        settlement_report.add(
-            day,
-            rows=len(settled.rows),
-            details={"day_status": {settled.status: 1}},
-            tables={"settlement": settlement_table(settled.rows)},
-        )
+    folder = openai_exports.folder(embedded) if openai_exports.configured(embedded) else None
+
+    def read(first: date, last: date, with_usage: bool = True) -> _Read:
+        return _read(openai_api, folder, first, last, with_usage)
+
+    now, grace, scope = settings.now(), settings.policy().grace, settings.project_scope()
+    totals = read(min(days), max(days))
+    reports = {name: DailyReport(context, name) for name in _ASSETS}
+    restated = [_store_day(db, day, totals, now, grace, scope, reports) for day in days]
+    first = daily_partitions.start.date()
+    earlier = [
+        day
+        for day in reread_days(now, grace, settings.restatement_lookback(), first)
+        if day not in days and len(db.read_day(DAY_SETTLEMENT, day))
+    ]
+    reread = _reread(context, db, earlier, read, now, grace, scope) if earlier else []
+    restated += [r.settlement.restated for r in reread]
+    shared = {"source": totals.source}
     yield dg.MaterializeResult(
-        asset_key="openai_daily_usage", metadata=usage_report.metadata(source=source)
+        asset_key="openai_daily_usage", metadata=reports["openai_daily_usage"].metadata(**shared)
     )
     yield dg.MaterializeResult(
-        asset_key="openai_daily_costs", metadata=costs_report.metadata(source=source)
+        asset_key="openai_daily_costs", metadata=reports["openai_daily_costs"].metadata(**shared)
     )
     yield dg.MaterializeResult(
         asset_key="day_settlement",
-        metadata=settlement_report.metadata(source=source, grace=f"{grace.days} days"),
+        metadata=reports["day_settlement"].metadata(
+            **shared,
+            grace=f"{grace.days} days (RECON_GRACE_DAYS)",
+            days_read_again=dg.MetadataValue.md(_reread_table(earlier, reread)),
+        ),
     )
-    yield restated_check(pd.concat(restated, ignore_index=True), [])
+    yield restated_check(pd.concat(restated, ignore_index=True), earlier)
+
+
+_ASSETS = ("openai_daily_usage", "openai_daily_costs", "day_settlement")
+
+
+class _Read(NamedTuple):
+    usage: pd.DataFrame | None
+    costs: pd.DataFrame
+    source: str
+
+
+def _read(
+    openai_api: OpenAIAPI, folder: Path | None, first: date, last: date, with_usage: bool
+) -> _Read:
+    """OpenAI's Usage and Costs totals of [first, last] (Costs only unless `with_usage`),
+    from the API when OPENAI_ADMIN_KEY is set, else from the pages in `folder`."""
+    if openai_api.has_admin_access:
+        client = openai_api.client()
+        end = last + timedelta(days=1)
+        # Every project, so that spend outside RECON_OPENAI_PROJECT_IDS is known too.
+        usage = client.usage(first, end, by_project=True) if with_usage else None
+        costs = client.costs(first, end, by_project=True)
+        source = "OpenAI organization Usage and Costs APIs"
+    elif folder is not None:
+        pages = read_daily_totals(folder, first, last)
+        usage, costs = pages.usage, pages.costs
+        source = f"export folder ({len(pages.files)} files)"
+    else:
+        raise ValueError("no source of OpenAI's daily totals: set OPENAI_ADMIN_KEY or "
+                         "RECON_USAGE_EXPORT_DIR")  # fmt: skip
+    if usage is not None:
+        usage = usage.rename(columns={"day": "usage_date"})
+    return _Read(usage, costs.rename(columns={"day": "usage_date"}), source)
+
+
+def _store_day(
+    db: Database,
+    day: date,
+    totals: _Read,
+    now: datetime,
+    grace: timedelta,
+    scope: Scope,
+    reports: dict[str, DailyReport],
+) -> pd.DataFrame:
+    """A day of the run: its usage, its Costs rows and its settlement; returns the totals this
+    read found restated."""
+    day_usage = totals.usage[totals.usage["usage_date"] == day]
+    day_costs = totals.costs[totals.costs["usage_date"] == day]
+    reports["openai_daily_usage"].add(
+        day,
+        rows=db.replace_days(OPENAI_DAILY_USAGE, day_usage, [day]),
+        figures={
+            name: int(day_usage[column].sum())
+            for name, column in (
+                ("requests", "num_model_requests"),
+                ("input_tokens", "input_tokens"),
+                ("output_tokens", "output_tokens"),
+            )
+        },
+    )
+    settled = store_costs_day(db, day, day_costs, now, now, grace, scope)
+    reports["openai_daily_costs"].add(
+        day,
+        rows=len(day_costs),
+        figures={"billed_usd": exact_sum(day_costs["amount_pico"]) / s.PICO_PER_USD},
+    )
+    reports["day_settlement"].add(
+        day,
+        rows=len(settled.rows),
+        details={"day_status": {settled.status: 1}},
+        tables={"settlement": settlement_table(settled.rows)},
+    )
+    return settled.restated
+
+
+def _reread(
+    context: dg.AssetExecutionContext,
+    db: Database,
+    earlier: list[date],
+    read: Callable[..., _Read],
+    now: datetime,
+    grace: timedelta,
+    scope: Scope,
+) -> list[Reread]:
+    """The Costs totals of the earlier days past their grace period, read again; a day that
+    changed is recomputed (`settlement.reread_day`)."""
+    costs = read(min(earlier), max(earlier), with_usage=False).costs
+    catalogue = PriceCatalogue()
+    done = []
+    for day in earlier:
+        reread = reread_day(
+            db, day, costs[costs["usage_date"] == day], now, grace, scope, catalogue
+        )
+        if reread is None:
+            context.log.warning(
+                f"{day}: not read again: another run is writing the day's invoice tables now;"
+                " the next run reads it again"
+            )
+            continue
+        if reread.rewritten:
+            context.log.info(
+                f"{day}: {reread.settlement.status} on reading its Costs totals again;"
+                f" {', '.join(reread.rewritten)} rewritten"
+            )
+        done.append(reread)
+    return done
+
+
+def _reread_table(earlier: list[date], reread: list[Reread]) -> str:
+    """The days read again, each with its status and the tables rewritten."""
+    rows = [
+        {
+            "usage_date": r.day.isoformat(),
+            "day_status": r.settlement.status,
+            "rewritten": ", ".join(r.rewritten),
+        }
+        for r in reread
+    ]
+    locked = sorted(set(earlier) - {r.day for r in reread})
+    rows += [{"usage_date": d.isoformat(), "day_status": "", "rewritten": "skipped: locked"}
+             for d in locked]  # fmt: skip
+    return markdown_table(pd.DataFrame(rows, columns=["usage_date", "day_status", "rewritten"]))

@@ -21,6 +21,7 @@ from recon_pipeline.core.fingerprint import FingerprintPolicy
 from recon_pipeline.core.project_scope import Scope, parse_project_ids
 from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
+from recon_pipeline.core.settlement import DEFAULT_LOOKBACK_DAYS, MAX_LOOKBACK_DAYS
 from recon_pipeline.core.sources import SOURCES
 from recon_pipeline.io.database import Database, connect_engine
 from recon_pipeline.io.identifiers import qualified, validate_identifier
@@ -217,6 +218,7 @@ class ReconciliationSettings(dg.ConfigurableResource):
     openai_project_ids: str | None = None
     gap_residual_fail_share: float = 0.01
     gap_change_warn_share: float = 0.05
+    restatement_lookback_days: int = DEFAULT_LOOKBACK_DAYS
 
     def completeness(self) -> CompletenessPolicy:
         """The thin-day rule's knobs; `accept_thin_days`: comma-separated `YYYY-MM-DD` days
@@ -236,6 +238,16 @@ class ReconciliationSettings(dg.ConfigurableResource):
             min_trailing_share=self.thin_day_trailing_share,
             accepted_days=accepted,
         )
+
+    def restatement_lookback(self) -> int:
+        """How many of the last days past their grace period each run reads the Costs totals
+        of again (RECON_RESTATEMENT_LOOKBACK_DAYS; 0: none)."""
+        if not 0 <= self.restatement_lookback_days <= MAX_LOOKBACK_DAYS:
+            raise ValueError(
+                f"RECON_RESTATEMENT_LOOKBACK_DAYS must be a number of days from 0 to"
+                f" {MAX_LOOKBACK_DAYS}, not {self.restatement_lookback_days}"
+            )
+        return self.restatement_lookback_days
 
     def project_scope(self) -> Scope:
         """RECON_OPENAI_PROJECT_IDS as a tuple; None means the whole organisation."""
@@ -316,6 +328,7 @@ SETTINGS_ENV = {
     "openai_project_ids": "RECON_OPENAI_PROJECT_IDS",
     "gap_residual_fail_share": "RECON_GAP_RESIDUAL_FAIL_SHARE",
     "gap_change_warn_share": "RECON_GAP_CHANGE_WARN_SHARE",
+    "restatement_lookback_days": "RECON_RESTATEMENT_LOOKBACK_DAYS",
 }
 
 
@@ -359,6 +372,7 @@ def _check_settings_in_env() -> None:
         raise ValueError(f"the RECON_* reconciliation settings are refused: {error}") from None
     settings.completeness()
     settings.project_scope()
+    settings.restatement_lookback()
     if settings.openai_source not in SOURCES:
         raise ValueError(
             f"RECON_OPENAI_SOURCE must be one of {SOURCES}, not {settings.openai_source!r}"

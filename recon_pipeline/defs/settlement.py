@@ -1,17 +1,33 @@
 """Days that settle, as wiring: store a read of the Costs totals with the day's settlement,
-and report restatements (the rule is `core/settlement.py`)."""
+recompute a day read again that changed, and report restatements (the rule is
+`core/settlement.py`)."""
 
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 
 import dagster as dg
 import pandas as pd
 
-from recon_pipeline.core.project_scope import Scope
-from recon_pipeline.core.settlement import DaySettlement, billed_totals, settle
+from recon_pipeline.core.pricing import PriceCatalogue
+from recon_pipeline.core.project_scope import ALL_PROJECTS, Scope
+from recon_pipeline.core.settlement import DAY_STATUS, DaySettlement, billed_totals, settle
+from recon_pipeline.defs.assets import summary_day
+from recon_pipeline.defs.invoice import check_day
+from recon_pipeline.defs.invoice_gap import day_gap
 from recon_pipeline.defs.reporting import markdown_table, usd
-from recon_pipeline.io.database import DAY_SETTLEMENT, OPENAI_DAILY_COSTS, Database
+from recon_pipeline.io.database import (
+    DAILY_VARIANCE_SUMMARY,
+    DAY_SETTLEMENT,
+    INVOICE_CHECK,
+    INVOICE_GAP,
+    OPENAI_DAILY_COSTS,
+    OPENAI_DAILY_USAGE,
+    RECONCILED_USAGE,
+    UNLOGGED_OPENAI_REQUESTS,
+    Database,
+)
 
 RESTATED_CHECK = "billed_totals_not_restated"
 
@@ -59,8 +75,12 @@ def restated_check(restated: pd.DataFrame, reread: list[date]) -> dg.AssetCheckR
             description=f"no closed day's billed total changed ({said})",
             metadata={"days_reread": dg.MetadataValue.json([d.isoformat() for d in reread])},
         )
-    change = (restated["billed_pico"] - restated["previous_billed_pico"]).abs()
-    worst = restated.loc[change.astype("int64").idxmax()]
+    # The largest change, a project's rather than the scope's when they are the same.
+    restated = restated.assign(
+        change=(restated["billed_pico"] - restated["previous_billed_pico"]).abs(),
+        scope_row=restated["project_id"] == ALL_PROJECTS,
+    ).sort_values(["change", "scope_row", "usage_date"], ascending=[False, True, True])
+    worst = restated.iloc[0]
     shown = restated.assign(
         usage_date=[d.isoformat() for d in restated["usage_date"]],
         previous=[usd(v) for v in restated["previous_billed_pico"]],
@@ -84,3 +104,65 @@ def restated_check(restated: pd.DataFrame, reread: list[date]) -> dg.AssetCheckR
             "days_reread": dg.MetadataValue.json([d.isoformat() for d in reread]),
         },
     )
+
+
+# The tables whose rows of a day carry its status and are computed again when a day read
+# again changes; their assets lock a day by these names (`Database.day_transaction`).
+DEPENDENTS = (INVOICE_CHECK, INVOICE_GAP, DAILY_VARIANCE_SUMMARY)
+_READ = (OPENAI_DAILY_USAGE, RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS)
+
+
+class Reread(NamedTuple):
+    """A day outside the run whose Costs totals were read again, and the tables rewritten."""
+
+    day: date
+    settlement: DaySettlement
+    rewritten: list[str]
+
+
+def reread_day(
+    db: Database,
+    day: date,
+    costs: pd.DataFrame,
+    now: datetime,
+    grace: timedelta,
+    scope: Scope,
+    catalogue: PriceCatalogue,
+) -> Reread | None:
+    """A day past its grace period, outside the run, settled by a new read of its Costs rows.
+
+    Its settlement is stored with this read. When the read changed the day (it closes now, or
+    a total moved: a restatement), its Costs rows are replaced and its invoice_check,
+    invoice_gap and daily_variance_summary rows computed again, with the new totals and
+    status; a table whose stored status disagrees with the settlement is rewritten too. A
+    table with no rows of the day (never materialized) is left to its asset. All in one
+    transaction holding the locks those assets take for the day; None when a run holds one
+    of them now (nothing is written; the next run reads the day again).
+    """
+    scopes = [table.name for table in DEPENDENTS]
+    tables = (*_READ, OPENAI_DAILY_COSTS, DAY_SETTLEMENT, *DEPENDENTS)
+    with db.day_transaction(day, scopes[0], tables, also=scopes[1:]) as conn:
+        if conn is None:
+            return None
+        db.lock_tables_day(conn, day, (OPENAI_DAILY_COSTS, DAY_SETTLEMENT))
+        stored = db.read_day(DAY_SETTLEMENT, day, conn=conn)
+        settled = settle(day, billed_totals(costs, scope), stored, now, now, grace)
+        db.replace_day(conn, DAY_SETTLEMENT, settled.rows, day)
+        shown = {
+            t.name: set(db.read_day(t, day, [DAY_STATUS], conn=conn)[DAY_STATUS])
+            for t in DEPENDENTS
+        }
+        stale = [
+            name
+            for name, statuses in shown.items()
+            if statuses and (settled.changed or statuses != {settled.status})
+        ]
+        if settled.changed:
+            db.replace_day(conn, OPENAI_DAILY_COSTS, costs, day)
+        if INVOICE_CHECK.name in stale:
+            db.replace_day(conn, INVOICE_CHECK, check_day(db, day, conn, catalogue, scope)[0], day)
+        if INVOICE_GAP.name in stale:
+            db.replace_day(conn, INVOICE_GAP, day_gap(db, day, conn, catalogue, scope)[0], day)
+        if DAILY_VARIANCE_SUMMARY.name in stale:
+            db.replace_day(conn, DAILY_VARIANCE_SUMMARY, summary_day(db, day, conn), day)
+    return Reread(day, settled, stale)

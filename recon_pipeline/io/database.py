@@ -12,7 +12,9 @@ key taken skips that day (`day_transaction` yields None, `WriteBackResult.locked
 another run is writing the very same day; the lock ends with the transaction, and a
 transaction never holds more than one such key, so runs can neither deadlock on them nor
 leave one behind. `replace_days`, the generic replacement other assets use, waits instead,
-on a key of (table, day).
+on a key of (table, day). A transaction that writes the tables of several assets' steps at
+once (a day read again whose figures are recomputed, `defs/settlement.py`) tries each of
+their keys: it still never waits for one, so it cannot close a circle either.
 """
 
 from __future__ import annotations
@@ -278,9 +280,14 @@ class Database:
 
     @contextmanager
     def day_transaction(
-        self, day: date, scope: str, tables: Sequence[OutputTable] = ()
+        self,
+        day: date,
+        scope: str,
+        tables: Sequence[OutputTable] = (),
+        also: Sequence[str] = (),
     ) -> Iterator[sa.Connection | None]:
-        """One transaction for a day's writes, holding the day's advisory lock.
+        """One transaction for a day's writes, holding the day's advisory lock (and those of
+        the scopes in `also`, tried the same way).
 
         Yields the connection, or None when another run holds the day (nothing is done
         then; the caller reports the day as skipped). Commits when the block ends, rolls
@@ -290,7 +297,10 @@ class Database:
             self.ensure_table(output)
         self.dialect.prepare_writes()  # e.g. catalogue look-ups, before the transaction
         with self.engine.connect() as conn, conn.begin():
-            if not self.dialect.begin_day(conn, self.day_lock_key(day, scope)):
+            free = self.dialect.begin_day(conn, self.day_lock_key(day, scope)) and all(
+                self.dialect.try_lock_day(conn, self.day_lock_key(day, other)) for other in also
+            )
+            if not free:
                 yield None
                 return
             yield conn
@@ -339,10 +349,17 @@ class Database:
             self.ensure_table(output)
         self.dialect.prepare_writes()
         with self.engine.begin() as conn:
-            for output in sorted(outputs, key=lambda o: o.name):
-                key = lock_key("recon_pipeline:table_day", self.table(output), day.isoformat())
-                self.dialect.lock_table_day(conn, key)
+            self.lock_tables_day(conn, day, outputs)
             yield conn
+
+    def lock_tables_day(
+        self, conn: sa.Connection, day: date, outputs: Sequence[OutputTable]
+    ) -> None:
+        """Wait for the (table, day) lock of each of `outputs`, in name order, until the
+        transaction on `conn` ends (see `tables_day_transaction`)."""
+        for output in sorted(outputs, key=lambda o: o.name):
+            key = lock_key("recon_pipeline:table_day", self.table(output), day.isoformat())
+            self.dialect.lock_table_day(conn, key)
 
     def write_back(self, day: date, reconciled_at: datetime) -> WriteBackResult:
         """Copy the day's stored results onto `token_usage` in a transaction of its own.

@@ -73,6 +73,11 @@ class Dialect(ABC):
         """Start a day's write transaction on `conn`; False: another run holds the day."""
 
     @abstractmethod
+    def try_lock_day(self, conn: sa.Connection, key: int) -> bool:
+        """In a day's write transaction, also take the lock `key` if it is free (False:
+        another run holds it)."""
+
+    @abstractmethod
     def lock_table_day(self, conn: sa.Connection, key: int) -> None:
         """Wait for the lock of one day of one table, until the transaction ends."""
 

@@ -137,6 +137,9 @@ class PostgresDialect(Dialect):
         self._usage_id_type()
 
     def begin_day(self, conn: sa.Connection, key: int) -> bool:
+        return self.try_lock_day(conn, key)
+
+    def try_lock_day(self, conn: sa.Connection, key: int) -> bool:
         query = sa.text("SELECT pg_try_advisory_xact_lock(:key)")
         return bool(conn.execute(query, {"key": key}).scalar_one())
 

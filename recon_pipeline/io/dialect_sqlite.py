@@ -72,6 +72,9 @@ class SqliteDialect(Dialect):
         begin_sqlite(conn)
         return True
 
+    def try_lock_day(self, conn: sa.Connection, key: int) -> bool:
+        return True  # begin_day's transaction already holds the only write lock
+
     def lock_table_day(self, conn: sa.Connection, key: int) -> None:
         return None  # SQLite has one writer at a time
 
