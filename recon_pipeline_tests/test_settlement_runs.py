@@ -26,9 +26,10 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.demo_data import generate_demo_data
 from recon_pipeline.demo_openai_side import APP_PROJECT
+from recon_pipeline.io.database import Database
 from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.openai_server import ADMIN_KEY, FakeOpenAI, costs_result
-from recon_pipeline_tests.runs import LAST_DAY, QUIET, run_job
+from recon_pipeline_tests.runs import LAST_DAY, QUIET, metadata, run_job
 
 FIRST, MIDDLE = LAST_DAY - timedelta(days=2), LAST_DAY - timedelta(days=1)
 DAYS = [FIRST, MIDDLE, LAST_DAY]
@@ -236,3 +237,27 @@ def test_days_close_after_their_grace_period_and_a_restated_day_is_recomputed(wh
     for table, rows in kept.items():
         after = setting.rows(f"SELECT * FROM {{s}}{table} WHERE usage_date = :d", d=FIRST)
         assert sorted(map(tuple, after), key=str) == sorted(map(tuple, rows), key=str), table
+
+
+def test_a_day_another_run_is_writing_is_read_again_by_the_next_run(on_postgres):
+    setting: Setting = on_postgres
+    setting.run(FIRST, INSIDE_GRACE, last=LAST_DAY)
+    db = Database(setting.engine, usage_schema=setting.schema)
+    with setting.engine.connect() as holder, holder.begin():
+        # As a run of FIRST's invoice_check would, while this run reads FIRST again.
+        holder.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:key)"),
+            {"key": db.day_lock_key(FIRST, "invoice_check")},
+        )
+        held = setting.run(LAST_DAY, FIRST_TWO_CLOSED)
+    assert _check(held).passed
+    assert (
+        f"| {FIRST.isoformat()} |  | skipped: locked |"
+        in metadata(held, "day_settlement")["days_read_again"]
+    )
+    for table in DAILY:  # FIRST as it was, nothing half-written; MIDDLE closed
+        assert setting.statuses(table) == {FIRST: {OPEN}, MIDDLE: {CLOSED}, LAST_DAY: {OPEN}}
+
+    setting.run(LAST_DAY, FIRST_TWO_CLOSED)
+    for table in DAILY:
+        assert setting.statuses(table) == {FIRST: {CLOSED}, MIDDLE: {CLOSED}, LAST_DAY: {OPEN}}
