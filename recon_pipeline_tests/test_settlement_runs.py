@@ -188,7 +188,7 @@ def test_days_close_after_their_grace_period_and_a_restated_day_is_recomputed(wh
     old, new = _cents(closed.billed_cents), _cents(closed.billed_cents) + 75
     assert meta["day"] == FIRST.isoformat() and meta["project_id"] == APP_PROJECT
     assert meta["bound"] == f"${old / 100:.6f}" and meta["figure"] == f"${new / 100:.6f}"
-    assert f"{FIRST.isoformat()} {APP_PROJECT}: billed ${old / 100:.6f} when closed" in (
+    assert f"{FIRST.isoformat()} {APP_PROJECT}: billed ${old / 100:.6f} when last read" in (
         check.description
     )
     assert "| 2026-11-08 | (all) |" in meta["restatements"]

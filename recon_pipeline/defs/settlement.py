@@ -92,7 +92,7 @@ def restated_check(restated: pd.DataFrame, reread: list[date]) -> dg.AssetCheckR
         passed=False,
         severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(
-            f"{r.usage_date} {r.project_id}: billed {r.previous} when closed, now {r.billed}"
+            f"{r.usage_date} {r.project_id}: billed {r.previous} when last read, now {r.billed}"
             for r in shown.head(5).itertuples()
         ),
         metadata={
