@@ -11,8 +11,9 @@ from recon_pipeline.defs import (
     invoice,
     invoice_gap,
     openai_requests,
+    statement,
 )
-from recon_pipeline.defs.resources import resources_from_env
+from recon_pipeline.defs.resources import StatementFolder, resources_from_env
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
     daily_reconciliation_schedule,
@@ -30,13 +31,15 @@ def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.De
         daily_totals.openai_daily_totals,
         invoice.invoice_check_asset,
         invoice_gap.invoice_gap_asset,
+        statement.monthly_statement_asset,
     ]
     return dg.Definitions(
         assets=dg.map_asset_specs(catalog.describe(resources["database"]), every_asset),
-        jobs=[daily_reconciliation],
+        jobs=[daily_reconciliation, statement.monthly_statement_job],
         schedules=[daily_reconciliation_schedule],
         sensors=[pending_rows_sensor],
-        resources=dict(resources),
+        # The statements' folder has a default of its own, so callers may leave it out.
+        resources={"statements": StatementFolder(), **resources},
         # Every job, including the asset job behind UI materializations and backfills: the
         # steps mostly wait on each other, and one process keeps memory predictable.
         executor=dg.in_process_executor,

@@ -22,7 +22,8 @@ class Column:
 
 @dataclass(frozen=True)
 class OutputTable:
-    """A table the pipeline owns, replaced one `usage_date` at a time.
+    """A table the pipeline owns, replaced one partition at a time: the rows whose `key`
+    column (a date: the day, or the month's first day) is the partition's.
 
     Money columns arrive from the core as `<name>_pico` integers and are stored as exact
     NUMERIC cents named `<name>_cents`.
@@ -31,6 +32,7 @@ class OutputTable:
     name: str
     columns: tuple[Column, ...]
     indexes: tuple[tuple[str, ...], ...] = ()
+    key: str = "usage_date"
 
     def stored_name(self, column: Column) -> str:
         return f"{column.name}_cents" if column.kind == "money" else column.name
@@ -288,6 +290,27 @@ DAY_SETTLEMENT = OutputTable(
     ),
     indexes=(("usage_date",),),
 )
+MONTHLY_STATEMENT = OutputTable(
+    "monthly_statement",
+    _cols(
+        "month:date:first UTC day of the month the statement covers (the partition)",
+        "project_id:text:OpenAI project in scope, or (all) for the scope as one",
+        "line:text:billed, reconciled_actual, a cause of the gap (as invoice_gap names them),"
+        " not_yet_billed or residual; billed - reconciled_actual = the sum of the others",
+        "detail:text:what within the line (a model, a line item, a project, a day)",
+        "amount:money:the month's amount of the line: the exact sum of its days, US cents",
+        "share_of_billed:float:amount / the month's billed USD of the projects in scope",
+        "match_rate:float:matched / (matched + discrepancy) over the month's rows ((all) only)",
+        "request_id_coverage:float:share of the month's logged rows that carry OpenAI's"
+        " request id ((all) only)",
+        "days:bigint:days of the month the statement covers (from RECON_START_DATE on)",
+        "days_reconciled:bigint:days of the month with a stored reconciliation",
+        "days_open:bigint:days not yet closed, days never reconciled and days to come included",
+        "days_restated:bigint:closed days whose billed total OpenAI changed afterwards",
+    ),
+    indexes=(("month",),),
+    key="month",
+)
 # What the write-back needs of the results, staged from memory (`Database.write_back_rows`).
 WRITE_BACK_ROWS = OutputTable(
     "recon_write_back",
@@ -310,4 +333,5 @@ OUTPUT_TABLES = (
     INVOICE_CHECK,
     INVOICE_GAP,
     DAY_SETTLEMENT,
+    MONTHLY_STATEMENT,
 )

@@ -24,6 +24,10 @@ GROUPS: dict[str, dict[str, object]] = {
         "owners": ["team:data-engineering"],
         "tags": {"domain": "openai_spend", "consumer": "finance"},
     },
+    "month_close": {
+        "owners": ["team:data-engineering"],
+        "tags": {"domain": "openai_spend", "consumer": "finance"},
+    },
 }
 
 

@@ -31,7 +31,17 @@ daily_partitions = dg.DailyPartitionsDefinition(
     fmt="%Y-%m-%d",
 )
 
+# A month's statement rolls up its days; the running month is a partition too (end_offset),
+# its days still to come counted as open.
+monthly_partitions = dg.MonthlyPartitionsDefinition(
+    start_date=first_day().replace(day=1).isoformat(),
+    timezone="UTC",
+    fmt="%Y-%m-%d",
+    end_offset=1,
+)
+
 GROUP = "reconciliation"
+MONTH_CLOSE_GROUP = "month_close"
 
 
 def partition_days(context: dg.AssetExecutionContext) -> list[date]:

@@ -183,6 +183,26 @@ class OpenAIAPI(dg.ConfigurableResource):
         )
 
 
+class StatementFolder(dg.ConfigurableResource):
+    """Where the monthly statements' CSV and HTML files go (RECON_STATEMENT_DIR, default
+    `$RECON_HOME/statements`)."""
+
+    path: str | None = None
+
+    def folder(self) -> Path:
+        return Path(self.path) if self.path else recon_home() / "statements"
+
+    def check(self) -> None:
+        """A folder that exists as a file, or whose nearest existing parent is a file or not
+        writable, is refused before any run rather than after a month's statement is built."""
+        folder = self.folder()
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"RECON_STATEMENT_DIR {folder} exists and is not a folder")
+        parent = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK)):
+            raise ValueError(f"RECON_STATEMENT_DIR {folder}: {parent} is not a writable folder")
+
+
 # The core's policies hold the reconciliation defaults; the resource shows them as its own.
 _POLICY = ReconciliationPolicy()
 _COMPLETENESS = CompletenessPolicy()
@@ -310,6 +330,7 @@ API_ENV = {
     "admin_key": "OPENAI_ADMIN_KEY",
     "file_cache_dir": "RECON_OPENAI_FILE_CACHE",
 }
+STATEMENT_ENV = {"path": "RECON_STATEMENT_DIR"}
 SETTINGS_ENV = {
     "tolerance_cents": "RECON_TOLERANCE_CENTS",
     "relative_tolerance": "RECON_RELATIVE_TOLERANCE",
@@ -394,8 +415,11 @@ def resources_from_env(
         database = embedded_database
         if embedded_project_ids:
             settings.setdefault("openai_project_ids", embedded_project_ids)
+    statements = StatementFolder(**_bound(StatementFolder, STATEMENT_ENV))
+    StatementFolder(path=os.environ.get("RECON_STATEMENT_DIR") or None).check()
     return {
         "database": database(**_bound(ReconDatabase, DATABASE_ENV)),
+        "statements": statements,
         "openai_exports": OpenAIExportFolder(**_bound(OpenAIExportFolder, EXPORTS_ENV)),
         "openai_api": OpenAIAPI(**_bound(OpenAIAPI, API_ENV)),
         "settings": ReconciliationSettings(**settings),

@@ -47,6 +47,7 @@ from recon_pipeline.io.tables import (
     INVOICE_CHECK,
     INVOICE_GAP,
     MONEY_COLUMNS,
+    MONTHLY_STATEMENT,
     OPENAI_DAILY_COSTS,
     OPENAI_DAILY_USAGE,
     OPENAI_REQUESTS,
@@ -70,6 +71,7 @@ __all__ = [
     "DAY_SETTLEMENT",
     "INVOICE_CHECK",
     "INVOICE_GAP",
+    "MONTHLY_STATEMENT",
     "OPENAI_DAILY_COSTS",
     "OPENAI_DAILY_USAGE",
     "OPENAI_REQUESTS",
@@ -308,10 +310,11 @@ class Database:
     def replace_day(
         self, conn: sa.Connection, output: OutputTable, frame: pd.DataFrame, day: date
     ) -> int:
-        """Delete a day of an output table and insert `frame` (that day's rows) in its place,
-        inside the caller's transaction (see `day_transaction`)."""
+        """Delete a day (a month: its first day) of an output table and insert `frame` (that
+        partition's rows) in its place, inside the caller's transaction (see
+        `day_transaction`)."""
         conn.execute(
-            sa.text(f"DELETE FROM {self.table(output)} WHERE usage_date = :day"),
+            sa.text(f'DELETE FROM {self.table(output)} WHERE "{output.key}" = :day'),
             {"day": self.dialect.day(day)},
         )
         self._insert(conn, output, frame)
