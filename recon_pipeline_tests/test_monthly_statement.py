@@ -287,7 +287,7 @@ def test_any_month_equals_the_sum_of_its_days_and_ties(day_figures):
     assert statement.line(PRICE_DIFFERENCE) == sum(f[3] for f in day_figures)
     scope = statement.table[statement.table["project_id"] == ALL_PROJECTS]
     others = scope[~scope["line"].isin([BILLED, RECONCILED])]
-    assert sum(int(v) for v in others["amount_pico"]) == statement.line(
-        BILLED
-    ) - statement.line(RECONCILED)
+    assert sum(int(v) for v in others["amount_pico"]) == statement.line(BILLED) - statement.line(
+        RECONCILED
+    )
     assert statement.untied == ()

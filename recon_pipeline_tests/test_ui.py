@@ -29,33 +29,19 @@ from typing import Any
 import pytest
 import requests
 import sqlalchemy as sa
-from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from recon_pipeline.demo_data import generate_demo_data
 from recon_pipeline.demo_openai_side import APP_PROJECT
 from recon_pipeline.io.migrations import create_demo_token_usage
+from recon_pipeline_tests.browser import PAGE_SECONDS, chromium
 
 pytestmark = pytest.mark.timeout(900)
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-BROWSER_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-    "--window-size=1600,1400",
-)
 ASSETS = (
     "openai_requests",
     "openai_daily_usage",
@@ -74,7 +60,6 @@ FIRST_DAY = LAST_DAY - timedelta(days=13)
 BACKFILL_DAYS = [FIRST_DAY + timedelta(days=n) for n in range(14)]
 STARTUP_SECONDS = 120
 BACKFILL_SECONDS = 240
-PAGE_SECONDS = 60
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
@@ -334,24 +319,8 @@ def screenshots(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(screenshots: Path) -> Iterator[Any]:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.fail(
-            f"missing {', '.join(missing)}: install Debian's chromium and chromium-driver "
-            "(.ci/run does: apt-get install chromium chromium-driver)",
-            pytrace=False,
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in BROWSER_FLAGS:
-        options.add_argument(flag)
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(screenshots / "driver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(PAGE_SECONDS)
-    try:
+    with chromium(screenshots) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _page(driver: Any, stack: Stack, path: str, expected: list[str], shots: Path) -> str:

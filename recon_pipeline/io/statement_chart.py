@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 WIDTH, HEIGHT = 900, 340
+PICO_PER_USD = 10**12
 LEFT, RIGHT, TOP, BOTTOM = 90, 20, 20, 90
 
 
@@ -36,7 +37,7 @@ class Bar:
 @dataclass(frozen=True)
 class Chart:
     bars: list[Bar]
-    ticks: list[tuple[float, int]]  # (y, pico)
+    ticks: list[tuple[float, str]]  # (y, dollars)
     zero_y: float
     connectors: list[tuple[float, float, float]]  # (x1, x2, y): a step's end to the next
     width: int = WIDTH
@@ -85,10 +86,13 @@ def waterfall(billed: int, reconciled: int, steps: Sequence[tuple[str, int]]) ->
                 height=max(round(bottom - top, 2), 1.0),
             )
         )
+    decimals = min(6, max(2, -math.floor(math.log10(step / PICO_PER_USD))))
     ticks = []
     value = float(low)
     while value <= high + step / 2:
-        ticks.append((y_of(int(value)), int(value)))
+        dollars = value / PICO_PER_USD
+        label = f"{'-' if dollars < 0 else ''}${abs(dollars):,.{decimals}f}"
+        ticks.append((y_of(int(value)), label))
         value += step
     connectors = [
         (round(bar.x + bar.width, 2), after.x, y_of(bar.end))
@@ -128,7 +132,8 @@ def trend(days: Sequence[str], series: dict[str, Sequence[float | None]]) -> Tre
         found = [(*place(n, v), days[n], v) for n, v in enumerate(values) if v is not None]
         points[name] = found
         lines[name] = " ".join(f"{x},{y}" for x, y, _, _ in found)
-    labels = [(place(n, low)[0], day[5:]) for n, day in enumerate(days)]
+    every = math.ceil(len(days) / 12) or 1
+    labels = [(place(n, low)[0], day[5:]) for n, day in enumerate(days) if n % every == 0]
     ticks = []
     for n in range(6):
         value = low + (high - low) * n / 5

@@ -39,7 +39,11 @@ class StatementFiles:
 
 
 def usd(pico: int | None) -> str:
-    return "" if pico is None or pd.isna(pico) else "$" + pico_to_usd_text(int(pico))
+    """Exact dollars to the micro-dollar, the sign before the currency: `-$0.000063`."""
+    if pico is None or pd.isna(pico):
+        return ""
+    text = pico_to_usd_text(int(pico))
+    return f"-${text[1:]}" if text.startswith("-") else f"${text}"
 
 
 def share(value: float | None) -> str:
