@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import warnings
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import sqlalchemy as sa
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print("recon-demo always uses the embedded SQLite demo; RECON_DATABASE_URL is ignored.")
     demo_database_path(home).unlink(missing_ok=True)
     shutil.rmtree(demo_export_dir(home), ignore_errors=True)
-    last_day = datetime.now(UTC).date() - timedelta(days=1)
+    last_day = demo_last_day(datetime.now(UTC).date())
     first_day = last_day - timedelta(days=DEMO_DAYS - 1)
     if not daily_partitions.has_partition_key(first_day.isoformat()):
         print(
@@ -79,11 +79,17 @@ def main(argv: list[str] | None = None) -> int:
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             raise_on_error=False,
         )
+        if result.success:
+            statements = _month_statements(definitions, instance, first_day, last_day)
     if not result.success:
         print("The reconciliation run failed; see the log above.", file=sys.stderr)
         return 1
     _print_summary(database)
     _print_gap(database, result)
+    if statements is None:
+        print("The monthly statement run failed; see the log above.", file=sys.stderr)
+        return 1
+    _print_statements(database, statements)
     print(
         "\nNext: open the Dagster UI on the same data and run history:\n"
         f"  env -u RECON_DATABASE_URL -u RECON_USAGE_EXPORT_DIR RECON_HOME={home}"
@@ -91,9 +97,63 @@ def main(argv: list[str] | None = None) -> int:
         " uv run dagster dev -w workspace.yaml\n"
         f"and query the tables in {demo_database_path(home)} "
         "(reconciled_usage, daily_variance_summary, unlogged_openai_requests, invoice_check,\n"
-        " invoice_gap, token_usage_reconciliation)."
+        " invoice_gap, monthly_statement, token_usage_reconciliation)."
     )
     return 0
+
+
+def demo_last_day(today: date) -> date:
+    """The demo's last day: yesterday, unless its two weeks would then lie inside one month;
+    then the 7th of this month, so that they always cross a month's end and the demo
+    shows two months' statements."""
+    yesterday = today - timedelta(days=1)
+    return yesterday if yesterday.day < DEMO_DAYS else yesterday.replace(day=7)
+
+
+def _month_statements(
+    definitions: dg.Definitions, instance: dg.DagsterInstance, first_day: date, last_day: date
+) -> list[tuple[date, int, str]] | None:
+    """Materialize the statement of each month the demo's days touch: (month, days open,
+    the path of its HTML page) each, or None when a run failed."""
+    job = definitions.resolve_job_def("monthly_statement_job")
+    lines = []
+    for month in sorted({first_day.replace(day=1), last_day.replace(day=1)}):
+        result = job.execute_in_process(
+            partition_key=month.isoformat(),
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            raise_on_error=False,
+        )
+        if not result.success:
+            return None
+        [event] = result.get_asset_materialization_events()
+        found = event.materialization.metadata
+        lines.append((month, found["days_open"].value, found["html"].value))
+    return lines
+
+
+def _print_statements(database: ReconDatabase, statements: list[tuple[date, int, str]]) -> None:
+    """Each month's billed, reconciled and residual lines, and where its HTML page is."""
+    print("\nMonthly statements (billed -> reconciled, every cause named):")
+    with database.get().engine.connect() as conn:
+        for month, days_open, html in statements:
+            amounts = dict(
+                conn.execute(
+                    sa.text(
+                        "SELECT line, sum(amount_cents) FROM monthly_statement"
+                        " WHERE month = :m AND project_id = '(all)' GROUP BY line"
+                    ),
+                    {"m": month.isoformat()},
+                ).all()
+            )
+            billed, reconciled, residual = (
+                pico_to_usd_text(round((amounts.get(line) or 0) * s.PICO_PER_CENT))
+                for line in ("billed", "reconciled_actual", "residual")
+            )
+            print(
+                f"  {month:%Y-%m}: billed ${billed}, reconciled ${reconciled}, residual"
+                f" ${residual}, {days_open} days open\n    {html}"
+            )
 
 
 def _instance(dagster_home):

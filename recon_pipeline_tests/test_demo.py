@@ -6,8 +6,9 @@ import os
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -28,8 +29,9 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
     assert demo.main([]) == 0
 
     out = capsys.readouterr().out
-    last_day = datetime.now(UTC).date() - timedelta(days=1)
+    last_day = demo.demo_last_day(datetime.now(UTC).date())
     first_day = last_day - timedelta(days=13)
+    assert first_day.month != last_day.month
     assert f"({first_day} .. {last_day})" in out
     # The UI it points to has the demo's days as partitions, all of them filled.
     assert f" RECON_START_DATE={first_day} DAGSTER_HOME=" in out
@@ -116,6 +118,30 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
     finally:
         engine.dispose()
     assert worst[1] == 14 and worst[0] < 0.01
+
+    # It ends with the statement of each month its days touch, and where each page is.
+    months = re.findall(
+        r"^  (\d{4}-\d{2}): billed \$([\d.]+), reconciled \$([\d.]+), residual \$(-?[\d.]+),"
+        r" (\d+) days open\n    (\S+\.html)$",
+        out,
+        re.MULTILINE,
+    )
+    assert [m[0] for m in months] == [f"{first_day:%Y-%m}", f"{last_day:%Y-%m}"]
+    assert all(
+        Path(m[5]).is_file() and Path(m[5]).parent == tmp_path / "statements" for m in months
+    )
+    billed = re.search(r"OpenAI billed \$([\d.]+) \(", out)
+    assert billed is not None
+    assert abs(sum(Decimal(m[1]) for m in months) - Decimal(billed.group(1))) <= Decimal("0.000002")
+    assert abs(sum(Decimal(m[3]) for m in months) - causes["residual"]) <= Decimal("0.000002")
+
+
+def test_the_demos_two_weeks_always_cross_a_months_end_and_end_before_today() -> None:
+    for n in range(366):
+        today = date(2028, 1, 1) + timedelta(days=n)
+        last_day = demo.demo_last_day(today)
+        first_day = last_day - timedelta(days=13)
+        assert first_day.month != last_day.month and last_day < today, today
 
 
 def test_demo_refuses_a_start_date_after_its_first_day_and_generates_nothing(tmp_path) -> None:

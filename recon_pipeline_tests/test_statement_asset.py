@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By
 
 from recon_pipeline.core.project_scope import ALL_PROJECTS
 from recon_pipeline.definitions import build_definitions
-from recon_pipeline.defs.resources import StatementFolder
+from recon_pipeline.defs.resources import StatementFolder, resources_from_env
 from recon_pipeline.demo_data import generate_demo_data
 from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.browser import chromium
@@ -216,3 +216,24 @@ def test_the_statement_page_shows_its_waterfall_and_totals_in_chromium(
     assert target.stat().st_size > 20_000
     if os.environ.get("RECON_UPDATE_SCREENSHOTS") == "1":
         shutil.copy(target, DOCS / "monthly_statement.png")
+
+
+def test_the_statements_folder_is_bound_by_name_and_a_file_in_its_place_is_refused(
+    monkeypatch, tmp_path
+):
+    for variable in ("RECON_STATEMENT_DIR", "RECON_DATABASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("RECON_HOME", str(tmp_path))
+    assert resources_from_env()["statements"].folder() == tmp_path.resolve() / "statements"
+
+    monkeypatch.setenv("RECON_STATEMENT_DIR", str(tmp_path / "finance" / "statements"))
+    bound = resources_from_env()["statements"]
+    assert isinstance(bound.path, dg.EnvVar) and bound.path.env_var_name == "RECON_STATEMENT_DIR"
+
+    (tmp_path / "taken").write_text("")
+    monkeypatch.setenv("RECON_STATEMENT_DIR", str(tmp_path / "taken"))
+    with pytest.raises(ValueError, match=r"RECON_STATEMENT_DIR .*taken exists and is not a folder"):
+        resources_from_env()
+    monkeypatch.setenv("RECON_STATEMENT_DIR", str(tmp_path / "taken" / "below"))
+    with pytest.raises(ValueError, match="is not a writable folder"):
+        resources_from_env()

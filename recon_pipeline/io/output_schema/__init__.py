@@ -36,6 +36,7 @@ OUTPUT_TABLES = tuple(
         tables.INVOICE_CHECK,
         tables.INVOICE_GAP,
         tables.DAY_SETTLEMENT,
+        tables.MONTHLY_STATEMENT,
     )
 )
 _HERE = Path(__file__).resolve().parent
