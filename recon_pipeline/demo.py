@@ -13,6 +13,7 @@ import shutil
 import sys
 import warnings
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
@@ -128,7 +129,9 @@ def _month_statements(
             return None
         [event] = result.get_asset_materialization_events()
         found = event.materialization.metadata
-        lines.append((month, found["days_open"].value, found["html"].value))
+        html = Path(found["html"].value)
+        shown = html.relative_to(Path.cwd()) if html.is_relative_to(Path.cwd()) else html
+        lines.append((month, found["days_open"].value, str(shown)))
     return lines
 
 
@@ -152,7 +155,7 @@ def _print_statements(database: ReconDatabase, statements: list[tuple[date, int,
             )
             print(
                 f"  {month:%Y-%m}: billed ${billed}, reconciled ${reconciled}, residual"
-                f" ${residual}, {days_open} days open\n    {html}"
+                f" ${residual}, {days_open} days open: {html}"
             )
 
 

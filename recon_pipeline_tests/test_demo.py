@@ -122,13 +122,14 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
     # It ends with the statement of each month its days touch, and where each page is.
     months = re.findall(
         r"^  (\d{4}-\d{2}): billed \$([\d.]+), reconciled \$([\d.]+), residual \$(-?[\d.]+),"
-        r" (\d+) days open\n    (\S+\.html)$",
+        r" (\d+) days open: (\S+\.html)$",
         out,
         re.MULTILINE,
     )
     assert [m[0] for m in months] == [f"{first_day:%Y-%m}", f"{last_day:%Y-%m}"]
     assert all(
-        Path(m[5]).is_file() and Path(m[5]).parent == tmp_path / "statements" for m in months
+        Path(m[5]).resolve().is_file() and Path(m[5]).resolve().parent == tmp_path / "statements"
+        for m in months
     )
     billed = re.search(r"OpenAI billed \$([\d.]+) \(", out)
     assert billed is not None
