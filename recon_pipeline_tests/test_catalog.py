@@ -18,6 +18,7 @@ from recon_pipeline.defs.resources import (
     OpenAIExportFolder,
     ReconciliationSettings,
     ReconDatabase,
+    StatementFolder,
 )
 from recon_pipeline_tests.runs import LAST_DAY, PIPELINE_ASSETS, load_code_location, make_small_demo
 
@@ -33,10 +34,15 @@ def test_every_table_the_assets_write_is_in_the_catalog_with_its_columns_describ
     """The catalog's tables and columns are the ones a run really writes, each described."""
     demo = make_small_demo(pg_schema, pg_url, tmp_path / "exports", days=1)
     output_schema = f"{demo.schema}_out"
-    resources = demo.resources(output_schema=output_schema)
+    resources = {
+        **demo.resources(output_schema=output_schema),
+        "statements": StatementFolder(path=str(tmp_path / "statements")),
+    }
     assert demo.run(LAST_DAY, resources=resources).success
+    month = build_definitions(resources).resolve_job_def("monthly_statement_job")
+    assert month.execute_in_process(partition_key=LAST_DAY.replace(day=1).isoformat()).success
     nodes = _asset_nodes(resources)
-    assert set(nodes) == {*PIPELINE_ASSETS, "token_usage"}
+    assert set(nodes) == {*PIPELINE_ASSETS, "token_usage", "monthly_statement"}
     inspector = sa.inspect(demo.engine)
     try:
         for name, node in nodes.items():
@@ -73,7 +79,7 @@ def test_owners_and_tags_follow_the_group_and_the_embedded_demo_names_sqlite_mai
         if name == "token_usage":
             assert node.owners == ["team:application"]
         else:
-            assert node.group_name == "reconciliation"
+            assert node.group_name in ("reconciliation", "month_close")
             assert node.owners == ["team:data-engineering"], name
             assert node.tags["consumer"] == "finance", name
         assert node.tags["domain"] == "openai_spend", name

@@ -628,10 +628,10 @@ def test_the_catalog_lists_each_assets_table_and_columns(
     nodes = {
         "/".join(node["assetKey"]["path"]): node for node in stack.graphql(CATALOG)["assetNodes"]
     }
-    assert set(nodes) == {"token_usage", *ASSETS}
+    assert set(nodes) == {"token_usage", *ASSETS, "monthly_statement"}
     for name, node in nodes.items():
         entries = {entry["label"]: entry for entry in node["metadataEntries"]}
-        table = name if name in ASSETS and name != "token_usage_reconciliation" else "token_usage"
+        table = "token_usage" if name == "token_usage_reconciliation" else name
         assert entries["dagster/table_name"]["text"] == f"{stack.schema}.{table}", name
         columns = entries["dagster/column_schema"]["schema"]["columns"]
         assert columns and all(c["description"] and c["type"] for c in columns), name

@@ -18,6 +18,7 @@ from recon_pipeline.defs.schedules import (
     daily_reconciliation_schedule,
     pending_rows_sensor,
 )
+from recon_pipeline.defs.statement import monthly_statement_job
 
 # Per step pod. Sized from the benchmark (1,378 MB peak for a 1M-row day, one core).
 # Secrets and settings come in as they do for run pods.
@@ -47,7 +48,7 @@ job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=base.assets,
-    jobs=[job],
+    jobs=[job, monthly_statement_job],
     schedules=[daily_reconciliation_schedule.with_updated_job(job)],
     sensors=[pending_rows_sensor.with_updated_job(job)],
     resources=base.resources,
