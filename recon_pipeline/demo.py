@@ -137,7 +137,7 @@ def _month_statements(
 
 def _print_statements(database: ReconDatabase, statements: list[tuple[date, int, str]]) -> None:
     """Each month's billed, reconciled and residual lines, and where its HTML page is."""
-    print("\nMonthly statements (billed -> reconciled, every cause named):")
+    print()
     with database.get().engine.connect() as conn:
         for month, days_open, html in statements:
             amounts = dict(
@@ -154,7 +154,7 @@ def _print_statements(database: ReconDatabase, statements: list[tuple[date, int,
                 for line in ("billed", "reconciled_actual", "residual")
             )
             print(
-                f"  {month:%Y-%m}: billed ${billed}, reconciled ${reconciled}, residual"
+                f"Statement of {month:%Y-%m}: billed ${billed}, reconciled ${reconciled}, residual"
                 f" ${residual}, {days_open} days open: {html}"
             )
 

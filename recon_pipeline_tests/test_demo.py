@@ -121,8 +121,8 @@ def test_demo_main_reconciles_two_weeks_and_prints_the_summary(
 
     # It ends with the statement of each month its days touch, and where each page is.
     months = re.findall(
-        r"^  (\d{4}-\d{2}): billed \$([\d.]+), reconciled \$([\d.]+), residual \$(-?[\d.]+),"
-        r" (\d+) days open: (\S+\.html)$",
+        r"^Statement of (\d{4}-\d{2}): billed \$([\d.]+), reconciled \$([\d.]+),"
+        r" residual \$(-?[\d.]+), (\d+) days open: (\S+\.html)$",
         out,
         re.MULTILINE,
     )
