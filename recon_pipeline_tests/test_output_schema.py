@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from recon_pipeline.core.output_tables import MONTHLY_STATEMENT
 from recon_pipeline.io.migrations import main
 from recon_pipeline.io.output_schema import (
     VERSION_TABLE,
@@ -87,10 +88,21 @@ def test_tables_of_the_previous_release_are_upgraded_once_and_a_day_runs_again(d
     assert "reconciled_usage: added column match_method" in out
     assert "daily_variance_summary: added column verified_by_fingerprint" in out
     assert "invoice_check: added column day_status" in out
-    assert "output tables at revision 0004_day_status (were at no revision)" in out
-    assert current_revision(demo.engine, demo.schema) == "0004_day_status"
+    assert "monthly_statement: created" in out
+    assert "output tables at revision 0005_monthly_statement (were at no revision)" in out
+    assert current_revision(demo.engine, demo.schema) == "0005_monthly_statement"
     [version] = demo.rows(f"SELECT version_num FROM {{s}}.{VERSION_TABLE}")
-    assert version.version_num == "0004_day_status"
+    assert version.version_num == "0005_monthly_statement"
+    # The month's table as declared, ready for its first statement.
+    columns = demo.rows(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = :s AND table_name = 'monthly_statement' ORDER BY ordinal_position",
+        s=demo.schema,
+    )
+    assert [c.column_name for c in columns] == [
+        MONTHLY_STATEMENT.stored_name(c) for c in MONTHLY_STATEMENT.columns
+    ]
+    assert dict(columns)["amount_cents"] == "numeric"
     [old] = demo.rows("SELECT project_id, billed_cents, day_status FROM {s}.invoice_check")
     assert (old.project_id, float(old.billed_cents), old.day_status) == ("(all)", 2.5, "open")
 
@@ -141,6 +153,8 @@ def test_sqlite_output_tables_are_upgraded_too_and_a_database_without_them_is_un
     assert "reconciled_usage: added column matched_request_id" in steps
     assert "invoice_gap: added column day_status" not in steps  # no such table back then
     assert "daily_variance_summary: added column day_status" in steps
+    assert steps[-2] == "monthly_statement: created"
+    assert "monthly_statement" in sa.inspect(sqlite_engine).get_table_names()
     assert upgrade_output_schema(sqlite_engine, None) == []
     with sqlite_engine.connect() as conn:
         old = conn.execute(sa.text("SELECT project_id, day_status FROM invoice_check")).one()

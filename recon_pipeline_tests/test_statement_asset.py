@@ -6,9 +6,10 @@ RECON_UPDATE_SCREENSHOTS=1)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
-from datetime import date
+from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -103,8 +104,13 @@ def test_the_days_still_open_and_the_months_figures_are_on_every_line(month_demo
     october, november = rows
     assert (october.days, october.days_reconciled) == (31, 8)
     assert (november.days, november.days_reconciled) == (30, 6)
-    # Nothing settles a day yet at this point: every day of the month counts as open.
-    assert october.days_open == 31 and november.days_open == 30
+    # As of Nov 7 06:00 the days up to Nov 3 are past their 3-day grace period and their
+    # Costs were read since: closed. Nov 4..6 are open, and so is every day never reconciled.
+    statuses = dict(demo.rows("SELECT DISTINCT usage_date, day_status FROM {s}.invoice_check"))
+    assert {d for d, status in statuses.items() if status == "closed"} == {
+        FIRST + timedelta(days=n) for n in range(11)
+    }
+    assert october.days_open == 31 - 8 and november.days_open == 30 - 3
     assert october.days_restated == november.days_restated == 0
     [rates] = demo.rows(
         "SELECT count(*) FILTER (WHERE reconciliation_status = 'matched') AS matched,"
@@ -237,3 +243,39 @@ def test_the_statements_folder_is_bound_by_name_and_a_file_in_its_place_is_refus
     monkeypatch.setenv("RECON_STATEMENT_DIR", str(tmp_path / "taken" / "below"))
     with pytest.raises(ValueError, match="is not a writable folder"):
         resources_from_env()
+
+
+def test_a_day_restated_after_it_closed_is_counted_and_the_month_still_ties(month_demo):
+    """Runs last: it changes what OpenAI billed on Oct 30 after the day closed."""
+    demo, _, folder, job = month_demo
+    restated_day = date(2026, 10, 30)
+    [before] = demo.rows(
+        "SELECT amount_cents, days_restated FROM {s}.monthly_statement"
+        " WHERE month = '2026-10-01' AND project_id = '(all)' AND line = 'billed'"
+    )
+    page_file = demo.exports / f"openai-costs-{restated_day.isoformat()}.json"
+    page = json.loads(page_file.read_text())
+    page["data"][0]["results"].append(
+        {
+            "object": "organization.costs.result",
+            "amount": {"value": 0.75, "currency": "usd"},
+            "line_item": "web search tool calls",
+            "project_id": "proj_viva",
+            "quantity": 30,
+        }
+    )
+    page_file.write_text(json.dumps(page))
+    resources = {
+        **demo.resources("2026-11-08T06:00:00+00:00"),
+        "statements": StatementFolder(path=str(folder)),
+    }
+    # The next daily run reads the closed days' totals again and recomputes Oct 30.
+    assert run_job(resources, LAST, LAST).success
+    again = job.execute_in_process(partition_key="2026-10-01", run_config=QUIET)
+    assert checks(again) == {"monthly_statement_ties": True}
+    [after] = demo.rows(
+        "SELECT amount_cents, days_restated FROM {s}.monthly_statement"
+        " WHERE month = '2026-10-01' AND project_id = '(all)' AND line = 'billed'"
+    )
+    assert (after.days_restated, after.amount_cents - before.amount_cents) == (1, 75)
+    assert before.days_restated == 0

@@ -15,8 +15,9 @@ statement's lines run in the order of its waterfall:
 the exact sum (integer pico-dollars) of the same line of the month's days. Each project in
 scope also gets its own `billed` line and its billed-side causes, a breakdown of `(all)`.
 
-A day's status is the settle rule's (`open`, `closed`, `restated`); a day of the month
-with no reconciliation stored yet counts as open, as does every day still to come.
+A day's status is the one its daily rows carry (`core/settlement.py`: `open`, `closed`,
+`restated`); a day of the month with no reconciliation stored yet counts as open, as does
+every day still to come.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from recon_pipeline.core.invoice import ALL_MODELS
 from recon_pipeline.core.invoice_gap import CAUSES, RESIDUAL
 from recon_pipeline.core.output_tables import MONTHLY_STATEMENT
 from recon_pipeline.core.project_scope import ALL_PROJECTS
+from recon_pipeline.core.settlement import OPEN, RESTATED
 from recon_pipeline.core.summarise import exact_sum
 
 BILLED = "billed"
@@ -39,7 +41,6 @@ RECONCILED = "reconciled_actual"
 NOT_YET_BILLED = "not_yet_billed"
 # The statement's lines, in the order of the waterfall.
 LINES = (BILLED, RECONCILED, *CAUSES, NOT_YET_BILLED, RESIDUAL)
-OPEN, CLOSED, RESTATED = "open", "closed", "restated"
 NOT_RUN = "not run"
 STATEMENT_COLUMNS = MONTHLY_STATEMENT.frame_columns
 DAY_COLUMNS = [

@@ -9,6 +9,8 @@ from datetime import date
 import pandas as pd
 import sqlalchemy as sa
 
+from recon_pipeline.core.output_tables import DAY_STATUS
+from recon_pipeline.core.settlement import OPEN
 from recon_pipeline.io.database import (
     INVOICE_CHECK,
     INVOICE_GAP,
@@ -23,12 +25,10 @@ _INVOICE = [
     "billed_pico",
     "reconciled_actual_pico",
     "unattributed_share",
+    DAY_STATUS,
 ]
 _GAP = ["usage_date", "project_id", "cause", "detail", "amount_pico"]
 _ROLLUP = ["usage_date", "reconciliation_status", "with_request_id", "requests"]
-# The settle rule's column on every daily row; a day reconciled before it existed is open.
-DAY_STATUS = "day_status"
-UNSETTLED = "open"
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,17 @@ def read_month(
     db: Database, days: Sequence[date], conn: sa.Connection | None = None
 ) -> MonthFrames:
     """Each day's `openai_daily_costs`, `invoice_check` (the `(all)`-model rows matter),
-    `invoice_gap` and reconciled rows added up by status and request id."""
-    declared = {c.name for c in INVOICE_CHECK.columns}
-    with_status = DAY_STATUS in declared
-    invoice_columns = [*_INVOICE, DAY_STATUS] if with_status else _INVOICE
+    `invoice_gap` and reconciled rows added up by status and request id. A day's status is
+    its `invoice_check` rows' (a row stored before `day_status` existed reads `open`)."""
     costs, invoice, gap, results = [], [], [], []
     statuses: dict[date, str | None] = {}
     for day in days:
-        day_invoice = db.read_day(INVOICE_CHECK, day, invoice_columns, conn=conn)
+        day_invoice = db.read_day(INVOICE_CHECK, day, _INVOICE, conn=conn)
         if day_invoice.empty:
             statuses[day] = None
             continue
-        statuses[day] = str(day_invoice[DAY_STATUS].iloc[0]) if with_status else UNSETTLED
+        status = day_invoice[DAY_STATUS].iloc[0]
+        statuses[day] = OPEN if pd.isna(status) else str(status)
         invoice.append(day_invoice)
         costs.append(db.read_day(OPENAI_DAILY_COSTS, day, ["usage_date", "amount_pico"], conn=conn))
         gap.append(db.read_day(INVOICE_GAP, day, _GAP, conn=conn))
