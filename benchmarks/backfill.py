@@ -15,14 +15,10 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 
+from benchmarks.bench_database import conninfo, drop_schema
 from benchmarks.children import child_env, run_child
 from benchmarks.profiling import PROFILE_RATE, py_spy, render_profile, summarise_profile
-from benchmarks.seed import (
-    AS_OF,
-    conninfo,
-    drop_schema,
-    seed_days,
-)
+from benchmarks.seed import AS_OF, seed_days
 
 
 def plan_backfill(days: list[date]) -> list[tuple[str, str]]:

@@ -28,7 +28,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import sqlalchemy as sa
 
-from benchmarks.seed import conninfo
+from benchmarks.bench_database import conninfo
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.io.exports import files_for_span
 

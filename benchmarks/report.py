@@ -12,9 +12,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from benchmarks.seed import (
-    conninfo,
-)
+from benchmarks.bench_database import conninfo
 from benchmarks.stages import PHASES
 
 STEP_ORDER = (

@@ -39,6 +39,7 @@ import numpy as np
 import psycopg
 
 from benchmarks.backfill import bench_backfill
+from benchmarks.bench_database import checkpoint, conninfo, drop_schema, vacuum
 from benchmarks.children import ROOT, child_env, run_child
 from benchmarks.profiling import profile_job
 from benchmarks.report import (
@@ -50,16 +51,7 @@ from benchmarks.report import (
     render_text,
     table_rows,
 )
-from benchmarks.seed import (
-    AS_OF,
-    DEFAULT_DAY,
-    DEFAULT_URL,
-    checkpoint,
-    conninfo,
-    drop_schema,
-    seed_days,
-    vacuum,
-)
+from benchmarks.seed import AS_OF, DEFAULT_DAY, DEFAULT_URL, seed_days
 from recon_pipeline.core.reconcile import day_bounds
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -24,11 +24,10 @@ Run alone: `uv run python -m benchmarks.seed --rows 100000` (prints what it made
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -39,19 +38,17 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import sqlalchemy as sa
 
+from benchmarks.bench_database import OPENAI_SOURCE_DDL, conninfo, copy_in, fresh_schema, vacuum
+from benchmarks.seed_files import write_exports
 from recon_pipeline.core.openai_records import COUNT_FIELDS
-from recon_pipeline.core.output_tables import OPENAI_COLUMNS
-from recon_pipeline.core.pricing import PriceCatalogue, price_usage
+from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.demo_data import (
     APP_PRICES_USD_PER_MTOK,
     APP_STALE_O4_MINI_USD_PER_MTOK,
     ROUTES,
 )
-from recon_pipeline.demo_openai_side import OPENAI_SNAPSHOTS, write_daily_totals_pages
-from recon_pipeline.io.migrations import create_demo_token_usage
+from recon_pipeline.demo_openai_side import OPENAI_SNAPSHOTS
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_DAY = date(2026, 11, 10)
@@ -354,44 +351,6 @@ def decimal_array(
     return array
 
 
-# -- PostgreSQL --------------------------------------------------------------------------------
-
-
-def conninfo(url: str) -> str:
-    """A libpq connection string from a SQLAlchemy URL."""
-    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def copy_in(conn: psycopg.Connection, table: str, data: pa.Table, chunk: int = 1 << 22) -> None:
-    """COPY an Arrow table into `table` (CSV; NULL is an unquoted empty field)."""
-    buffer = io.BytesIO()
-    pa_csv.write_csv(data, buffer, pa_csv.WriteOptions(quoting_style="needed"))
-    view = buffer.getbuffer()
-    columns = ", ".join(f'"{c}"' for c in data.column_names)
-    with (
-        conn.cursor() as cursor,
-        cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv, HEADER true)") as copy,
-    ):
-        for start in range(0, len(view), chunk):
-            copy.write(view[start : start + chunk])
-    del view
-
-
-def fresh_schema(url: str, schema: str) -> sa.Engine:
-    """Drop and create `schema`, create the migrated `token_usage` in it, return an engine."""
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    create_demo_token_usage(engine, schema=schema)
-    return engine
-
-
-def drop_schema(url: str, schema: str) -> None:
-    with psycopg.connect(conninfo(url), autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
 def _records_table(records: pd.DataFrame) -> pa.Table:
     """OpenAI records in the shape of `openai_source` (what the floor reads)."""
     return pa.table(
@@ -407,106 +366,6 @@ def _records_table(records: pd.DataFrame) -> pa.Table:
             "audio_ms": pa.array(np.round(records["audio_seconds"].to_numpy() * 1000).astype(int)),
         }
     )
-
-
-OPENAI_SOURCE_DDL = """
-CREATE TABLE {table} (
-    request_id text PRIMARY KEY,
-    created_at timestamptz NOT NULL,
-    model text NOT NULL,
-    service_tier text NOT NULL,
-    batch boolean NOT NULL,
-    input_tokens bigint NOT NULL,
-    cached_input_tokens bigint NOT NULL,
-    output_tokens bigint NOT NULL,
-    reasoning_tokens bigint NOT NULL,
-    input_audio_tokens bigint NOT NULL,
-    output_audio_tokens bigint NOT NULL,
-    audio_ms bigint NOT NULL
-);
-CREATE INDEX ON {table} (created_at);
-"""
-
-
-# -- export files -------------------------------------------------------------------------------
-
-
-def _batch_line(row: dict) -> str:
-    body = {
-        "id": row["request_id"],
-        "object": "chat.completion",
-        "created": int(row["created"]),
-        "model": row["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "Summary of the category."},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": int(row["input_tokens"]),
-            "completion_tokens": int(row["output_tokens"]),
-            "total_tokens": int(row["input_tokens"] + row["output_tokens"]),
-            "prompt_tokens_details": {
-                "cached_tokens": int(row["cached_input_tokens"]),
-                "audio_tokens": 0,
-            },
-            "completion_tokens_details": {
-                "reasoning_tokens": int(row["reasoning_tokens"]),
-                "audio_tokens": 0,
-            },
-        },
-        "service_tier": "default",
-    }
-    line = {
-        "id": "batch_req_" + row["request_id"][-24:],
-        "custom_id": "category-summary-" + row["request_id"][-12:],
-        "response": {
-            "status_code": 200,
-            "request_id": "req_" + row["request_id"][-24:],
-            "body": body,
-        },
-        "error": None,
-    }
-    return json.dumps(line, separators=(",", ":"))
-
-
-def write_exports(folder: Path, data: DayData, catalogue: PriceCatalogue) -> list[Path]:
-    """The day's records as export files named after the day (a gateway's daily export)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = data.day.isoformat()
-    records = data.records
-    batch = records["batch"].to_numpy()
-    canonical = records[~batch].reset_index(drop=True)
-    paths = [folder / f"openai-requests-{stamp}.jsonl"]
-    canonical.to_json(paths[0], orient="records", lines=True)
-    if batch.any():
-        lines = [_batch_line(row) for row in records[batch].to_dict("records")]
-        paths.append(folder / f"batch-output-{stamp}.jsonl")
-        paths[-1].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    paths += _write_daily_totals(folder, data, catalogue)
-    return paths
-
-
-def typed_records(records: pd.DataFrame, source: str = "bench") -> pd.DataFrame:
-    """The records as the core's `OPENAI_COLUMNS` frame (for pricing the Costs pages)."""
-    frame = records.assign(
-        created_at=pd.to_datetime(records["created"], unit="s", utc=True),
-        audio_ms=np.round(records["audio_seconds"].to_numpy() * 1000).astype(np.int64),
-        source=source,
-    )
-    if "metadata_tag" not in frame:
-        frame["metadata_tag"] = None
-    return frame[list(OPENAI_COLUMNS)].astype(OPENAI_COLUMNS)
-
-
-def _write_daily_totals(folder: Path, data: DayData, catalogue: PriceCatalogue) -> list[Path]:
-    """The Usage and Costs API pages of the day, built from the records created on it."""
-    start = datetime(data.day.year, data.day.month, data.day.day, tzinfo=UTC)
-    on_day = data.records[data.records["created"] >= int(start.timestamp())]
-    priced = price_usage(typed_records(on_day), catalogue)
-    return write_daily_totals_pages(folder, data.day, priced)
 
 
 @dataclass
@@ -577,20 +436,6 @@ def seed_days(
         seconds=time.perf_counter() - started,
         files=files,
     )
-
-
-def vacuum(url: str, tables: Iterable[str]) -> None:
-    """VACUUM (ANALYZE) then CHECKPOINT, so a measurement inherits no dirty pages or hint-bit
-    writes from the load before it."""
-    with psycopg.connect(conninfo(url), autocommit=True) as conn:
-        for table in tables:
-            conn.execute(f"VACUUM (ANALYZE) {table}")
-        conn.execute("CHECKPOINT")
-
-
-def checkpoint(url: str) -> None:
-    with psycopg.connect(conninfo(url), autocommit=True) as conn:
-        conn.execute("CHECKPOINT")
 
 
 def main(argv: list[str] | None = None) -> int:

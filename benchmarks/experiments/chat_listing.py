@@ -27,10 +27,10 @@ from datetime import UTC, date, datetime, timedelta
 import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 
+from benchmarks.bench_database import drop_schema, fresh_schema
 from benchmarks.fake_openai import ADMIN_KEY, API_KEY, FakeOpenAI
 from benchmarks.job import JOB, QUIET, RANGE_END, RANGE_START
 from benchmarks.openai_payloads import chat_completions
-from benchmarks.seed import drop_schema, fresh_schema
 from recon_pipeline.definitions import build_definitions
 from recon_pipeline.defs.resources import (
     OpenAIAPI,

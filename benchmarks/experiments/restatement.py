@@ -22,8 +22,9 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from benchmarks.bench_database import drop_schema
 from benchmarks.job import run_job
-from benchmarks.seed import AS_OF, DEFAULT_DAY, DEFAULT_URL, drop_schema, seed_days
+from benchmarks.seed import AS_OF, DEFAULT_DAY, DEFAULT_URL, seed_days
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.defs.settlement import reread_day
