@@ -13,7 +13,8 @@ from recon_pipeline.defs import (
     openai_requests,
     statement,
 )
-from recon_pipeline.defs.resources import StatementFolder, resources_from_env
+from recon_pipeline.defs.alerts import build_alert_sensor
+from recon_pipeline.defs.resources import AlertSettings, StatementFolder, resources_from_env
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
     daily_reconciliation_schedule,
@@ -33,13 +34,20 @@ def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.De
         invoice_gap.invoice_gap_asset,
         statement.monthly_statement_asset,
     ]
+    check_keys = [
+        key
+        for definition in every_asset
+        if isinstance(definition, dg.AssetsDefinition)
+        for key in definition.check_keys
+    ]
     return dg.Definitions(
         assets=dg.map_asset_specs(catalog.describe(resources["database"]), every_asset),
         jobs=[daily_reconciliation, statement.monthly_statement_job],
         schedules=[daily_reconciliation_schedule],
-        sensors=[pending_rows_sensor],
-        # The statements' folder has a default of its own, so callers may leave it out.
-        resources={"statements": StatementFolder(), **resources},
+        sensors=[pending_rows_sensor, build_alert_sensor(check_keys)],
+        # The statements' folder and the alerts have defaults of their own (without a webhook
+        # the alert sensor sends nothing), so callers may leave them out.
+        resources={"statements": StatementFolder(), "alerts": AlertSettings(), **resources},
         # Every job, including the asset job behind UI materializations and backfills: the
         # steps mostly wait on each other, and one process keeps memory predictable.
         executor=dg.in_process_executor,

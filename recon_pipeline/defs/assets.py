@@ -3,6 +3,7 @@ and reports; the rules themselves live in `recon_pipeline.core`."""
 
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import NamedTuple
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
+from recon_pipeline.core.alerts import Finding, scope_project
 from recon_pipeline.core.completeness import CompletenessPolicy, DayCompleteness, judge_day
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import (
@@ -23,7 +25,13 @@ from recon_pipeline.core.reconcile import (
 )
 from recon_pipeline.core.settlement import status_of_day, with_day_status
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
-from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table, usd
+from recon_pipeline.defs.reporting import (
+    DailyReport,
+    Figures,
+    finding_metadata,
+    markdown_table,
+    usd,
+)
 from recon_pipeline.defs.resources import (
     ReconciliationSettings,
     ReconDatabase,
@@ -115,6 +123,12 @@ def _result_figures(results: pd.DataFrame) -> tuple[Figures, dict[str, float]]:
             description="No OpenAI record of the day is left without a price.",
         ),
         dg.AssetCheckSpec(
+            "discrepancy_rate_within_bounds",
+            asset="reconciled_usage",
+            description="Warns when more than RECON_DISCREPANCY_RATE_WARN_SHARE (default 10%) "
+            "of a day's verifiable rows (matched or discrepancy) are discrepancies.",
+        ),
+        dg.AssetCheckSpec(
             "token_usage_agrees_with_results",
             asset="token_usage_reconciliation",
             description="After the write-back, every token_usage row of the day has a result "
@@ -153,7 +167,7 @@ def reconciled_usage(
         DailyReport(context, "token_usage_reconciliation"),
     )
     results_report, unlogged_report, write_back_report = reports
-    unpriced = unaccounted = disagreeing = 0
+    tally = _Tally()
     for day in partition_days(context):
         done = _reconcile_and_write_back(db, day, now, policy, catalogue, completeness)
         if done is None:
@@ -173,9 +187,10 @@ def reconciled_usage(
                 )
             )
         without_result = db.count_without_result(day)
-        unaccounted += without_result
-        disagreeing += written.rows_disagreeing
-        unpriced += _report_day(reports, day, outcome, written, without_result)
+        tally.without_result[day] = without_result
+        tally.disagreeing[day] = written.rows_disagreeing
+        tally.unpriced[day] = _report_day(reports, day, outcome, written, without_result)
+        tally.discrepancy_rate[day] = _discrepancy_rate(outcome.results)
 
     if results_report.days:
         counts = results_report.totals()
@@ -192,19 +207,42 @@ def reconciled_usage(
     yield dg.MaterializeResult(
         asset_key="token_usage_reconciliation", metadata=write_back_report.metadata()
     )
-    yield from _reconciled_checks(
-        unaccounted,
-        disagreeing,
-        unpriced,
-        write_back_report,
-        _completeness_check(thin, now, policy),
-    )
+    project = scope_project(settings.project_scope())
+    yield from _reconciled_checks(tally, project, write_back_report)
+    yield _completeness_check(thin, now, policy, project)
+    yield _discrepancy_check(tally, project, settings.discrepancy_rate_warn_share)
 
 
 class _Reports(NamedTuple):
     results: DailyReport
     unlogged: DailyReport
     write_back: DailyReport
+
+
+@dataclass
+class _Tally:
+    """Per day of the run, what the checks of reconciled_usage judge."""
+
+    without_result: dict[date, int] = field(default_factory=dict)
+    disagreeing: dict[date, int] = field(default_factory=dict)
+    unpriced: dict[date, int] = field(default_factory=dict)
+    discrepancy_rate: dict[date, float | None] = field(default_factory=dict)
+
+
+def _discrepancy_rate(results: pd.DataFrame) -> float | None:
+    """Discrepancies among the verifiable rows (matched or discrepancy) of a day."""
+    statuses = results["reconciliation_status"].value_counts()
+    matched, discrepancy = int(statuses.get(s.MATCHED, 0)), int(statuses.get(s.DISCREPANCY, 0))
+    return discrepancy / (matched + discrepancy) if matched + discrepancy else None
+
+
+def _count_findings(counts: dict[date, int], project: str, what: str) -> list[Finding]:
+    """One finding per day with a count above zero, the largest first."""
+    return [
+        Finding(day.isoformat(), project, f"{n} {what}", f"0 {what}")
+        for day, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        if n
+    ]
 
 
 def _report_day(
@@ -255,29 +293,37 @@ def _report_day(
     )
 
 
-def _reconciled_checks(
-    unaccounted: int,
-    disagreeing: int,
-    unpriced: int,
-    write_back_report: DailyReport,
-    completeness: dg.AssetCheckResult,
-):
+def _reconciled_checks(tally: _Tally, project: str, write_back_report: DailyReport):
+    unaccounted = sum(tally.without_result.values())
+    disagreeing = sum(tally.disagreeing.values())
+    unpriced = sum(tally.unpriced.values())
     yield dg.AssetCheckResult(
         asset_key="reconciled_usage",
         check_name="every_logged_row_reconciled",
         passed=unaccounted == 0,
         # Rows logged after the day was read: the next run of the day reconciles them.
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"rows_without_result": unaccounted},
+        metadata={
+            "rows_without_result": unaccounted,
+            **finding_metadata(
+                _count_findings(tally.without_result, project, "rows without a result")
+            ),
+        },
     )
-    yield completeness
     yield dg.AssetCheckResult(
         asset_key="reconciled_usage",
         check_name="every_model_priced",
         passed=unpriced == 0,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"unpriced_records": unpriced},
+        metadata={
+            "unpriced_records": unpriced,
+            **finding_metadata(_count_findings(tally.unpriced, project, "unpriced records")),
+        },
     )
+    not_agreeing = {
+        day: tally.disagreeing.get(day, 0) + tally.without_result.get(day, 0)
+        for day in tally.disagreeing
+    }
     yield dg.AssetCheckResult(
         asset_key="token_usage_reconciliation",
         check_name="token_usage_agrees_with_results",
@@ -289,6 +335,48 @@ def _reconciled_checks(
             "rows_disagreeing": disagreeing,
             "rows_without_result": unaccounted,
             "days_skipped_locked": dg.MetadataValue.json(write_back_report.skipped_days()),
+            **finding_metadata(
+                _count_findings(
+                    not_agreeing, project, "token_usage rows disagreeing or without a result"
+                )
+            ),
+        },
+    )
+
+
+def _discrepancy_check(tally: _Tally, project: str, bound: float) -> dg.AssetCheckResult:
+    """Warns on a day where more than `bound` of the verifiable rows are discrepancies."""
+    rates = {day: rate for day, rate in tally.discrepancy_rate.items() if rate is not None}
+    over = sorted(((day, rate) for day, rate in rates.items() if rate > bound), key=lambda x: -x[1])
+    worst = max(rates.values(), default=None)
+    return dg.AssetCheckResult(
+        asset_key="reconciled_usage",
+        check_name="discrepancy_rate_within_bounds",
+        passed=not over,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"discrepancies over {bound:.1%} of the verifiable rows on "
+            + ", ".join(day.isoformat() for day, _ in over)
+            if over
+            else f"worst discrepancy rate {worst:.2%}, within {bound:.1%}"
+            if worst is not None
+            else "no day had a verifiable row"
+        ),
+        metadata={
+            "discrepancy_rate_by_day": dg.MetadataValue.json(
+                {day.isoformat(): round(rate, 6) for day, rate in rates.items()}
+            ),
+            **finding_metadata(
+                [
+                    Finding(
+                        day.isoformat(),
+                        project,
+                        f"{rate:.2%} of the verifiable rows are discrepancies",
+                        f"at most {bound:.1%}",
+                    )
+                    for day, rate in over
+                ]
+            ),
         },
     )
 
@@ -344,7 +432,10 @@ def _sources_of(outcome: DayReconciliation, configured: str) -> str:
 
 
 def _completeness_check(
-    thin: list[tuple[DayCompleteness, str]], now: datetime, policy: ReconciliationPolicy
+    thin: list[tuple[DayCompleteness, str]],
+    now: datetime,
+    policy: ReconciliationPolicy,
+    project: str,
 ) -> dg.AssetCheckResult:
     """Fails (ERROR) when a day's rows were held pending past the grace period because its
     OpenAI side is thin; warns for a thin day still inside the grace period or accepted."""
@@ -377,6 +468,19 @@ def _completeness_check(
                 [v.day.isoformat() for v, _ in thin if v.accepted]
             ),
             "thin_day_counts": dg.MetadataValue.md(markdown_table(table)),
+            **finding_metadata(
+                [
+                    Finding(
+                        v.day.isoformat(),
+                        project,
+                        f"{v.records_on_day} OpenAI records created on the day for "
+                        f"{v.logged_with_ids} logged rows with request ids",
+                        "; ".join(v.reasons),
+                    )
+                    for v, _ in sorted(thin, key=lambda t: t[0] not in held)
+                    if not v.accepted
+                ]
+            ),
         },
     )
 
@@ -425,7 +529,7 @@ def _store_and_write_back(
     ],
 )
 def daily_variance_summary(
-    context: dg.AssetExecutionContext, database: ReconDatabase
+    context: dg.AssetExecutionContext, database: ReconDatabase, settings: ReconciliationSettings
 ) -> dg.MaterializeResult:
     """Per day, route (`action_type`) and model: counts per status, money, match rate, and
     whether the day is final (`day_status`, from `day_settlement`)."""
@@ -453,7 +557,20 @@ def daily_variance_summary(
             dg.AssetCheckResult(
                 check_name="summary_totals_equal_row_sums",
                 passed=not mismatched_days,
-                metadata={"days_not_matching": dg.MetadataValue.json(mismatched_days)},
+                metadata={
+                    "days_not_matching": dg.MetadataValue.json(mismatched_days),
+                    **finding_metadata(
+                        [
+                            Finding(
+                                day,
+                                scope_project(settings.project_scope()),
+                                "the summary's totals differ from the sums of its rows",
+                                "equal to the last decimal",
+                            )
+                            for day in mismatched_days
+                        ]
+                    ),
+                },
             )
         ],
     )

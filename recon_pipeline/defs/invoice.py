@@ -8,6 +8,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.alerts import Finding, scope_project
 from recon_pipeline.core.invoice import ALL_MODELS, judge_unattributed, request_id_coverage
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.project_scope import (
@@ -19,7 +20,13 @@ from recon_pipeline.core.project_scope import (
 )
 from recon_pipeline.core.settlement import status_of_day, with_day_status
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
-from recon_pipeline.defs.reporting import DailyReport, Figures, markdown_table, usd
+from recon_pipeline.defs.reporting import (
+    DailyReport,
+    Figures,
+    finding_metadata,
+    markdown_table,
+    usd,
+)
 from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
 from recon_pipeline.io.database import (
     DAY_SETTLEMENT,
@@ -130,6 +137,7 @@ def invoice_check_asset(
                     "days_without_invoice_data": dg.MetadataValue.json(list(verdict.unchecked)),
                     "days_skipped_locked": dg.MetadataValue.json(report.skipped_days()),
                     "unattributed_share_by_day": dg.MetadataValue.json(known),
+                    **finding_metadata(_unattributed_findings(shares, scope, settings)),
                 },
             )
         ],
@@ -153,6 +161,34 @@ def check_day(
     )
     status = status_of_day(db.read_day(DAY_SETTLEMENT, day, conn=conn))
     return with_day_status(table, status), results
+
+
+def _unattributed_findings(
+    shares: dict[str, float | None], scope: Scope, settings: ReconciliationSettings
+) -> list[Finding]:
+    """The days over the warn bound, the largest share first, then the days with no invoice
+    total to check against."""
+    project = scope_project(scope)
+    bound = (
+        f"warns above {settings.unattributed_warn_share:.1%}, fails above "
+        f"{settings.unattributed_fail_share:.1%} of billed"
+    )
+    over = sorted(
+        (
+            (day, share)
+            for day, share in shares.items()
+            if share is not None and abs(share) > settings.unattributed_warn_share
+        ),
+        key=lambda item: -abs(item[1]),
+    )
+    return [
+        Finding(day, project, f"{share:.1%} of billed spend unattributed", bound)
+        for day, share in over
+    ] + [
+        Finding(day, project, "no invoice total to check against", "an invoice total")
+        for day, share in shares.items()
+        if share is None
+    ]
 
 
 def _shown(table: pd.DataFrame) -> pd.DataFrame:

@@ -8,13 +8,14 @@ import pandas as pd
 
 from recon_pipeline.core import invoice_gap as g
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.alerts import Finding, scope_project
 from recon_pipeline.core.billed_prices import STALE_PRICE_SHARE, override_rules, stale_prices
 from recon_pipeline.core.pricing import DEFAULT_OVERRIDES_PATH, PriceCatalogue
 from recon_pipeline.core.project_scope import ALL_PROJECTS, Scope, describe_scope, in_scope
 from recon_pipeline.core.settlement import status_of_day, with_day_status
 from recon_pipeline.core.summarise import exact_sum
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
-from recon_pipeline.defs.reporting import DailyReport, markdown_table, usd
+from recon_pipeline.defs.reporting import DailyReport, finding_metadata, markdown_table, usd
 from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
 from recon_pipeline.io.database import (
     DAY_SETTLEMENT,
@@ -142,17 +143,20 @@ def invoice_gap_asset(
     all_gaps = pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=g.GAP_COLUMNS)
     this_run = all_gaps[all_gaps["usage_date"].isin(billed)]
     stale = pd.concat(findings, ignore_index=True) if findings else pd.DataFrame()
+    project = scope_project(scope)
     return dg.MaterializeResult(
         metadata=report.metadata(scope=describe_scope(scope)),
         check_results=[
-            _residual_check(this_run, billed, settings.gap_residual_fail_share),
-            _changes_check(all_gaps, billed, settings.gap_change_warn_share),
+            _residual_check(this_run, billed, settings.gap_residual_fail_share, project),
+            _changes_check(all_gaps, billed, settings.gap_change_warn_share, project),
             _prices_check(stale),
         ],
     )
 
 
-def _residual_check(gap: pd.DataFrame, billed: dict, bound: float) -> dg.AssetCheckResult:
+def _residual_check(
+    gap: pd.DataFrame, billed: dict, bound: float, project: str
+) -> dg.AssetCheckResult:
     shares = g.residual_shares(gap, billed)
     worst = max(shares.values(), default=None)
     over = {d.isoformat(): round(v, 6) for d, v in shares.items() if v > bound}
@@ -175,11 +179,19 @@ def _residual_check(gap: pd.DataFrame, billed: dict, bound: float) -> dg.AssetCh
                 {d.isoformat(): round(v, 6) for d, v in shares.items()}
             ),
             "days_without_costs": dg.MetadataValue.json(unchecked),
+            **finding_metadata(
+                [
+                    Finding(day, project, f"residual {share:.2%} of billed", f"at most {bound:.1%}")
+                    for day, share in sorted(over.items(), key=lambda item: -item[1])
+                ]
+            ),
         },
     )
 
 
-def _changes_check(gap: pd.DataFrame, billed: dict, share: float) -> dg.AssetCheckResult:
+def _changes_check(
+    gap: pd.DataFrame, billed: dict, share: float, project: str
+) -> dg.AssetCheckResult:
     changes = g.cause_changes(gap, billed, min_share=share)
     changes = changes[changes["usage_date"].isin(billed)]
     shown = changes.assign(
@@ -196,7 +208,22 @@ def _changes_check(gap: pd.DataFrame, billed: dict, share: float) -> dg.AssetChe
             f"{r.usage_date}: {r.cause} {r.change} ({r.previous} -> {r.amount})"
             for r in shown.head(5).itertuples()
         ),
-        metadata={"warn_above": share, "changes": dg.MetadataValue.md(markdown_table(shown))},
+        metadata={
+            "warn_above": share,
+            "changes": dg.MetadataValue.md(markdown_table(shown)),
+            **finding_metadata(
+                [
+                    Finding(
+                        str(r.usage_date),
+                        project,
+                        f"{r.cause} {r.change}: {r.previous} -> {r.amount}",
+                        f"no cause new or doubled by {share:.0%} of billed or more",
+                        subject=r.cause,
+                    )
+                    for r in shown.itertuples()
+                ]
+            ),
+        },
     )
 
 
@@ -221,6 +248,20 @@ def _prices_check(stale: pd.DataFrame) -> dg.AssetCheckResult:
         severity=dg.AssetCheckSeverity.WARN,
         description=f"{said}. Add to {DEFAULT_OVERRIDES_PATH.name}: {json.dumps(rules)}",
         metadata={
+            **finding_metadata(
+                [
+                    Finding(
+                        str(r.usage_date),
+                        ALL_PROJECTS,
+                        f"billed ${r.billed_usd_per_unit} per 1M tokens (or hour of audio)",
+                        f"catalogue ${r.catalogue_usd_per_unit}, within {STALE_PRICE_SHARE:.1%}",
+                        subject=f"{r.model} {r.kind}",
+                    )
+                    for r in first.sort_values(
+                        "difference_share", key=abs, ascending=False
+                    ).itertuples()
+                ]
+            ),
             "stale_prices": dg.MetadataValue.md(markdown_table(stale)),
             "override_rules": dg.MetadataValue.md(
                 f"Append to `recon_pipeline/core/{DEFAULT_OVERRIDES_PATH.name}` under "

@@ -1,12 +1,14 @@
 """Turning a run's per-day figures into the metadata of each day's partition."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import date
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
+from recon_pipeline.core import alerts
 from recon_pipeline.core.summarise import pico_to_usd_text
 
 Figures = dict[str, int | float]
@@ -145,3 +147,18 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def usd(pico: int) -> str:
     """Pico-dollars as the asset pages show money: `$1.23`."""
     return "$" + pico_to_usd_text(pico)
+
+
+def finding_metadata(findings: Sequence[alerts.Finding]) -> dict[str, Any]:
+    """A failing check's metadata by the project's convention (the worst finding first): its
+    `day`, `project_id`, `figure` and `bound`, every finding as JSON under `problems` for the
+    alert sensor, and a table of them when there are several. Empty when nothing failed."""
+    metadata = alerts.finding_metadata(findings)
+    if not metadata:
+        return {}
+    metadata[alerts.FINDINGS] = dg.MetadataValue.json(metadata[alerts.FINDINGS])
+    if len(findings) > 1:
+        table = pd.DataFrame([asdict(f) for f in findings])
+        table = table.drop(columns=["subject"]) if not table["subject"].any() else table
+        metadata["problems_table"] = dg.MetadataValue.md(markdown_table(table))
+    return metadata

@@ -11,6 +11,7 @@ import os
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 import sqlalchemy as sa
@@ -23,6 +24,7 @@ from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.core.settlement import DEFAULT_LOOKBACK_DAYS, MAX_LOOKBACK_DAYS
 from recon_pipeline.core.sources import SOURCES
+from recon_pipeline.io.alert_webhook import AlertWebhook, check_webhook_url
 from recon_pipeline.io.database import Database, connect_engine
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.openai_api import DEFAULT_BASE_URL as DEFAULT_OPENAI_BASE_URL
@@ -203,6 +205,48 @@ class StatementFolder(dg.ConfigurableResource):
             raise ValueError(f"RECON_STATEMENT_DIR {folder}: {parent} is not a writable folder")
 
 
+class AlertSettings(dg.ConfigurableResource):
+    """Where the alert sensor posts failed checks (RECON_ALERT_WEBHOOK_URL, a Slack-compatible
+    incoming webhook; unset: no alert is sent) and the Dagster UI's address its messages link
+    to (RECON_UI_BASE_URL). The webhook's URL is its credential: bound with EnvVar, never
+    shown."""
+
+    webhook_url: str | None = None
+    ui_base_url: str | None = None
+    timeout_seconds: float = 10.0
+
+    def __repr_args__(self):
+        return [
+            (name, _shown(name, value, name == "webhook_url"))
+            for name, value in super().__repr_args__()
+        ]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url)
+
+    def webhook(self) -> AlertWebhook:
+        if not self.webhook_url:
+            raise ValueError("RECON_ALERT_WEBHOOK_URL is not set")
+        return AlertWebhook(self.webhook_url, self.timeout_seconds)
+
+    def ui_link_base(self) -> str | None:
+        return check_ui_base_url(self.ui_base_url) if self.ui_base_url else None
+
+
+def check_ui_base_url(url: str) -> str:
+    """RECON_UI_BASE_URL as the messages use it: http(s)://host[/path], with no user or
+    password in it (the messages would show them)."""
+    check_webhook_url(url, "RECON_UI_BASE_URL")
+    parts = urlsplit(url.strip())
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(
+            "RECON_UI_BASE_URL must be the UI's address only (http(s)://host[:port][/path]), "
+            "with no user, password, query or fragment"
+        )
+    return url.strip().rstrip("/")
+
+
 # The core's policies hold the reconciliation defaults; the resource shows them as its own.
 _POLICY = ReconciliationPolicy()
 _COMPLETENESS = CompletenessPolicy()
@@ -239,6 +283,7 @@ class ReconciliationSettings(dg.ConfigurableResource):
     gap_residual_fail_share: float = 0.01
     gap_change_warn_share: float = 0.05
     restatement_lookback_days: int = DEFAULT_LOOKBACK_DAYS
+    discrepancy_rate_warn_share: float = 0.10
 
     def completeness(self) -> CompletenessPolicy:
         """The thin-day rule's knobs; `accept_thin_days`: comma-separated `YYYY-MM-DD` days
@@ -331,6 +376,7 @@ API_ENV = {
     "file_cache_dir": "RECON_OPENAI_FILE_CACHE",
 }
 STATEMENT_ENV = {"path": "RECON_STATEMENT_DIR"}
+ALERTS_ENV = {"webhook_url": "RECON_ALERT_WEBHOOK_URL", "ui_base_url": "RECON_UI_BASE_URL"}
 SETTINGS_ENV = {
     "tolerance_cents": "RECON_TOLERANCE_CENTS",
     "relative_tolerance": "RECON_RELATIVE_TOLERANCE",
@@ -350,6 +396,7 @@ SETTINGS_ENV = {
     "gap_residual_fail_share": "RECON_GAP_RESIDUAL_FAIL_SHARE",
     "gap_change_warn_share": "RECON_GAP_CHANGE_WARN_SHARE",
     "restatement_lookback_days": "RECON_RESTATEMENT_LOOKBACK_DAYS",
+    "discrepancy_rate_warn_share": "RECON_DISCREPANCY_RATE_WARN_SHARE",
 }
 
 
@@ -400,6 +447,15 @@ def _check_settings_in_env() -> None:
         )
 
 
+def _check_alerts_in_env() -> None:
+    """Refuse a webhook or UI address that is not an http(s) URL when the definitions load;
+    the message names the variable, never its value."""
+    if os.environ.get("RECON_ALERT_WEBHOOK_URL"):
+        check_webhook_url(os.environ["RECON_ALERT_WEBHOOK_URL"])
+    if os.environ.get("RECON_UI_BASE_URL"):
+        check_ui_base_url(os.environ["RECON_UI_BASE_URL"])
+
+
 def resources_from_env(
     embedded_database: type[ReconDatabase] = ReconDatabase,
     embedded_project_ids: str | None = None,
@@ -409,6 +465,7 @@ def resources_from_env(
     scope is `embedded_project_ids`: how `definitions.py` plugs in the demo."""
     _check_names_in_env()
     _check_settings_in_env()
+    _check_alerts_in_env()
     settings = _bound(ReconciliationSettings, SETTINGS_ENV)
     database = ReconDatabase
     if not os.environ.get("RECON_DATABASE_URL"):
@@ -423,4 +480,5 @@ def resources_from_env(
         "openai_exports": OpenAIExportFolder(**_bound(OpenAIExportFolder, EXPORTS_ENV)),
         "openai_api": OpenAIAPI(**_bound(OpenAIAPI, API_ENV)),
         "settings": ReconciliationSettings(**settings),
+        "alerts": AlertSettings(**_bound(AlertSettings, ALERTS_ENV)),
     }
