@@ -48,6 +48,7 @@ FIRST_DAY = LAST_DAY - timedelta(days=13)
 CHECKS = {
     ("reconciled_usage", "every_logged_row_reconciled"),
     ("reconciled_usage", "every_model_priced"),
+    ("reconciled_usage", "discrepancy_rate_within_bounds"),
     ("reconciled_usage", "openai_side_complete"),
     ("token_usage_reconciliation", "token_usage_agrees_with_results"),
     ("daily_variance_summary", "summary_totals_equal_row_sums"),

@@ -308,6 +308,7 @@ def test_the_helm_values_reference_the_secrets_and_the_sizing() -> None:
         "RECON_DATABASE_URL",
         "OPENAI_API_KEY",
         "OPENAI_ADMIN_KEY",
+        "RECON_ALERT_WEBHOOK_URL",
     }
     assert keys["dagster-postgresql-secret"] == {"postgresql-password"}
     assert {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME", "DAGSTER_PG_DB"} <= keys[
@@ -343,4 +344,5 @@ def test_the_definitions_load_with_the_k8s_job_executor() -> None:
     schedule = defs.resolve_schedule_def("daily_reconciliation_schedule")
     assert schedule.job_name == "daily_reconciliation"
     assert defs.resolve_sensor_def("pending_rows_sensor").job_name == "daily_reconciliation"
+    assert defs.resolve_sensor_def("check_alerts_sensor").required_resource_keys == {"alerts"}
     defs.resolve_all_job_defs()  # every job resolves with its resources

@@ -595,10 +595,23 @@ def test_day_pulls_both_endpoints_and_reconciles_every_row(reference: Reference)
     # The scenario's bill folds cached input into `input` and bills proj_b output tokens the
     # Usage API does not show: the checks that explain the bill (issue 16) rightly say so.
     explaining = {"invoice_gap_residual_within_bounds", "billed_prices_match_catalogue"}
+    # Its rows plant every kind of discrepancy, far more than a day's bound of 10%.
+    statuses = [r.reconciliation_status for r in rows]
+    rate = statuses.count("discrepancy") / (
+        statuses.count("discrepancy") + statuses.count("matched")
+    )
+    [discrepancies] = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "discrepancy_rate_within_bounds"
+    ]
+    assert rate > 0.10 and not discrepancies.passed
+    assert discrepancies.metadata["figure"].value.startswith(f"{rate:.2%} ")
     assert all(
         e.passed
         for e in result.get_asset_check_evaluations()
-        if e.check_name not in {"unattributed_spend_within_bounds", *explaining}
+        if e.check_name
+        not in {"unattributed_spend_within_bounds", discrepancies.check_name, *explaining}
     )
 
 

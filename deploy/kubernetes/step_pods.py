@@ -13,6 +13,7 @@ import dagster as dg
 from dagster_k8s import k8s_job_executor
 
 from recon_pipeline.definitions import defs as base
+from recon_pipeline.defs.alerts import ALERT_SENSOR
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
     daily_reconciliation_schedule,
@@ -50,6 +51,6 @@ defs = dg.Definitions(
     assets=base.assets,
     jobs=[job, monthly_statement_job],
     schedules=[daily_reconciliation_schedule.with_updated_job(job)],
-    sensors=[pending_rows_sensor.with_updated_job(job)],
+    sensors=[pending_rows_sensor.with_updated_job(job), base.resolve_sensor_def(ALERT_SENSOR)],
     resources=base.resources,
 )
