@@ -146,10 +146,7 @@ def alert_message(problem: Problem, ui_base_url: str | None = None) -> dict[str,
         f"figure: {_escaped(f.figure or 'n/a')}    bound: {_escaped(f.bound or 'n/a')}",
     ]
     if problem.description:
-        text = " ".join(problem.description.split())
-        if len(text) > DESCRIPTION_CHARS:
-            text = text[: DESCRIPTION_CHARS - 1] + "…"
-        lines.append(f"> {_escaped(text)}")
+        lines.append(f"> {_escaped(_shortened(problem.description))}")
     if ui_base_url:
         lines.append(
             f"<{asset_link(ui_base_url, problem.asset, f.day)}|{_escaped(problem.asset)}"
@@ -246,6 +243,16 @@ def problems_of(
     """The problems of one failed check evaluation. A check that names no finding is one
     problem on `fallback_day` (the run's partition), its description as the figure."""
     findings = findings_from_metadata(metadata) or [
-        Finding(day=fallback_day, project_id="", figure=(description or "failed"), bound="")
+        Finding(
+            day=fallback_day, project_id="", figure=_shortened(description or "failed"), bound=""
+        )
     ]
-    return [Problem(check, asset, severity, finding, description or "") for finding in findings]
+    text = _shortened(description or "")
+    return [Problem(check, asset, severity, finding, text) for finding in findings]
+
+
+def _shortened(text: str) -> str:
+    """Text on one line, at most DESCRIPTION_CHARS long (the message and the cursor keep
+    no more)."""
+    text = " ".join(text.split())
+    return text if len(text) <= DESCRIPTION_CHARS else text[: DESCRIPTION_CHARS - 1] + "…"
