@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import dagster as dg
@@ -32,6 +33,7 @@ from recon_pipeline.defs.resources import AlertSettings, ReconciliationSettings
 from recon_pipeline.demo_openai_side import APP_PROJECT
 from recon_pipeline.io.alert_webhook import AlertWebhook
 from recon_pipeline_tests.runs import (
+    AS_OF,
     InThread,
     SmallDemo,
     load_code_location,
@@ -168,7 +170,7 @@ class Alerted:
     def resources(self, **settings: Any) -> dict[str, Any]:
         resources = self.demo.resources(url=_with_password(self.demo.url))
         resources["settings"] = ReconciliationSettings(
-            as_of=resources["settings"].as_of, openai_project_ids=APP_PROJECT, **settings
+            **{"as_of": AS_OF, "openai_project_ids": APP_PROJECT, **settings}
         )
         return resources
 
@@ -429,3 +431,51 @@ def _wait_until_planned(instance: dg.DagsterInstance, running: InThread) -> None
             return
         time.sleep(0.1)
     raise AssertionError("the run's checks were never planned")
+
+
+def test_a_restated_closed_day_is_alerted_once(alerted: Alerted, httpserver: HTTPServer) -> None:
+    """OpenAI restates a closed day's Costs: the run that reads it again fails
+    billed_totals_not_restated, and the webhook gets one message naming the day, the project,
+    the new total and the one the day closed with."""
+    from recon_pipeline_tests.openai_server import costs_result
+
+    httpserver.expect_request(HOOK_PATH, method="POST").respond_with_data("ok")
+    url = httpserver.url_for(HOOK_PATH)
+    days = alerted.demo.days
+    first, last = days[0], days[-1]
+
+    def run(as_of: str) -> dg.ExecuteInProcessResult:
+        result = run_job(alerted.resources(as_of=as_of), last, last, alerted.instance)
+        assert result.success
+        return result
+
+    alerted.run(first, last)  # inside every day's grace period: open
+    run("2026-11-13T06:00:00+00:00")  # the first two days close
+    cursor, _ = _tick(alerted.instance, None, url)
+    before = len(_delivered(httpserver))
+
+    page_file = alerted.demo.exports / f"openai-costs-{first.isoformat()}.json"
+    page = json.loads(page_file.read_text())
+    extra = costs_result(Decimal("0.75"), "web search tool calls", project_id=APP_PROJECT)
+    page["data"][0]["results"].append({**extra, "amount": {"value": 0.75, "currency": "usd"}})
+    page_file.write_text(json.dumps(page))
+    restated = run("2026-11-14T06:00:00+00:00")
+    [check] = [
+        e for e in restated.get_asset_check_evaluations()
+        if e.check_name == "billed_totals_not_restated"
+    ]  # fmt: skip
+    assert not check.passed
+    meta = {k: v.value for k, v in check.metadata.items()}
+
+    cursor, said = _tick(alerted.instance, cursor, url)
+    fresh = [
+        m for m in _delivered(httpserver)[before:] if "billed_totals_not_restated" in m["text"]
+    ]
+    assert len(fresh) == 1, said
+    text = fresh[0]["text"]
+    assert f"day: {first.isoformat()}" in text and f"project: {APP_PROJECT}" in text
+    assert f"figure: {meta['figure']}" in text and f"bound: {meta['bound']}" in text
+    # The same restatement read again by the next tick, or found again, is not sent twice.
+    sent = len(_delivered(httpserver))
+    _tick(alerted.instance, cursor, url)
+    assert len(_delivered(httpserver)) == sent

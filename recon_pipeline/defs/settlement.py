@@ -10,13 +10,14 @@ from typing import NamedTuple
 import dagster as dg
 import pandas as pd
 
+from recon_pipeline.core.alerts import Finding
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.project_scope import ALL_PROJECTS, Scope
 from recon_pipeline.core.settlement import DAY_STATUS, DaySettlement, billed_totals, settle
 from recon_pipeline.defs.assets import summary_day
 from recon_pipeline.defs.invoice import check_day
 from recon_pipeline.defs.invoice_gap import day_gap
-from recon_pipeline.defs.reporting import markdown_table, usd
+from recon_pipeline.defs.reporting import finding_metadata, markdown_table, usd
 from recon_pipeline.io.database import (
     DAILY_VARIANCE_SUMMARY,
     DAY_SETTLEMENT,
@@ -65,7 +66,7 @@ def settlement_table(rows: pd.DataFrame) -> str:
 def restated_check(restated: pd.DataFrame, reread: list[date]) -> dg.AssetCheckResult:
     """Fails when a closed day's billed total changed on this run's read, naming the worst
     (largest change) in `day`, `project_id`, `figure` (the new total) and `bound` (the
-    total it had), with every restatement in a table."""
+    total it had), with every restatement in a table and, for the alerts, under `problems`."""
     said = f"re-read the Costs totals of {len(reread)} closed days" if reread else "no day re-read"
     if restated.empty:
         return dg.AssetCheckResult(
@@ -80,7 +81,6 @@ def restated_check(restated: pd.DataFrame, reread: list[date]) -> dg.AssetCheckR
         change=(restated["billed_pico"] - restated["previous_billed_pico"]).abs(),
         scope_row=restated["project_id"] == ALL_PROJECTS,
     ).sort_values(["change", "scope_row", "usage_date"], ascending=[False, True, True])
-    worst = restated.iloc[0]
     shown = restated.assign(
         usage_date=[d.isoformat() for d in restated["usage_date"]],
         previous=[usd(v) for v in restated["previous_billed_pico"]],
@@ -96,14 +96,27 @@ def restated_check(restated: pd.DataFrame, reread: list[date]) -> dg.AssetCheckR
             for r in shown.head(5).itertuples()
         ),
         metadata={
-            "day": worst["usage_date"].isoformat(),
-            "project_id": str(worst["project_id"]),
-            "figure": usd(int(worst["billed_pico"])),
-            "bound": usd(int(worst["previous_billed_pico"])),
+            **finding_metadata(_findings(restated)),
             "restatements": dg.MetadataValue.md(markdown_table(shown)),
             "days_reread": dg.MetadataValue.json([d.isoformat() for d in reread]),
         },
     )
+
+
+def _findings(restated: pd.DataFrame) -> list[Finding]:
+    """Each restatement a problem of its own for the alerts, the worst first: a project's,
+    and the scope's `(all)` total only on a day no project of it names."""
+    named = set(restated.loc[~restated["scope_row"], "usage_date"])
+    return [
+        Finding(
+            r.usage_date.isoformat(),
+            str(r.project_id),
+            usd(int(r.billed_pico)),
+            usd(int(r.previous_billed_pico)),
+        )
+        for r in restated.itertuples()
+        if not (r.scope_row and r.usage_date in named)
+    ]
 
 
 # The tables whose rows of a day carry its status and are computed again when a day read
