@@ -105,7 +105,8 @@ def restated_check(restated: pd.DataFrame, reread: list[date]) -> dg.AssetCheckR
 
 def _findings(restated: pd.DataFrame) -> list[Finding]:
     """Each restatement a problem of its own for the alerts, the worst first: a project's,
-    and the scope's `(all)` total only on a day no project of it names."""
+    and the scope's `(all)` total only on a day no project of it names. The new total is the
+    subject too, so a day restated again later is alerted again."""
     named = set(restated.loc[~restated["scope_row"], "usage_date"])
     return [
         Finding(
@@ -113,6 +114,7 @@ def _findings(restated: pd.DataFrame) -> list[Finding]:
             str(r.project_id),
             usd(int(r.billed_pico)),
             usd(int(r.previous_billed_pico)),
+            subject=f"now {usd(int(r.billed_pico))}",
         )
         for r in restated.itertuples()
         if not (r.scope_row and r.usage_date in named)
