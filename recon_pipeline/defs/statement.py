@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.alerts import Finding, scope_project
 from recon_pipeline.core.invoice_gap import RESIDUAL
 from recon_pipeline.core.monthly_statement import (
     BILLED,
@@ -20,7 +21,7 @@ from recon_pipeline.defs.partitions import (
     daily_partitions,
     monthly_partitions,
 )
-from recon_pipeline.defs.reporting import markdown_table, usd
+from recon_pipeline.defs.reporting import finding_metadata, markdown_table, usd
 from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase, StatementFolder
 from recon_pipeline.io.database import (
     INVOICE_CHECK,
@@ -119,12 +120,21 @@ def monthly_statement_asset(
             "statement": dg.MetadataValue.md(_summary(statement)),
             "scope": scope_text,
         },
-        check_results=[_ties_check(statement)],
+        check_results=[_ties_check(statement, scope_project(settings.project_scope()))],
     )
 
 
-def _ties_check(statement: Statement) -> dg.AssetCheckResult:
+def _ties_check(statement: Statement, project: str) -> dg.AssetCheckResult:
     untied = [day.isoformat() for day in statement.untied]
+    findings = [
+        Finding(
+            day,
+            project,
+            "billed - reconciled differs from the causes and residual",
+            "equal to the last decimal",
+        )
+        for day in untied
+    ]
     return dg.AssetCheckResult(
         check_name=TIES_CHECK,
         passed=not untied,
@@ -132,7 +142,10 @@ def _ties_check(statement: Statement) -> dg.AssetCheckResult:
         description=f"the stored figures of {', '.join(untied)} do not add up: re-run those days"
         if untied
         else "billed - reconciled equals the causes and residual exactly on every day",
-        metadata={"days_not_tying": dg.MetadataValue.json(untied)},
+        metadata={
+            "days_not_tying": dg.MetadataValue.json(untied),
+            **finding_metadata(findings),
+        },
     )
 
 
