@@ -674,8 +674,12 @@ def test_a_failing_warning_check_reads_as_a_warning(stack, backfill, browser, sc
         ["unattributed_spend_within_bounds", "Failed", "over the warn bound"],
         screenshots,
     )
-    icons = {
-        element.get_attribute("aria-label")
-        for element in browser.find_elements(By.CSS_SELECTOR, "[role=img][aria-label]")
-    }
+    # Read in one script call: the UI re-renders while it polls, and an element found by one
+    # WebDriver call can be gone by the next (StaleElementReferenceException).
+    icons = set(
+        browser.execute_script(
+            "return Array.from(document.querySelectorAll('[role=img][aria-label]'),"
+            " e => e.getAttribute('aria-label'));"
+        )
+    )
     assert "warning_outline" in icons and "cancel" not in icons, icons
