@@ -50,6 +50,7 @@ def main(argv: list[str]) -> int:
             date.fromisoformat(args["last"]),
             args["as_of"],
             instance=instance,
+            slice_rows=args.get("slice_rows"),
         )
     elif kind == "stages":
         from benchmarks.stages import run_stages

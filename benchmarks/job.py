@@ -31,12 +31,16 @@ RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 
 
-def resources(url: str, schema: str, export_dir: Path, as_of: str) -> dict[str, Any]:
+def resources(
+    url: str, schema: str, export_dir: Path, as_of: str, slice_rows: int | None = None
+) -> dict[str, Any]:
+    """The job's resources; `slice_rows`: RECON_SLICE_ROWS (None: the default)."""
+    sliced = {"slice_rows": slice_rows} if slice_rows else {}
     return {
         "database": ReconDatabase(url=url, usage_schema=schema),
         "openai_exports": OpenAIExportFolder(path=str(export_dir)),
         "openai_api": OpenAIAPI(),
-        "settings": ReconciliationSettings(as_of=as_of, openai_source="exports"),
+        "settings": ReconciliationSettings(as_of=as_of, openai_source="exports", **sliced),
     }
 
 
@@ -56,9 +60,11 @@ def run_job(
     last: date,
     as_of: str,
     instance: dg.DagsterInstance | None = None,
+    slice_rows: int | None = None,
 ) -> dict[str, Any]:
     """One run of the job over [first, last]: a single partition, or a range run."""
-    job = build_definitions(resources(url, schema, export_dir, as_of)).resolve_job_def(JOB)
+    chosen = resources(url, schema, export_dir, as_of, slice_rows)
+    job = build_definitions(chosen).resolve_job_def(JOB)
     own_instance = instance is None
     instance = instance or dg.DagsterInstance.ephemeral()
     try:

@@ -1,9 +1,10 @@
 """The finer split: the functions the assets call (io + core), timed one by one, in order.
 
 This mirrors the bodies of `recon_pipeline.defs.assets` and `recon_pipeline.defs.invoice` for
-one day, without Dagster, except in one place: the job runs the write-back's UPDATE on its own
-connection while it stores the result tables (`_store_and_write_back`); here they run one
-after the other, so that each gets its own time. Otherwise it is the same calls, so each phase
+one day, without Dagster, with the day in one piece, except in one place: the job runs the
+write-back's UPDATE on its own connection while it stores the result tables
+(`defs/reconcile_slices.py`, a slice at a time); here they run one after the other, so that
+each gets its own time. Otherwise it is the same calls, so each phase
 inside a step gets its own wall time, CPU time (wall minus CPU is, roughly, waiting on
 PostgreSQL or the disk) and peak memory. Peak memory per phase: the process's high-water mark
 (VmHWM) is reset before each phase through /proc/self/clear_refs, then read after it.

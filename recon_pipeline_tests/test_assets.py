@@ -424,10 +424,22 @@ def test_metadata_and_checks(reference: Reference) -> None:
 def test_rerun_updates_nothing(reference: Reference) -> None:
     demo = reference.demo
     usage_before, results_before = demo.token_usage(), demo.results()
-    # A later "now" that still keeps the recent rows inside the grace period.
-    again = demo.run(FIRST_DAY, LAST_DAY, as_of="2026-11-11T09:00:00+00:00")
+    # A later "now" that still keeps the recent rows inside the grace period: every day's
+    # inputs are unchanged, so every day is left alone, and says so.
+    later = "2026-11-11T09:00:00+00:00"
+    again = demo.run(FIRST_DAY, LAST_DAY, as_of=later)
     assert again.success
-    updated = _by_partition(again, "token_usage_reconciliation")
+    for asset in ("reconciled_usage", "token_usage_reconciliation"):
+        assert all("unchanged" in m for m in _by_partition(again, asset).values())
+    assert demo.token_usage() == usage_before
+    assert demo.results() == results_before
+    # Done again in full (RECON_FULL_RERUN), the days update no row either.
+    resources = demo.resources(later)
+    resources["settings"] = ReconciliationSettings(
+        as_of=later, openai_project_ids=APP_PROJECT, full_rerun=True
+    )
+    full = run_job(resources, FIRST_DAY, LAST_DAY, raise_on_error=True)
+    updated = _by_partition(full, "token_usage_reconciliation")
     assert [m["rows_updated"] for m in updated.values()] == [0] * 14
     assert demo.token_usage() == usage_before
     assert demo.results() == results_before

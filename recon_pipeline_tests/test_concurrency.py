@@ -17,7 +17,9 @@ import dagster as dg
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
-from recon_pipeline.defs import assets, openai_requests
+from recon_pipeline.defs import assets, openai_requests, reconcile_slices
+from recon_pipeline.defs.resources import ReconciliationSettings
+from recon_pipeline.demo_openai_side import APP_PROJECT
 from recon_pipeline.io.database import Database
 from recon_pipeline_tests.runs import (
     AS_OF,
@@ -209,8 +211,8 @@ def test_a_second_run_of_the_same_day_skips_it_while_the_first_holds_it(
 def test_the_write_back_lock_is_taken_only_once_the_day_is_reconciled(
     demo: SmallDemo, monkeypatch
 ) -> None:
-    """While the day is read and reconciled only the results' lock is held; token_usage's
-    lock, and its transaction, come when there is something to write back."""
+    """While the day's first slice is read and reconciled only the results' lock is held;
+    token_usage's lock, and its transaction, come when there is something to write back."""
     day = demo.days[1]
     db = demo.db()
     keys = {
@@ -220,11 +222,12 @@ def test_the_write_back_lock_is_taken_only_once_the_day_is_reconciled(
     seen: dict[str, dict[str, int]] = {}
 
     def held(moment: str) -> None:
-        seen[moment] = {
-            name: len(advisory_lock_holders(demo.engine, key)) for name, key in keys.items()
-        }
+        if moment not in seen:  # the first slice's
+            seen[moment] = {
+                name: len(advisory_lock_holders(demo.engine, key)) for name, key in keys.items()
+            }
 
-    reconcile_day, write_back_rows = assets.reconcile_day, Database.write_back_rows
+    reconcile_day, write_back_rows = reconcile_slices.reconcile_day, Database.write_back_rows
 
     def reconciling(*args, **kwargs):
         held("reconciling")
@@ -234,7 +237,7 @@ def test_the_write_back_lock_is_taken_only_once_the_day_is_reconciled(
         held("writing_back")
         return write_back_rows(self, *args, **kwargs)
 
-    monkeypatch.setattr(assets, "reconcile_day", reconciling)
+    monkeypatch.setattr(reconcile_slices, "reconcile_day", reconciling)
     monkeypatch.setattr(Database, "write_back_rows", writing_back)
     result = demo.run(day)
 
@@ -318,9 +321,14 @@ def test_overlapping_range_runs_started_together_finish_without_deadlock(
         for scope in SCOPES:
             assert advisory_lock_holders(demo.engine, db.day_lock_key(day, scope)) == []
 
-    # What they left is exactly the reconciliation: a sequential run changes nothing.
+    # What they left is exactly the reconciliation: a sequential run, in full
+    # (RECON_FULL_RERUN: none of its days is skipped as unchanged), changes nothing.
     usage, results_before = demo.token_usage(), demo.table("reconciled_usage")
-    again = demo.run(days[0], days[-1])
+    resources = demo.resources()
+    resources["settings"] = ReconciliationSettings(
+        as_of=AS_OF, openai_project_ids=APP_PROJECT, full_rerun=True
+    )
+    again = demo.run(days[0], days[-1], resources=resources)
     assert again.success
     updated = [
         event.materialization.metadata["rows_updated"].value

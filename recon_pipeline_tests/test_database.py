@@ -571,7 +571,7 @@ def test_replace_days_failure_after_delete_and_insert_rolls_back(
     db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, [("a", 1), ("b", 2)]), [DAY])
     before = _stored_summary(db)
     assert len(before) == 2
-    original = Database._insert
+    original = Database.append_rows
     seen: list[int] = []
 
     def insert_then_fail(self, conn, output, frame):
@@ -581,7 +581,7 @@ def test_replace_days_failure_after_delete_and_insert_rolls_back(
         seen.append(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(Database, "_insert", insert_then_fail)
+    monkeypatch.setattr(Database, "append_rows", insert_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
         db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, [("x", 9)]), [DAY])
     assert seen == [1]

@@ -89,7 +89,20 @@ def judge_day(
     with_ids = int(logged.loc[on_day, "openai_request_id"].notna().sum())
     created = openai["created_at"]
     records_on_day = int(((created >= start) & (created < end)).sum())
-    stored = len(openai)
+    return judge_counts(day, with_ids, records_on_day, len(openai), trailing, policy)
+
+
+def judge_counts(
+    day: date,
+    with_ids: int,
+    records_on_day: int,
+    stored: int,
+    trailing: Mapping[date, int],
+    policy: CompletenessPolicy,
+) -> DayCompleteness:
+    """`judge_day` from the counts alone, for a day read in slices (`core.slices`):
+    `with_ids` logged rows of the day carry a request id, `records_on_day` of the `stored`
+    records of its match window were created on it."""
     earlier = [
         count
         for moment, count in trailing.items()

@@ -322,6 +322,18 @@ WRITE_BACK_ROWS = OutputTable(
         "reconciliation_status:text:the row's status",
     ),
 )
+# What each step last read of a day, so that a re-run of an unchanged day can skip it
+# (`io.day_inputs`); the pipeline's own bookkeeping, not an analyst table.
+DAY_INPUTS = OutputTable(
+    "recon_day_inputs",
+    _cols(
+        "usage_date:date",
+        "step:text:the step (asset) that read the day",
+        "inputs:text:digest of everything the step's result depends on",
+        "recorded_at:timestamp:when the step last wrote the day",
+    ),
+    indexes=(("usage_date",),),
+)
 # The tables analysts query, one per asset of the same name.
 OUTPUT_TABLES = (
     OPENAI_REQUESTS,

@@ -67,8 +67,13 @@ class ReconciliationPolicy:
 
 @dataclass(frozen=True)
 class DayReconciliation:
+    """`unclaimed`: the records no row claimed (by id, tag or fingerprint), created on the
+    day or not; only when asked for (`keep_unclaimed`), for the pass over rows without an id
+    that follows a day's slices (`core.slices`)."""
+
     results: pd.DataFrame
     unlogged: pd.DataFrame
+    unclaimed: pd.DataFrame | None = None
 
 
 def read_window(day: date, policy: ReconciliationPolicy) -> tuple[datetime, datetime]:
@@ -207,6 +212,7 @@ def reconcile_day(
     now: datetime,
     policy: ReconciliationPolicy,
     finalize: bool = True,
+    keep_unclaimed: bool = False,
 ) -> DayReconciliation:
     """Reconcile the rows logged on `day` against priced OpenAI records.
 
@@ -285,7 +291,11 @@ def reconcile_day(
     )
     claimed = np.zeros(len(openai), dtype=bool)
     claimed[positions[positions >= 0]] = True  # by id, tag or fingerprint, in the window
-    return DayReconciliation(results=results, unlogged=_unlogged(openai, claimed, start, end, day))
+    return DayReconciliation(
+        results=results,
+        unlogged=_unlogged(openai, claimed, start, end, day),
+        unclaimed=openai[~claimed].reset_index(drop=True) if keep_unclaimed else None,
+    )
 
 
 def link_rows(

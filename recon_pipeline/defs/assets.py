@@ -1,8 +1,6 @@
 """The daily reconciliation, as assets. Each reads, calls the core, writes one day at a time,
 and reports; the rules themselves live in `recon_pipeline.core`."""
 
-from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import NamedTuple
@@ -14,17 +12,19 @@ import sqlalchemy as sa
 from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
 from recon_pipeline.core.alerts import Finding, scope_project
-from recon_pipeline.core.completeness import CompletenessPolicy, DayCompleteness, judge_day
-from recon_pipeline.core.pricing import PriceCatalogue, price_usage
-from recon_pipeline.core.reconcile import (
-    DayReconciliation,
-    ReconciliationPolicy,
-    day_bounds,
-    read_window,
-    reconcile_day,
-)
+from recon_pipeline.core.completeness import DayCompleteness
+from recon_pipeline.core.day_inputs import inputs_digest, may_skip
+from recon_pipeline.core.pricing import PriceCatalogue
+from recon_pipeline.core.reconcile import ReconciliationPolicy, day_bounds
 from recon_pipeline.core.settlement import status_of_day, with_day_status
+from recon_pipeline.core.slices import DayTally
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
+from recon_pipeline.defs.reconcile_slices import (
+    DayOutcome,
+    DayPlan,
+    Unchanged,
+    reconcile_in_slices,
+)
 from recon_pipeline.defs.reporting import (
     DailyReport,
     Figures,
@@ -36,16 +36,14 @@ from recon_pipeline.defs.resources import (
     ReconciliationSettings,
     ReconDatabase,
 )
+from recon_pipeline.io import day_inputs
 from recon_pipeline.io.database import (
     DAILY_VARIANCE_SUMMARY,
+    DAY_INPUTS,
     DAY_SETTLEMENT,
-    OPENAI_REQUESTS,
     RECONCILED_USAGE,
-    UNLOGGED_OPENAI_REQUESTS,
     Database,
-    WriteBackResult,
 )
-from recon_pipeline.io.day_volumes import trailing_record_counts
 
 WRITE_BACK_POOL = "token_usage_write_back"
 
@@ -57,11 +55,11 @@ token_usage = dg.AssetSpec(
 )
 
 
-def _result_figures(results: pd.DataFrame) -> tuple[Figures, dict[str, float]]:
+def _result_figures(tally: DayTally) -> tuple[Figures, dict[str, float]]:
     """What an analyst reads of a day's results: money, the rows that need a look, and two
     ratios: the match rate of the verifiable rows and the share no record can verify.
     Pending rows are in `statuses` only: a state of the last few days, flat at zero before."""
-    totals = summarise.totals(results)
+    totals = tally.totals()
     figures = {
         "estimated_cost_usd": totals["estimated_cost_pico"] / s.PICO_PER_USD,
         "actual_cost_usd": totals["actual_cost_pico"] / s.PICO_PER_USD,
@@ -146,9 +144,11 @@ def reconciled_usage(
     """Join on the request id, price OpenAI's usage, classify, store both result tables, and
     write the verdicts back onto token_usage.
 
-    The write-back is part of this step, not a step of its own, so that PostgreSQL runs its
-    UPDATE while the result tables are COPYed in: the two slowest statements of a day, on two
-    connections and two cores (benchmarks/README.md). Each day is two transactions, each
+    A day larger than RECON_SLICE_ROWS is read and reconciled in slices, and a day whose
+    inputs are unchanged since it was last written is skipped (`defs/reconcile_slices.py`,
+    docs/large-days.md). The write-back is part of this step, not a step of its own, so that
+    each slice's rows are staged for it on a second connection while the next slice is
+    reconciled (benchmarks/README.md). Each day is two transactions, each
     under its advisory lock (`Database.day_transaction`): the result tables commit first,
     then the write-back; if either fails before that, neither is written. A run that finds
     either lock of a day taken skips the day, logs a warning and lists it in
@@ -160,6 +160,7 @@ def reconciled_usage(
     completeness = settings.completeness()
     now = settings.now()
     catalogue = PriceCatalogue()
+    slice_rows = settings.slice_size()
     thin: list[tuple[DayCompleteness, str]] = []
     reports = _Reports(
         DailyReport(context, "reconciled_usage"),
@@ -169,15 +170,20 @@ def reconciled_usage(
     results_report, unlogged_report, write_back_report = reports
     tally = _Tally()
     for day in partition_days(context):
-        done = _reconcile_and_write_back(db, day, now, policy, catalogue, completeness)
+        plan = DayPlan(day, now, policy, catalogue, completeness, slice_rows, settings.full_rerun)
+        done = reconcile_in_slices(db, plan)
+        if isinstance(done, Unchanged):
+            for report in reports:
+                report.unchanged(day)
+            continue
         if done is None:
             results_report.skip(day)
             unlogged_report.skip(day, warn=False)
             write_back_report.skip(day, warn=False)
             continue
-        outcome, written, verdict = done
+        verdict = done.verdict
         if verdict.thin:
-            thin.append((verdict, _sources_of(outcome, settings.openai_source)))
+            thin.append((verdict, _sources_of(done.tally, settings.openai_source)))
             context.log.warning(
                 f"{verdict.describe()} ({thin[-1][1]}); "
                 + (
@@ -188,9 +194,9 @@ def reconciled_usage(
             )
         without_result = db.count_without_result(day)
         tally.without_result[day] = without_result
-        tally.disagreeing[day] = written.rows_disagreeing
-        tally.unpriced[day] = _report_day(reports, day, outcome, written, without_result)
-        tally.discrepancy_rate[day] = _discrepancy_rate(outcome.results)
+        tally.disagreeing[day] = done.written.rows_disagreeing
+        tally.unpriced[day] = _report_day(reports, day, done, without_result)
+        tally.discrepancy_rate[day] = _discrepancy_rate(done.tally)
 
     if results_report.days:
         counts = results_report.totals()
@@ -229,9 +235,9 @@ class _Tally:
     discrepancy_rate: dict[date, float | None] = field(default_factory=dict)
 
 
-def _discrepancy_rate(results: pd.DataFrame) -> float | None:
+def _discrepancy_rate(day_tally: DayTally) -> float | None:
     """Discrepancies among the verifiable rows (matched or discrepancy) of a day."""
-    statuses = results["reconciliation_status"].value_counts()
+    statuses = day_tally.statuses
     matched, discrepancy = int(statuses.get(s.MATCHED, 0)), int(statuses.get(s.DISCREPANCY, 0))
     return discrepancy / (matched + discrepancy) if matched + discrepancy else None
 
@@ -245,36 +251,28 @@ def _count_findings(counts: dict[date, int], project: str, what: str) -> list[Fi
     ]
 
 
-def _report_day(
-    reports: _Reports,
-    day: date,
-    outcome: DayReconciliation,
-    written: WriteBackResult,
-    without_result: int,
-) -> int:
+def _report_day(reports: _Reports, day: date, done: DayOutcome, without_result: int) -> int:
     """A day's figures on its partition of each of the three assets; returns the day's
     unpriced records."""
-    day_classes = outcome.results["variance_class"].value_counts()
-    figures, ratios = _result_figures(outcome.results)
-    statuses = outcome.results["reconciliation_status"].value_counts()
-    methods = outcome.results["match_method"].value_counts()
+    tally, written = done.tally, done.written
+    figures, ratios = _result_figures(tally)
     reports.results.add(
         day,
-        rows=len(outcome.results),
+        rows=tally.rows,
         figures=figures,
         ratios=ratios,
         details={
-            "statuses": {status: int(statuses.get(status, 0)) for status in s.STATUSES},
-            "verified_by": {m: int(methods.get(m, 0)) for m in s.MATCH_METHODS},
-            "variance_classes": {name: int(n) for name, n in day_classes.items()},
+            "statuses": {status: int(tally.statuses.get(status, 0)) for status in s.STATUSES},
+            "verified_by": {m: int(tally.methods.get(m, 0)) for m in s.MATCH_METHODS},
+            "variance_classes": {name: int(n) for name, n in tally.classes.items()},
+            "reading": {"slices": done.slices},
         },
-        tables={"largest_discrepancies": _largest_table(outcome.results)},
+        tables={"largest_discrepancies": _largest_table(tally.largest_discrepancies())},
     )
-    unlogged_actual = summarise.exact_sum(outcome.unlogged["actual_cost_pico"])
     reports.unlogged.add(
         day,
-        rows=len(outcome.unlogged),
-        figures={"actual_cost_usd": unlogged_actual / s.PICO_PER_USD},
+        rows=tally.unlogged_rows,
+        figures={"actual_cost_usd": tally.unlogged_actual_pico / s.PICO_PER_USD},
     )
     reports.write_back.add(
         day,
@@ -288,9 +286,7 @@ def _report_day(
             }
         },
     )
-    return int(day_classes.get(s.CLASS_UNPRICED, 0)) + int(
-        (outcome.unlogged["variance_class"] == s.CLASS_UNPRICED).sum()
-    )
+    return int(tally.classes.get(s.CLASS_UNPRICED, 0)) + tally.unlogged_unpriced
 
 
 def _reconciled_checks(tally: _Tally, project: str, write_back_report: DailyReport):
@@ -381,8 +377,7 @@ def _discrepancy_check(tally: _Tally, project: str, bound: float) -> dg.AssetChe
     )
 
 
-def _largest_table(results: pd.DataFrame) -> str:
-    largest = summarise.largest_discrepancies(results)
+def _largest_table(largest: pd.DataFrame) -> str:
     shown = largest[["action_type", "model_used", "openai_request_id", "variance_class"]].assign(
         estimated=[usd(v) for v in largest["estimated_cost_pico"].fillna(0)],
         actual=[usd(v) for v in largest["actual_cost_pico"].fillna(0)],
@@ -390,43 +385,10 @@ def _largest_table(results: pd.DataFrame) -> str:
     return markdown_table(shown)
 
 
-def _reconcile_and_write_back(
-    db: Database,
-    day: date,
-    now: datetime,
-    policy: ReconciliationPolicy,
-    catalogue: PriceCatalogue,
-    completeness: CompletenessPolicy,
-) -> tuple[DayReconciliation, WriteBackResult, DayCompleteness] | None:
-    """One day: read, reconcile, store both result tables and write back, in two
-    transactions that each hold one of the day's locks. None: another run holds either lock
-    and nothing was written.
-
-    The results' transaction reads the day under its lock, so the records read are those the
-    last writer of the day committed. The write-back's transaction opens only once the day is
-    reconciled, so it is never idle while the day is read; entered on the outer stack, it
-    still commits after the result tables it was computed with.
-    """
-    tables = (OPENAI_REQUESTS, RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS)
-    with ExitStack() as write_back, db.day_transaction(day, "reconciled_usage", tables) as conn:
-        if conn is None:
-            return None
-        logged = db.read_logged(*read_window(day, policy), conn=conn)
-        openai = price_usage(db.read_openai_requests(day, conn=conn), catalogue)
-        trailing = trailing_record_counts(db, day, conn)
-        verdict = judge_day(day, logged, openai, trailing, completeness)
-        outcome = reconcile_day(logged, openai, day, now, policy, finalize=not verdict.hold)
-        del logged, openai
-        write_conn = write_back.enter_context(db.write_back_beside(day, conn))
-        if write_conn is None:
-            return None  # nothing was written in the results' transaction yet
-        return outcome, _store_and_write_back(db, conn, write_conn, day, now, outcome), verdict
-
-
-def _sources_of(outcome: DayReconciliation, configured: str) -> str:
+def _sources_of(tally: DayTally, configured: str) -> str:
     """Where the day's records came from, as the warning and the check name it."""
-    found = sorted(outcome.results["openai_source"].dropna().unique())
-    found += sorted(set(outcome.unlogged["source"].dropna().unique()) - set(found))
+    found = sorted(tally.sources)
+    found += sorted(tally.unlogged_sources - set(found))
     shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
     return f"RECON_OPENAI_SOURCE={configured}; records from {shown or 'no source'}"
 
@@ -485,34 +447,6 @@ def _completeness_check(
     )
 
 
-def _store_and_write_back(
-    db: Database,
-    conn: sa.Connection,
-    write_conn: sa.Connection,
-    day: date,
-    now: datetime,
-    outcome: DayReconciliation,
-) -> WriteBackResult:
-    """Replace the day's result tables on `conn` while a worker thread runs the write-back
-    on `write_conn`; where the database has one writer, `write_conn` is `conn` and both run
-    in turn on it."""
-    if write_conn is conn:
-        db.replace_day(conn, RECONCILED_USAGE, outcome.results, day)
-        db.replace_day(conn, UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, day)
-        return db.write_back_rows(conn, day, now)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-back") as worker:
-        pending = worker.submit(db.write_back_rows, write_conn, day, now, outcome.results)
-        try:
-            db.replace_day(conn, RECONCILED_USAGE, outcome.results, day)
-            db.replace_day(conn, UNLOGGED_OPENAI_REQUESTS, outcome.unlogged, day)
-        except BaseException:
-            # Stop the UPDATE rather than wait it out; its transaction rolls back with this one.
-            db.cancel(write_conn)
-            wait([pending])
-            raise
-        return pending.result()
-
-
 @dg.asset(
     deps=["reconciled_usage", "day_settlement"],
     partitions_def=daily_partitions,
@@ -536,8 +470,22 @@ def daily_variance_summary(
     db = database.get()
     report = DailyReport(context, "daily_variance_summary")
     mismatched_days: list[str] = []
-    tables = (RECONCILED_USAGE, DAY_SETTLEMENT, DAILY_VARIANCE_SUMMARY)
+    tables = (RECONCILED_USAGE, DAY_SETTLEMENT, DAILY_VARIANCE_SUMMARY, DAY_INPUTS)
     for day in partition_days(context):
+        # The results' digest and the day's status, read before the rows: rows newer than
+        # them only make the recorded digest older than the day, and the next run redoes it.
+        upstream = day_inputs.recorded_before(db, day, "reconciled_usage")
+        status = status_of_day(db.read_day(DAY_SETTLEMENT, day))
+        digest = (
+            inputs_digest([upstream, status, day_inputs.code_fingerprint()]) if upstream else None
+        )
+        if may_skip(
+            day_inputs.recorded_before(db, day, "daily_variance_summary"),
+            digest or "",
+            settings.full_rerun,
+        ):
+            report.unchanged(day)
+            continue
         # Read, replace and verify in one transaction under the day's lock, so the check
         # compares the summary with the very rows it was computed from.
         with db.day_transaction(day, "daily_variance_summary", tables) as conn:
@@ -546,6 +494,8 @@ def daily_variance_summary(
                 rows = db.replace_day(conn, DAILY_VARIANCE_SUMMARY, summary, day)
                 if not db.summary_matches_rows(day, conn):
                     mismatched_days.append(day.isoformat())
+                    digest = None
+                day_inputs.record(db, conn, day, "daily_variance_summary", digest)
         if conn is None:
             report.skip(day)
             continue

@@ -9,6 +9,7 @@ import dagster as dg
 import pandas as pd
 
 from recon_pipeline.core.batch_ids import key_by_custom_id
+from recon_pipeline.core.day_inputs import inputs_digest, may_skip
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.reconcile import read_window
 from recon_pipeline.core.sources import choose_sources
@@ -20,8 +21,9 @@ from recon_pipeline.defs.resources import (
     ReconciliationSettings,
     ReconDatabase,
 )
-from recon_pipeline.io.database import OPENAI_REQUESTS, Database
-from recon_pipeline.io.exports import ParsedFiles, read_export_folder
+from recon_pipeline.io import day_inputs
+from recon_pipeline.io.database import DAY_INPUTS, OPENAI_REQUESTS, Database
+from recon_pipeline.io.exports import ParsedFiles, files_for_span, read_export_folder
 from recon_pipeline.io.openai_api import OpenAIClient
 from recon_pipeline.io.openai_batches import BatchRead, BatchRecords, batch_records_by_window
 
@@ -74,6 +76,18 @@ def openai_requests(
     with days as chat_by_day:
         for day, chat in chat_by_day:
             window = windows[day]
+            digest = (
+                _exports_digest(openai_exports.folder(embedded), window, row_key)
+                if sources == ("exports",)
+                else None  # an API listing can change without anything here changing
+            )
+            if may_skip(
+                day_inputs.recorded_before(db, day, "openai_requests"),
+                digest or "",
+                settings.full_rerun,
+            ):
+                report.unchanged(day)
+                continue
             frames: list[pd.DataFrame] = []
             figures: dict[str, int] = {}
             anomalies: dict[str, int] = {}
@@ -90,10 +104,12 @@ def openai_requests(
                 )
             records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
             # Every source has answered for the day: only now is anything of it written.
-            with db.day_transaction(day, "openai_requests", (OPENAI_REQUESTS,)) as conn:
+            tables = (OPENAI_REQUESTS, DAY_INPUTS)
+            with db.day_transaction(day, "openai_requests", tables) as conn:
                 if conn is not None:
                     records = records.assign(usage_date=day)
                     written = db.replace_day(conn, OPENAI_REQUESTS, records, day)
+                    day_inputs.record(db, conn, day, "openai_requests", digest)
             if conn is None:
                 report.skip(day)
                 continue
@@ -114,6 +130,19 @@ def openai_requests(
     described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
     return dg.MaterializeResult(
         metadata=report.metadata(source=" + ".join(described[s] for s in sources))
+    )
+
+
+def _exports_digest(folder: Path, window: tuple[datetime, datetime], row_key: str) -> str:
+    """What a day's records depend on when they come from the export folder alone: its
+    files (path, size, modification time), the metadata key and the code."""
+    return inputs_digest(
+        {
+            "files": day_inputs.files_fingerprint(files_for_span(folder, *window)),
+            "window": [moment.isoformat() for moment in window],
+            "row_key": row_key,
+            "code": day_inputs.code_fingerprint(),
+        }
     )
 
 

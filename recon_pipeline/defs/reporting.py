@@ -36,6 +36,7 @@ class DailyReport:
         self._asset_key = dg.AssetKey(asset_key)
         self.days: dict[date, Figures] = {}
         self.skipped: list[date] = []
+        self.unchanged_days: list[date] = []
         self._metadata: dict[date, dict[str, Any]] = {}
 
     def add(
@@ -84,6 +85,25 @@ class DailyReport:
                 " run's results stand"
             )
 
+    def unchanged(self, day: date) -> None:
+        """A day whose inputs are those the run that last wrote it read
+        (`core.day_inputs`): nothing was read or written, and the partition keeps that run's
+        figures."""
+        self.unchanged_days.append(day)
+
+    def _previous(self, day: date) -> dict[str, Any]:
+        """The metadata of the day's last materialization: an unchanged day shows the
+        figures of the run that computed them, so its plots carry on."""
+        records = self._context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=self._asset_key, asset_partitions=[day.isoformat()]),
+            limit=1,
+        ).records
+        if not records or records[0].asset_materialization is None:
+            return {}
+        previous = dict(records[0].asset_materialization.metadata)
+        previous.pop("skipped_locked", None)
+        return previous
+
     def skipped_days(self) -> list[str]:
         return [day.isoformat() for day in self.skipped]
 
@@ -96,7 +116,7 @@ class DailyReport:
 
     def log_range(self) -> None:
         """A range run's totals, once, in the run's log."""
-        every_day = [*self.days, *self.skipped]
+        every_day = [*self.days, *self.skipped, *self.unchanged_days]
         if len(every_day) < 2:
             return
         totals = ", ".join(
@@ -104,6 +124,8 @@ class DailyReport:
             for name, value in self.totals().items()
         )
         skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
+        if self.unchanged_days:
+            skipped += f", {len(self.unchanged_days)} unchanged"
         self._context.log.info(
             f"{self._asset_key.to_user_string()} {min(every_day)}..{max(every_day)}"
             f" ({len(self.days)} days{skipped}): {totals or 'nothing written'}"
@@ -117,6 +139,17 @@ class DailyReport:
         for day, own in self._metadata.items():
             self._context.add_asset_metadata(
                 {**own, **shared}, asset_key=self._asset_key, partition_key=day.isoformat()
+            )
+        for day in self.unchanged_days:
+            self._context.add_asset_metadata(
+                {
+                    **self._previous(day),
+                    "unchanged": "the day's inputs are those the run that last wrote it read;"
+                    " nothing was read or written (RECON_FULL_RERUN forces a full run)",
+                    **shared,
+                },
+                asset_key=self._asset_key,
+                partition_key=day.isoformat(),
             )
         for day in self.skipped:
             self._context.add_asset_metadata(

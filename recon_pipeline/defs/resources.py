@@ -23,6 +23,7 @@ from recon_pipeline.core.project_scope import Scope, parse_project_ids
 from recon_pipeline.core.reconcile import ReconciliationPolicy
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.core.settlement import DEFAULT_LOOKBACK_DAYS, MAX_LOOKBACK_DAYS
+from recon_pipeline.core.slices import DEFAULT_SLICE_ROWS
 from recon_pipeline.core.sources import SOURCES
 from recon_pipeline.io.alert_webhook import AlertWebhook, check_webhook_url
 from recon_pipeline.io.database import Database, connect_engine
@@ -284,6 +285,15 @@ class ReconciliationSettings(dg.ConfigurableResource):
     gap_change_warn_share: float = 0.05
     restatement_lookback_days: int = DEFAULT_LOOKBACK_DAYS
     discrepancy_rate_warn_share: float = 0.10
+    slice_rows: int = DEFAULT_SLICE_ROWS
+    full_rerun: bool = False
+
+    def slice_size(self) -> int:
+        """Rows of a day reconciled at once (RECON_SLICE_ROWS): a larger day is read and
+        reconciled in slices, so memory follows this figure, not the day's size."""
+        if self.slice_rows < 1:
+            raise ValueError("RECON_SLICE_ROWS must be a whole number of at least 1")
+        return self.slice_rows
 
     def completeness(self) -> CompletenessPolicy:
         """The thin-day rule's knobs; `accept_thin_days`: comma-separated `YYYY-MM-DD` days
@@ -397,6 +407,8 @@ SETTINGS_ENV = {
     "gap_change_warn_share": "RECON_GAP_CHANGE_WARN_SHARE",
     "restatement_lookback_days": "RECON_RESTATEMENT_LOOKBACK_DAYS",
     "discrepancy_rate_warn_share": "RECON_DISCREPANCY_RATE_WARN_SHARE",
+    "slice_rows": "RECON_SLICE_ROWS",
+    "full_rerun": "RECON_FULL_RERUN",
 }
 
 
@@ -411,6 +423,8 @@ def _bound(resource: type[dg.ConfigurableResource], names: dict[str, str]) -> di
         kind = resource.model_fields[field].annotation
         if kind is int:
             bound[field] = dg.EnvVar.int(variable)
+        elif kind is bool:
+            bound[field] = _flag(variable)
         elif kind is float:
             try:
                 bound[field] = float(os.environ[variable])
@@ -421,13 +435,26 @@ def _bound(resource: type[dg.ConfigurableResource], names: dict[str, str]) -> di
     return bound
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def _flag(variable: str) -> bool:
+    """A yes/no variable (1/0, true/false, yes/no), read when the definitions load."""
+    value = os.environ[variable].strip().lower()
+    if value not in _FLAGS:
+        raise ValueError(f"{variable} must be one of 1, 0, true, false, yes, no")
+    return _FLAGS[value]
+
+
 def _check_settings_in_env() -> None:
     """Refuse a bad tolerance, grace period, window or day list when the definitions load, as
     a bad table name is, rather than at the first run."""
     values = {field: os.environ[v] for field, v in SETTINGS_ENV.items() if os.environ.get(v)}
     for field, variable in SETTINGS_ENV.items():
         kind = ReconciliationSettings.model_fields[field].annotation
-        if field in values and kind in (int, float):
+        if field in values and kind is bool:
+            values[field] = _flag(variable)
+        elif field in values and kind in (int, float):
             try:
                 kind(values[field])
             except ValueError:
@@ -441,6 +468,7 @@ def _check_settings_in_env() -> None:
     settings.completeness()
     settings.project_scope()
     settings.restatement_lookback()
+    settings.slice_size()
     if settings.openai_source not in SOURCES:
         raise ValueError(
             f"RECON_OPENAI_SOURCE must be one of {SOURCES}, not {settings.openai_source!r}"

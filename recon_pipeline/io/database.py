@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,7 @@ from recon_pipeline.io.dialect_postgres import column_type
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.tables import (
     DAILY_VARIANCE_SUMMARY,
+    DAY_INPUTS,
     DAY_SETTLEMENT,
     INVOICE_CHECK,
     INVOICE_GAP,
@@ -68,6 +70,7 @@ from recon_pipeline.io.write_back import WriteBackResult, write_back_sql
 
 __all__ = [
     "DAILY_VARIANCE_SUMMARY",
+    "DAY_INPUTS",
     "DAY_SETTLEMENT",
     "INVOICE_CHECK",
     "INVOICE_GAP",
@@ -117,6 +120,10 @@ _RESULT_COLUMNS = [
     "actual_cost_pico",
     "variance_pico",
 ]
+
+
+def _logged_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.reindex(columns=list(s.LOGGED_COLUMNS)).astype(s.LOGGED_COLUMNS)
 
 
 class Database:
@@ -190,14 +197,43 @@ class Database:
         read inside that transaction.
         """
         self.check_usage_schema()
+        frame = self.dialect.read_logged(conn, self._optional_usage_sql(), start, end)
+        return _logged_frame(frame)
+
+    def _optional_usage_sql(self) -> dict[str, str]:
         have = self.usage_columns()
-        optional = {
+        return {
             "cached": "cached_input_tokens" if "cached_input_tokens" in have else "NULL",
             "user_id": "user_id" if "user_id" in have else "NULL",
             "created": "openai_created" if "openai_created" in have else "NULL",
         }
-        frame = self.dialect.read_logged(conn, optional, start, end)
-        return frame.reindex(columns=list(s.LOGGED_COLUMNS)).astype(s.LOGGED_COLUMNS)
+
+    def read_day_parts(
+        self,
+        day: date,
+        window: tuple[datetime, datetime],
+        conn: sa.Connection,
+        parts: int,
+        directory: Path,
+    ) -> tuple[list[Path], list[Path]]:
+        """Both sides of a day, each read once into `parts` + 1 files in `directory` by a hash
+        of the request id (`Dialect.read_logged_parts`): the window's rows, and the day's
+        stored records. Read them back with `logged_part` and `openai_part`."""
+        self.check_usage_schema()
+        logged = self.dialect.read_logged_parts(
+            conn, self._optional_usage_sql(), *window, parts, directory
+        )
+        names = [c for c in OPENAI_COLUMNS if c != "created_at"]
+        table = self.table(OPENAI_REQUESTS)
+        records = self.dialect.read_openai_parts(conn, table, names, day, parts, directory)
+        return logged, records
+
+    def logged_part(self, path: Path) -> pd.DataFrame:
+        return _logged_frame(self.dialect.logged_part(path))
+
+    def openai_part(self, path: Path) -> pd.DataFrame:
+        frame = self.dialect.openai_part(path)
+        return frame[list(OPENAI_COLUMNS)].astype(OPENAI_COLUMNS)
 
     def read_openai_requests(self, day: date, conn: sa.Connection | None = None) -> pd.DataFrame:
         """The OpenAI records stored for a day's match window, typed as `OPENAI_COLUMNS`.
@@ -313,14 +349,19 @@ class Database:
         """Delete a day (a month: its first day) of an output table and insert `frame` (that
         partition's rows) in its place, inside the caller's transaction (see
         `day_transaction`)."""
+        self.clear_day(conn, output, day)
+        self.append_rows(conn, output, frame)
+        return len(frame)
+
+    def clear_day(self, conn: sa.Connection, output: OutputTable, day: date) -> None:
+        """Delete a day of an output table in the caller's transaction: the first half of
+        `replace_day`, for a day whose rows are then appended a slice at a time."""
         conn.execute(
             sa.text(f'DELETE FROM {self.table(output)} WHERE "{output.key}" = :day'),
             {"day": self.dialect.day(day)},
         )
-        self._insert(conn, output, frame)
-        return len(frame)
 
-    def _insert(self, conn: sa.Connection, output: OutputTable, frame: pd.DataFrame) -> None:
+    def append_rows(self, conn: sa.Connection, output: OutputTable, frame: pd.DataFrame) -> None:
         if not frame.empty:
             self.dialect.insert(conn, self.table(output), output, frame)
 
@@ -409,6 +450,7 @@ class Database:
         day: date,
         reconciled_at: datetime,
         results: pd.DataFrame | None = None,
+        snapshot: str | None = None,
     ) -> WriteBackResult:
         """Set `actual_cost_cents`, `reconciliation_status` and `reconciled_at` on the day's
         token_usage rows from `results` (the core's frame; on PostgreSQL COPYed into a
@@ -420,7 +462,9 @@ class Database:
         counted by the same UPDATE, which rewrites that row with its own values (so an
         application trigger ON UPDATE sees it) rather than join the day a second time. Rows
         the application inserts meanwhile are not in the results, so they are not touched.
-        See `io/write_back.py`.
+        `snapshot`: the snapshot the results were read in (`Dialect.read_snapshot`); a row
+        written since, in any column, raises the transaction's flag that
+        `Dialect.rows_changed_since` reads. See `io/write_back.py`.
         """
         staged = None
         if results is not None:
@@ -441,6 +485,8 @@ class Database:
             where,
             cost=self.written_cost("r.actual_cost_cents"),
             same_estimate=self.dialect.same_estimate(self.usage),
+            unchanged_since=self.dialect.unchanged_since_sql(self.usage),
+            snapshot=snapshot,
         )
         updated, disagreeing = self.dialect.write_back_update(
             conn, sql, day, reconciled_at, lambda: self.count_disagreeing(day, conn)

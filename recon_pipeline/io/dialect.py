@@ -9,8 +9,10 @@ UPDATE are the dialect's. PostgreSQL is in `dialect_postgres.py`, SQLite in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -99,6 +101,77 @@ class Dialect(ABC):
         self, conn: sa.Connection | None, table: str, names: Sequence[str], day: date
     ) -> pd.DataFrame:
         """The named columns and created_at of a stored day of openai_requests."""
+
+    @abstractmethod
+    def read_logged_parts(
+        self,
+        conn: sa.Connection,
+        optional: dict[str, str],
+        start: datetime,
+        end: datetime,
+        parts: int,
+        directory: Path,
+    ) -> list[Path]:
+        """`read_logged`'s rows, read once and kept in `directory` as `parts` + 1 files: part
+        k holds the rows whose request id hashes to k, the last one the rows without an id
+        (the hash is the same as `read_openai_parts`')."""
+
+    @abstractmethod
+    def logged_part(self, path: Path) -> pd.DataFrame:
+        """One file of `read_logged_parts`, as `read_logged` gives rows."""
+
+    @abstractmethod
+    def read_openai_parts(
+        self,
+        conn: sa.Connection,
+        table: str,
+        names: Sequence[str],
+        day: date,
+        parts: int,
+        directory: Path,
+    ) -> list[Path]:
+        """`read_openai_requests`' records in files as `read_logged_parts` keeps rows."""
+
+    @abstractmethod
+    def openai_part(self, path: Path) -> pd.DataFrame:
+        """One file of `read_openai_parts`, as `read_openai_requests` gives records."""
+
+    @abstractmethod
+    def row_versions(
+        self, conn: sa.Connection, source: str, params: dict[str, object], columns: Sequence[str]
+    ) -> tuple[str, ...]:
+        """The rows of `source` (`FROM … WHERE …`, with `params`) counted, and a summary of
+        their versions, in any order: any row inserted, deleted or updated since changes it
+        (PostgreSQL: their xmin; SQLite: a hash of `columns`)."""
+
+    @abstractmethod
+    def content_hash(
+        self, conn: sa.Connection, source: str, params: dict[str, object], columns: Sequence[str]
+    ) -> tuple[str, ...]:
+        """The rows of `source` counted, and an order-independent hash of their `columns`:
+        a change to any other column leaves it as it was."""
+
+    @abstractmethod
+    def read_snapshot(self, conn: sa.Connection) -> str | None:
+        """The snapshot `conn`'s transaction reads (None: the database cannot name it, and
+        nothing else writes while the day's transaction holds it, as on SQLite)."""
+
+    @abstractmethod
+    def unchanged_since_sql(self, table: str) -> str:
+        """SQL: `table`'s row is the version the snapshot in `:snapshot` saw (or TRUE where
+        `read_snapshot` is None)."""
+
+    @abstractmethod
+    def rows_changed_since(
+        self, conn: sa.Connection, source: str, params: dict[str, object], snapshot: str | None
+    ) -> int:
+        """Rows of `source` written, by another transaction than `conn`'s, after `snapshot`."""
+
+    @abstractmethod
+    @contextmanager
+    def snapshot_reader(self, conn: sa.Connection) -> Iterator[sa.Connection]:
+        """A connection whose reads all see one snapshot, taken now: a day read in several
+        queries then never sees a row twice or not at all. `conn`: the day's transaction."""
 
     @abstractmethod
     def read_day(

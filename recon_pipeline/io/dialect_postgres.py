@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -12,11 +14,12 @@ import sqlalchemy as sa
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import lock_key
 from recon_pipeline.io.dialect import Dialect
-from recon_pipeline.io.pg_copy import COPY_TYPES, copy_in, copy_out
+from recon_pipeline.io.pg_copy import COPY_TYPES, copy_in, copy_out, copy_out_parts, read_part
 from recon_pipeline.io.row_security import inspect_row_security
 from recon_pipeline.io.tables import Column, OutputTable, RowSecurityError, SchemaNotReadyError
 from recon_pipeline.io.whole_cents import INTEGER_TYPES, cost_column_type
 from recon_pipeline.io.write_back import (
+    CHANGED_FLAG,
     MAX_ESTIMATE_CENTS,
     WriteBackSql,
     postgres_same_estimate,
@@ -58,6 +61,27 @@ _ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
 
 def _epoch_us(column: str) -> str:
     return f"(extract(epoch FROM {column}) * 1000000)::bigint"
+
+
+def _xid8(table: str | None) -> str:
+    """A row's xmin with its epoch, as pg_visible_in_snapshot takes it: the current epoch,
+    or the one before for an xmin above the current transaction's."""
+    xmin = f"{table + '.' if table else ''}xmin::text::bigint"
+    current = "pg_current_xact_id()::text::bigint"
+    return (
+        f"((((({current}) >> 32) - CASE WHEN {xmin} > (({current}) & 4294967295)"
+        f" THEN 1 ELSE 0 END) << 32) | {xmin})::text::xid8"
+    )
+
+
+def _part(column: str, parts: int) -> str:
+    """SQL of the part a row falls in by a hash of its request id (-1: it has none), the
+    same for token_usage and openai_requests."""
+    value = f"NULLIF({column}::text, '')"
+    return (
+        f"CASE WHEN {value} IS NULL THEN -1"
+        f" ELSE mod(hashtext({value}) & 2147483647, {int(parts)}) END"
+    )
 
 
 def _instants(frame: pd.DataFrame, us: str, name: str) -> None:
@@ -151,12 +175,9 @@ class PostgresDialect(Dialect):
     ) -> None:
         copy_in(conn, table, output, frame)
 
-    def read_logged(
-        self, conn: sa.Connection | None, optional: dict[str, str], start: datetime, end: datetime
-    ) -> pd.DataFrame:
+    def _logged_select(self, optional: dict[str, str], part: str = "") -> str:
         user, cached, created = (optional[k] for k in ("user_id", "cached", "created"))
-        frame = copy_out(
-            self.engine,
+        return (
             f"SELECT id::text AS usage_id, {user}::text AS user_id, action_type::text,"
             f" model_used::text, input_tokens::bigint, output_tokens::bigint,"
             f" {cached}::bigint AS cached_input_tokens,"
@@ -165,31 +186,73 @@ class PostgresDialect(Dialect):
             f" AS calculated_cost_pico,"
             f" {_epoch_us('created_at')} AS created_us,"
             f" NULLIF(openai_request_id::text, '') AS openai_request_id,"
-            f" {created}::bigint AS openai_created"
-            f" FROM {self.usage} WHERE created_at >= %s AND created_at < %s",
-            (start, end),
-            _LOGGED_TYPES,
-            conn,
+            f" {created}::bigint AS openai_created{part}"
+            f" FROM {self.usage} WHERE created_at >= %s AND created_at < %s"
+        )
+
+    def read_logged(
+        self, conn: sa.Connection | None, optional: dict[str, str], start: datetime, end: datetime
+    ) -> pd.DataFrame:
+        frame = copy_out(
+            self.engine, self._logged_select(optional), (start, end), _LOGGED_TYPES, conn
         )
         _instants(frame, "created_us", "created_at")
         return frame
 
+    def read_logged_parts(
+        self,
+        conn: sa.Connection,
+        optional: dict[str, str],
+        start: datetime,
+        end: datetime,
+        parts: int,
+        directory: Path,
+    ) -> list[Path]:
+        select = self._logged_select(optional, f", {_part('openai_request_id', parts)} AS part")
+        return copy_out_parts(
+            self.engine, select, (start, end), _LOGGED_TYPES, conn, parts, directory, "logged"
+        )
+
+    def logged_part(self, path: Path) -> pd.DataFrame:
+        frame = read_part(path)
+        _instants(frame, "created_us", "created_at")
+        return frame
+
+    def _openai_select(self, table: str, names: Sequence[str], part: str = "") -> str:
+        return (
+            f"SELECT {', '.join(names)}, {_epoch_us('created_at')} AS created_us{part}"
+            f" FROM {table} WHERE usage_date = %s"
+        )
+
+    def _openai_types(self, names: Sequence[str]) -> dict[str, pa.DataType]:
+        return {
+            **{name: _ARROW_TYPES[OPENAI_COLUMNS[name]] for name in names},
+            "created_us": pa.int64(),
+        }
+
     def read_openai_requests(
         self, conn: sa.Connection | None, table: str, names: Sequence[str], day: date
     ) -> pd.DataFrame:
-        frame = copy_out(
-            self.engine,
-            f"SELECT {', '.join(names)}, {_epoch_us('created_at')} AS created_us"
-            f" FROM {table} WHERE usage_date = %s",
-            (day,),
-            {
-                **{name: _ARROW_TYPES[OPENAI_COLUMNS[name]] for name in names},
-                "created_us": pa.int64(),
-            },
-            conn,
-        )
+        select = self._openai_select(table, names)
+        frame = copy_out(self.engine, select, (day,), self._openai_types(names), conn)
         _instants(frame, "created_us", "created_at")
         return frame
+
+    def read_openai_parts(
+        self,
+        conn: sa.Connection,
+        table: str,
+        names: Sequence[str],
+        day: date,
+        parts: int,
+        directory: Path,
+    ) -> list[Path]:
+        select = self._openai_select(table, names, f", {_part('request_id', parts)} AS part")
+        types = self._openai_types(names)
+        return copy_out_parts(self.engine, select, (day,), types, conn, parts, directory, "openai")
+
+    def openai_part(self, path: Path) -> pd.DataFrame:
+        return self.logged_part(path)
 
     def read_day(
         self,
@@ -226,6 +289,64 @@ class PostgresDialect(Dialect):
             if column.kind == "timestamp":
                 _instants(frame, f"{column.name}__us", column.name)
         return frame
+
+    def row_versions(
+        self, conn: sa.Connection, source: str, params: dict[str, object], columns: Sequence[str]
+    ) -> tuple[str, ...]:
+        # Every write makes a new row version with a new xmin; summing the xmins and a
+        # hash of them costs a scan, not a hash of every value (0.65 s against 2.9 s at 1M).
+        found = conn.execute(
+            sa.text(
+                "SELECT count(*)::text, coalesce(sum(xmin::text::bigint), 0)::text,"
+                f" coalesce(sum(hashint8(xmin::text::bigint)::bigint), 0)::text {source}"
+            ),
+            params,
+        ).one()
+        return tuple(found)
+
+    def content_hash(
+        self, conn: sa.Connection, source: str, params: dict[str, object], columns: Sequence[str]
+    ) -> tuple[str, ...]:
+        # ROW(...)::text tells NULL from '' and keeps column boundaries; 64-bit hashes summed
+        # exactly as NUMERIC, so the order rows come in does not matter.
+        row = "ROW(" + ", ".join(f'"{c}"' for c in columns) + ")::text"
+        found = conn.execute(
+            sa.text(
+                "SELECT count(*)::text,"
+                f" coalesce(sum(hashtextextended({row}, 0)::numeric), 0)::text {source}"
+            ),
+            params,
+        ).one()
+        return tuple(found)
+
+    def read_snapshot(self, conn: sa.Connection) -> str | None:
+        return conn.execute(sa.text("SELECT pg_current_snapshot()::text")).scalar_one()
+
+    def unchanged_since_sql(self, table: str) -> str:
+        return f"pg_visible_in_snapshot({_xid8(table)}, CAST(:snapshot AS pg_snapshot))"
+
+    def rows_changed_since(
+        self, conn: sa.Connection, source: str, params: dict[str, object], snapshot: str | None
+    ) -> int:
+        # Rows another transaction wrote last, and (by the write-back's flag) rows it wrote
+        # before the write-back wrote them again.
+        query = sa.text(
+            "SELECT count(*) FILTER (WHERE xmin <> pg_current_xact_id()::xid"
+            f" AND NOT pg_visible_in_snapshot({_xid8(None)}, CAST(:snapshot AS pg_snapshot)))"
+            f" + (coalesce(current_setting('{CHANGED_FLAG}', true), '') = 'yes')::int"
+            f" {source}"
+        )
+        return int(conn.execute(query, params | {"snapshot": snapshot}).scalar_one())
+
+    @contextmanager
+    def snapshot_reader(self, conn: sa.Connection) -> Iterator[sa.Connection]:
+        # Opened once the day's lock is held, so its snapshot follows the last writer's.
+        with self.engine.connect() as reader:
+            reader = reader.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            with reader.begin():
+                yield reader
 
     def day_param(self) -> str:
         return "%s"

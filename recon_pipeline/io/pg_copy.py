@@ -4,7 +4,10 @@ pyarrow (money as exact decimal text built from pico integers, never through a f
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -59,6 +62,19 @@ def copy_in(conn: sa.Connection, table: str, output: OutputTable, frame: pd.Data
             sending.result()
 
 
+def _convert_options(types: dict[str, pa.DataType]) -> pa_csv.ConvertOptions:
+    return pa_csv.ConvertOptions(
+        column_types=types,
+        # Only PostgreSQL's unquoted empty field is NULL: a route named "N/A" or a
+        # model named "null" stays text (pyarrow's default would read them as NULL).
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+        true_values=["t"],
+        false_values=["f"],
+    )
+
+
 def copy_out(
     engine: sa.Engine,
     select: str,
@@ -78,21 +94,81 @@ def copy_out(
         for block in copy:
             buffer.write(block)
     buffer.seek(0)
-    table = pa_csv.read_csv(
-        buffer,
-        convert_options=pa_csv.ConvertOptions(
-            column_types=types,
-            # Only PostgreSQL's unquoted empty field is NULL: a route named "N/A" or a
-            # model named "null" stays text (pyarrow's default would read them as NULL).
-            null_values=[""],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            true_values=["t"],
-            false_values=["f"],
-        ),
-    )
+    table = pa_csv.read_csv(buffer, convert_options=_convert_options(types))
     del buffer
+    return frame_from_arrow(table)
+
+
+def frame_from_arrow(table: pa.Table) -> pd.DataFrame:
+    """A COPYed table as the core types it (`_pandas_column`)."""
     return pd.DataFrame({name: _pandas_column(table.column(name)) for name in table.column_names})
+
+
+class _CopyStream(io.RawIOBase):
+    """The blocks of a COPY TO STDOUT as a file, for pyarrow's streaming CSV reader."""
+
+    def __init__(self, blocks: Iterator[memoryview]) -> None:
+        self._blocks = blocks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not len(self._pending):
+            block = next(self._blocks, None)
+            if block is None:
+                return 0
+            self._pending = memoryview(bytes(block))
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def copy_out_parts(
+    engine: sa.Engine,
+    select: str,
+    params: tuple,
+    types: dict[str, pa.DataType],
+    conn: sa.Connection | None,
+    parts: int,
+    directory: Path,
+    name: str,
+) -> list[Path]:
+    """COPY a query out into `parts` + 1 Arrow files, a block at a time, so that memory holds
+    one block whatever the query's size. The query's int column `part` numbers each row's
+    file (0 to `parts` - 1, or -1 for the last file) and is not stored."""
+    paths = [directory / f"{name}_{number}.arrow" for number in range(parts + 1)]
+    statement = f"COPY ({select}) TO STDOUT (FORMAT csv, HEADER)"
+    with (
+        driver_connection(engine, conn) as raw,
+        raw.cursor() as cursor,
+        cursor.copy(statement, params) as copy,
+        ExitStack() as files,
+    ):
+        reader = pa_csv.open_csv(
+            io.BufferedReader(_CopyStream(iter(copy)), 1 << 20),
+            read_options=pa_csv.ReadOptions(block_size=8 << 20),
+            convert_options=_convert_options({**types, "part": pa.int32()}),
+        )
+        schema = reader.schema.remove(reader.schema.get_field_index("part"))
+        writers = [files.enter_context(pa.ipc.new_file(str(path), schema)) for path in paths]
+        for batch in reader:
+            number = batch.column("part")
+            data = batch.drop_columns(["part"])
+            for index, writer in enumerate(writers):
+                chosen = data.filter(pc.equal(number, index if index < parts else -1))
+                if chosen.num_rows:
+                    writer.write_batch(chosen)
+    return paths
+
+
+def read_part(path: Path) -> pd.DataFrame:
+    """One file of `copy_out_parts`, as `copy_out` gives a frame."""
+    with pa.OSFile(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    return frame_from_arrow(table)
 
 
 def _arrow_table(output: OutputTable, frame: pd.DataFrame) -> pa.Table:

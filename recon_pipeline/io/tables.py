@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from recon_pipeline.core.output_tables import (
     DAILY_VARIANCE_SUMMARY,
+    DAY_INPUTS,
     DAY_SETTLEMENT,
     INVOICE_CHECK,
     INVOICE_GAP,
@@ -22,6 +23,7 @@ from recon_pipeline.core.output_tables import (
 
 __all__ = [
     "DAILY_VARIANCE_SUMMARY",
+    "DAY_INPUTS",
     "DAY_SETTLEMENT",
     "INVOICE_CHECK",
     "INVOICE_GAP",

@@ -9,7 +9,7 @@ temporary table and one UPDATE … FROM both applies and counts; on SQLite the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 import pandas as pd
@@ -25,6 +25,8 @@ MAX_ESTIMATE_CENTS = 900_000_000
 # Measured 115 bytes a staged row in the write-back's hash table; the rest is headroom.
 _WRITE_BACK_HASH_BYTES_PER_ROW = 160
 _DISTINCT = "IS DISTINCT FROM"
+# The write-back transaction's flag: a row it considered had changed since the day was read.
+CHANGED_FLAG = "recon_pipeline.changed_since_read"
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,21 @@ class WriteBackSql:
     join: str
     differs: str
     unchanged_by_app: str
+    params: dict[str, object] = field(default_factory=dict)
 
 
 def write_back_sql(
-    usage: str, source: str, where: str, cost: str, same_estimate: str
+    usage: str,
+    source: str,
+    where: str,
+    cost: str,
+    same_estimate: str,
+    unchanged_since: str | None = None,
+    snapshot: str | None = None,
 ) -> WriteBackSql:
-    """The UPDATE's pieces: `source` the results (aliased r), `cost` the written cost's SQL."""
+    """The UPDATE's pieces: `source` the results (aliased r), `cost` the written cost's SQL;
+    `unchanged_since`: SQL that the row is the version the results were read from, in the
+    snapshot `snapshot` (`Dialect.unchanged_since_sql`), when the database can tell."""
     differs = (
         f"({usage}.actual_cost_cents {_DISTINCT} {cost}"
         f" OR {usage}.reconciliation_status {_DISTINCT} r.reconciliation_status)"
@@ -63,7 +74,18 @@ def write_back_sql(
         f" AND {same_estimate})"
     )
     join = f" FROM {source} AS r WHERE {usage}.id = r.usage_id{where}"
-    return WriteBackSql(usage, cost, join, differs, unchanged_by_app)
+    params: dict[str, object] = {}
+    if snapshot is not None and unchanged_since:
+        # Always true; a row version newer than the read snapshot (written by the
+        # application meanwhile, in any column) raises a flag of the transaction, which
+        # `Dialect.rows_changed_since` reads: the day's inputs then are not recorded as read.
+        # Naming r keeps the test on the joined rows, never on the rest of the table.
+        join += (
+            f" AND (r.usage_id IS NULL OR {unchanged_since}"
+            f" OR set_config('{CHANGED_FLAG}', 'yes', true) <> '')"
+        )
+        params["snapshot"] = snapshot
+    return WriteBackSql(usage, cost, join, differs, unchanged_by_app, params)
 
 
 def postgres_same_estimate(usage: str) -> str:
@@ -104,7 +126,8 @@ def postgres_update(
         " SELECT count(*) FILTER (WHERE applied), count(*) FILTER (WHERE NOT applied)"
         " FROM changed"
     )
-    updated, disagreeing = conn.execute(query, {"day": day, "at": reconciled_at}).one()
+    params = {"day": day, "at": reconciled_at, **sql.params}
+    updated, disagreeing = conn.execute(query, params).one()
     return int(updated), int(disagreeing)
 
 

@@ -1,0 +1,212 @@
+"""How time and memory grow with the day's size, against the floor at one size, and what an
+unchanged re-run costs (issue 19).
+
+    uv run python -m benchmarks.scaling --sizes 1000000,3000000,10000000
+
+For each size: a fresh schema seeded as `benchmarks.run` seeds it, then (at `--floor-at`
+rows only) the hand-written floor `--floor-repeats` times, then the real job twice, each a
+fresh process (`benchmarks.child`): run 1 on the fresh day, run 2 on the unchanged day. Both
+the job and the floor are timed twice: inside (`execute_in_process`, the floor's own phases)
+and as the whole process, interpreter start and imports included, which is what the floor
+comparison uses. The schema and its export files are dropped after each size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.run import RESULTS, child_env, code_version, machine, run_child
+from benchmarks.seed import AS_OF, DEFAULT_DAY, DEFAULT_URL, checkpoint, drop_schema, seed_days
+from benchmarks.seed import vacuum as vacuum_tables
+
+
+def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any]:
+    schema = f"bench_scale_{rows}"
+    export_dir = Path(tempfile.mkdtemp(prefix=f"recon_scale_{rows}_"))
+    url, day = args.database_url, args.day
+    with_floor = rows == args.floor_at
+    print(f"\n== {rows:,} rows (schema {schema}) ==", flush=True)
+    try:
+        seeded = seed_days(url, schema, [day], rows, export_dir, floor_tables=with_floor)
+        print(f"  seeded in {seeded.seconds:.1f} s", flush=True)
+        common = {
+            "url": url,
+            "schema": schema,
+            "export_dir": str(export_dir),
+            "day": day.isoformat(),
+            "first": day.isoformat(),
+            "last": day.isoformat(),
+            "as_of": AS_OF,
+            "sample": 0,
+        }
+        if args.slice_rows:
+            common["slice_rows"] = args.slice_rows
+        env = child_env()
+        result: dict[str, Any] = {"rows": rows, "seed_s": seeded.seconds}
+        if with_floor:
+            floors = []
+            for number in range(1, args.floor_repeats + 1):
+                if number > 1:
+                    vacuum_tables(url, [f'"{schema}".token_usage_floor'])
+                floors.append(run_child("floor", common, work, f"floor_{rows}_{number}", env))
+                print(
+                    f"  floor {number}: {floors[-1]['total_s']:.2f} s inside,"
+                    f" {floors[-1]['child_wall_s']:.2f} s as a process",
+                    flush=True,
+                )
+            result["floor"] = floors
+        checkpoint(url)
+        for number in (1, 2):
+            run = run_child("job", common, work, f"job_{rows}_run{number}", env)
+            if not run["success"]:
+                raise RuntimeError(f"job run {number} failed:\n{run['failure']}")
+            print(
+                f"  job run {number}: {run['wall_s']:.2f} s inside, {run['child_wall_s']:.2f} s"
+                f" as a process, peak RSS {run['peak_rss_mb']:.0f} MB, load"
+                f" {run['loadavg_before']:.2f} -> {run['loadavg_after']:.2f}",
+                flush=True,
+            )
+            result[f"run{number}"] = run
+            checkpoint(url)
+        return result
+    finally:
+        shutil.rmtree(export_dir, ignore_errors=True)
+        if not args.keep:
+            drop_schema(url, schema)
+
+
+def summary_rows(sizes: list[dict[str, Any]]) -> list[list[str]]:
+    """One column per size: time, time per row, peak memory, the re-run, the floor."""
+    rows = [["rows", *[f"{s['rows']:,}" for s in sizes]]]
+
+    def add(label: str, values: list[str]) -> None:
+        rows.append([label, *values])
+
+    def each(pick) -> list[str]:
+        return [pick(s) for s in sizes]
+
+    add("run 1, inside execute_in_process (s)", each(lambda s: f"{s['run1']['wall_s']:.2f}"))
+    add("run 1, as a process (s)", each(lambda s: f"{s['run1']['child_wall_s']:.2f}"))
+    add(
+        "run 1 per row, as a process (µs)",
+        each(lambda s: f"{s['run1']['child_wall_s'] / s['rows'] * 1e6:.1f}"),
+    )
+    add("run 1 peak RSS (MB)", each(lambda s: f"{s['run1']['peak_rss_mb']:,.0f}"))
+    add(
+        "run 1 steps (s)",
+        each(
+            lambda s: ", ".join(
+                f"{name} {t['wall_s']:.1f}" for name, t in s["run1"]["steps"].items()
+            )
+        ),
+    )
+    add("run 2 (unchanged day), inside (s)", each(lambda s: f"{s['run2']['wall_s']:.2f}"))
+    add("run 2, as a process (s)", each(lambda s: f"{s['run2']['child_wall_s']:.2f}"))
+    add(
+        "run 2 / run 1 (inside; as processes)",
+        each(
+            lambda s: (
+                f"{s['run2']['wall_s'] / s['run1']['wall_s']:.3f};"
+                f" {s['run2']['child_wall_s'] / s['run1']['child_wall_s']:.3f}"
+            )
+        ),
+    )
+    add(
+        "load average before / after run 1",
+        each(lambda s: f"{s['run1']['loadavg_before']:.2f} / {s['run1']['loadavg_after']:.2f}"),
+    )
+    add(
+        "CPU busy on the machine during run 1 (s)",
+        each(lambda s: f"{s['run1'].get('machine_cpu_busy_s', float('nan')):.1f}"),
+    )
+
+    def floor(s: dict[str, Any]) -> str:
+        if "floor" not in s:
+            return "-"
+        inside = [f["total_s"] for f in s["floor"]]
+        process = [f["child_wall_s"] for f in s["floor"]]
+        return (
+            f"{', '.join(f'{v:.2f}' for v in process)} (median {np.median(process):.2f});"
+            f" inside {np.median(inside):.2f}"
+        )
+
+    add("floor as a process (s)", each(floor))
+    add(
+        "run 1 / floor, both as processes (median)",
+        each(
+            lambda s: (
+                f"{s['run1']['child_wall_s'] / np.median([f['child_wall_s'] for f in s['floor']]):.2f}"  # noqa: E501
+                if "floor" in s
+                else "-"
+            )
+        ),
+    )
+    return rows
+
+
+def render(report: dict[str, Any]) -> str:
+    rows = summary_rows(report["sizes"])
+    lines = [
+        f"Command: `{report['command']}`; {report['machine']['cpu']},"
+        f" {report['machine']['cores']} cores, {report['machine']['memory_gb']} GB;"
+        f" code {report['code'].get('commit')}; {report['note']}",
+        "",
+        "| " + " | ".join(rows[0]) + " |",
+        "|---" + "|---:" * (len(rows[0]) - 1) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows[1:]),
+    ]
+    sizes = report["sizes"]
+    if len(sizes) > 1:
+        per_row = [s["run1"]["child_wall_s"] / s["rows"] for s in sizes]
+        lines.append(
+            f"\nTime per row at {sizes[-1]['rows']:,} / at {sizes[0]['rows']:,}:"
+            f" {per_row[-1] / per_row[0]:.3f} (as processes); inside execute_in_process:"
+            f" {(sizes[-1]['run1']['wall_s'] / sizes[-1]['rows']) / (sizes[0]['run1']['wall_s'] / sizes[0]['rows']):.3f}"  # noqa: E501
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000000,3000000,10000000")
+    parser.add_argument("--floor-at", type=int, default=1_000_000, help="size the floor runs at")
+    parser.add_argument("--floor-repeats", type=int, default=3)
+    parser.add_argument("--slice-rows", type=int, default=None, help="RECON_SLICE_ROWS")
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL))
+    parser.add_argument("--day", type=date.fromisoformat, default=DEFAULT_DAY)
+    parser.add_argument("--keep", action="store_true", help="keep the bench_scale_* schemas")
+    parser.add_argument("--note", default="")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    work = args.out / f"scale_{stamp}"
+    work.mkdir(parents=True)
+    report: dict[str, Any] = {
+        "started": stamp,
+        "command": " ".join(["python -m benchmarks.scaling", *(argv or sys.argv[1:])]),
+        "machine": machine(args.database_url),
+        "code": code_version(),
+        "note": args.note,
+        "sizes": [],
+    }
+    for rows in (int(v.replace("_", "")) for v in args.sizes.split(",") if v.strip()):
+        report["sizes"].append(bench_size(args, rows, work))
+        (args.out / f"scale_{stamp}.json").write_text(json.dumps(report, indent=1, default=str))
+        text = render(report)
+        (args.out / f"scale_{stamp}.md").write_text(text + "\n")
+    print("\n" + render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""A day in slices: how many, and what is added up across them.
+
+A day larger than the slice size is read and reconciled in slices by a hash of the request
+id, the same hash on both sides, so a row and OpenAI's record of it always fall in the same
+slice (and so do rows repeating an id). Rows without an id cannot be placed that way: they
+are reconciled once, after the slices, against every record no slice's rows claimed by id
+(with the records that have no request id). That is exactly the set the unsliced day
+offers them, so tags and fingerprints pair the same rows and records, and the records left
+over after that pass are the day's unlogged ones. `DayTally` adds up the figures the asset
+reports, since no frame holds the whole day.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from recon_pipeline.core import schema as s
+from recon_pipeline.core import summarise
+
+# Rows a slice holds when nothing else is configured: a 1M-row day in one piece peaked at
+# 1.45 GB here (benchmarks/README.md), half of that leaves room for the pass after the slices.
+DEFAULT_SLICE_ROWS = 500_000
+_MONEY = ("estimated_cost_pico", "actual_cost_pico", "variance_pico")
+
+
+def slice_count(window_rows: int, records: int, slice_rows: int) -> int:
+    """How many slices a day needs so that neither side of one exceeds `slice_rows`."""
+    if slice_rows < 1:
+        raise ValueError("the slice size must be at least one row")
+    largest = max(window_rows, records, 1)
+    return -(-largest // slice_rows)
+
+
+@dataclass
+class DayTally:
+    """A day's figures added up over the parts it was reconciled in: counts by status,
+    match method and class, exact money totals, the largest discrepancies, the sources."""
+
+    rows: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    methods: Counter = field(default_factory=Counter)
+    classes: Counter = field(default_factory=Counter)
+    money: Counter = field(default_factory=Counter)
+    largest: pd.DataFrame | None = None
+    sources: set[str] = field(default_factory=set)
+    unlogged_rows: int = 0
+    unlogged_actual_pico: int = 0
+    unlogged_unpriced: int = 0
+    unlogged_sources: set[str] = field(default_factory=set)
+
+    def add_results(self, results: pd.DataFrame) -> None:
+        totals = summarise.totals(results)
+        self.rows += totals["rows"]
+        for name in _MONEY:
+            self.money[name] += totals[name]
+        self.statuses.update(results["reconciliation_status"].value_counts().to_dict())
+        self.methods.update(results["match_method"].value_counts().to_dict())
+        self.classes.update(results["variance_class"].value_counts().to_dict())
+        self.sources.update(results["openai_source"].dropna().unique())
+        candidates = summarise.largest_discrepancies(results)
+        if self.largest is not None and len(self.largest):
+            candidates = pd.concat([self.largest, candidates], ignore_index=True)
+        self.largest = summarise.largest_discrepancies(candidates.reset_index(drop=True))
+
+    def add_unlogged(self, unlogged: pd.DataFrame) -> None:
+        self.unlogged_rows += len(unlogged)
+        self.unlogged_actual_pico += summarise.exact_sum(unlogged["actual_cost_pico"])
+        self.unlogged_unpriced += int((unlogged["variance_class"] == s.CLASS_UNPRICED).sum())
+        self.unlogged_sources.update(unlogged["source"].dropna().unique())
+
+    def totals(self) -> dict[str, int]:
+        """As `summarise.totals` gives them for the whole day's results."""
+        return {
+            "rows": self.rows,
+            **{status: int(self.statuses.get(status, 0)) for status in s.STATUSES},
+            **{name: int(self.money[name]) for name in _MONEY},
+        }
+
+    def largest_discrepancies(self) -> pd.DataFrame:
+        return self.largest if self.largest is not None else pd.DataFrame()

@@ -1,0 +1,284 @@
+"""One day of `reconciled_usage`, read, reconciled and written a slice at a time, so that
+memory follows the slice size, not the day's (`core.slices`, RECON_SLICE_ROWS). Each side is
+read once, by one COPY kept a block at a time in a file per slice (`Database.read_day_parts`,
+in a temporary folder), so reading stays linear in the day's size.
+
+Still two transactions a day, each under its advisory lock (`Database.day_transaction`):
+the result tables' (the day deleted, then each slice's rows appended, committed together)
+and the write-back's (one UPDATE per slice, committed together). Both sides are read in one
+snapshot. While PostgreSQL applies one slice's UPDATE on the write-back's connection, the
+next slice is reconciled.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from recon_pipeline.core.completeness import CompletenessPolicy, DayCompleteness, judge_counts
+from recon_pipeline.core.day_inputs import inputs_digest, may_skip
+from recon_pipeline.core.days import day_bounds
+from recon_pipeline.core.pricing import PriceCatalogue, price_usage
+from recon_pipeline.core.reconcile import ReconciliationPolicy, read_window, reconcile_day
+from recon_pipeline.core.slices import DayTally, slice_count
+from recon_pipeline.io import day_inputs
+from recon_pipeline.io.database import (
+    DAY_INPUTS,
+    OPENAI_REQUESTS,
+    RECONCILED_USAGE,
+    UNLOGGED_OPENAI_REQUESTS,
+    Database,
+    WriteBackResult,
+)
+from recon_pipeline.io.day_slices import day_size
+from recon_pipeline.io.day_volumes import trailing_record_counts
+
+
+@dataclass
+class DayOutcome:
+    """What the asset reports of a day: its tally, the write-back, the thin-day verdict."""
+
+    tally: DayTally
+    written: WriteBackResult
+    verdict: DayCompleteness
+    slices: int
+
+
+@dataclass
+class _Writer:
+    """Appends each part's results on the results' connection, and runs its write-back on
+    the write-back's connection in a worker thread (in turn on one connection for SQLite)."""
+
+    db: Database
+    conn: sa.Connection
+    write_conn: sa.Connection
+    day: date
+    now: datetime
+    worker: ThreadPoolExecutor
+    snapshot: str | None = None
+    pending: Future | None = None
+    written: list[WriteBackResult] = field(default_factory=list)
+
+    def store(self, results: pd.DataFrame, unlogged: pd.DataFrame | None) -> None:
+        self.settle()
+        if self.write_conn is not self.conn:
+            self.pending = self.worker.submit(
+                self.db.write_back_rows,
+                self.write_conn,
+                self.day,
+                self.now,
+                results,
+                self.snapshot,
+            )
+        self.db.append_rows(self.conn, RECONCILED_USAGE, results)
+        if unlogged is not None:
+            self.db.append_rows(self.conn, UNLOGGED_OPENAI_REQUESTS, unlogged)
+
+    def settle(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self.written.append(pending.result())
+
+    def finish(self) -> None:
+        self.settle()
+        if self.write_conn is self.conn:  # the stored day is the write-back's source
+            self.written.append(self.db.write_back_rows(self.conn, self.day, self.now))
+
+    def written_total(self) -> WriteBackResult:
+        return WriteBackResult(
+            rows_considered=sum(w.rows_considered for w in self.written),
+            rows_updated=sum(w.rows_updated for w in self.written),
+            rows_disagreeing=sum(w.rows_disagreeing for w in self.written),
+        )
+
+    def abort(self) -> None:
+        """Stop a running UPDATE rather than wait it out; its transaction rolls back."""
+        if self.pending is not None:
+            self.db.cancel(self.write_conn)
+            wait([self.pending])
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """A day whose inputs are those the last run that wrote it read: nothing was done."""
+
+    day: date
+
+
+@dataclass(frozen=True)
+class DayPlan:
+    """What a day's reconciliation reads and applies, settled before it starts."""
+
+    day: date
+    now: datetime
+    policy: ReconciliationPolicy
+    catalogue: PriceCatalogue
+    completeness: CompletenessPolicy
+    slice_rows: int
+    full_rerun: bool = False
+
+
+def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged | None:
+    """One day, in as many slices as its size needs. None: another run holds either of the
+    day's locks, and nothing was written. `Unchanged`: token_usage's rows of the window,
+    OpenAI's stored records, the trailing week's volumes, the settings, the code and the
+    side of the grace period are all what the last run that wrote the day read."""
+    day = plan.day
+    tables = (OPENAI_REQUESTS, RECONCILED_USAGE, UNLOGGED_OPENAI_REQUESTS, DAY_INPUTS)
+    window = read_window(day, plan.policy)
+    with (
+        ExitStack() as write_back,
+        db.day_transaction(day, STEP, tables) as conn,
+    ):
+        if conn is None:
+            return None
+        with db.dialect.snapshot_reader(conn) as reader:
+            snapshot = db.dialect.read_snapshot(reader)
+            trailing = trailing_record_counts(db, day, conn)
+            inputs = _inputs(db, reader, plan, window, trailing)
+            if may_skip(
+                day_inputs.recorded(db, reader, day, STEP), _digest(inputs), plan.full_rerun
+            ):
+                return Unchanged(day)
+            size = day_size(db, day, window, reader)
+            verdict = judge_counts(
+                day, size.with_ids, size.records_on_day, size.records, trailing, plan.completeness
+            )
+            slices = slice_count(size.window_rows, size.records, plan.slice_rows)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-back") as worker:
+                done = _reconcile_parts(
+                    db, plan, conn, reader, write_back, worker, window, slices, verdict, snapshot
+                )
+            if done is None:
+                return None
+            tally, writer = done
+        written = writer.written_total()
+        digest = (
+            _digest_after(db, writer.write_conn, day, window, inputs, snapshot)
+            if written.rows_disagreeing == 0
+            else None
+        )
+        day_inputs.record(db, writer.write_conn, day, STEP, digest)
+        return DayOutcome(tally, written, verdict, slices)
+
+
+STEP = "reconciled_usage"
+
+
+def _inputs(
+    db: Database,
+    reader: sa.Connection,
+    plan: DayPlan,
+    window: tuple[datetime, datetime],
+    trailing: dict[date, int],
+) -> dict[str, object]:
+    """Everything the day's results depend on, for its digest (`core.day_inputs`). The
+    thin-day verdict is not in it: it follows from the rows, records and trailing counts."""
+    policy, completeness = plan.policy, plan.completeness
+    return {
+        "token_usage": day_inputs.usage_versions(db, reader, window, plan.day),
+        "openai_requests": day_inputs.output_day_versions(db, reader, OPENAI_REQUESTS, plan.day),
+        "trailing": sorted((d.isoformat(), n) for d, n in trailing.items()),
+        "policy": repr(policy),
+        "completeness": [
+            completeness.min_ratio,
+            completeness.min_trailing_share,
+            sorted(d.isoformat() for d in completeness.accepted_days),
+        ],
+        "in_grace": plan.now < day_bounds(plan.day)[1] + policy.grace,
+        "code": day_inputs.code_fingerprint(),
+    }
+
+
+def _digest(inputs: dict[str, object]) -> str:
+    return inputs_digest(inputs)
+
+
+def _digest_after(
+    db: Database,
+    write_conn: sa.Connection,
+    day: date,
+    window: tuple[datetime, datetime],
+    inputs: dict[str, object],
+    snapshot: str | None,
+) -> str | None:
+    """The day's inputs as they stand after the write-back, whose own updates make new row
+    versions (recorded in its transaction). None when another transaction wrote a row of
+    the window since the day was read: the next run does the day again."""
+    if day_inputs.usage_changed_since(db, write_conn, window, snapshot):
+        return None
+    after = day_inputs.usage_versions(db, write_conn, window, day)
+    before = inputs["token_usage"]
+    if after[0][0] != before[0][0] or after[1] != before[1]:  # a row was deleted meanwhile
+        return None
+    return _digest(inputs | {"token_usage": after})
+
+
+def _reconcile_parts(
+    db: Database,
+    plan: DayPlan,
+    conn: sa.Connection,
+    reader: sa.Connection,
+    write_back: ExitStack,
+    worker: ThreadPoolExecutor,
+    window: tuple[datetime, datetime],
+    slices: int,
+    verdict: DayCompleteness,
+    snapshot: str | None,
+) -> tuple[DayTally, _Writer] | None:
+    """Each slice of rows with an id against its records, then the rows without one against
+    every record left; each part's results stored and written back before the next is read
+    (the write-back runs while the next part is read). None: the write-back's lock is held."""
+    day, tally = plan.day, DayTally()
+    unclaimed: list[pd.DataFrame] = []
+    writer: _Writer | None = None
+    spill = write_back.enter_context(tempfile.TemporaryDirectory(prefix="recon_day_"))
+    logged_parts, record_parts = db.read_day_parts(day, window, reader, slices, Path(spill))
+    try:
+        for part in [*range(slices), None]:
+            number = slices if part is None else part
+            logged = db.logged_part(logged_parts[number])
+            openai = price_usage(db.openai_part(record_parts[number]), plan.catalogue)
+            logged_parts[number].unlink()
+            record_parts[number].unlink()
+            if part is None:  # rows without an id, against every record left
+                openai = pd.concat([*unclaimed, openai], ignore_index=True)
+                unclaimed.clear()
+            outcome = reconcile_day(
+                logged,
+                openai,
+                day,
+                plan.now,
+                plan.policy,
+                finalize=not verdict.hold,
+                keep_unclaimed=part is not None,
+            )
+            del logged, openai
+            if part is not None:
+                unclaimed.append(outcome.unclaimed)
+            if writer is None:
+                write_conn = write_back.enter_context(db.write_back_beside(day, conn))
+                if write_conn is None:
+                    return None  # nothing was written in the results' transaction
+                writer = _Writer(db, conn, write_conn, day, plan.now, worker, snapshot)
+                db.clear_day(conn, RECONCILED_USAGE, day)
+                db.clear_day(conn, UNLOGGED_OPENAI_REQUESTS, day)
+            unlogged = outcome.unlogged if part is None else None
+            tally.add_results(outcome.results)
+            if unlogged is not None:
+                tally.add_unlogged(unlogged)
+            writer.store(outcome.results, unlogged)
+            del outcome
+        writer.finish()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return tally, writer
