@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
@@ -53,8 +53,10 @@ class DayOutcome:
 
 @dataclass
 class _Writer:
-    """Appends each part's results on the results' connection, and runs its write-back on
-    the write-back's connection in a worker thread (in turn on one connection for SQLite)."""
+    """Appends each part's results on the results' connection while a worker thread stages
+    them for the write-back on its own connection, and, with the last part, runs the day's
+    one UPDATE there (one pass over token_usage, whatever the number of slices). On one
+    connection (SQLite) the write-back follows the stored day once every part is in."""
 
     db: Database
     conn: sa.Connection
@@ -64,39 +66,45 @@ class _Writer:
     worker: ThreadPoolExecutor
     snapshot: str | None = None
     pending: Future | None = None
-    written: list[WriteBackResult] = field(default_factory=list)
+    staged_rows: int = 0
+    staging: str | None = None
+    written: WriteBackResult | None = None
 
-    def store(self, results: pd.DataFrame, unlogged: pd.DataFrame | None) -> None:
+    def store(self, results: pd.DataFrame, unlogged: pd.DataFrame | None, last: bool) -> None:
         self.settle()
         if self.write_conn is not self.conn:
-            self.pending = self.worker.submit(
-                self.db.write_back_rows,
-                self.write_conn,
-                self.day,
-                self.now,
-                results,
-                self.snapshot,
-            )
+            self.pending = self.worker.submit(self._stage, results, last)
         self.db.append_rows(self.conn, RECONCILED_USAGE, results)
         if unlogged is not None:
             self.db.append_rows(self.conn, UNLOGGED_OPENAI_REQUESTS, unlogged)
 
+    def _stage(self, results: pd.DataFrame, last: bool) -> WriteBackResult | None:
+        self.staged_rows += len(results)
+        self.staging = self.db.stage_write_back(
+            self.write_conn,
+            results,
+            append=self.staging is not None,
+            total=self.staged_rows if last else None,
+        )
+        if not last or self.staging is None:
+            return None
+        staged = (self.staging, self.staged_rows)
+        return self.db.write_back_rows(
+            self.write_conn, self.day, self.now, snapshot=self.snapshot, staged=staged
+        )
+
     def settle(self) -> None:
         if self.pending is not None:
             pending, self.pending = self.pending, None
-            self.written.append(pending.result())
+            self.written = pending.result() or self.written
 
-    def finish(self) -> None:
+    def finish(self) -> WriteBackResult:
         self.settle()
         if self.write_conn is self.conn:  # the stored day is the write-back's source
-            self.written.append(self.db.write_back_rows(self.conn, self.day, self.now))
-
-    def written_total(self) -> WriteBackResult:
-        return WriteBackResult(
-            rows_considered=sum(w.rows_considered for w in self.written),
-            rows_updated=sum(w.rows_updated for w in self.written),
-            rows_disagreeing=sum(w.rows_disagreeing for w in self.written),
-        )
+            self.written = self.db.write_back_rows(self.conn, self.day, self.now)
+        if self.written is None:
+            raise RuntimeError("the day's last part was never stored")
+        return self.written
 
     def abort(self) -> None:
         """Stop a running UPDATE rather than wait it out; its transaction rolls back."""
@@ -158,8 +166,7 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
                 )
             if done is None:
                 return None
-            tally, writer = done
-        written = writer.written_total()
+            tally, writer, written = done
         digest = (
             _digest_after(db, writer.write_conn, day, window, inputs, snapshot)
             if written.rows_disagreeing == 0
@@ -232,7 +239,7 @@ def _reconcile_parts(
     slices: int,
     verdict: DayCompleteness,
     snapshot: str | None,
-) -> tuple[DayTally, _Writer] | None:
+) -> tuple[DayTally, _Writer, WriteBackResult] | None:
     """Each slice of rows with an id against its records, then the rows without one against
     every record left; each part's results stored and written back before the next is read
     (the write-back runs while the next part is read). None: the write-back's lock is held."""
@@ -274,11 +281,11 @@ def _reconcile_parts(
             tally.add_results(outcome.results)
             if unlogged is not None:
                 tally.add_unlogged(unlogged)
-            writer.store(outcome.results, unlogged)
+            writer.store(outcome.results, unlogged, last=part is None)
             del outcome
-        writer.finish()
+        written = writer.finish()
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    return tally, writer
+    return tally, writer, written

@@ -451,6 +451,7 @@ class Database:
         reconciled_at: datetime,
         results: pd.DataFrame | None = None,
         snapshot: str | None = None,
+        staged: tuple[str, int] | None = None,
     ) -> WriteBackResult:
         """Set `actual_cost_cents`, `reconciliation_status` and `reconciled_at` on the day's
         token_usage rows from `results` (the core's frame; on PostgreSQL COPYed into a
@@ -464,14 +465,15 @@ class Database:
         the application inserts meanwhile are not in the results, so they are not touched.
         `snapshot`: the snapshot the results were read in (`Dialect.read_snapshot`); a row
         written since, in any column, raises the transaction's flag that
-        `Dialect.rows_changed_since` reads. See `io/write_back.py`.
+        `Dialect.rows_changed_since` reads. `staged`: the results already staged in this
+        transaction by `stage_write_back` (the table, and how many rows), instead of `results`.
+        See `io/write_back.py`.
         """
-        staged = None
         if results is not None:
-            definitions = self._column_definitions(WRITE_BACK_ROWS)
-            staged = self.dialect.stage_write_back(conn, results, definitions)
+            table = self.stage_write_back(conn, results, total=len(results))
+            staged = (table, len(results)) if table is not None else None
         if staged is not None:
-            source, where, considered = staged, "", len(results)
+            (source, considered), where = staged, ""
         else:
             source = self.table(RECONCILED_USAGE)
             where = " AND r.usage_date = :day"
@@ -496,6 +498,19 @@ class Database:
             rows_updated=int(updated),
             rows_disagreeing=int(disagreeing),
         )
+
+    def stage_write_back(
+        self,
+        conn: sa.Connection,
+        results: pd.DataFrame,
+        append: bool = False,
+        total: int | None = None,
+    ) -> str | None:
+        """Stage results for `write_back_rows` in `conn`'s transaction, a part at a time
+        (`append`; `total`: every row staged, given with the last part); the table's name,
+        or None where the write-back reads the stored day instead."""
+        definitions = self._column_definitions(WRITE_BACK_ROWS)
+        return self.dialect.stage_write_back(conn, results, definitions, append, total)
 
     # -- reading the outputs ---------------------------------------------------------------
 

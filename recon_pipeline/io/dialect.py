@@ -213,10 +213,16 @@ class Dialect(ABC):
 
     @abstractmethod
     def stage_write_back(
-        self, conn: sa.Connection, results: pd.DataFrame, definitions: str
+        self,
+        conn: sa.Connection,
+        results: pd.DataFrame,
+        definitions: str,
+        append: bool = False,
+        total: int | None = None,
     ) -> str | None:
         """Stage the results for the write-back and name the table, or None to read the
-        stored day of reconciled_usage instead."""
+        stored day of reconciled_usage instead. `append`: to the rows staged before in the
+        transaction; `total`: all the rows staged, once the last are (`stage_results`)."""
 
     @abstractmethod
     def write_back_update(

@@ -144,22 +144,31 @@ def sqlite_update(
     return int(conn.execute(query, params).rowcount)
 
 
-def stage_results(conn: sa.Connection, definitions: str, results: pd.DataFrame) -> str:
+def stage_results(
+    conn: sa.Connection,
+    definitions: str,
+    results: pd.DataFrame,
+    append: bool = False,
+    total: int | None = None,
+) -> str:
     """COPY the columns the write-back needs into a temporary table dropped at commit;
-    `definitions`: the staging table's column definitions in this database's types."""
+    `definitions`: the staging table's column definitions in this database's types.
+    `append`: add to the rows already staged in this transaction (a day's slices); `total`:
+    the rows staged in all, once the last are in, to plan the UPDATE (None: not yet)."""
     staging = f"pg_temp.{WRITE_BACK_ROWS.name}"
-    conn.execute(sa.text(f"DROP TABLE IF EXISTS {staging}"))
-    conn.execute(
-        sa.text(f"CREATE TEMPORARY TABLE {WRITE_BACK_ROWS.name} ({definitions}) ON COMMIT DROP")
-    )
+    if not append:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {staging}"))
+        conn.execute(
+            sa.text(f"CREATE TEMPORARY TABLE {WRITE_BACK_ROWS.name} ({definitions}) ON COMMIT DROP")
+        )
     copy_in(conn, staging, WRITE_BACK_ROWS, results)
-    if len(results) >= 100_000:  # a small day plans well enough from the table's size
+    if total is not None and total >= 100_000:  # a small day plans well from the table's size
         # Enough memory for the UPDATE's hash join to stay in one batch. Spilled into
         # batches, it updates token_usage in batch order and revisits each heap page once
         # per batch: at 1M rows, 32 batches read 1.36M buffers and took 14.0 s; one batch
         # read 56k and took 9.6 s (benchmarks/README.md). Local to this transaction, never
         # lower than the session's own setting.
-        kilobytes = min(len(results) * _WRITE_BACK_HASH_BYTES_PER_ROW // 1024, 1024 * 1024)
+        kilobytes = min(total * _WRITE_BACK_HASH_BYTES_PER_ROW // 1024, 1024 * 1024)
         conn.execute(
             sa.text(
                 "SELECT set_config('work_mem', greatest(:kb, setting::bigint) || 'kB', true)"
