@@ -5,9 +5,9 @@ in a temporary folder), so reading stays linear in the day's size.
 
 Still two transactions a day, each under its advisory lock (`Database.day_transaction`):
 the result tables' (the day deleted, then each slice's rows appended, committed together)
-and the write-back's (one UPDATE per slice, committed together). Both sides are read in one
-snapshot. While PostgreSQL applies one slice's UPDATE on the write-back's connection, the
-next slice is reconciled.
+and the write-back's (each slice's rows staged, then one UPDATE for the day: an UPDATE per
+slice would join the whole of token_usage once per slice). Both sides are read in one
+snapshot. While one slice is staged on the write-back's connection, the next is reconciled.
 """
 
 from __future__ import annotations
