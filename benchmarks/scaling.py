@@ -25,9 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import RESULTS, child_env, code_version, machine, run_child
-from benchmarks.seed import AS_OF, DEFAULT_DAY, DEFAULT_URL, checkpoint, drop_schema, seed_days
-from benchmarks.seed import vacuum as vacuum_tables
+from benchmarks.bench_database import checkpoint, drop_schema
+from benchmarks.bench_database import vacuum as vacuum_tables
+from benchmarks.children import child_env, run_child
+from benchmarks.report import code_version, machine
+from benchmarks.run import RESULTS
+from benchmarks.seed import AS_OF, DEFAULT_DAY, DEFAULT_URL, seed_days
 
 
 def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any]:
