@@ -170,7 +170,16 @@ def reconciled_usage(
     results_report, unlogged_report, write_back_report = reports
     tally = _Tally()
     for day in partition_days(context):
-        plan = DayPlan(day, now, policy, catalogue, completeness, slice_rows, settings.full_rerun)
+        plan = DayPlan(
+            day,
+            now,
+            policy,
+            catalogue,
+            completeness,
+            slice_rows,
+            settings.full_rerun,
+            settings.discrepancy_rate_warn_share,
+        )
         done = reconcile_in_slices(db, plan)
         if isinstance(done, Unchanged):
             for report in reports:

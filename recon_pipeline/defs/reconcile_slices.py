@@ -27,6 +27,7 @@ from recon_pipeline.core.day_inputs import inputs_digest, may_skip
 from recon_pipeline.core.days import day_bounds
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import ReconciliationPolicy, read_window, reconcile_day
+from recon_pipeline.core.schema import CLASS_UNPRICED, DISCREPANCY, MATCHED
 from recon_pipeline.core.slices import DayTally, slice_count
 from recon_pipeline.io import day_inputs
 from recon_pipeline.io.database import (
@@ -131,6 +132,7 @@ class DayPlan:
     completeness: CompletenessPolicy
     slice_rows: int
     full_rerun: bool = False
+    discrepancy_bound: float = 1.0
 
 
 def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged | None:
@@ -167,9 +169,10 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
             if done is None:
                 return None
             tally, writer, written = done
+        # A day a check finds fault with is done again by every run, so every run reports it.
         digest = (
             _digest_after(db, writer.write_conn, day, window, inputs, snapshot)
-            if written.rows_disagreeing == 0
+            if _checks_clean(tally, written, verdict, plan.discrepancy_bound)
             else None
         )
         day_inputs.record(db, writer.write_conn, day, STEP, digest)
@@ -200,8 +203,21 @@ def _inputs(
             sorted(d.isoformat() for d in completeness.accepted_days),
         ],
         "in_grace": plan.now < day_bounds(plan.day)[1] + policy.grace,
+        "discrepancy_bound": plan.discrepancy_bound,
         "code": day_inputs.code_fingerprint(),
     }
+
+
+def _checks_clean(
+    tally: DayTally, written: WriteBackResult, verdict: DayCompleteness, bound: float
+) -> bool:
+    """Whether the day passes the checks of reconciled_usage that judge the day itself: not
+    thin, every record priced, token_usage agreeing, discrepancies within `bound`."""
+    unpriced = int(tally.classes.get(CLASS_UNPRICED, 0)) + tally.unlogged_unpriced
+    matched, discrepancy = (int(tally.statuses.get(k, 0)) for k in (MATCHED, DISCREPANCY))
+    verifiable = matched + discrepancy
+    within = not verifiable or discrepancy / verifiable <= bound
+    return not verdict.thin and not unpriced and not written.rows_disagreeing and within
 
 
 def _digest(inputs: dict[str, object]) -> str:
