@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
+
+from benchmarks.seed import AS_OF
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,3 +48,17 @@ def run_child(
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RECON_"))}
     return env | extra
+
+
+def day_args(url: str, schema: str, export_dir: Path, day: date, sample: int) -> dict[str, Any]:
+    """What every child of one seeded day is told: where the day is, and when the run is."""
+    return {
+        "url": url,
+        "schema": schema,
+        "export_dir": str(export_dir),
+        "day": day.isoformat(),
+        "first": day.isoformat(),
+        "last": day.isoformat(),
+        "as_of": AS_OF,
+        "sample": sample,
+    }

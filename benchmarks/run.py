@@ -40,7 +40,7 @@ import psycopg
 
 from benchmarks.backfill import bench_backfill
 from benchmarks.bench_database import checkpoint, conninfo, drop_schema, vacuum
-from benchmarks.children import ROOT, child_env, run_child
+from benchmarks.children import ROOT, child_env, day_args, run_child
 from benchmarks.profiling import profile_job
 from benchmarks.report import (
     backfill_lines,
@@ -97,16 +97,7 @@ def bench_day(args: argparse.Namespace, rows: int, out_dir: Path) -> dict[str, A
     try:
         seeded = seed_days(url, schema, [day], rows, export_dir, seed=args.seed)
         print(f"  seeded in {seeded.seconds:.1f} s: {seeded.counts}", flush=True)
-        common = {
-            "url": url,
-            "schema": schema,
-            "export_dir": str(export_dir),
-            "day": day.isoformat(),
-            "first": day.isoformat(),
-            "last": day.isoformat(),
-            "as_of": AS_OF,
-            "sample": args.sample,
-        }
+        common = day_args(url, schema, export_dir, day, args.sample)
         env = child_env()
         floor = run_child("floor", common, out_dir, f"floor_{rows}", env)
         repeats = [floor["total_s"]]

@@ -27,10 +27,10 @@ import numpy as np
 
 from benchmarks.bench_database import checkpoint, drop_schema
 from benchmarks.bench_database import vacuum as vacuum_tables
-from benchmarks.children import child_env, run_child
+from benchmarks.children import child_env, day_args, run_child
 from benchmarks.report import code_version, machine
 from benchmarks.run import RESULTS
-from benchmarks.seed import AS_OF, DEFAULT_DAY, DEFAULT_URL, seed_days
+from benchmarks.seed import DEFAULT_DAY, DEFAULT_URL, seed_days
 
 
 def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any]:
@@ -42,16 +42,7 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
     try:
         seeded = seed_days(url, schema, [day], rows, export_dir, floor_tables=with_floor)
         print(f"  seeded in {seeded.seconds:.1f} s", flush=True)
-        common = {
-            "url": url,
-            "schema": schema,
-            "export_dir": str(export_dir),
-            "day": day.isoformat(),
-            "first": day.isoformat(),
-            "last": day.isoformat(),
-            "as_of": AS_OF,
-            "sample": 0,
-        }
+        common = day_args(url, schema, export_dir, day, 0)
         if args.slice_rows:
             common["slice_rows"] = args.slice_rows
         env = child_env()
