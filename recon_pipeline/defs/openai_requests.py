@@ -2,7 +2,7 @@
 
 import json
 from contextlib import closing
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -102,35 +102,52 @@ def openai_requests(
                 files.update(
                     _from_exports(folder, window, parsed, row_key, frames, figures, anomalies)
                 )
-            records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
-            # Every source has answered for the day: only now is anything of it written.
-            tables = (OPENAI_REQUESTS, DAY_INPUTS)
-            with db.day_transaction(day, "openai_requests", tables) as conn:
-                if conn is not None:
-                    records = records.assign(usage_date=day)
-                    written = db.replace_day(conn, OPENAI_REQUESTS, records, day)
-                    day_inputs.record(db, conn, day, "openai_requests", digest)
-            if conn is None:
+            written = _store_day(db, day, frames, digest, anomalies)
+            if written is None:
                 report.skip(day)
                 continue
-            anomalies |= {
-                "duplicate_records_dropped": identical,
-                "conflicting_duplicates": conflicting,
-            }
             report.add(day, rows=written, figures=figures, details={"anomalies": anomalies})
-    # One line a run, not a day: each log line is a write to the instance's event storage.
+    _log_run(context, report, sources, batches)
+    described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
+    return dg.MaterializeResult(
+        metadata=report.metadata(source=" + ".join(described[s] for s in sources))
+    )
+
+
+def _store_day(
+    db: Database,
+    day: date,
+    frames: list[pd.DataFrame],
+    digest: str | None,
+    anomalies: dict[str, int],
+) -> int | None:
+    """Every source has answered for the day: only now is anything of it written, deduped,
+    in one transaction. None when another run holds the day."""
+    records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
+    with db.day_transaction(day, "openai_requests", (OPENAI_REQUESTS, DAY_INPUTS)) as conn:
+        if conn is None:
+            return None
+        written = db.replace_day(conn, OPENAI_REQUESTS, records.assign(usage_date=day), day)
+        day_inputs.record(db, conn, day, "openai_requests", digest)
+    anomalies |= {"duplicate_records_dropped": identical, "conflicting_duplicates": conflicting}
+    return written
+
+
+def _log_run(
+    context: dg.AssetExecutionContext,
+    report: DailyReport,
+    sources: tuple[str, ...],
+    batches: BatchRead | None,
+) -> None:
+    """One line a run, not a day: each log line is a write to the instance's event storage."""
     stored = sum(figures["rows"] for figures in report.days.values())
     context.log.info(f"{len(report.days)} days: {stored} OpenAI records from {', '.join(sources)}")
-    if batches is not None:  # the run's, not a day's: in its log
+    if batches is not None:
         context.log.info(
             f"Batch API: {batches.batches} batches read, {batches.files_downloaded} files"
             f" downloaded, {batches.files_from_cache} from the cache; lines skipped:"
             f" {json.dumps(batches.skipped_lines, sort_keys=True)}"
         )
-    described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
-    return dg.MaterializeResult(
-        metadata=report.metadata(source=" + ".join(described[s] for s in sources))
-    )
 
 
 def _exports_digest(folder: Path, window: tuple[datetime, datetime], row_key: str) -> str:
