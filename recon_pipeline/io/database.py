@@ -30,18 +30,17 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
-from recon_pipeline.core.days import day_bounds
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import (
     DatabaseConnectionError,
     begin_sqlite,
     connect_engine,
-    connection,
     lock_key,
 )
 from recon_pipeline.io.dialect import Dialect, dialect_for
 from recon_pipeline.io.dialect_postgres import column_type
 from recon_pipeline.io.identifiers import qualified, validate_identifier
+from recon_pipeline.io.stored_day import StoredDayChecks
 from recon_pipeline.io.tables import (
     DAILY_VARIANCE_SUMMARY,
     DAY_INPUTS,
@@ -126,7 +125,7 @@ def _logged_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.reindex(columns=list(s.LOGGED_COLUMNS)).astype(s.LOGGED_COLUMNS)
 
 
-class Database:
+class Database(StoredDayChecks):
     """The pipeline's only door to the database; table names are validated identifiers.
 
     What differs between PostgreSQL and SQLite is `self.dialect`'s (`io/dialect.py`).
@@ -567,47 +566,3 @@ class Database:
         frame = d.select_frame(conn, select, day, types)
         frame["requests"] = frame["requests"].astype(np.int64)
         return frame.assign(usage_date=day)
-
-    def summary_matches_rows(self, day: date, conn: sa.Connection | None = None) -> bool:
-        """Whether the stored summary of a day adds up to its stored rows (exact on PostgreSQL)."""
-        rows, summary = self.table(RECONCILED_USAGE), self.table(DAILY_VARIANCE_SUMMARY)
-        sums = ", ".join(f"coalesce(sum({m}_cents), 0)" for m in MONEY_COLUMNS)
-        with connection(self.engine, conn) as reader:
-            params = {"day": self.dialect.day(day)}
-            from_rows = reader.execute(
-                sa.text(f"SELECT count(*), {sums} FROM {rows} WHERE usage_date = :day"), params
-            ).one()
-            from_summary = reader.execute(
-                sa.text(
-                    f"SELECT coalesce(sum(requests), 0), {sums} FROM {summary}"
-                    " WHERE usage_date = :day"
-                ),
-                params,
-            ).one()
-        return self.dialect.sums_equal(from_rows, from_summary)
-
-    def count_disagreeing(self, day: date, conn: sa.Connection | None = None) -> int:
-        """token_usage rows of the day whose status or actual cost differ from the results."""
-        query = sa.text(
-            f"SELECT count(*) FROM {self.table(RECONCILED_USAGE)} AS r"
-            f" JOIN {self.usage} AS t ON t.id = r.usage_id WHERE r.usage_date = :day"
-            f" AND (t.actual_cost_cents IS DISTINCT FROM {self.written_cost('r.actual_cost_cents')}"
-            " OR t.reconciliation_status IS DISTINCT FROM r.reconciliation_status)"
-        )
-        with connection(self.engine, conn) as reader:
-            return int(reader.execute(query, {"day": self.dialect.day(day)}).scalar_one())
-
-    def count_without_result(self, day: date) -> int:
-        """token_usage rows created on the day that have no row in reconciled_usage (e.g.
-        inserted by the application after the day was read)."""
-        start, end = day_bounds(day)
-        query = sa.text(
-            f"SELECT count(*) FROM {self.usage} AS t"
-            " WHERE t.created_at >= :start AND t.created_at < :end AND NOT EXISTS ("
-            f" SELECT 1 FROM {self.table(RECONCILED_USAGE)} AS r"
-            " WHERE r.usage_date = :day AND r.usage_id = t.id)"
-        )
-        d = self.dialect
-        params = {"day": d.day(day), "start": d.moment(start), "end": d.moment(end)}
-        with self.engine.connect() as conn:
-            return int(conn.execute(query, params).scalar_one())
