@@ -20,5 +20,6 @@ def inputs_digest(parts: Mapping[str, object]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def may_skip(recorded: str | None, current: str, full_rerun: bool) -> bool:
-    return not full_rerun and recorded is not None and recorded == current
+def may_skip(recorded: str | None, current: str | None, full_rerun: bool) -> bool:
+    """Skip only a day whose inputs are known (`current`) and equal what was recorded."""
+    return not full_rerun and current is not None and recorded == current

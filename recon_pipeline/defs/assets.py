@@ -490,7 +490,7 @@ def daily_variance_summary(
         )
         if may_skip(
             day_inputs.recorded_before(db, day, "daily_variance_summary"),
-            digest or "",
+            digest,
             settings.full_rerun,
         ):
             report.unchanged(day)

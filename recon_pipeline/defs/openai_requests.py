@@ -83,7 +83,7 @@ def openai_requests(
             )
             if may_skip(
                 day_inputs.recorded_before(db, day, "openai_requests"),
-                digest or "",
+                digest,
                 settings.full_rerun,
             ):
                 report.unchanged(day)

@@ -154,7 +154,7 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
             trailing = trailing_record_counts(db, day, conn)
             inputs = _inputs(db, reader, plan, window, trailing)
             if may_skip(
-                day_inputs.recorded(db, reader, day, STEP), _digest(inputs), plan.full_rerun
+                day_inputs.recorded(db, reader, day, STEP), inputs_digest(inputs), plan.full_rerun
             ):
                 return Unchanged(day)
             size = day_size(db, day, window, reader)
@@ -220,10 +220,6 @@ def _checks_clean(
     return not verdict.thin and not unpriced and not written.rows_disagreeing and within
 
 
-def _digest(inputs: dict[str, object]) -> str:
-    return inputs_digest(inputs)
-
-
 def _digest_after(
     db: Database,
     write_conn: sa.Connection,
@@ -241,7 +237,7 @@ def _digest_after(
     before = inputs["token_usage"]
     if after[0][0] != before[0][0] or after[1] != before[1]:  # a row was deleted meanwhile
         return None
-    return _digest(inputs | {"token_usage": after})
+    return inputs_digest(inputs | {"token_usage": after})
 
 
 def _reconcile_parts(
