@@ -48,6 +48,12 @@ def drop_schema(url: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+# The floor's per-request results, replaced per day as the pipeline's result tables are.
+FLOOR_RESULTS_DDL = """
+CREATE TABLE {table} (usage_date date NOT NULL, id bigint NOT NULL, actual_pico bigint,
+    status text NOT NULL);
+CREATE INDEX ON {table} (usage_date);
+"""
 OPENAI_SOURCE_DDL = """
 CREATE TABLE {table} (
     request_id text PRIMARY KEY,

@@ -188,7 +188,7 @@ def table_rows(days: list[dict[str, Any]]) -> list[list[str]]:
     section("Direct split by stage (s)")
     for stage in STAGE_ORDER:
         add(f"  {stage}", [_fmt(by_stage(d["stages"])[stage]) for d in days])
-    section("Floor: COPY out, join, COPY into TEMP, one UPDATE ... FROM (s)")
+    section("Floor: COPY out, join, COPY into a table replaced per day, one UPDATE ... FROM (s)")
     for phase in days[0]["floor"]["phases"]:
         add(f"  {phase}", [_fmt(d["floor"]["phases"][phase]) for d in days])
     add("  floor total (first run, phases above)", [_fmt(d["floor"]["total_s"]) for d in days])

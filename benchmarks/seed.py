@@ -39,7 +39,14 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from benchmarks.bench_database import OPENAI_SOURCE_DDL, conninfo, copy_in, fresh_schema, vacuum
+from benchmarks.bench_database import (
+    FLOOR_RESULTS_DDL,
+    OPENAI_SOURCE_DDL,
+    conninfo,
+    copy_in,
+    fresh_schema,
+    vacuum,
+)
 from benchmarks.seed_files import write_exports
 from recon_pipeline.core.openai_records import COUNT_FIELDS
 from recon_pipeline.core.pricing import PriceCatalogue
@@ -404,6 +411,7 @@ def seed_days(
     with psycopg.connect(conninfo(url)) as conn:
         if floor_tables:
             conn.execute(OPENAI_SOURCE_DDL.format(table=source))
+            conn.execute(FLOOR_RESULTS_DDL.format(table=f'"{schema}".floor_results'))
         for number, day in enumerate(days, start=1):
             data = generate_day(day, rows_per_day, seed)
             copy_in(conn, usage, data.usage)
