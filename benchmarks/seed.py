@@ -181,22 +181,35 @@ def _users(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return ids, weights / weights.sum()
 
 
-def generate_day(day: date, rows: int, seed: int = 7, mix: Mix | None = None) -> DayData:
-    """`rows` token_usage rows created on `day` (UTC) and OpenAI's records of those calls."""
-    mix = mix or Mix()
-    rng = np.random.default_rng([seed, day.toordinal()])
-    n_dup = round(rows * mix.duplicate_id)
-    n_unlogged = round(rows * mix.unlogged_at_app)
-    n = rows - n_dup + n_unlogged  # distinct OpenAI calls
+@dataclass
+class _Calls:
+    """The day's distinct OpenAI calls as parallel arrays, filled in by the steps of
+    `generate_day` in a fixed order, so that a seed always draws the same day."""
 
+    n: int
+    kind: np.ndarray
+    action: np.ndarray
+    api: np.ndarray
+    model_used: np.ndarray
+    openai_model: np.ndarray
+    transcription: np.ndarray
+    text: np.ndarray
+    created_us: np.ndarray
+    openai_created: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    reasoning: np.ndarray
+    audio_cs: np.ndarray
+    captured: np.ndarray
+    request_id: np.ndarray
+
+
+def _draw_calls(rng: np.random.Generator, day: date, n: int, mix: Mix) -> _Calls:
+    """What each call is, when it ran, its tokens, and whether the application kept its id."""
     kind = rng.choice(len(KINDS.weight), size=n, p=KINDS.weight)
-    action = KINDS.action_type[kind]
     api = KINDS.api[kind]
-    model_used = KINDS.model_used[kind]
-    openai_model = KINDS.openai_model[kind].copy()
     transcription = api == "transcription"
     text = ~transcription
-
     # When: the row is inserted when the answer arrives, 0.2-3 s after OpenAI's `created`.
     day_start_us = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * _US
     hours = np.array(HOUR_WEIGHTS, dtype=np.float64)
@@ -224,120 +237,209 @@ def generate_day(day: date, rows: int, seed: int = 7, mix: Mix | None = None) ->
         request_id[where] = random_strings(rng, int(where.sum()), prefix, alphabet, length)
     if not pd.Series(request_id).is_unique:
         raise RuntimeError("request id collision; use another seed")
+    return _Calls(
+        n=n,
+        kind=kind,
+        action=KINDS.action_type[kind],
+        api=api,
+        model_used=KINDS.model_used[kind],
+        openai_model=KINDS.openai_model[kind].copy(),
+        transcription=transcription,
+        text=text,
+        created_us=created_us,
+        openai_created=openai_created,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        reasoning=reasoning,
+        audio_cs=audio_cs,
+        captured=captured,
+        request_id=request_id,
+    )
 
-    # OpenAI's side of the variances.
-    u = rng.random((8, n))
+
+@dataclass
+class _Variances:
+    """Where OpenAI's side and the application's differ, per call."""
+
+    cached: np.ndarray
+    cacheable: np.ndarray
+    mismatched_model: np.ndarray
+    batch: np.ndarray
+    tier: np.ndarray
+    app_output: np.ndarray
+    token_mismatch: np.ndarray
+    estimate_ucents: np.ndarray
+    app_cached: np.ndarray
+
+
+def _draw_variances(rng: np.random.Generator, c: _Calls, mix: Mix) -> _Variances:
+    """OpenAI's side (cached input, another model, batch, tier), then the application's
+    (fewer output tokens, a stale price), and the estimate it logged."""
+    n, u = c.n, rng.random((8, c.n))
     cached = np.zeros(n, dtype=np.int64)
-    cacheable = text & (input_tokens >= 1024) & (u[0] < mix.cached_at_openai)
-    steps = np.maximum((input_tokens * 9 // 10 - 1024) // 128, 0)
+    cacheable = c.text & (c.input_tokens >= 1024) & (u[0] < mix.cached_at_openai)
+    steps = np.maximum((c.input_tokens * 9 // 10 - 1024) // 128, 0)
     cached[cacheable] = 1024 + 128 * np.floor(u[1] * (steps + 1)).astype(np.int64)[cacheable]
-    mismatched_model = captured & (model_used == "gpt-4o-mini") & (u[2] < mix.model_mismatch)
-    openai_model[mismatched_model] = OPENAI_SNAPSHOTS["gpt-4o"]
-    batch = (action == "category_summary") & (u[3] < mix.batch_category_summary)
+    mismatched_model = c.captured & (c.model_used == "gpt-4o-mini") & (u[2] < mix.model_mismatch)
+    c.openai_model[mismatched_model] = OPENAI_SNAPSHOTS["gpt-4o"]
+    batch = (c.action == "category_summary") & (u[3] < mix.batch_category_summary)
     tier = np.full(n, "default", dtype=object)
-    tier[(model_used == "o4-mini") & (u[4] < mix.flex_o4_mini)] = "flex"
-    tier[(model_used == "gpt-4o") & ~batch & (u[4] < mix.priority_gpt_4o)] = "priority"
+    tier[(c.model_used == "o4-mini") & (u[4] < mix.flex_o4_mini)] = "flex"
+    tier[(c.model_used == "gpt-4o") & ~batch & (u[4] < mix.priority_gpt_4o)] = "priority"
 
-    # The application's side.
-    app_output = output_tokens.copy()
-    token_mismatch = captured & text & (u[5] < mix.token_mismatch)
-    cut = np.maximum(1, np.floor(output_tokens * (0.1 + 0.3 * u[6])).astype(np.int64))
+    app_output = c.output_tokens.copy()
+    token_mismatch = c.captured & c.text & (u[5] < mix.token_mismatch)
+    cut = np.maximum(1, np.floor(c.output_tokens * (0.1 + 0.3 * u[6])).astype(np.int64))
     app_output[token_mismatch] -= cut[token_mismatch]
     rate_in = np.zeros(n, dtype=np.int64)
     rate_out = np.zeros(n, dtype=np.int64)
     for model, (p_in, p_out) in _APP_RATES.items():
-        rate_in[model_used == model] = p_in
-        rate_out[model_used == model] = p_out
-    stale = (model_used == "o4-mini") & (u[7] < mix.stale_o4_mini_price)
+        rate_in[c.model_used == model] = p_in
+        rate_out[c.model_used == model] = p_out
+    stale = (c.model_used == "o4-mini") & (u[7] < mix.stale_o4_mini_price)
     rate_in[stale], rate_out[stale] = _APP_STALE_O4
-    estimate_pico = input_tokens * rate_in + app_output * rate_out
+    estimate_pico = c.input_tokens * rate_in + app_output * rate_out
     # Cents with 6 decimals; every app rate is a multiple of 1e4 pico, so this is exact.
-    estimate_ucents = np.where(transcription, audio_cs * 100, estimate_pico // 10_000)
+    estimate_ucents = np.where(c.transcription, c.audio_cs * 100, estimate_pico // 10_000)
     app_cached = np.where(cacheable & (rng.random(n) < 0.5), cached, -1)
+    return _Variances(
+        cached=cached,
+        cacheable=cacheable,
+        mismatched_model=mismatched_model,
+        batch=batch,
+        tier=tier,
+        app_output=app_output,
+        token_mismatch=token_mismatch,
+        estimate_ucents=estimate_ucents,
+        app_cached=app_cached,
+    )
 
+
+def _draw_fingerprints(rng: np.random.Generator, c: _Calls) -> np.ndarray:
+    """The `system_fingerprint` a chat row logged: one of two per model."""
     fingerprints = {m: random_strings(rng, 2, "fp_", _HEX, 10) for m in OPENAI_SNAPSHOTS.values()}
-    fingerprint = np.full(n, None, dtype=object)
-    chat_rows = captured & (api == "chat")
-    pick = rng.integers(0, 2, size=n)
+    fingerprint = np.full(c.n, None, dtype=object)
+    chat_rows = c.captured & (c.api == "chat")
+    pick = rng.integers(0, 2, size=c.n)
     for model, options in fingerprints.items():
-        where = chat_rows & (openai_model == model)
+        where = chat_rows & (c.openai_model == model)
         fingerprint[where] = options[pick[where]]
+    return fingerprint
 
-    users, user_weights = _users(rng)
-    user = users[rng.choice(USERS, size=n, p=user_weights)]
 
-    # Who saw what: unlogged calls have no row, missing ones no record, duplicates two rows.
+@dataclass
+class _Seen:
+    """Who saw what: the calls logged as rows (duplicates twice), in the order of their
+    `created_at`; the calls OpenAI holds; the rows without an estimate."""
+
+    row_index: np.ndarray
+    row_created: np.ndarray
+    duplicated: np.ndarray
+    at_openai: np.ndarray
+    no_estimate: np.ndarray
+
+
+def _draw_seen(
+    rng: np.random.Generator, c: _Calls, day: date, n_unlogged: int, n_dup: int, mix: Mix
+) -> _Seen:
+    n = c.n
     logged = np.ones(n, dtype=bool)
     logged[rng.choice(n, size=n_unlogged, replace=False)] = False
-    at_openai = ~(captured & logged & (rng.random(n) < mix.missing_at_openai))
+    at_openai = ~(c.captured & logged & (rng.random(n) < mix.missing_at_openai))
     no_estimate = rng.random(n) < mix.missing_estimate
-    candidates = np.flatnonzero(logged & captured)
+    candidates = np.flatnonzero(logged & c.captured)
     duplicated = rng.choice(candidates, size=min(n_dup, len(candidates)), replace=False)
 
     row_index = np.concatenate([np.flatnonzero(logged), duplicated])
-    row_created = created_us[row_index].copy()
+    row_created = c.created_us[row_index].copy()
     shift = rng.integers(50_000, 900_000, size=len(duplicated))
     later = row_created[-len(duplicated) :] + shift if len(duplicated) else shift
+    day_start_us = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * _US
     day_end_us = day_start_us + 86_400 * _US
     row_created[len(row_created) - len(duplicated) :] = np.where(
         later < day_end_us, later, row_created[len(row_created) - len(duplicated) :] - shift
     )
     order = np.argsort(row_created, kind="stable")
-    row_index, row_created = row_index[order], row_created[order]
+    return _Seen(row_index[order], row_created[order], duplicated, at_openai, no_estimate)
 
-    has_id = captured[row_index]
-    usage = pa.table(
+
+def _usage_table(
+    c: _Calls, v: _Variances, seen: _Seen, fingerprint: np.ndarray, user: np.ndarray
+) -> pa.Table:
+    """The application's `token_usage` rows, in the order it inserted them."""
+    rows = seen.row_index
+    has_id = c.captured[rows]
+    return pa.table(
         {
-            "user_id": pa.array(user[row_index], pa.string()),
-            "action_type": pa.array(action[row_index], pa.string()),
-            "model_used": pa.array(model_used[row_index], pa.string()),
-            "input_tokens": pa.array(input_tokens[row_index]),
-            "output_tokens": pa.array(app_output[row_index]),
-            "cached_input_tokens": pa.array(app_cached[row_index], mask=app_cached[row_index] < 0),
-            "audio_seconds": decimal_array(
-                audio_cs[row_index], 10, 2, valid=transcription[row_index]
-            ),
+            "user_id": pa.array(user[rows], pa.string()),
+            "action_type": pa.array(c.action[rows], pa.string()),
+            "model_used": pa.array(c.model_used[rows], pa.string()),
+            "input_tokens": pa.array(c.input_tokens[rows]),
+            "output_tokens": pa.array(v.app_output[rows]),
+            "cached_input_tokens": pa.array(v.app_cached[rows], mask=v.app_cached[rows] < 0),
+            "audio_seconds": decimal_array(c.audio_cs[rows], 10, 2, valid=c.transcription[rows]),
             "calculated_cost_cents": decimal_array(
-                estimate_ucents[row_index], 12, 6, valid=~no_estimate[row_index]
+                v.estimate_ucents[rows], 12, 6, valid=~seen.no_estimate[rows]
             ),
-            "created_at": pa.array(row_created).cast(pa.timestamp("us", tz="UTC")),
-            "openai_request_id": pa.array(request_id[row_index], pa.string(), mask=~has_id),
+            "created_at": pa.array(seen.row_created).cast(pa.timestamp("us", tz="UTC")),
+            "openai_request_id": pa.array(c.request_id[rows], pa.string(), mask=~has_id),
             "openai_created": pa.array(
-                openai_created[row_index], mask=~has_id | transcription[row_index]
+                c.openai_created[rows], mask=~has_id | c.transcription[rows]
             ),
-            "system_fingerprint": pa.array(fingerprint[row_index], pa.string()),
+            "system_fingerprint": pa.array(fingerprint[rows], pa.string()),
         }
     )
 
+
+def _records_frame(c: _Calls, v: _Variances, at_openai: np.ndarray) -> pd.DataFrame:
+    """OpenAI's records of the calls it holds, in the order of their `created`."""
     keep = np.flatnonzero(at_openai)
-    keep = keep[np.argsort(openai_created[keep], kind="stable")]
-    records = pd.DataFrame(
+    keep = keep[np.argsort(c.openai_created[keep], kind="stable")]
+    return pd.DataFrame(
         {
-            "request_id": request_id[keep],
-            "created": openai_created[keep],
-            "model": openai_model[keep],
-            "service_tier": tier[keep],
-            "batch": batch[keep],
-            "input_tokens": input_tokens[keep],
-            "cached_input_tokens": cached[keep],
-            "output_tokens": output_tokens[keep],
-            "reasoning_tokens": reasoning[keep],
+            "request_id": c.request_id[keep],
+            "created": c.openai_created[keep],
+            "model": c.openai_model[keep],
+            "service_tier": v.tier[keep],
+            "batch": v.batch[keep],
+            "input_tokens": c.input_tokens[keep],
+            "cached_input_tokens": v.cached[keep],
+            "output_tokens": c.output_tokens[keep],
+            "reasoning_tokens": c.reasoning[keep],
             "input_audio_tokens": 0,
             "output_audio_tokens": 0,
-            "audio_seconds": audio_cs[keep] / 100,
+            "audio_seconds": c.audio_cs[keep] / 100,
         }
     )
+
+
+def generate_day(day: date, rows: int, seed: int = 7, mix: Mix | None = None) -> DayData:
+    """`rows` token_usage rows created on `day` (UTC) and OpenAI's records of those calls."""
+    mix = mix or Mix()
+    rng = np.random.default_rng([seed, day.toordinal()])
+    n_dup = round(rows * mix.duplicate_id)
+    n_unlogged = round(rows * mix.unlogged_at_app)
+    calls = _draw_calls(rng, day, rows - n_dup + n_unlogged, mix)
+    variances = _draw_variances(rng, calls, mix)
+    fingerprint = _draw_fingerprints(rng, calls)
+    users, user_weights = _users(rng)
+    user = users[rng.choice(USERS, size=calls.n, p=user_weights)]
+    seen = _draw_seen(rng, calls, day, n_unlogged, n_dup, mix)
+
+    usage = _usage_table(calls, variances, seen, fingerprint, user)
+    records = _records_frame(calls, variances, seen.at_openai)
+    at_openai = seen.at_openai
     counts = {
         "rows": usage.num_rows,
-        "rows_with_request_id": int(has_id.sum()),
+        "rows_with_request_id": int(calls.captured[seen.row_index].sum()),
         "openai_records": len(records),
-        "batch_records": int(batch[keep].sum()),
+        "batch_records": int(variances.batch[at_openai].sum()),
         "unlogged_at_app": n_unlogged,
-        "duplicate_rows": len(duplicated),
+        "duplicate_rows": len(seen.duplicated),
         "missing_at_openai": int((~at_openai).sum()),
-        "cached_at_openai": int(cacheable.sum()),
-        "token_mismatch": int(token_mismatch.sum()),
-        "model_mismatch": int(mismatched_model.sum()),
+        "cached_at_openai": int(variances.cacheable.sum()),
+        "token_mismatch": int(variances.token_mismatch.sum()),
+        "model_mismatch": int(variances.mismatched_model.sum()),
     }
     return DayData(day=day, usage=usage, records=records, counts=counts)
 
