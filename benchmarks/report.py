@@ -140,43 +140,65 @@ def _fmt(value: float, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+class _Rows:
+    """The results table as it is built: one label and one value per size each row."""
+
+    def __init__(self, days: list[dict[str, Any]]) -> None:
+        self.days = days
+        self.rows: list[list[str]] = [["rows", *[f"{d['rows']:,}" for d in days]]]
+
+    def add(self, label: str, values: list[str]) -> None:
+        self.rows.append([label, *values])
+
+    def section(self, label: str) -> None:
+        self.rows.append([f"**{label}**", *[""] * len(self.days)])
+
+
 def table_rows(days: list[dict[str, Any]]) -> list[list[str]]:
     """The results table: one column per size."""
-    rows: list[list[str]] = [["rows", *[f"{d['rows']:,}" for d in days]]]
+    table = _Rows(days)
+    for part in (_job_rows, _split_rows, _floor_rows, _memory_rows, _ratio_rows):
+        part(table, days)
+    return table.rows
 
-    def add(label: str, values: list[str]) -> None:
-        rows.append([label, *values])
 
-    def section(label: str) -> None:
-        rows.append([f"**{label}**", *[""] * len(days)])
-
-    section("Dagster job, run 1 (s, from STEP_START/STEP_SUCCESS)")
+def _job_rows(table: _Rows, days: list[dict[str, Any]]) -> None:
+    """Dagster job, run 1 and run 2 of the unchanged day."""
+    table.section("Dagster job, run 1 (s, from STEP_START/STEP_SUCCESS)")
     for step in STEP_ORDER:
-        add(f"  {step}", [_fmt(d["run1"]["steps"].get(step, {}).get("wall_s", 0)) for d in days])
-    add(
+        table.add(
+            f"  {step}", [_fmt(d["run1"]["steps"].get(step, {}).get("wall_s", 0)) for d in days]
+        )
+    table.add(
         "  Dagster overhead (run - steps)",
         [_fmt(d["run1"]["wall_s"] - d["run1"]["steps_total_s"]) for d in days],
     )
-    add("  whole run 1 (execute_in_process)", [_fmt(d["run1"]["wall_s"]) for d in days])
-    add("  whole run 1, CPU of the Python process", [_fmt(d["run1"]["cpu_s"]) for d in days])
-    add("  process start + imports (not in run)", [_fmt(d["run1"]["import_s"]) for d in days])
+    table.add("  whole run 1 (execute_in_process)", [_fmt(d["run1"]["wall_s"]) for d in days])
+    table.add("  whole run 1, CPU of the Python process", [_fmt(d["run1"]["cpu_s"]) for d in days])
+    table.add("  process start + imports (not in run)", [_fmt(d["run1"]["import_s"]) for d in days])
     # Whatever the scheduling, a run cannot take less wall time than its CPU over the cores.
     busy = [d["run1"].get("machine_cpu_busy_s") for d in days]
-    add(
+    table.add(
         "  whole run 1, CPU busy on the machine (PostgreSQL included)",
         [_fmt(b) if b is not None else "-" for b in busy],
     )
-    add(
+    table.add(
         f"  the same / {os.cpu_count()} cores: no run of this work can be faster",
         [_fmt(b / os.cpu_count()) if b is not None else "-" for b in busy],
     )
-    section("Dagster job, run 2 of the unchanged day (s)")
+    table.section("Dagster job, run 2 of the unchanged day (s)")
     for step in STEP_ORDER:
-        add(f"  {step}", [_fmt(d["run2"]["steps"].get(step, {}).get("wall_s", 0)) for d in days])
-    add("  whole run 2", [_fmt(d["run2"]["wall_s"]) for d in days])
-    section("Direct split: the assets' io + core calls (s wall / s CPU)")
+        table.add(
+            f"  {step}", [_fmt(d["run2"]["steps"].get(step, {}).get("wall_s", 0)) for d in days]
+        )
+    table.add("  whole run 2", [_fmt(d["run2"]["wall_s"]) for d in days])
+
+
+def _split_rows(table: _Rows, days: list[dict[str, Any]]) -> None:
+    """The assets' io and core calls, timed directly."""
+    table.section("Direct split: the assets' io + core calls (s wall / s CPU)")
     for name in PHASES:
-        add(
+        table.add(
             f"  {name}",
             [
                 f"{_fmt(d['stages']['phases'][name]['wall_s'])} / "
@@ -184,15 +206,23 @@ def table_rows(days: list[dict[str, Any]]) -> list[list[str]]:
                 for d in days
             ],
         )
-    add("  total", [_fmt(d["stages"]["total_s"]) for d in days])
-    section("Direct split by stage (s)")
+    table.add("  total", [_fmt(d["stages"]["total_s"]) for d in days])
+    table.section("Direct split by stage (s)")
     for stage in STAGE_ORDER:
-        add(f"  {stage}", [_fmt(by_stage(d["stages"])[stage]) for d in days])
-    section("Floor: COPY out, join, COPY into a table replaced per day, one UPDATE ... FROM (s)")
+        table.add(f"  {stage}", [_fmt(by_stage(d["stages"])[stage]) for d in days])
+
+
+def _floor_rows(table: _Rows, days: list[dict[str, Any]]) -> None:
+    """The floor and the row-by-row sample."""
+    table.section(
+        "Floor: COPY out, join, COPY into a table replaced per day, one UPDATE ... FROM (s)"
+    )
     for phase in days[0]["floor"]["phases"]:
-        add(f"  {phase}", [_fmt(d["floor"]["phases"][phase]) for d in days])
-    add("  floor total (first run, phases above)", [_fmt(d["floor"]["total_s"]) for d in days])
-    add(
+        table.add(f"  {phase}", [_fmt(d["floor"]["phases"][phase]) for d in days])
+    table.add(
+        "  floor total (first run, phases above)", [_fmt(d["floor"]["total_s"]) for d in days]
+    )
+    table.add(
         "  floor total, each run -> median",
         [
             ", ".join(_fmt(v) for v in d["floor"].get("repeats_s", [d["floor"]["total_s"]]))
@@ -200,13 +230,13 @@ def table_rows(days: list[dict[str, Any]]) -> list[list[str]]:
             for d in days
         ],
     )
-    add(
+    table.add(
         "  (export files read by pyarrow.json, not in total)",
         [_fmt(d["floor"]["jsonl_pyarrow"]["seconds"]) for d in days],
     )
-    section("Row-by-row UPDATE ... WHERE openai_request_id = (sample, extrapolated)")
+    table.section("Row-by-row UPDATE ... WHERE openai_request_id = (sample, extrapolated)")
     for mode in days[0]["floor"]["row_by_row"]:
-        add(
+        table.add(
             f"  {mode}: ms per row (sample)",
             [
                 f"{d['floor']['row_by_row'][mode]['per_row_ms']:.3f}"
@@ -214,25 +244,29 @@ def table_rows(days: list[dict[str, Any]]) -> list[list[str]]:
                 for d in days
             ],
         )
-        add(
+        table.add(
             f"  {mode}: whole day, extrapolated (s)",
             [_fmt(d["floor"]["row_by_row"][mode]["total_extrapolated_s"], 1) for d in days],
         )
-    section("Memory (MB)")
-    add("  job: RSS after imports", [_fmt(d["run1"]["rss_after_import_mb"], 0) for d in days])
-    add(
+
+
+def _memory_rows(table: _Rows, days: list[dict[str, Any]]) -> None:
+    """Peak memory of each child and phase."""
+    table.section("Memory (MB)")
+    table.add("  job: RSS after imports", [_fmt(d["run1"]["rss_after_import_mb"], 0) for d in days])
+    table.add(
         "  job run 1: peak RSS (VmHWM)",
         [_fmt(d["run1"]["peak_rss_mb"], 0) for d in days],
     )
-    add("  job run 2: peak RSS", [_fmt(d["run2"]["peak_rss_mb"], 0) for d in days])
-    add(
+    table.add("  job run 2: peak RSS", [_fmt(d["run2"]["peak_rss_mb"], 0) for d in days])
+    table.add(
         "  direct split: peak RSS (max over phases)",
         [_fmt(max(p["peak_mb"] for p in d["stages"]["phases"].values()), 0) for d in days],
     )
-    add("  floor: peak RSS", [_fmt(d["floor"]["peak_rss_mb"], 0) for d in days])
-    section("Direct split: peak RSS during each phase (MB; RSS at its start in brackets)")
+    table.add("  floor: peak RSS", [_fmt(d["floor"]["peak_rss_mb"], 0) for d in days])
+    table.section("Direct split: peak RSS during each phase (MB; RSS at its start in brackets)")
     for name in PHASES:
-        add(
+        table.add(
             f"  {name}",
             [
                 f"{d['stages']['phases'][name]['peak_mb']:,.0f}"
@@ -240,45 +274,50 @@ def table_rows(days: list[dict[str, Any]]) -> list[list[str]]:
                 for d in days
             ],
         )
-    section("Ratios (target)")
+
+
+def _ratio_rows(table: _Rows, days: list[dict[str, Any]]) -> None:
+    """The targets, and the checks that the runs were right."""
+    table.section("Ratios (target)")
     rs = [ratios(d) for d in days]
-    add(
+    table.add(
         f"  run 1 / floor median (<= {TARGETS['floor_ratio']})",
         [_fmt(r["run1_over_floor"]) for r in rs],
     )
-    add(
+    table.add(
         "  (run 1's CPU / cores, the fastest it could be) / floor median",
         [_fmt(r["cpu_bound_over_floor"]) if "cpu_bound_over_floor" in r else "-" for r in rs],
     )
-    add(
+    table.add(
         f"  row-by-row / run 1 (>= {TARGETS['row_by_row_ratio']:.0f})",
         [_fmt(r["row_by_row_over_run1"], 1) for r in rs],
     )
     for mode in days[0]["floor"]["row_by_row"]:
         if mode != "one_transaction":
-            add(f"  row-by-row ({mode}) / run 1", [_fmt(r[f"{mode}_over_run1"], 1) for r in rs])
-    add(
+            table.add(
+                f"  row-by-row ({mode}) / run 1", [_fmt(r[f"{mode}_over_run1"], 1) for r in rs]
+            )
+    table.add(
         f"  run 2 / run 1 (<= {TARGETS['second_run_ratio']})",
         [_fmt(r["run2_over_run1"]) for r in rs],
     )
-    add(
+    table.add(
         f"  peak RSS MB (< {TARGETS['peak_rss_mb']:.0f})",
         [_fmt(r["peak_rss_mb"], 0) for r in rs],
     )
-    add(
+    table.add(
         "  load average (1 min) before / after run 1",
         [f"{d['run1']['loadavg_before']:.2f} / {d['run1']['loadavg_after']:.2f}" for d in days],
     )
-    section("Checks")
-    add(
+    table.section("Checks")
+    table.add(
         "  all asset checks passed (run 1)",
         [str(all(d["run1"]["checks"].values())) for d in days],
     )
-    add(
+    table.add(
         "  rows with the floor's actual cost",
         [f"{d['agreement']['same_actual_cost']:,} / {d['agreement']['rows']:,}" for d in days],
     )
-    return rows
 
 
 def render_text(rows: list[list[str]]) -> str:
