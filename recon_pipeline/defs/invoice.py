@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.alerts import Finding, scope_project
+from recon_pipeline.core.day_inputs import may_skip
 from recon_pipeline.core.invoice import ALL_MODELS, judge_unattributed, request_id_coverage
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.project_scope import (
@@ -28,7 +29,9 @@ from recon_pipeline.defs.reporting import (
     usd,
 )
 from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
+from recon_pipeline.io import day_inputs
 from recon_pipeline.io.database import (
+    DAY_INPUTS,
     DAY_SETTLEMENT,
     INVOICE_CHECK,
     OPENAI_DAILY_COSTS,
@@ -37,6 +40,8 @@ from recon_pipeline.io.database import (
     UNLOGGED_OPENAI_REQUESTS,
     Database,
 )
+
+STEP = "invoice_check"
 
 
 def _day_figures(whole_day: pd.Series) -> tuple[Figures, dict[str, float]]:
@@ -84,22 +89,37 @@ def invoice_check_asset(
 ) -> dg.MaterializeResult:
     """Per day and model: OpenAI's tokens against the logged rows, OpenAI's billed USD against
     the actual cost of the reconciled rows, and the unattributed spend; plus, per route, the
-    share of rows that carry a request id (the routes that cannot be verified stand out)."""
+    share of rows that carry a request id (the routes that cannot be verified stand out).
+    A day whose inputs are those the run that last wrote it read is skipped
+    (docs/large-days.md)."""
     db = database.get()
     catalogue = PriceCatalogue()
     scope = settings.project_scope()
-    report = DailyReport(context, "invoice_check")
+    report = DailyReport(context, STEP)
     shares: dict[str, float | None] = {}
     tables = (OPENAI_DAILY_USAGE, OPENAI_DAILY_COSTS, RECONCILED_USAGE, DAY_SETTLEMENT)
     for day in partition_days(context):
-        with db.day_transaction(day, "invoice_check", (*tables, INVOICE_CHECK)) as conn:
+        with db.day_transaction(day, STEP, (*tables, INVOICE_CHECK, DAY_INPUTS)) as conn:
             if conn is not None:
-                table, results = check_day(db, day, conn, catalogue, scope)
-                db.replace_day(conn, INVOICE_CHECK, table, day)
+                digest = day_inputs.invoice_digest(db, conn, day, scope)
+                unchanged = may_skip(
+                    day_inputs.recorded(db, conn, day, STEP), digest, settings.full_rerun
+                )
+                if unchanged:
+                    table = db.read_day(INVOICE_CHECK, day, conn=conn)
+                else:
+                    table, results = check_day(db, day, conn, catalogue, scope)
+                    db.replace_day(conn, INVOICE_CHECK, table, day)
+                    day_inputs.record(db, conn, day, STEP, digest)
         if conn is None:
             report.skip(day)
             continue
+        # The stored day's share is judged as a computed one, by this run's bounds: a day
+        # over them is reported by every run, skipped or not.
         shares[day.isoformat()] = day_unattributed_share(table)
+        if unchanged:
+            report.unchanged(day)
+            continue
         whole_day = table[(table["model"] == ALL_MODELS) & (table["project_id"] == ALL_PROJECTS)]
         figures, ratios = _day_figures(whole_day.iloc[0])
         report.add(

@@ -10,6 +10,7 @@ from recon_pipeline.core import invoice_gap as g
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.alerts import Finding, scope_project
 from recon_pipeline.core.billed_prices import STALE_PRICE_SHARE, override_rules, stale_prices
+from recon_pipeline.core.day_inputs import may_skip
 from recon_pipeline.core.pricing import DEFAULT_OVERRIDES_PATH, PriceCatalogue
 from recon_pipeline.core.project_scope import ALL_PROJECTS, Scope, describe_scope, in_scope
 from recon_pipeline.core.settlement import status_of_day, with_day_status
@@ -17,7 +18,9 @@ from recon_pipeline.core.summarise import exact_sum
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
 from recon_pipeline.defs.reporting import DailyReport, finding_metadata, markdown_table, usd
 from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
+from recon_pipeline.io import day_inputs
 from recon_pipeline.io.database import (
+    DAY_INPUTS,
     DAY_SETTLEMENT,
     INVOICE_GAP,
     OPENAI_DAILY_COSTS,
@@ -30,6 +33,7 @@ from recon_pipeline.io.database import (
 RESIDUAL_CHECK = "invoice_gap_residual_within_bounds"
 CHANGES_CHECK = "invoice_gap_causes_steady"
 PRICES_CHECK = "billed_prices_match_catalogue"
+STEP = "invoice_gap"
 
 
 def day_gap(db: Database, day: date, conn, catalogue: PriceCatalogue, scope: Scope):
@@ -46,9 +50,21 @@ def day_gap(db: Database, day: date, conn, catalogue: PriceCatalogue, scope: Sco
         catalogue,
         scope,
     )
-    billed = exact_sum(costs.loc[in_scope(costs, scope), "amount_pico"]) if len(costs) else 0
     status = status_of_day(db.read_day(DAY_SETTLEMENT, day, conn=conn))
-    return with_day_status(gap, status), stale_prices(day, items, usage, STALE_PRICE_SHARE), billed
+    stale = stale_prices(day, items, usage, STALE_PRICE_SHARE)
+    return with_day_status(gap, status), stale, _billed(costs, scope)
+
+
+def _billed(costs: pd.DataFrame, scope: Scope) -> int:
+    """The scope's billed total of a day's Costs rows."""
+    return exact_sum(costs.loc[in_scope(costs, scope), "amount_pico"]) if len(costs) else 0
+
+
+def _stored_day(db: Database, day: date, conn, scope: Scope) -> tuple[pd.DataFrame, int]:
+    """An unchanged day's stored gap and billed total: the checks judge it, with this run's
+    bounds and the day before, as they judge a computed one."""
+    costs = db.read_day(OPENAI_DAILY_COSTS, day, conn=conn)
+    return db.read_day(INVOICE_GAP, day, conn=conn), _billed(costs, scope)
 
 
 def _shown(gap: pd.DataFrame) -> pd.DataFrame:
@@ -102,25 +118,41 @@ def invoice_gap_asset(
 ) -> dg.MaterializeResult:
     """Per day: OpenAI's billed total minus the reconciled rows' actual cost, split into named
     causes that add up exactly, with a residual that is always shown; per project in scope,
-    its billed-side causes."""
+    its billed-side causes. A day whose inputs are those the run that last wrote it read is
+    skipped (docs/large-days.md); the checks still judge its stored gap."""
     db = database.get()
     catalogue = PriceCatalogue()
     scope = settings.project_scope()
-    report = DailyReport(context, "invoice_gap")
+    report = DailyReport(context, STEP)
     days = partition_days(context)
     gaps, findings, billed = [], [], {}
     before = min(days) - timedelta(days=1)
     previous = db.read_day(INVOICE_GAP, before)
     if len(previous):
         gaps.append(previous.assign(usage_date=before))
-    tables = (OPENAI_DAILY_COSTS, OPENAI_DAILY_USAGE, RECONCILED_USAGE, DAY_SETTLEMENT, INVOICE_GAP)
+    tables = (OPENAI_DAILY_COSTS, OPENAI_DAILY_USAGE, RECONCILED_USAGE, DAY_SETTLEMENT)
     for day in days:
-        with db.day_transaction(day, "invoice_gap", tables) as conn:
+        with db.day_transaction(day, STEP, (*tables, INVOICE_GAP, DAY_INPUTS)) as conn:
             if conn is not None:
-                gap, stale_found, billed[day] = day_gap(db, day, conn, catalogue, scope)
-                db.replace_day(conn, INVOICE_GAP, gap, day)
+                digest = day_inputs.invoice_digest(db, conn, day, scope)
+                unchanged = may_skip(
+                    day_inputs.recorded(db, conn, day, STEP), digest, settings.full_rerun
+                )
+                if unchanged:
+                    gap, billed[day] = _stored_day(db, day, conn, scope)
+                else:
+                    gap, stale_found, billed[day] = day_gap(db, day, conn, catalogue, scope)
+                    db.replace_day(conn, INVOICE_GAP, gap, day)
+                    # Stale prices are found in the rollup, not in the stored gap: a day
+                    # with any is done again by every run, so every run reports them.
+                    kept = digest if stale_found.empty else None
+                    day_inputs.record(db, conn, day, STEP, kept)
         if conn is None:
             report.skip(day)
+            continue
+        gaps.append(gap)
+        if unchanged:
+            report.unchanged(day)
             continue
         residual = gap.loc[
             (gap["project_id"] == ALL_PROJECTS) & (gap["cause"] == g.RESIDUAL), "amount_pico"
@@ -137,7 +169,6 @@ def invoice_gap_asset(
                 "explained_gap": markdown_table(_shown(gap)),
             },
         )
-        gaps.append(gap)
         findings.append(stale_found)
 
     all_gaps = pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=g.GAP_COLUMNS)

@@ -12,9 +12,17 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from recon_pipeline.core.day_inputs import inputs_digest
 from recon_pipeline.core.days import day_bounds
+from recon_pipeline.core.project_scope import Scope
 from recon_pipeline.io.database import Database
-from recon_pipeline.io.tables import DAY_INPUTS, OutputTable
+from recon_pipeline.io.tables import (
+    DAY_INPUTS,
+    DAY_SETTLEMENT,
+    OPENAI_DAILY_COSTS,
+    OPENAI_DAILY_USAGE,
+    OutputTable,
+)
 
 # token_usage's columns the reconciliation reads, and those it writes.
 _READ = (
@@ -113,6 +121,44 @@ def output_day_versions(
     columns = [output.stored_name(c) for c in output.columns]
     source = f"FROM {db.table(output)} WHERE usage_date = :day"
     return db.dialect.row_versions(conn, source, {"day": db.dialect.day(day)}, columns)
+
+
+def output_day_content(
+    db: Database,
+    conn: sa.Connection,
+    output: OutputTable,
+    day: date,
+    columns: tuple[str, ...] | None = None,
+) -> tuple[str, ...]:
+    """A stored day of a small output table, counted with a hash of its values (of the
+    stored `columns` only, when given): rewritten with the same values, it is unchanged."""
+    chosen = columns or tuple(output.stored_name(c) for c in output.columns)
+    source = f"FROM {db.table(output)} WHERE usage_date = :day"
+    return db.dialect.content_hash(conn, source, {"day": db.dialect.day(day)}, list(chosen))
+
+
+def invoice_digest(db: Database, conn: sa.Connection, day: date, scope: Scope) -> str | None:
+    """What the invoice steps read of a day: the results (by the digest reconciled_usage
+    recorded for them), OpenAI's daily usage and Costs rows, the day's status, the projects
+    in scope and the code. None when the results' inputs are unknown (a day
+    reconciled_usage does not record)."""
+    results = recorded(db, conn, day, "reconciled_usage")
+    if results is None:
+        return None
+    return inputs_digest(
+        {
+            "reconciled_usage": results,
+            "openai_daily_usage": output_day_content(db, conn, OPENAI_DAILY_USAGE, day),
+            "openai_daily_costs": output_day_content(db, conn, OPENAI_DAILY_COSTS, day),
+            "day_status": output_day_content(db, conn, DAY_SETTLEMENT, day, _STATUS),
+            "scope": scope,
+            "code": code_fingerprint(),
+        }
+    )
+
+
+# What the invoice steps read of day_settlement: each total's status (`status_of_day`).
+_STATUS = ("project_id", "day_status")
 
 
 def files_fingerprint(paths: list[Path]) -> list[tuple[str, int, int]]:
