@@ -9,9 +9,10 @@ import dagster as dg
 import pandas as pd
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.day_inputs import inputs_digest, may_skip
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.project_scope import Scope
-from recon_pipeline.core.settlement import reread_days
+from recon_pipeline.core.settlement import closes_at, reread_days
 from recon_pipeline.core.summarise import exact_sum
 from recon_pipeline.defs.partitions import (
     GROUP,
@@ -34,8 +35,9 @@ from recon_pipeline.defs.settlement import (
     settlement_table,
     store_costs_day,
 )
+from recon_pipeline.io import day_inputs
 from recon_pipeline.io.database import DAY_SETTLEMENT, OPENAI_DAILY_USAGE, Database
-from recon_pipeline.io.exports import read_daily_totals
+from recon_pipeline.io.exports import daily_totals_files, read_daily_totals
 
 
 @dg.multi_asset(
@@ -98,6 +100,10 @@ def openai_daily_totals(
     invoice_gap and daily_variance_summary rows computed again (new totals, new status), in
     one transaction with its settlement (`settlement.reread_day`); those partitions' own
     materializations are not repeated, the rows are listed in `days_read_again`.
+
+    A day of the run whose pages in the export folder, scope and side of the grace period are
+    those the run that last stored it read is skipped (docs/large-days.md); from the API,
+    none is. The earlier days are read again by every run.
     """
     db = database.get()
     days = partition_days(context)
@@ -122,9 +128,15 @@ def openai_daily_totals(
         return _read(openai_api, folder, first, last, with_usage)
 
     now, grace, scope = settings.now(), settings.policy().grace, settings.project_scope()
-    totals = read(min(days), max(days))
     reports = {name: DailyReport(context, name) for name in _ASSETS}
-    restated = [_store_day(db, day, totals, now, grace, scope, reports) for day in days]
+    # An API can change without anything here changing: its days are never skipped.
+    source = None if openai_api.has_admin_access else folder
+    todo = _changed_days(db, days, source, settings, reports)
+    totals = read(min(todo), max(todo)) if todo else None
+    restated = [
+        _store_day(db, day, totals, (now, grace, scope), reports, digest)
+        for day, digest in todo.items()
+    ]
     first = daily_partitions.start.date()
     earlier = [
         day
@@ -133,7 +145,7 @@ def openai_daily_totals(
     ]
     reread = _reread(context, db, earlier, read, now, grace, scope) if earlier else []
     restated += [r.settlement.restated for r in reread]
-    shared = {"source": totals.source}
+    shared = {"source": totals.source if totals else "export folder: every day unchanged"}
     yield dg.MaterializeResult(
         asset_key="openai_daily_usage", metadata=reports["openai_daily_usage"].metadata(**shared)
     )
@@ -148,10 +160,53 @@ def openai_daily_totals(
             days_read_again=dg.MetadataValue.md(_reread_table(earlier, reread)),
         ),
     )
-    yield restated_check(pd.concat(restated, ignore_index=True), earlier)
+    found = pd.concat(restated, ignore_index=True) if restated else pd.DataFrame(columns=_FOUND)
+    yield restated_check(found, earlier)
 
 
 _ASSETS = ("openai_daily_usage", "openai_daily_costs", "day_settlement")
+_FOUND = ["usage_date", "project_id", "previous_billed_pico", "billed_pico"]
+STEP = "openai_daily_totals"
+
+
+def _changed_days(
+    db: Database,
+    days: list[date],
+    folder: Path | None,
+    settings: ReconciliationSettings,
+    reports: dict[str, DailyReport],
+) -> dict[date, str | None]:
+    """The days of the run to read, each with its inputs' digest; the others are reported
+    unchanged."""
+    now, grace, scope = settings.now(), settings.policy().grace, settings.project_scope()
+    todo = {}
+    for day in days:
+        digest = _inputs_digest(folder, day, now, grace, scope)
+        if may_skip(day_inputs.recorded_before(db, day, STEP), digest, settings.full_rerun):
+            for report in reports.values():
+                report.unchanged(day)
+        else:
+            todo[day] = digest
+    return todo
+
+
+def _inputs_digest(
+    folder: Path | None, day: date, now: datetime, grace: timedelta, scope: Scope
+) -> str | None:
+    """What a day's usage, Costs rows and settlement depend on when they come from the
+    export folder (`core.day_inputs`): its pages of the day, the scope, and whether the
+    grace period has ended (a read from then on closes the day). None: read from the API."""
+    if folder is None:
+        return None
+    return inputs_digest(
+        {
+            "files": day_inputs.files_fingerprint(daily_totals_files(folder, day, day)),
+            "closes": now >= closes_at(day, grace),
+            "grace": grace.total_seconds(),
+            "scope": scope,
+            "code": day_inputs.code_fingerprint(),
+        }
+    )
 
 
 class _Read(NamedTuple):
@@ -188,13 +243,13 @@ def _store_day(
     db: Database,
     day: date,
     totals: _Read,
-    now: datetime,
-    grace: timedelta,
-    scope: Scope,
+    clock: tuple[datetime, timedelta, Scope],
     reports: dict[str, DailyReport],
+    digest: str | None,
 ) -> pd.DataFrame:
-    """A day of the run: its usage, its Costs rows and its settlement; returns the totals this
-    read found restated."""
+    """A day of the run: its usage, its Costs rows and its settlement, with `digest` as what
+    was read of it; returns the totals this read found restated."""
+    now, grace, scope = clock
     day_usage = totals.usage[totals.usage["usage_date"] == day]
     day_costs = totals.costs[totals.costs["usage_date"] == day]
     reports["openai_daily_usage"].add(
@@ -209,7 +264,7 @@ def _store_day(
             )
         },
     )
-    settled = store_costs_day(db, day, day_costs, now, now, grace, scope)
+    settled = store_costs_day(db, day, day_costs, now, now, grace, scope, (STEP, digest))
     reports["openai_daily_costs"].add(
         day,
         rows=len(day_costs),

@@ -18,8 +18,10 @@ from recon_pipeline.defs.assets import summary_day
 from recon_pipeline.defs.invoice import check_day
 from recon_pipeline.defs.invoice_gap import day_gap
 from recon_pipeline.defs.reporting import finding_metadata, markdown_table, usd
+from recon_pipeline.io import day_inputs
 from recon_pipeline.io.database import (
     DAILY_VARIANCE_SUMMARY,
+    DAY_INPUTS,
     DAY_SETTLEMENT,
     INVOICE_CHECK,
     INVOICE_GAP,
@@ -41,14 +43,18 @@ def store_costs_day(
     now: datetime,
     grace: timedelta,
     scope: Scope,
+    inputs: tuple[str, str | None],
 ) -> DaySettlement:
     """A day of the run: its Costs rows and its settlement after this read, replaced in one
-    transaction, so the stored totals and what they settled never disagree."""
+    transaction with what the step read of it (`inputs`: step, digest), so the stored totals
+    and what they settled never disagree."""
+    db.ensure_table(DAY_INPUTS)
     with db.tables_day_transaction(day, (OPENAI_DAILY_COSTS, DAY_SETTLEMENT)) as conn:
         stored = db.read_day(DAY_SETTLEMENT, day, conn=conn)
         settled = settle(day, billed_totals(costs, scope), stored, read_at, now, grace)
         db.replace_day(conn, OPENAI_DAILY_COSTS, costs, day)
         db.replace_day(conn, DAY_SETTLEMENT, settled.rows, day)
+        day_inputs.record(db, conn, day, *inputs)
     return settled
 
 

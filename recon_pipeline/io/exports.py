@@ -444,6 +444,20 @@ class DailyTotalsRead:
     files: list[str] = field(default_factory=list)
 
 
+def daily_totals_files(folder: Path, first: date, last: date) -> list[Path]:
+    """The API pages `read_daily_totals` reads for the days [first, last]: usage and costs
+    pages named within a day of them, and every undated one."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"export folder {folder} does not exist")
+    earliest, latest = first - timedelta(days=1), last + timedelta(days=1)
+    return [
+        path
+        for path in sorted(folder.rglob("openai-*.json"))
+        if (_USAGE_FILE.search(path.name) or _COSTS_FILE.search(path.name))
+        and (named_date(path) is None or earliest <= named_date(path) <= latest)
+    ]
+
+
 def read_daily_totals(folder: Path, first: date, last: date) -> DailyTotalsRead:
     """OpenAI's Usage and Costs API pages saved as files, for the days [first, last].
 
@@ -457,16 +471,9 @@ def read_daily_totals(folder: Path, first: date, last: date) -> DailyTotalsRead:
     error, never skipped in silence.
     """
     usage, costs, files = [usage_frame([], "completions")], [costs_frame([])], []
-    if not folder.is_dir():
-        raise FileNotFoundError(f"export folder {folder} does not exist")
-    earliest, latest = first - timedelta(days=1), last + timedelta(days=1)
-    for path in sorted(folder.rglob("openai-*.json")):
-        usage_match, costs_match = _USAGE_FILE.search(path.name), _COSTS_FILE.search(path.name)
-        if not usage_match and not costs_match:
-            continue
+    for path in daily_totals_files(folder, first, last):
+        usage_match = _USAGE_FILE.search(path.name)
         named = named_date(path)
-        if named is not None and not earliest <= named <= latest:
-            continue
         try:
             page = json.loads(_utf8_text(path), parse_float=Decimal)
             buckets = page["data"] if isinstance(page, dict) else page
