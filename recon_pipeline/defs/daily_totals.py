@@ -1,6 +1,6 @@
 """OpenAI's daily Usage and Costs totals, and whether each day's totals are final."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
@@ -109,17 +109,7 @@ def openai_daily_totals(
     days = partition_days(context)
     embedded = database.is_embedded
     if not openai_api.has_admin_access and not openai_exports.configured(embedded):
-        context.log.warning(
-            "no source of OpenAI's daily usage and costs (set OPENAI_ADMIN_KEY or "
-            "RECON_USAGE_EXPORT_DIR); the stored days are left as they were"
-        )
-        none = {
-            "source": "none (set OPENAI_ADMIN_KEY or RECON_USAGE_EXPORT_DIR): the stored day is"
-            " left as it was"
-        }
-        for asset in ("openai_daily_usage", "openai_daily_costs", "day_settlement"):
-            yield dg.MaterializeResult(asset_key=asset, metadata=none)
-        yield restated_check(pd.DataFrame(columns=["usage_date"]), [])
+        yield from _without_source(context)
         return
 
     folder = openai_exports.folder(embedded) if openai_exports.configured(embedded) else None
@@ -167,6 +157,21 @@ def openai_daily_totals(
 _ASSETS = ("openai_daily_usage", "openai_daily_costs", "day_settlement")
 _FOUND = ["usage_date", "project_id", "previous_billed_pico", "billed_pico"]
 STEP = "openai_daily_totals"
+
+
+def _without_source(context: dg.AssetExecutionContext) -> Iterator:
+    """Neither the API nor the export folder: the stored days are left as they were."""
+    context.log.warning(
+        "no source of OpenAI's daily usage and costs (set OPENAI_ADMIN_KEY or "
+        "RECON_USAGE_EXPORT_DIR); the stored days are left as they were"
+    )
+    none = {
+        "source": "none (set OPENAI_ADMIN_KEY or RECON_USAGE_EXPORT_DIR): the stored day is"
+        " left as it was"
+    }
+    for asset in _ASSETS:
+        yield dg.MaterializeResult(asset_key=asset, metadata=none)
+    yield restated_check(pd.DataFrame(columns=["usage_date"]), [])
 
 
 def _changed_days(
