@@ -261,3 +261,42 @@ def test_a_day_another_run_is_writing_is_read_again_by_the_next_run(on_postgres)
     setting.run(LAST_DAY, FIRST_TWO_CLOSED)
     for table in DAILY:
         assert setting.statuses(table) == {FIRST: {CLOSED}, MIDDLE: {CLOSED}, LAST_DAY: {OPEN}}
+
+
+def _unchanged(result: dg.ExecuteInProcessResult, asset: str) -> set[date]:
+    """The days whose partition of `asset` the run left alone (`unchanged` in its metadata)."""
+    return {
+        date.fromisoformat(event.partition)
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == dg.AssetKey(asset) and "unchanged" in event.materialization.metadata
+    }
+
+
+def test_from_the_costs_api_every_run_reads_the_totals_and_a_change_redoes_the_day(on_postgres):
+    """The Costs API can change with nothing local changing: openai_daily_totals reads every
+    day of every run, and the invoice steps skip only the days whose stored totals it left
+    as they were."""
+    setting: Setting = on_postgres
+    setting.run(FIRST, INSIDE_GRACE, last=LAST_DAY)
+    again = setting.run(FIRST, INSIDE_GRACE, last=LAST_DAY)
+    for asset in ("openai_daily_usage", "openai_daily_costs", "day_settlement"):
+        assert not _unchanged(again, asset), asset
+    for asset in ("invoice_check", "invoice_gap"):
+        assert _unchanged(again, asset) == set(DAYS), asset
+
+    setting.restate(MIDDLE, RESTATEMENT)  # inside the grace period: the total just moves
+    changed = setting.run(FIRST, INSIDE_GRACE, last=LAST_DAY)
+    for asset in ("invoice_check", "invoice_gap"):
+        assert _unchanged(changed, asset) == {FIRST, LAST_DAY}, asset
+    [row] = setting.rows(
+        "SELECT billed_cents FROM {s}invoice_check WHERE usage_date = :d"
+        " AND project_id = '(all)' AND model = '(all)'",
+        d=MIDDLE,
+    )
+    [costs] = setting.rows(
+        "SELECT sum(amount_cents) AS total FROM {s}openai_daily_costs WHERE usage_date = :d"
+        " AND project_id = :p",
+        d=MIDDLE,
+        p=APP_PROJECT,
+    )
+    assert _cents(row.billed_cents) == _cents(costs.total)
