@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pandas as pd
 import pyarrow as pa
@@ -24,6 +25,7 @@ from recon_pipeline.core.openai_records import parse_record
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.io import exports
+from recon_pipeline.io.canonical_block import canonical_block
 from recon_pipeline.io.exports import (
     ExportFileError,
     ParsedFiles,
@@ -58,7 +60,8 @@ def line_by_line(folder: Path, start: datetime, end: datetime) -> tuple[pd.DataF
 
 
 def read_in_one_go(path: Path) -> dict[str, Any] | None:
-    return exports._read_canonical_file(path, named_date(path))
+    named = named_date(path)
+    return canonical_block(path.read_bytes(), exports._reach(named), source=path.name)
 
 
 def canonical(request_id: str, created: float, **extra: Any) -> str:
@@ -202,6 +205,70 @@ def test_one_go_and_line_by_line_files_keep_their_order(tmp_path: Path):
     assert read.records["request_id"].tolist() == ["r-1", "r-2", "r-batch", "r-1", "r-3"]
     assert read.records["source"].tolist()[2] == "batch_output:b-2025-03-10.jsonl"
     assert (read.lines, read.skipped) == (lines, {"batch request failed": 1})
+
+
+def chat_object(request_id: str, created: float) -> str:
+    """A line only the line reader reads (an API object)."""
+    usage = {"prompt_tokens": 7, "completion_tokens": 3}
+    body = {"object": "chat.completion", "id": request_id, "created": created, "model": "gpt-4o"}
+    return json.dumps({**body, "usage": usage})
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    files=export_folder(),
+    api_line_at=st.one_of(st.none(), st.integers(0, 30)),
+    block_bytes=st.integers(1, 600),
+    block_records=st.integers(1, 4),
+)
+def test_files_read_a_block_at_a_time_give_the_line_parsers_frame(
+    tmp_path_factory, files, api_line_at, block_bytes, block_records
+):
+    """Small blocks of bytes (a line may be longer than one) and of records, and a file that
+    turns to the line reader part of the way through: the same records, lines and order."""
+    folder = tmp_path_factory.mktemp("exports")
+    for name, data in files.items():
+        if api_line_at is not None:
+            lines = data.split(b"\n")
+            at = min(api_line_at, len(lines))
+            data = b"\n".join([*lines[:at], chat_object("api-1", T).encode(), *lines[at:]])
+        (folder / name).write_bytes(data)
+    with (
+        patch.object(exports, "_BLOCK_BYTES", block_bytes),
+        patch.object(exports, "_BLOCK_RECORDS", block_records),
+    ):
+        read = read_export_folder(folder, START, END)
+        frames = list(exports.export_frames(folder, START, END, exports.ExportRead(pd.DataFrame())))
+    expected, lines = line_by_line(folder, START, END)
+    assert_frame_equal(read.records, expected)
+    assert read.lines == lines
+    joined = pd.concat(frames, ignore_index=True) if frames else expected[:0]
+    assert_frame_equal(joined.astype(OPENAI_COLUMNS), expected)
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_a_bad_line_after_blocks_read_in_one_go_is_named_by_its_line(tmp_path: Path, ending):
+    good = [canonical(f"r-{n}", T + n) for n in range(40)]
+    path = tmp_path / "requests-2025-03-10.jsonl"
+    path.write_text(ending.join([*good[:20], "", *good[20:], '{"request_id": "x"}', ""]))
+    with patch.object(exports, "_BLOCK_BYTES", 300), pytest.raises(ExportFileError) as caught:
+        read_export_folder(tmp_path, START, END)
+    assert str(caught.value).startswith(f"{path}:42: missing required field 'created'")
+    far = canonical("far", T + 3 * 86_400)
+    path.write_text(ending.join([*good, far, ""]))
+    with patch.object(exports, "_BLOCK_BYTES", 300), pytest.raises(ExportFileError) as caught:
+        read_export_folder(tmp_path, START, END)
+    assert str(caught.value).startswith(f"{path}:41: record created")
+
+
+def test_the_records_bound_is_over_the_records_in_the_files(tmp_path: Path):
+    shortest = json.dumps({"request_id": "r", "created": 1, "model": "m"}, separators=(",", ":"))
+    write(tmp_path, "a.jsonl", *[shortest] * 30)
+    write(tmp_path, "b.jsonl", *[canonical(f"r-{n}", T) for n in range(20)])
+    paths = sorted(tmp_path.iterdir())
+    assert exports.records_bound(paths) >= 50
 
 
 def test_blank_lines_are_not_lines_in_one_go_either(tmp_path: Path):
@@ -463,10 +530,10 @@ def daily_files(folder: Path, days: int, per_day: int, spacing_s: int) -> list[d
 def count_file_reads(monkeypatch) -> list[str]:
     """The names of the files parsed from now on, one entry a parse."""
     reads: list[str] = []
-    original = exports._read_canonical_file
+    original = exports._read_file
     monkeypatch.setattr(
         exports,
-        "_read_canonical_file",
+        "_read_file",
         lambda path, named, *key: reads.append(path.name) or original(path, named, *key),
     )
     return reads

@@ -8,7 +8,6 @@ timestamp, so where a line sits never decides which day it belongs to.
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 from collections.abc import Collection, Iterator
@@ -20,23 +19,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.json as pa_json
 
 from recon_pipeline.core.days import day_bounds, day_start
 from recon_pipeline.core.openai_pages import costs_frame, usage_frame
 from recon_pipeline.core.openai_records import (
     RECORD_FIELDS,
     RecordError,
-    canonical_columns,
-    canonical_line,
     columns_frame,
     parse_record,
     records_columns,
 )
 from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.core.text_fields import TextFieldError, check_text
+from recon_pipeline.io.canonical_block import canonical_block
 
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
@@ -84,7 +79,7 @@ def named_date(path: Path) -> date | None:
 
 @dataclass
 class FileRead:
-    """Every record of one file (whatever its window), with its line and skip counts."""
+    """Records of one block of a file (whatever their window), with its line and skip counts."""
 
     columns: dict[str, np.ndarray]
     lines: int
@@ -99,36 +94,66 @@ class ParsedFiles:
     """Files already read in this run, so that a range run reads each file once, not once
     for each of the five days whose window it may hold.
 
-    Bounded by `max_records` in all. Over it, the file kept longest that the current day does
-    not read is let go first (failing that, the file kept longest): a range goes through its
-    days in order, earliest or latest first, so a file the current day skips is not read
-    again. A file is read again when its size or modification time changed. A day of a
-    million records is not kept at all.
+    Bounded by `max_records` in all (the step passes RECON_SLICE_ROWS). Over it, the file kept
+    longest that the current day does not read is let go first (failing that, the file kept
+    longest): a range goes through its days in order, earliest or latest first, so a file the
+    current day skips is not read again. A file is read again when its size or modification
+    time changed. A file of more records than `max_records` is not kept at all.
     """
 
     def __init__(self, max_records: int = 500_000) -> None:
         self.max_records = max_records
-        self._files: dict[Path, tuple[tuple[int, int], FileRead]] = {}
+        self._files: dict[Path, tuple[tuple[int, int], list[FileRead]]] = {}
 
-    def get(self, path: Path, row_key: str = DEFAULT_METADATA_ROW_KEY) -> FileRead | None:
+    def get(self, path: Path, row_key: str = DEFAULT_METADATA_ROW_KEY) -> list[FileRead] | None:
         kept = self._files.get(path)
-        if kept is None or kept[0] != self._stamp(path) or kept[1].row_key != row_key:
+        if kept is None or kept[0] != self._stamp(path) or kept[1][0].row_key != row_key:
             return None
         return kept[1]
 
-    def put(self, path: Path, read: FileRead, reading: Collection[Path] = ()) -> None:
-        """Keep `read`; `reading`: the files the current day reads."""
-        if len(read) > self.max_records:
+    def put(self, path: Path, blocks: list[FileRead], reading: Collection[Path] = ()) -> None:
+        """Keep a file's `blocks`; `reading`: the files the current day reads."""
+        if not blocks or _records(blocks) > self.max_records:
             return
-        self._files[path] = (self._stamp(path), read)
-        while sum(len(kept) for _, kept in self._files.values()) > self.max_records:
+        self._files[path] = (self._stamp(path), blocks)
+        while sum(_records(kept) for _, kept in self._files.values()) > self.max_records:
             skipped = (kept for kept in self._files if kept not in reading)
             del self._files[next(skipped, next(iter(self._files)))]
+
+    def blocks(self, path: Path, reading: Collection[Path], row_key: str) -> Iterator[FileRead]:
+        """The file's blocks, from here if kept, else parsed (and kept if it fits)."""
+        kept = self.get(path, row_key)
+        if kept is not None:
+            yield from kept
+            return
+        blocks: list[FileRead] | None = []
+        for block in _read_file(path, named_date(path), row_key):
+            if blocks is not None:
+                blocks.append(block)
+                if _records(blocks) > self.max_records:
+                    blocks = None  # too large to keep: let the blocks go as they are used
+            yield block
+        if blocks is not None:
+            self.put(path, blocks, reading)
 
     @staticmethod
     def _stamp(path: Path) -> tuple[int, int]:
         stat = path.stat()
         return stat.st_mtime_ns, stat.st_size
+
+
+def _records(blocks: list[FileRead]) -> int:
+    return sum(len(block) for block in blocks)
+
+
+# A record is a line of at least this many bytes: the canonical line's three required fields.
+_MIN_RECORD_BYTES = len('{"request_id":"r","created":1,"model":"m"}')
+
+
+def records_bound(paths: Collection[Path]) -> int:
+    """At most this many records can the files hold (one a line), from their sizes alone:
+    what the step sizes its slices by before reading them."""
+    return sum(path.stat().st_size for path in paths) // _MIN_RECORD_BYTES
 
 
 def read_export_folder(
@@ -138,40 +163,70 @@ def read_export_folder(
     cache: ParsedFiles | None = None,
     row_key: str = DEFAULT_METADATA_ROW_KEY,
 ) -> ExportRead:
-    """Records created in [start, end) from the folder; a bad line stops with file:line.
+    """Records created in [start, end) from the folder, in one frame; a bad line stops with
+    file:line. `export_frames` gives them a block at a time.
 
-    A file of canonical lines is read by pyarrow in one go; any other file, or one with a line
-    pyarrow and `json` might read apart or a line the record parser refuses, line by line.
-    `cache`: files already read in this run. `row_key`: the key of each line's `metadata`
-    that holds the application's row id (`metadata_tag`).
+    A file of canonical lines is read by pyarrow a block of bytes at a time; from the first
+    block with a line pyarrow and `json` might read apart or a line the record parser refuses,
+    the rest of the file line by line. `cache`: files already read in this run. `row_key`: the
+    key of each line's `metadata` that holds the application's row id (`metadata_tag`).
     """
     result = ExportRead(records=pd.DataFrame())
-    window = (start.timestamp(), end.timestamp())
-    parts = []
-    paths = files_for_span(folder, start, end)
-    for path in paths:
-        result.files.append(path.name)
-        named = named_date(path)
-        read = cache.get(path, row_key) if cache is not None else None
-        if read is None:
-            read = _read_file(path, named, row_key)
-            if cache is not None:
-                cache.put(path, read, paths)
-        result.lines += read.lines
-        for reason, count in read.skipped.items():
-            result.skipped[reason] = result.skipped.get(reason, 0) + count
-        columns = read.columns
-        created = columns["created"]
-        keep = (created >= window[0]) & (created < window[1])
-        if not keep.all():
-            columns = {name: values[keep] for name, values in columns.items()}
-        parts.append(dict(columns))  # its own dict: the join below pops from it
+    parts = [
+        dict(columns) for columns in _window_blocks(folder, start, end, cache, row_key, result)
+    ]
     if not parts:
         parts.append(records_columns([]))
     # Each column joined in turn, its parts let go at once: a million rows are a few hundred MB.
     joined = {name: np.concatenate([part.pop(name) for part in parts]) for name in RECORD_FIELDS}
     result.records = columns_frame(joined)
     return result
+
+
+def export_frames(
+    folder: Path,
+    start: datetime,
+    end: datetime,
+    read: ExportRead,
+    cache: ParsedFiles | None = None,
+    row_key: str = DEFAULT_METADATA_ROW_KEY,
+) -> Iterator[pd.DataFrame]:
+    """The records `read_export_folder` gives, in the same order, as one frame a block of a
+    file, so that memory holds a block, not the window; `read` gets the files, lines and
+    skipped lines (its `records` stay empty)."""
+    for columns in _window_blocks(folder, start, end, cache, row_key, read):
+        yield columns_frame(columns)
+
+
+def _window_blocks(
+    folder: Path,
+    start: datetime,
+    end: datetime,
+    cache: ParsedFiles | None,
+    row_key: str,
+    result: ExportRead,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The columns of each non-empty block's records created in [start, end), file by file."""
+    window = (start.timestamp(), end.timestamp())
+    paths = files_for_span(folder, start, end)
+    for path in paths:
+        result.files.append(path.name)
+        blocks = (
+            cache.blocks(path, paths, row_key)
+            if cache is not None
+            else _read_file(path, named_date(path), row_key)
+        )
+        for read in blocks:
+            result.lines += read.lines
+            for reason, count in read.skipped.items():
+                result.skipped[reason] = result.skipped.get(reason, 0) + count
+            columns = read.columns
+            created = columns["created"]
+            keep = (created >= window[0]) & (created < window[1])
+            if not keep.all():
+                columns = {name: values[keep] for name, values in columns.items()}
+            if len(columns["created"]):
+                yield columns
 
 
 def _reach(named: date | None) -> tuple[float, float] | None:
@@ -186,27 +241,50 @@ def _reach(named: date | None) -> tuple[float, float] | None:
     return (day - timedelta(days=1)).timestamp(), (day + timedelta(days=2)).timestamp()
 
 
-def _read_file(path: Path, named: date | None, row_key: str) -> FileRead:
-    """A file of canonical lines in one go, any other file line by line."""
-    columns = _read_canonical_file(path, named, row_key)
-    if columns is not None:
-        return FileRead(columns, lines=len(columns["created"]), row_key=row_key)
-    return _read_by_line(path, named, row_key)
+# A file is parsed about this many bytes at a time (canonical lines), or records (any other).
+_BLOCK_BYTES = 32 << 20
+_BLOCK_RECORDS = 100_000
 
 
-def _read_by_line(path: Path, named: date | None, row_key: str) -> FileRead:
-    """The file's records parsed one line at a time: any shape of line, and the first bad line
-    stops the read with its file:line."""
+def _read_file(path: Path, named: date | None, row_key: str) -> Iterator[FileRead]:
+    """A file's records a block at a time: blocks of canonical lines by pyarrow, and from the
+    first block that is not, the rest of the file line by line."""
+    with path.open("rb") as handle:
+        offset, number, tail = 0, 0, b""
+        while True:
+            chunk = handle.read(_BLOCK_BYTES)
+            data = tail + chunk
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            if chunk and not cut:
+                tail = data  # a line longer than a block: read on
+                continue
+            block, tail = data[:cut], data[cut:]
+            columns = canonical_block(block, _reach(named), row_key, path.name, first=offset == 0)
+            if columns is None:
+                yield from _read_by_line(path, named, row_key, offset, number)
+                return
+            yield FileRead(columns, lines=len(columns["created"]), row_key=row_key)
+            if not chunk:
+                return
+            offset, number = offset + len(block), number + block.count(b"\n")
+
+
+def _read_by_line(
+    path: Path, named: date | None, row_key: str, offset: int = 0, number: int = 0
+) -> Iterator[FileRead]:
+    """The file's records from byte `offset` (line `number` + 1) parsed one line at a time,
+    `_BLOCK_RECORDS` a block: any shape of line, and the first bad line stops the read with
+    its file:line."""
     read = FileRead(columns={}, lines=0, row_key=row_key)
     records = []
     reach = _reach(named)
     source = _source_name(path)
-    for number, obj in json_lines(path):
+    for at, obj in json_lines(path, offset, number):
         read.lines += 1
         try:
             parsed = parse_record(obj, source=source, row_key=row_key)
         except RecordError as error:
-            raise ExportFileError(f"{path}:{number}: {error}") from None
+            raise ExportFileError(f"{path}:{at}: {error}") from None
         if parsed.record is None:
             reason = parsed.skipped_reason or "skipped"
             read.skipped[reason] = read.skipped.get(reason, 0) + 1
@@ -215,22 +293,27 @@ def _read_by_line(path: Path, named: date | None, row_key: str) -> FileRead:
         if reach is not None and not reach[0] <= created < reach[1]:
             moment = datetime.fromtimestamp(created, UTC).isoformat()
             raise ExportFileError(
-                f"{path}:{number}: record created {moment} is more than a day away "
+                f"{path}:{at}: record created {moment} is more than a day away "
                 f"from the file's date {named}, so no day would read it; move the line "
                 "to a file of its day or to a file without a date in its name"
             )
         records.append(parsed.record)
+        if len(records) == _BLOCK_RECORDS:
+            read.columns = records_columns(records)
+            yield read
+            read, records = FileRead(columns={}, lines=0, row_key=row_key), []
     read.columns = records_columns(records)
-    return read
+    yield read
 
 
-def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+def json_lines(path: Path, offset: int = 0, number: int = 0) -> Iterator[tuple[int, Any]]:
     """(line number, decoded JSON) of each non-blank line; a line that is not UTF-8 or not
     JSON stops the read with `file:line` and what is wrong (never a bare UnicodeDecodeError).
 
-    Lines end at "\n", "\r\n" or a lone "\r", as text mode reads them."""
+    Lines end at "\n", "\r\n" or a lone "\r", as text mode reads them. `offset`: the byte
+    to start at, the start of line `number` + 1."""
     with path.open("rb") as handle:
-        number = 0
+        handle.seek(offset)
         for raw in handle:
             for piece in _text_lines(raw):
                 number += 1
@@ -303,134 +386,6 @@ def _source_name(path: Path) -> str:
             f"{str(path)!r}: the file's name cannot be stored as text; rename the file"
         ) from None
     return path.name
-
-
-def _read_canonical_file(
-    path: Path, named: date | None, row_key: str = DEFAULT_METADATA_ROW_KEY
-) -> dict[str, np.ndarray] | None:
-    """Every record of a file of canonical lines, read by pyarrow in one go and checked column
-    by column; None if the line reader must read the file (then it says which line and why)."""
-    data = path.read_bytes()
-    if not data:
-        return records_columns([])  # pyarrow refuses an empty file
-    if data.startswith(codecs.BOM_UTF8) or not _is_utf8(data):
-        return None  # both refused when read as UTF-8 text; pyarrow skips or ignores them
-    try:
-        options = pa_json.ParseOptions(
-            explicit_schema=canonical_line(row_key), unexpected_field_behavior="ignore"
-        )
-        table = pa_json.read_json(pa.BufferReader(data), parse_options=options)
-    except Exception:  # for any reason: the line reader finds the line, or reads it anyway
-        return None
-    if not _one_object_per_line(data, table.num_rows) or _json_may_differ(data, table):
-        return None
-    del data  # the file's bytes, no longer needed while the columns are made
-    columns = canonical_columns(table, source=path.name)
-    reach = _reach(named)
-    if columns is None or reach is None:
-        return columns
-    created = columns["created"]
-    return columns if bool(((created >= reach[0]) & (created < reach[1])).all()) else None
-
-
-# JSON's white space within a line (a line ends at "\n").
-_LINE_SPACE = np.zeros(256, dtype=bool)
-_LINE_SPACE[[ord(" "), ord("\t"), ord("\r")]] = True
-
-
-def _is_utf8(data: bytes) -> bool:
-    """Whether the line reader can decode the file: pyarrow skips fields it does not read."""
-    if data.isascii():
-        return True
-    try:
-        _as_one_value(data, pa.large_string()).validate(full=True)
-    except pa.ArrowInvalid:
-        return False
-    return True
-
-
-def _as_one_value(data: bytes, kind: pa.DataType) -> pa.Array:
-    """The bytes as an array of one string or binary value, without a copy."""
-    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
-    return pa.Array.from_buffers(kind, 1, [None, offsets, pa.py_buffer(data)])
-
-
-def _one_object_per_line(data: bytes, rows: int) -> bool:
-    """Whether the `rows` objects pyarrow read are one to each non-blank line, as `json.loads`
-    of each line needs: pyarrow also reads an object split over lines, or two on one line."""
-    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
-        return False  # a lone "\r" ends a line when read as text
-    raw = np.frombuffer(data, dtype=np.uint8)
-    stops = _positions(raw, ord("\n"))
-    if raw.size and raw[-1] != ord("\n"):
-        stops = np.append(stops, raw.size)
-    starts = np.concatenate(([0], stops[:-1] + 1)) if stops.size else stops
-    first, stop = _trimmed(raw, starts, stops)
-    filled = first < stop
-    if int(filled.sum()) != rows:
-        return False
-    # pyarrow refuses a raw "\n" in a string, so a "{" or "}" at either end of a line is JSON's
-    # own, and inside an object "}" is followed by "," "}" or "]", never "{". So if every
-    # non-blank line runs from "{" to "}", objects and lines break at the same places.
-    return bool(
-        (raw[first[filled]] == ord("{")).all() and (raw[stop[filled] - 1] == ord("}")).all()
-    )
-
-
-def _positions(raw: np.ndarray, byte: int) -> np.ndarray:
-    """Where `byte` is in `raw`, a block at a time to keep the comparison's memory small."""
-    block = 1 << 24
-    found = [np.flatnonzero(raw[at : at + block] == byte) + at for at in range(0, raw.size, block)]
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
-
-
-def _trimmed(
-    raw: np.ndarray, starts: np.ndarray, stops: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each line [start, stop) without the white space at its ends, a byte a round."""
-    first, stop = starts.copy(), stops.copy()
-    todo = np.flatnonzero(first < stop)
-    while todo.size:
-        todo = todo[_LINE_SPACE[raw[first[todo]]]]
-        first[todo] += 1
-        todo = todo[first[todo] < stop[todo]]
-    todo = np.flatnonzero(first < stop)
-    while todo.size:
-        todo = todo[_LINE_SPACE[raw[stop[todo] - 1]]]
-        stop[todo] -= 1
-        todo = todo[first[todo] < stop[todo]]
-    return first, stop
-
-
-def _json_key(name: str) -> str:
-    """RE2 for `"name"` as a JSON key, any character of it perhaps a `\\u00XX` escape."""
-    return '"' + "".join(f"(?:{char}|\\\\u00(?i:{ord(char):02x}))" for char in name) + '"'
-
-
-_SPACE = r"[ \t\r\n]*"
-# What pyarrow cannot show or reads unlike `json`, found in the file's bytes (or in a string,
-# which only sends the file to the line reader for nothing).
-_JSON_MAY_DIFFER = "|".join(
-    (
-        _json_key("custom_id"),  # a Batch API line, even with a null custom_id
-        _json_key("batch") + _SPACE + ":" + _SPACE + "null",  # refused, unlike a missing one
-        r"[:,\[]" + _SPACE + r"(?:-?Inf|-NaN)" + _SPACE + r"[,}\]]",  # not JSON to `json`
-        r"(?:[^\n\[{]*[\[{]){200}",  # nesting too deep for `json`'s recursion, or near it
-        r"[0-9]{1000}",  # towards an integer over `json`'s 4300 digits
-    )
-)
-
-
-def _json_may_differ(data: bytes, table: pa.Table) -> bool:
-    """Whether a line may hold what pyarrow cannot show (a key with a null value is a missing
-    field to it) or reads unlike `json`; both only in fields outside `canonical_line`, or in
-    fields given a null, so counting every ":" as a value read rules them out at once."""
-    values = sum(len(column) - column.null_count for column in table.columns)
-    values += len(table) - pc.struct_field(table.column("metadata"), [0]).null_count
-    if data.count(b":") == values:
-        return False
-    found = pc.match_substring_regex(_as_one_value(data, pa.large_binary()), _JSON_MAY_DIFFER)
-    return bool(found[0].as_py())
 
 
 _USAGE_FILE = re.compile(r"openai-usage-(completions|embeddings|audio_transcriptions)\b.*\.json$")
