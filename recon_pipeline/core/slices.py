@@ -13,8 +13,10 @@ reports, since no frame holds the whole day.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from recon_pipeline.core import schema as s
@@ -32,6 +34,39 @@ def slice_count(window_rows: int, records: int, slice_rows: int) -> int:
         raise ValueError("the slice size must be at least one row")
     largest = max(window_rows, records, 1)
     return -(-largest // slice_rows)
+
+
+# At most this many parts a day's records are spilled in before they are stored (a count each).
+MAX_RECORD_PARTS = 1 << 16
+
+
+def record_part_count(records_bound: int, slice_rows: int) -> int:
+    """How many parts to spill a day's records in, from an upper bound of their number, so
+    that a part seldom exceeds `slice_rows` (parts are grouped back by their real counts)."""
+    return min(slice_count(records_bound, 0, slice_rows), MAX_RECORD_PARTS)
+
+
+def record_parts(request_ids: np.ndarray, parts: int) -> np.ndarray:
+    """Each record's part (0 to `parts` - 1) by a hash of its request id: the records of one id
+    always share a part, and so do all records without an id, so deduping each part on its own
+    finds every repeat deduping the whole day finds."""
+    hashed = pd.util.hash_array(np.asarray(request_ids, dtype=object))
+    return (hashed % np.uint64(parts)).astype(np.int32)
+
+
+def part_groups(counts: Sequence[int], rows: int) -> list[tuple[int, int]]:
+    """Consecutive parts [first, stop) grouped so that each group holds at most `rows` records
+    (a part larger than that makes a group on its own)."""
+    groups: list[tuple[int, int]] = []
+    first, held = 0, 0
+    for part, count in enumerate(counts):
+        if held and held + count > rows:
+            groups.append((first, part))
+            first, held = part, 0
+        held += int(count)
+    if held:
+        groups.append((first, len(counts)))
+    return groups
 
 
 @dataclass
