@@ -2,6 +2,7 @@
 
 import json
 from contextlib import closing
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from recon_pipeline.core.batch_ids import key_by_custom_id
 from recon_pipeline.core.day_inputs import inputs_digest, may_skip
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.core.reconcile import read_window
+from recon_pipeline.core.slices import record_part_count
 from recon_pipeline.core.sources import choose_sources
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
 from recon_pipeline.defs.reporting import DailyReport
@@ -23,9 +25,16 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.io import day_inputs
 from recon_pipeline.io.database import DAY_INPUTS, OPENAI_REQUESTS, Database
-from recon_pipeline.io.exports import ParsedFiles, files_for_span, read_export_folder
+from recon_pipeline.io.exports import (
+    ExportRead,
+    ParsedFiles,
+    export_frames,
+    files_for_span,
+    records_bound,
+)
 from recon_pipeline.io.openai_api import OpenAIClient
 from recon_pipeline.io.openai_batches import BatchRead, BatchRecords, batch_records_by_window
+from recon_pipeline.io.record_spill import RecordSpill, record_spill
 
 
 @dg.asset(
@@ -62,8 +71,14 @@ def openai_requests(
     row_key = settings.metadata_row_key
     client = openai_api.client(row_key) if "api" in sources else None
     report = DailyReport(context, "openai_requests")
-    files: set[str] = set()
-    parsed = ParsedFiles()
+    slice_rows = settings.slice_size()
+    store = _DayStore(
+        db,
+        openai_exports.folder(embedded) if "exports" in sources else None,
+        ParsedFiles(max_records=slice_rows),  # what the cache holds follows the slice size too
+        row_key,
+        slice_rows,
+    )
     windows = {day: read_window(day, policy) for day in partition_days(context)}
     batches: BatchRead | None = None
     # One walk of OpenAI's newest-first listing serves the whole range, latest day first;
@@ -97,37 +112,79 @@ def openai_requests(
                 _from_api(
                     db, client, chat, window, batches.by_window[day], frames, figures, anomalies
                 )
-            if "exports" in sources:
-                folder = openai_exports.folder(embedded)
-                files.update(
-                    _from_exports(folder, window, parsed, row_key, frames, figures, anomalies)
-                )
-            written = _store_day(db, day, frames, digest, anomalies)
+            written = store.day(day, window, frames, digest, figures, anomalies)
             if written is None:
                 report.skip(day)
                 continue
             report.add(day, rows=written, figures=figures, details={"anomalies": anomalies})
     _log_run(context, report, sources, batches)
-    described = {"api": "OpenAI API", "exports": f"export folder ({len(files)} files)"}
+    described = {"api": "OpenAI API", "exports": f"export folder ({len(store.files)} files)"}
     return dg.MaterializeResult(
         metadata=report.metadata(source=" + ".join(described[s] for s in sources))
     )
 
 
+@dataclass
+class _DayStore:
+    """Reads each day of a run into a `RecordSpill` (the API's frames, then the export files a
+    block at a time) and stores it; `files`: the export files read in the run."""
+
+    db: Database
+    folder: Path | None
+    parsed: ParsedFiles
+    row_key: str
+    slice_rows: int
+    files: set[str] = field(default_factory=set)
+
+    def day(
+        self,
+        day: date,
+        window: tuple[datetime, datetime],
+        frames: list[pd.DataFrame],
+        digest: str | None,
+        figures: dict[str, int],
+        anomalies: dict[str, int],
+    ) -> int | None:
+        """The day stored from `frames` and the export folder; None when another run holds it.
+        Its parts are sized from the records' count bound (the files' sizes), before reading."""
+        paths = files_for_span(self.folder, *window) if self.folder is not None else []
+        bound = sum(len(frame) for frame in frames) + records_bound(paths)
+        with record_spill(record_part_count(bound, self.slice_rows)) as spill:
+            for frame in frames:
+                spill.add(frame)
+            frames.clear()
+            if self.folder is not None:
+                read = _from_exports(
+                    self.folder, window, self.parsed, self.row_key, spill, figures, anomalies
+                )
+                self.files.update(read)
+            return _store_day(self.db, day, spill, self.slice_rows, digest, anomalies)
+
+
 def _store_day(
     db: Database,
     day: date,
-    frames: list[pd.DataFrame],
+    spill: RecordSpill,
+    slice_rows: int,
     digest: str | None,
     anomalies: dict[str, int],
 ) -> int | None:
-    """Every source has answered for the day: only now is anything of it written, deduped,
-    in one transaction. None when another run holds the day."""
-    records, identical, conflicting = dedupe_records(pd.concat(frames, ignore_index=True))
+    """Every source has answered for the day: only now is anything of it written, deduped a
+    group of parts at a time (each holds every record of its ids, in the order read), in one
+    transaction. None when another run holds the day."""
+    written = identical = conflicting = 0
     with db.day_transaction(day, "openai_requests", (OPENAI_REQUESTS, DAY_INPUTS)) as conn:
         if conn is None:
             return None
-        written = db.replace_day(conn, OPENAI_REQUESTS, records.assign(usage_date=day), day)
+        db.clear_day(conn, OPENAI_REQUESTS, day)
+        for part in spill.groups(slice_rows):
+            records, same, differ = dedupe_records(part)
+            db.append_rows(conn, OPENAI_REQUESTS, records.assign(usage_date=day))
+            written, identical, conflicting = (
+                written + len(records),
+                identical + same,
+                conflicting + differ,
+            )
         day_inputs.record(db, conn, day, "openai_requests", digest)
     anomalies |= {"duplicate_records_dropped": identical, "conflicting_duplicates": conflicting}
     return written
@@ -199,14 +256,18 @@ def _from_exports(
     window: tuple[datetime, datetime],
     parsed: ParsedFiles,
     row_key: str,
-    frames: list[pd.DataFrame],
+    spill: RecordSpill,
     figures: dict[str, int],
     anomalies: dict[str, int],
 ) -> list[str]:
-    """A day's records from the export folder; returns the files read."""
-    read = read_export_folder(folder, *window, parsed, row_key=row_key)
-    batch = int(read.records["source"].str.startswith("batch_output:").sum())
-    frames.append(read.records)
-    figures |= {"from_export_files": len(read.records) - batch, "from_batch_output": batch}
+    """A day's records from the export folder, into `spill` a block at a time; returns the
+    files read."""
+    read = ExportRead(records=pd.DataFrame())
+    records = batch = 0
+    for frame in export_frames(folder, *window, read, parsed, row_key=row_key):
+        records += len(frame)
+        batch += int(frame["source"].str.startswith("batch_output:").sum())
+        spill.add(frame)
+    figures |= {"from_export_files": records - batch, "from_batch_output": batch}
     anomalies["skipped_lines"] = sum(read.skipped.values())
     return read.files
