@@ -50,7 +50,7 @@ def record_parts(request_ids: np.ndarray, parts: int) -> np.ndarray:
     """Each record's part (0 to `parts` - 1) by a hash of its request id: the records of one id
     always share a part, and so do all records without an id, so deduping each part on its own
     finds every repeat deduping the whole day finds."""
-    hashed = pd.util.hash_array(np.asarray(request_ids, dtype=object))
+    hashed = pd.util.hash_array(np.asarray(request_ids, dtype=object), categorize=False)
     return (hashed % np.uint64(parts)).astype(np.int32)
 
 

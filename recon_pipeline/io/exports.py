@@ -242,7 +242,7 @@ def _reach(named: date | None) -> tuple[float, float] | None:
 
 
 # A file is parsed about this many bytes at a time (canonical lines), or records (any other).
-_BLOCK_BYTES = 32 << 20
+_BLOCK_BYTES = 8 << 20
 _BLOCK_RECORDS = 100_000
 
 
