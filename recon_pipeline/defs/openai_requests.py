@@ -185,6 +185,7 @@ def _store_day(
                 identical + same,
                 conflicting + differ,
             )
+            del part, records  # before the next group is read: one group at a time
         day_inputs.record(db, conn, day, "openai_requests", digest)
     anomalies |= {"duplicate_records_dropped": identical, "conflicting_duplicates": conflicting}
     return written

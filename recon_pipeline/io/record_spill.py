@@ -4,14 +4,17 @@ at a time: memory follows RECON_SLICE_ROWS, not the day's size.
 
 One Arrow IPC file in a temporary folder (TMPDIR): each frame added is one batch sorted by
 part, stably, so a part's records keep the order they were added in ("first seen" is the
-same as in the whole day), and a group of consecutive parts is one slice of each batch.
+same as in the whole day), and a group of consecutive parts is one slice of each batch. Once
+the counts are known, one pass splits the file into a file per group (up to 128 at a pass),
+each read back whole: four times the day's records in Arrow read or written in all, at
+most twice the day's records on disk at once.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ _ARROW_TYPES = {
 }
 _SCHEMA = pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in OPENAI_COLUMNS.items()])
 _FEW_VALUES = ("model", "service_tier", "source")  # one Python string per distinct value
+_GROUP_FILES = 128  # groups split off in one pass over the file (files open at once)
 
 
 class RecordSpill:
@@ -65,17 +69,35 @@ class RecordSpill:
         if self._writer is None:
             return
         self.close()
-        with pa.memory_map(str(self._path)) as source:
+        bounds = part_groups(self.counts, rows)
+        for at in range(0, len(bounds), _GROUP_FILES):
+            for path in self._split(bounds[at : at + _GROUP_FILES]):
+                with pa.OSFile(str(path)) as source:
+                    table = pa.ipc.open_file(source).read_all()
+                path.unlink()
+                yield _frame(table.drop_columns(["part"]))
+                del table
+        self._path.unlink()
+
+    def _split(self, bounds: list[tuple[int, int]]) -> list[Path]:
+        """One pass over the file, a batch at a time, writing each group's records to a file
+        of its own: a group is then read as one piece of exactly its size. (A map of the file
+        read a slice of each batch at a time would keep pages around each slice mapped too,
+        more of them the more batches the day has.)"""
+        paths = [self._path.with_name(f"group_{first}.arrow") for first, _ in bounds]
+        firsts = np.array([first for first, _ in bounds] + [bounds[-1][1]])
+        with ExitStack() as files, pa.OSFile(str(self._path)) as source:
             reader = pa.ipc.open_file(source)
-            for first, stop in part_groups(self.counts, rows):
-                pieces = []
-                for index in range(reader.num_record_batches):
-                    batch = reader.get_batch(index)
-                    parts = batch.column("part").to_numpy()
-                    start, end = np.searchsorted(parts, [first, stop], side="left")
+            writers = [
+                files.enter_context(pa.ipc.new_file(str(path), reader.schema)) for path in paths
+            ]
+            for index in range(reader.num_record_batches):
+                batch = reader.get_batch(index)
+                cuts = np.searchsorted(batch.column("part").to_numpy(), firsts, side="left")
+                for writer, start, end in zip(writers, cuts[:-1], cuts[1:], strict=True):
                     if end > start:
-                        pieces.append(batch.slice(start, end - start))
-                yield _frame(pa.Table.from_batches(pieces).drop_columns(["part"]))
+                        writer.write_batch(batch.slice(start, end - start))
+        return paths
 
 
 @contextmanager
@@ -90,7 +112,8 @@ def record_spill(parts: int) -> Iterator[RecordSpill]:
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:
-    """The spilled records as `OPENAI_COLUMNS` types them (None for a missing string)."""
+    """The spilled records as `OPENAI_COLUMNS` types them (None for a missing string), copied:
+    nothing of the frame refers to the map of the file."""
     columns = {}
     for name in OPENAI_COLUMNS:
         column = table.column(name).combine_chunks()
@@ -101,5 +124,5 @@ def _frame(table: pa.Table) -> pd.DataFrame:
             values = column.to_pandas()
         else:
             values = column.to_numpy(zero_copy_only=False)
-        columns[name] = pd.Series(values, dtype=OPENAI_COLUMNS[name], copy=False)
+        columns[name] = pd.Series(values, dtype=OPENAI_COLUMNS[name], copy=True)
     return pd.DataFrame(columns, copy=False)
