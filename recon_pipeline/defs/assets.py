@@ -201,6 +201,11 @@ def reconciled_usage(
                     else "rows OpenAI has no record of stay pending"
                 )
             )
+        context.log.info(
+            f"{day}: redone in part, {done.written.rows_considered} rows reprocessed"
+            if done.why_full is None
+            else f"{day}: reconciled in full ({done.why_full})"
+        )
         without_result = db.count_without_result(day)
         tally.without_result[day] = without_result
         tally.disagreeing[day] = done.written.rows_disagreeing
@@ -274,7 +279,11 @@ def _report_day(reports: _Reports, day: date, done: DayOutcome, without_result: 
             "statuses": {status: int(tally.statuses.get(status, 0)) for status in s.STATUSES},
             "verified_by": {m: int(tally.methods.get(m, 0)) for m in s.MATCH_METHODS},
             "variance_classes": {name: int(n) for name, n in tally.classes.items()},
-            "reading": {"slices": done.slices},
+            "reading": {
+                "slices": done.slices,
+                "incremental": int(done.why_full is None),
+                "rows_reprocessed": written.rows_considered,
+            },
         },
         tables={"largest_discrepancies": _largest_table(tally.largest_discrepancies())},
     )

@@ -29,6 +29,8 @@ from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import ReconciliationPolicy, read_window, reconcile_day
 from recon_pipeline.core.schema import CLASS_UNPRICED, DISCREPANCY, MATCHED
 from recon_pipeline.core.slices import DayTally, slice_count
+from recon_pipeline.defs import reconcile_incremental
+from recon_pipeline.defs.reconcile_incremental import PartialDay
 from recon_pipeline.io import day_inputs
 from recon_pipeline.io.database import (
     DAY_INPUTS,
@@ -44,12 +46,14 @@ from recon_pipeline.io.day_volumes import trailing_record_counts
 
 @dataclass
 class DayOutcome:
-    """What the asset reports of a day: its tally, the write-back, the thin-day verdict."""
+    """What the asset reports of a day: its tally, the write-back, the thin-day verdict;
+    `why_full`: why it was reconciled in full (None: redone in part, `core.incremental`)."""
 
     tally: DayTally
     written: WriteBackResult
     verdict: DayCompleteness
     slices: int
+    why_full: str | None = None
 
 
 @dataclass
@@ -161,14 +165,28 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
             verdict = judge_counts(
                 day, size.with_ids, size.records_on_day, size.records, trailing, plan.completeness
             )
-            slices = slice_count(size.window_rows, size.records, plan.slice_rows)
+            partial, why_full = reconcile_incremental.choose(
+                db, reader, day, inputs, verdict, plan.full_rerun, plan.slice_rows
+            )
+            slices = 1 if partial else slice_count(size.window_rows, size.records, plan.slice_rows)
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-back") as worker:
                 done = _reconcile_parts(
-                    db, plan, conn, reader, write_back, worker, window, slices, verdict, snapshot
+                    db,
+                    plan,
+                    conn,
+                    reader,
+                    write_back,
+                    worker,
+                    window,
+                    slices,
+                    verdict,
+                    snapshot,
+                    partial,
                 )
             if done is None:
                 return None
             tally, writer, written = done
+            reconcile_incremental.record_basis(db, conn, day, inputs)
         # A day a check finds fault with is done again by every run, so every run reports it.
         digest = (
             _digest_after(db, writer.write_conn, day, window, inputs, snapshot)
@@ -176,7 +194,7 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
             else None
         )
         day_inputs.record(db, writer.write_conn, day, STEP, digest)
-        return DayOutcome(tally, written, verdict, slices)
+        return DayOutcome(tally, written, verdict, slices, why_full)
 
 
 STEP = "reconciled_usage"
@@ -251,15 +269,20 @@ def _reconcile_parts(
     slices: int,
     verdict: DayCompleteness,
     snapshot: str | None,
+    partial: PartialDay | None = None,
 ) -> tuple[DayTally, _Writer, WriteBackResult] | None:
     """Each slice of rows with an id against its records, then the rows without one against
     every record left; each part's results stored and written back before the next is read
-    (the write-back runs while the next part is read). None: the write-back's lock is held."""
+    (the write-back runs while the next part is read). None: the write-back's lock is held.
+    `partial`: only its changed ids as the one slice, the other stored results kept."""
     day, tally = plan.day, DayTally()
     unclaimed: list[pd.DataFrame] = []
     writer: _Writer | None = None
-    spill = write_back.enter_context(tempfile.TemporaryDirectory(prefix="recon_day_"))
-    logged_parts, record_parts = db.read_day_parts(day, window, reader, slices, Path(spill))
+    spill = Path(write_back.enter_context(tempfile.TemporaryDirectory(prefix="recon_day_")))
+    if partial is None:
+        logged_parts, record_parts = db.read_day_parts(day, window, reader, slices, spill)
+    else:
+        logged_parts, record_parts = partial.read_parts(db, day, window, reader, spill)
     try:
         for part in [*range(slices), None]:
             number = slices if part is None else part
@@ -287,8 +310,11 @@ def _reconcile_parts(
                 if write_conn is None:
                     return None  # nothing was written in the results' transaction
                 writer = _Writer(db, conn, write_conn, day, plan.now, worker, snapshot)
-                db.clear_day(conn, RECONCILED_USAGE, day)
-                db.clear_day(conn, UNLOGGED_OPENAI_REQUESTS, day)
+                if partial is None:
+                    db.clear_day(conn, RECONCILED_USAGE, day)
+                    db.clear_day(conn, UNLOGGED_OPENAI_REQUESTS, day)
+                else:
+                    tally = partial.clear(db, conn, day)
             unlogged = outcome.unlogged if part is None else None
             tally.add_results(outcome.results)
             if unlogged is not None:

@@ -30,6 +30,8 @@ class Dialect(ABC):
     # Whether the write-back may run on a second connection while the day's results are
     # stored on the first (one writer at a time on SQLite).
     parallel_write_back: bool
+    # Whether a changed day may be redone in part (`io/day_changes.py`); else it runs in full.
+    incremental_days: bool = False
 
     def __init__(self, engine: sa.Engine, usage: str) -> None:
         self.engine = engine

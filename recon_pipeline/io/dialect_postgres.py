@@ -91,6 +91,7 @@ def _instants(frame: pd.DataFrame, us: str, name: str) -> None:
 class PostgresDialect(Dialect):
     name = "postgresql"
     parallel_write_back = True
+    incremental_days = True
 
     def __init__(self, engine: sa.Engine, usage: str) -> None:
         super().__init__(engine, usage)

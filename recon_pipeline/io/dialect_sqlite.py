@@ -61,6 +61,7 @@ def _instants(frame: pd.DataFrame, name: str) -> None:
 class SqliteDialect(Dialect):
     name = "sqlite"
     parallel_write_back = False
+    incremental_days = False
 
     def day(self, day: date) -> str:
         return day.isoformat()
