@@ -51,6 +51,7 @@ def main(argv: list[str]) -> int:
             args["as_of"],
             instance=instance,
             slice_rows=args.get("slice_rows"),
+            full_rerun=bool(args.get("full_rerun")),
         )
     elif kind == "stages":
         from benchmarks.stages import run_stages

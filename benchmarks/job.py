@@ -32,15 +32,24 @@ RANGE_END = "dagster/asset_partition_range_end"
 
 
 def resources(
-    url: str, schema: str, export_dir: Path, as_of: str, slice_rows: int | None = None
+    url: str,
+    schema: str,
+    export_dir: Path,
+    as_of: str,
+    slice_rows: int | None = None,
+    full_rerun: bool = False,
 ) -> dict[str, Any]:
-    """The job's resources; `slice_rows`: RECON_SLICE_ROWS (None: the default)."""
+    """The job's resources; `slice_rows`: RECON_SLICE_ROWS (None: the default);
+    `full_rerun`: RECON_FULL_RERUN."""
     sliced = {"slice_rows": slice_rows} if slice_rows else {}
+    settings = ReconciliationSettings(
+        as_of=as_of, openai_source="exports", full_rerun=full_rerun, **sliced
+    )
     return {
         "database": ReconDatabase(url=url, usage_schema=schema),
         "openai_exports": OpenAIExportFolder(path=str(export_dir)),
         "openai_api": OpenAIAPI(),
-        "settings": ReconciliationSettings(as_of=as_of, openai_source="exports", **sliced),
+        "settings": settings,
     }
 
 
@@ -61,9 +70,10 @@ def run_job(
     as_of: str,
     instance: dg.DagsterInstance | None = None,
     slice_rows: int | None = None,
+    full_rerun: bool = False,
 ) -> dict[str, Any]:
     """One run of the job over [first, last]: a single partition, or a range run."""
-    chosen = resources(url, schema, export_dir, as_of, slice_rows)
+    chosen = resources(url, schema, export_dir, as_of, slice_rows, full_rerun)
     job = build_definitions(chosen).resolve_job_def(JOB)
     own_instance = instance is None
     instance = instance or dg.DagsterInstance.ephemeral()
@@ -110,6 +120,11 @@ def run_job(
             "steps": steps,
             "steps_total_s": sum(s["wall_s"] for s in steps.values()),
             "checks": checks,
+            "reading": {
+                str(m.partition): m.metadata["reading"].value
+                for m in result.asset_materializations_for_node("reconciled_usage")
+                if m.asset_key.path[-1] == "reconciled_usage" and "reading" in m.metadata
+            },
         }
     finally:
         if own_instance:

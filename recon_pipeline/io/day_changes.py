@@ -9,6 +9,8 @@ in full.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 
@@ -45,6 +47,19 @@ _RECORD_SHOWN = (
 _RECORD_UNSHOWN = ("request_id", "created_at", "input_audio_tokens", "output_audio_tokens")
 
 
+@contextmanager
+def _hash_joins(conn: sa.Connection) -> Iterator[None]:
+    """No nested loops for the statements inside, which join a day with a day: with the
+    statistics of before the day was written (the results' own transaction sees rows no
+    ANALYZE has), the planner picked a nested loop over the whole day, quadratic in its size
+    (a 100,000-row day's matched records took minutes). Restored after; a failed statement
+    rolls the transaction back, and the setting with it."""
+    before = conn.execute(sa.text("SELECT current_setting('enable_nestloop')")).scalar_one()
+    conn.execute(sa.text("SELECT set_config('enable_nestloop', 'off', true)"))
+    yield
+    conn.execute(sa.text("SELECT set_config('enable_nestloop', :v, true)"), {"v": before})
+
+
 def _params(db: Database, day: date) -> dict[str, object]:
     start, end = day_bounds(day)
     return {"day": db.dialect.day(day), "start": start, "end": end}
@@ -61,7 +76,8 @@ def matched_records_fingerprint(db: Database, conn: sa.Connection, day: date) ->
         f" FROM {db.table(RECONCILED_USAGE)} r WHERE r.usage_date = :day"
         " AND r.match_method = 'request_id' AND r.matched_request_id = o.request_id)"
     )
-    return str(conn.execute(query, _params(db, day)).scalar_one())
+    with _hash_joins(conn):
+        return str(conn.execute(query, _params(db, day)).scalar_one())
 
 
 def changed_ids(db: Database, conn: sa.Connection, day: date) -> list[str]:
@@ -107,7 +123,8 @@ def changed_ids(db: Database, conn: sa.Connection, day: date) -> list[str]:
         " SELECT DISTINCT id FROM changed, LATERAL (VALUES (now_id), (stored_id)) AS v(id)"
         " WHERE id IS NOT NULL"
     )
-    return sorted(conn.execute(query, _params(db, day)).scalars())
+    with _hash_joins(conn):
+        return sorted(conn.execute(query, _params(db, day)).scalars())
 
 
 def read_changed_parts(
@@ -135,23 +152,27 @@ def read_changed_parts(
     )
     table = db.table(OPENAI_REQUESTS)
     names = [c for c in OPENAI_COLUMNS if c != "created_at"]
-    claimed = (
-        f"SELECT 1 FROM {db.usage} u WHERE u.created_at >= %s AND u.created_at < %s"
-        f" AND {_ID.format('u.openai_request_id')} = {_ID.format(table + '.request_id')}"
+    # A record is claimed when a row of the window carries its id: one hash anti-join (an
+    # OR'ed NOT EXISTS would be a subquery run once per record).
+    records = (
+        f"SELECT {', '.join(names)}, {_epoch_us('created_at')} AS created_us,"
+        f" CASE WHEN {record_id} = ANY(%s::text[]) THEN 0 ELSE -1 END AS part"
+        f" FROM {table} LEFT JOIN (SELECT DISTINCT {row_id} AS claimed_id FROM {db.usage}"
+        " WHERE created_at >= %s AND created_at < %s) AS c ON c.claimed_id = "
+        f"{record_id} WHERE usage_date = %s AND ({record_id} IS NULL"
+        f" OR {record_id} = ANY(%s::text[]) OR c.claimed_id IS NULL)"
     )
-    records = dialect._openai_select(
-        table, names, f", CASE WHEN {record_id} = ANY(%s::text[]) THEN 0 ELSE -1 END AS part"
-    ) + (f" AND ({record_id} IS NULL OR {record_id} = ANY(%s::text[]) OR NOT EXISTS ({claimed}))")
-    record_paths = copy_out_parts(
-        db.engine,
-        records,
-        (ids, day, ids, *window),
-        dialect._openai_types(names),
-        conn,
-        1,
-        directory,
-        "openai",
-    )
+    with _hash_joins(conn):
+        record_paths = copy_out_parts(
+            db.engine,
+            records,
+            (ids, *window, day, ids),
+            dialect._openai_types(names),
+            conn,
+            1,
+            directory,
+            "openai",
+        )
     return logged_paths, record_paths
 
 
