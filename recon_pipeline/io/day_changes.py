@@ -49,15 +49,21 @@ _RECORD_UNSHOWN = ("request_id", "created_at", "input_audio_tokens", "output_aud
 
 @contextmanager
 def _hash_joins(conn: sa.Connection) -> Iterator[None]:
-    """No nested loops for the statements inside, which join a day with a day: with the
-    statistics of before the day was written (the results' own transaction sees rows no
-    ANALYZE has), the planner picked a nested loop over the whole day, quadratic in its size
-    (a 100,000-row day's matched records took minutes). Restored after; a failed statement
-    rolls the transaction back, and the setting with it."""
-    before = conn.execute(sa.text("SELECT current_setting('enable_nestloop')")).scalar_one()
-    conn.execute(sa.text("SELECT set_config('enable_nestloop', 'off', true)"))
+    """Hash joins for the statements inside, which join a day with a day: with statistics of
+    before the day was written (the results' own transaction sees rows no ANALYZE has), the
+    planner picked a nested loop over the whole day, quadratic in its size (a 100,000-row
+    day's matched records took minutes), or sorts spilled to disk for a merge join. No JIT:
+    the costs that rule the others out would make it compile every statement (0.9 s).
+    Restored after; a failed statement rolls the transaction back, and the settings too."""
+    settings = ("enable_nestloop", "enable_mergejoin", "jit")
+    before = conn.execute(
+        sa.text("SELECT " + ", ".join(f"current_setting('{name}')" for name in settings))
+    ).one()
+    for name in settings:
+        conn.execute(sa.text(f"SELECT set_config('{name}', 'off', true)"))
     yield
-    conn.execute(sa.text("SELECT set_config('enable_nestloop', :v, true)"), {"v": before})
+    for name, value in zip(settings, before, strict=True):
+        conn.execute(sa.text(f"SELECT set_config('{name}', :v, true)"), {"v": value})
 
 
 def _params(db: Database, day: date) -> dict[str, object]:
@@ -105,7 +111,8 @@ def changed_ids(db: Database, conn: sa.Connection, day: date) -> list[str]:
         f" {_ID.format('openai_request_id')} AS request_id, actual_cost_cents,"
         f" reconciliation_status FROM {db.usage}"
         " WHERE created_at >= :start AND created_at < :end),"
-        f" r AS (SELECT * FROM {db.table(RECONCILED_USAGE)} WHERE usage_date = :day),"
+        f" r AS NOT MATERIALIZED (SELECT * FROM {db.table(RECONCILED_USAGE)}"
+        " WHERE usage_date = :day),"
         " changed AS ("
         " SELECT u.request_id AS now_id, r.openai_request_id AS stored_id"
         " FROM u FULL JOIN r ON u.usage_id = r.usage_id::text"
@@ -120,8 +127,8 @@ def changed_ids(db: Database, conn: sa.Connection, day: date) -> list[str]:
         " ON o.usage_date = :day AND o.request_id = r.matched_request_id"
         " WHERE r.match_method = 'request_id'"
         f" AND (o.request_id IS NULL OR ROW({shown}) IS DISTINCT FROM ROW({stored_shown})))"
-        " SELECT DISTINCT id FROM changed, LATERAL (VALUES (now_id), (stored_id)) AS v(id)"
-        " WHERE id IS NOT NULL"
+        " SELECT now_id FROM changed WHERE now_id IS NOT NULL"
+        " UNION SELECT stored_id FROM changed WHERE stored_id IS NOT NULL"
     )
     with _hash_joins(conn):
         return sorted(conn.execute(query, _params(db, day)).scalars())
