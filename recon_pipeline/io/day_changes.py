@@ -53,14 +53,22 @@ def _hash_joins(conn: sa.Connection) -> Iterator[None]:
     before the day was written (the results' own transaction sees rows no ANALYZE has), the
     planner picked a nested loop over the whole day, quadratic in its size (a 100,000-row
     day's matched records took minutes), or sorts spilled to disk for a merge join. No JIT:
-    the costs that rule the others out would make it compile every statement (0.9 s).
-    Restored after; a failed statement rolls the transaction back, and the settings too."""
-    settings = ("enable_nestloop", "enable_mergejoin", "jit")
+    the costs that rule the others out would make it compile every statement (0.9 s). At
+    least 256 MB for each hash, as the write-back's UPDATE has, so that a day's join stays
+    in memory rather than spill in batches (`io/write_back.py`). Restored after; a failed
+    statement rolls the transaction back, and the settings too."""
+    settings = ("enable_nestloop", "enable_mergejoin", "jit", "work_mem")
     before = conn.execute(
         sa.text("SELECT " + ", ".join(f"current_setting('{name}')" for name in settings))
     ).one()
-    for name in settings:
+    for name in settings[:-1]:
         conn.execute(sa.text(f"SELECT set_config('{name}', 'off', true)"))
+    conn.execute(
+        sa.text(
+            "SELECT set_config('work_mem', greatest(setting::bigint, 262144) || 'kB', true)"
+            " FROM pg_settings WHERE name = 'work_mem'"
+        )
+    )
     yield
     for name, value in zip(settings, before, strict=True):
         conn.execute(sa.text(f"SELECT set_config('{name}', :v, true)"), {"v": value})
