@@ -196,10 +196,10 @@ class Database(StoredDayChecks):
         read inside that transaction.
         """
         self.check_usage_schema()
-        frame = self.dialect.read_logged(conn, self._optional_usage_sql(), start, end)
+        frame = self.dialect.read_logged(conn, self.optional_usage_sql(), start, end)
         return _logged_frame(frame)
 
-    def _optional_usage_sql(self) -> dict[str, str]:
+    def optional_usage_sql(self) -> dict[str, str]:
         have = self.usage_columns()
         return {
             "cached": "cached_input_tokens" if "cached_input_tokens" in have else "NULL",
@@ -220,7 +220,7 @@ class Database(StoredDayChecks):
         stored records. Read them back with `logged_part` and `openai_part`."""
         self.check_usage_schema()
         logged = self.dialect.read_logged_parts(
-            conn, self._optional_usage_sql(), *window, parts, directory
+            conn, self.optional_usage_sql(), *window, parts, directory
         )
         names = [c for c in OPENAI_COLUMNS if c != "created_at"]
         table = self.table(OPENAI_REQUESTS)

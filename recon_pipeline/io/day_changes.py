@@ -25,7 +25,7 @@ from recon_pipeline.io.database import (
     UNLOGGED_OPENAI_REQUESTS,
     Database,
 )
-from recon_pipeline.io.dialect_postgres import _LOGGED_TYPES, _epoch_us
+from recon_pipeline.io.dialect_postgres import LOGGED_TYPES, epoch_us
 from recon_pipeline.io.pg_copy import copy_out_parts
 from recon_pipeline.io.write_back import MAX_ESTIMATE_CENTS
 
@@ -97,7 +97,7 @@ def matched_records_fingerprint(db: Database, conn: sa.Connection, day: date) ->
 def changed_ids(db: Database, conn: sa.Connection, day: date) -> list[str]:
     """The request ids whose rows or record changed since the day's results were stored
     (`core.incremental`): both the id a row carries now and the one its stored result holds."""
-    optional = db._optional_usage_sql()
+    optional = db.optional_usage_sql()
     estimate = (
         f"CASE WHEN abs(calculated_cost_cents) < {MAX_ESTIMATE_CENTS}"
         f" THEN {_PICO.format('calculated_cost_cents')} END"
@@ -105,11 +105,11 @@ def changed_ids(db: Database, conn: sa.Connection, day: date) -> list[str]:
     now_row = (
         f"{optional['user_id']}::text, action_type::text, model_used::text,"
         f" input_tokens::bigint, output_tokens::bigint, {estimate},"
-        f" {_epoch_us('created_at')}, {_ID.format('openai_request_id')}"
+        f" {epoch_us('created_at')}, {_ID.format('openai_request_id')}"
     )
     stored_row = (
         "r.user_id, r.action_type, r.model_used, r.logged_input_tokens, r.logged_output_tokens,"
-        f" {_PICO.format('r.estimated_cost_cents')}, {_epoch_us('r.created_at')},"
+        f" {_PICO.format('r.estimated_cost_cents')}, {epoch_us('r.created_at')},"
         " r.openai_request_id"
     )
     shown = ", ".join(f"o.{a}" for a, _ in _RECORD_SHOWN)
@@ -157,20 +157,20 @@ def read_changed_parts(
     dialect = db.dialect
     row_id, record_id = _ID.format("openai_request_id"), _ID.format("request_id")
     logged = (
-        dialect._logged_select(
-            db._optional_usage_sql(), f", CASE WHEN {row_id} IS NULL THEN -1 ELSE 0 END AS part"
+        dialect.logged_select(
+            db.optional_usage_sql(), f", CASE WHEN {row_id} IS NULL THEN -1 ELSE 0 END AS part"
         )
         + f" AND ({row_id} IS NULL OR {row_id} = ANY(%s::text[]))"
     )
     logged_paths = copy_out_parts(
-        db.engine, logged, (*window, ids), _LOGGED_TYPES, conn, 1, directory, "logged"
+        db.engine, logged, (*window, ids), LOGGED_TYPES, conn, 1, directory, "logged"
     )
     table = db.table(OPENAI_REQUESTS)
     names = [c for c in OPENAI_COLUMNS if c != "created_at"]
     # A record is claimed when a row of the window carries its id: one hash anti-join (an
     # OR'ed NOT EXISTS would be a subquery run once per record).
     records = (
-        f"SELECT {', '.join(names)}, {_epoch_us('created_at')} AS created_us,"
+        f"SELECT {', '.join(names)}, {epoch_us('created_at')} AS created_us,"
         f" CASE WHEN {record_id} = ANY(%s::text[]) THEN 0 ELSE -1 END AS part"
         f" FROM {table} LEFT JOIN (SELECT DISTINCT {row_id} AS claimed_id FROM {db.usage}"
         " WHERE created_at >= %s AND created_at < %s) AS c ON c.claimed_id = "

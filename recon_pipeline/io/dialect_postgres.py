@@ -43,7 +43,7 @@ def column_type(column: Column) -> str:
     return _PG_TYPES.get(column.kind, "the type of token_usage.id")
 
 
-_LOGGED_TYPES = {
+LOGGED_TYPES = {
     "usage_id": pa.string(),
     "user_id": pa.string(),
     "action_type": pa.string(),
@@ -59,7 +59,7 @@ _LOGGED_TYPES = {
 _ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
 
 
-def _epoch_us(column: str) -> str:
+def epoch_us(column: str) -> str:
     return f"(extract(epoch FROM {column}) * 1000000)::bigint"
 
 
@@ -176,7 +176,7 @@ class PostgresDialect(Dialect):
     ) -> None:
         copy_in(conn, table, output, frame)
 
-    def _logged_select(self, optional: dict[str, str], part: str = "") -> str:
+    def logged_select(self, optional: dict[str, str], part: str = "") -> str:
         user, cached, created = (optional[k] for k in ("user_id", "cached", "created"))
         return (
             f"SELECT id::text AS usage_id, {user}::text AS user_id, action_type::text,"
@@ -185,7 +185,7 @@ class PostgresDialect(Dialect):
             f" CASE WHEN abs(calculated_cost_cents) < {MAX_ESTIMATE_CENTS}"
             f" THEN round(calculated_cost_cents * 10000000000)::bigint END"
             f" AS calculated_cost_pico,"
-            f" {_epoch_us('created_at')} AS created_us,"
+            f" {epoch_us('created_at')} AS created_us,"
             f" NULLIF(openai_request_id::text, '') AS openai_request_id,"
             f" {created}::bigint AS openai_created{part}"
             f" FROM {self.usage} WHERE created_at >= %s AND created_at < %s"
@@ -195,7 +195,7 @@ class PostgresDialect(Dialect):
         self, conn: sa.Connection | None, optional: dict[str, str], start: datetime, end: datetime
     ) -> pd.DataFrame:
         frame = copy_out(
-            self.engine, self._logged_select(optional), (start, end), _LOGGED_TYPES, conn
+            self.engine, self.logged_select(optional), (start, end), LOGGED_TYPES, conn
         )
         _instants(frame, "created_us", "created_at")
         return frame
@@ -209,9 +209,9 @@ class PostgresDialect(Dialect):
         parts: int,
         directory: Path,
     ) -> list[Path]:
-        select = self._logged_select(optional, f", {_part('openai_request_id', parts)} AS part")
+        select = self.logged_select(optional, f", {_part('openai_request_id', parts)} AS part")
         return copy_out_parts(
-            self.engine, select, (start, end), _LOGGED_TYPES, conn, parts, directory, "logged"
+            self.engine, select, (start, end), LOGGED_TYPES, conn, parts, directory, "logged"
         )
 
     def logged_part(self, path: Path) -> pd.DataFrame:
@@ -221,7 +221,7 @@ class PostgresDialect(Dialect):
 
     def _openai_select(self, table: str, names: Sequence[str], part: str = "") -> str:
         return (
-            f"SELECT {', '.join(names)}, {_epoch_us('created_at')} AS created_us{part}"
+            f"SELECT {', '.join(names)}, {epoch_us('created_at')} AS created_us{part}"
             f" FROM {table} WHERE usage_date = %s"
         )
 
@@ -271,7 +271,7 @@ class PostgresDialect(Dialect):
                 types[name] = pa.int64()
             elif column.kind == "timestamp":
                 quoted = f'"{name}"'
-                select.append(f'{_epoch_us(quoted)} AS "{name}__us"')
+                select.append(f'{epoch_us(quoted)} AS "{name}__us"')
                 types[f"{name}__us"] = pa.int64()
             elif column.kind != "date":
                 select.append(f'"{name}"::text' if column.kind == "usage_id" else f'"{name}"')
