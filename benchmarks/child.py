@@ -64,6 +64,7 @@ def main(argv: list[str]) -> int:
             Path(args["export_dir"]),
             date.fromisoformat(args["day"]),
             args["as_of"],
+            slice_rows=args.get("slice_rows"),
         )
     elif kind == "floor":
         from benchmarks.floor import run_floor

@@ -13,7 +13,7 @@ import numpy as np
 import psycopg
 
 from benchmarks.bench_database import conninfo
-from benchmarks.stages import PHASES
+from benchmarks.stages import PHASES, RETIRED_PHASES
 
 STEP_ORDER = (
     "openai_requests",
@@ -95,8 +95,22 @@ def machine(url: str) -> dict[str, Any]:
 def by_stage(stages: dict[str, Any]) -> dict[str, float]:
     totals = dict.fromkeys(STAGE_ORDER, 0.0)
     for name, timing in stages["phases"].items():
-        totals[PHASES[name][0]] += timing["wall_s"]
+        totals[(PHASES | RETIRED_PHASES)[name][0]] += timing["wall_s"]
     return totals
+
+
+def phase_names(days: list[dict[str, Any]]) -> list[str]:
+    """The direct split's phases the results hold, in `PHASES` order (older results may hold
+    retired phases, listed after them)."""
+    held = [name for d in days for name in d["stages"]["phases"]]
+    return [name for name in PHASES if name in held] + [
+        name for name in dict.fromkeys(held) if name not in PHASES
+    ]
+
+
+def _phase_cell(day: dict[str, Any], name: str, show: Any) -> str:
+    timing = day["stages"]["phases"].get(name)
+    return show(timing) if timing is not None else "-"
 
 
 def ratios(day: dict[str, Any]) -> dict[str, float]:
@@ -197,12 +211,11 @@ def _job_rows(table: _Rows, days: list[dict[str, Any]]) -> None:
 def _split_rows(table: _Rows, days: list[dict[str, Any]]) -> None:
     """The assets' io and core calls, timed directly."""
     table.section("Direct split: the assets' io + core calls (s wall / s CPU)")
-    for name in PHASES:
+    for name in phase_names(days):
         table.add(
             f"  {name}",
             [
-                f"{_fmt(d['stages']['phases'][name]['wall_s'])} / "
-                f"{_fmt(d['stages']['phases'][name]['cpu_s'])}"
+                _phase_cell(d, name, lambda t: f"{_fmt(t['wall_s'])} / {_fmt(t['cpu_s'])}")
                 for d in days
             ],
         )
@@ -265,12 +278,11 @@ def _memory_rows(table: _Rows, days: list[dict[str, Any]]) -> None:
     )
     table.add("  floor: peak RSS", [_fmt(d["floor"]["peak_rss_mb"], 0) for d in days])
     table.section("Direct split: peak RSS during each phase (MB; RSS at its start in brackets)")
-    for name in PHASES:
+    for name in phase_names(days):
         table.add(
             f"  {name}",
             [
-                f"{d['stages']['phases'][name]['peak_mb']:,.0f}"
-                f" ({d['stages']['phases'][name]['rss_before_mb']:,.0f})"
+                _phase_cell(d, name, lambda t: f"{t['peak_mb']:,.0f} ({t['rss_before_mb']:,.0f})")
                 for d in days
             ],
         )
