@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 from pytest_httpserver import HTTPServer
 
+from recon_pipeline_tests.openai_day import CHAT, at, resources, run_day
 from recon_pipeline_tests.openai_server import FakeOpenAI, Scripted, chat_completion, unix
 from recon_pipeline_tests.runs import step_failure
 from recon_pipeline_tests.test_openai_batches import _store
-from recon_pipeline_tests.test_openai_source import CHAT, at, resources, run_day
 
 
 @pytest.fixture

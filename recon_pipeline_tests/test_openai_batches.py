@@ -27,6 +27,7 @@ from recon_pipeline.core.openai_records import parse_record, records_frame
 from recon_pipeline.core.pricing import price_usage
 from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.frames import catalogue
+from recon_pipeline_tests.openai_day import Store, at, metadata, resources, run_day
 from recon_pipeline_tests.openai_server import (
     FakeOpenAI,
     Scripted,
@@ -40,7 +41,6 @@ from recon_pipeline_tests.openai_server import (
     unix,
 )
 from recon_pipeline_tests.runs import step_failure
-from recon_pipeline_tests.test_openai_source import Store, at, metadata, resources, run_day
 
 MODEL = "gpt-4o-mini-2024-07-18"
 OUT_1, ERR_1, OUT_2 = file_id_for("out1"), file_id_for("err1"), file_id_for("out2")
