@@ -115,6 +115,7 @@ def generate(
             "created_at": pd.to_datetime(row_us[logged], unit="us", utc=True),
             "openai_request_id": np.where(bare, None, ids)[logged],
             "openai_created": pd.array([None] * int(logged.sum()), dtype="Int64"),
+            "audio_ms": pd.array([None] * int(logged.sum()), dtype="Int64"),
         }
     ).astype(s.LOGGED_COLUMNS)
     kept = stored

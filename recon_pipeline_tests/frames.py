@@ -55,6 +55,7 @@ _LOGGED_DEFAULTS: dict[str, Any] = {
     "created_at": None,
     "openai_request_id": None,
     "openai_created": None,
+    "audio_ms": None,
 }
 
 

@@ -275,56 +275,75 @@ def test_the_policy_refuses_a_window_the_read_window_cannot_hold():
         FingerprintPolicy(tie=timedelta(minutes=5))
 
 
-@settings(max_examples=60, deadline=None)
+def _measured(model_choices):
+    """(model, second, input, output, audio ms or None): counts often 0, as a transcription's."""
+    return st.tuples(
+        st.sampled_from(model_choices),
+        st.integers(0, 400),
+        st.integers(0, 30) | st.just(0),
+        st.integers(0, 30) | st.just(0),
+        st.none() | st.integers(0, 30),
+    )
+
+
+def _fits(row, record, tolerance) -> bool:
+    """The module's rule, written out pair by pair: same model base and the same kind of
+    measure (tokens when either count is above 0, else an audio duration above 0), within
+    the window, each figure within the tolerance of the row's."""
+    (m, t, i, o, a), (rm, rt, ri, ro, ra) = row, record
+    if BASES[rm] != m or abs(t - rt) > 100:
+        return False
+    row_tokens, record_tokens = i > 0 or o > 0, ri > 0 or ro > 0
+    if row_tokens or record_tokens:
+        figures = [(i, ri), (o, ro)]
+        if not (row_tokens and record_tokens):
+            return False
+    elif a and ra:
+        figures = [(a, ra)]
+    else:
+        return False
+    return all(abs(x - y) <= int(x * tolerance) for x, y in figures)
+
+
+@settings(max_examples=80, deadline=None)
 @given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["gpt-4o", "gpt-4o-mini"]),
-            st.integers(0, 400),
-            st.integers(0, 30),
-            st.integers(0, 30),
-        ),
-        min_size=1,
-        max_size=12,
-    ),
-    st.lists(
-        st.tuples(
-            st.sampled_from(["gpt-4o-2024-08-06", "gpt-4o-mini"]),
-            st.integers(0, 400),
-            st.integers(0, 30),
-            st.integers(0, 30),
-        ),
-        min_size=1,
-        max_size=12,
-    ),
+    st.lists(_measured(["gpt-4o", "gpt-4o-mini"]), min_size=1, max_size=12),
+    st.lists(_measured(["gpt-4o-2024-08-06", "gpt-4o-mini"]), min_size=1, max_size=12),
     st.sampled_from([Decimal(0), Decimal("0.34"), Decimal("0.5")]),
 )
 def test_candidate_pairs_are_exactly_the_pairs_a_brute_force_finds(rows, records, tolerance):
     policy = FingerprintPolicy(window=timedelta(seconds=100), token_tolerance=tolerance)
     logged = logged_frame(
         *(
-            {"model_used": m, "created_at": secs(t), "input_tokens": i, "output_tokens": o}
-            for m, t, i, o in rows
+            {
+                "model_used": m,
+                "created_at": secs(t),
+                "input_tokens": i,
+                "output_tokens": o,
+                "audio_ms": a,
+            }
+            for m, t, i, o, a in rows
         )
     )
     openai = priced_openai(
         *(
-            {"model": m, "created_at": secs(t), "input_tokens": i, "output_tokens": o}
-            for m, t, i, o in records
+            {
+                "model": m,
+                "created_at": secs(t),
+                "input_tokens": i,
+                "output_tokens": o,
+                "audio_ms": a or 0,
+            }
+            for m, t, i, o, a in records
         )
     )
     row_time = row_times_us(logged)
     record_time = row_times_us(openai)
     found = set(zip(*candidate_pairs(logged, row_time, openai, record_time, policy), strict=True))
-    expected = set()
-    for a, (m, t, i, o) in enumerate(rows):
-        for b, (rm, rt, ri, ro) in enumerate(records):
-            slack_i, slack_o = int(i * tolerance), int(o * tolerance)
-            if (
-                BASES[rm] == m
-                and abs(t - rt) <= 100
-                and abs(i - ri) <= slack_i
-                and abs(o - ro) <= slack_o
-            ):
-                expected.add((a, b))
+    expected = {
+        (a, b)
+        for a, row in enumerate(rows)
+        for b, record in enumerate(records)
+        if _fits(row, record, tolerance)
+    }
     assert {(int(a), int(b)) for a, b in found} == expected

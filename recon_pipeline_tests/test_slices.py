@@ -66,9 +66,9 @@ def _run(demo: SmallDemo, slice_rows: int, as_of: str = AS_OF):
     return result
 
 
-def _slices_used(result) -> list[int]:
+def _slices_used(result, figure: str = "slices") -> list[int]:
     return [
-        m.metadata["reading"].value["slices"]
+        m.metadata["reading"].value[figure]
         for m in result.asset_materializations_for_node("reconciled_usage")
         if "reading" in m.metadata
     ]
@@ -77,7 +77,7 @@ def _slices_used(result) -> list[int]:
 @pytest.mark.parametrize("as_of", [AS_OF, "2026-11-20T06:00:00+00:00"])
 def test_sliced_run_gives_the_tables_of_the_whole_day(demo, as_of) -> None:
     whole = _run(demo, 10_000_000, as_of)
-    assert set(_slices_used(whole)) == {1}
+    assert set(_slices_used(whole)) == set(_slices_used(whole, "groups_without_id")) == {1}
     expected = table_digests(demo)
     assert expected["reconciled_usage"][0] > 400
     assert expected["unlogged_openai_requests"][0] > 0
@@ -90,6 +90,7 @@ def test_sliced_run_gives_the_tables_of_the_whole_day(demo, as_of) -> None:
     assert table_digests(demo)["token_usage"] != expected["token_usage"]
     sliced = _run(demo, 10, as_of)
     assert min(_slices_used(sliced)) > 5
+    assert min(_slices_used(sliced, "groups_without_id")) > 1
     assert table_digests(demo) == expected
 
 

@@ -8,8 +8,11 @@ claimed by its id, and each record goes to at most one row.
    Several records tagged with one row (a retried call): the one nearest in time is taken; the
    others stay unlogged. A tagged record is never given to another row by fingerprint.
 2. **Fingerprint.** Same model (snapshot date ignored), `created` within `window` of the row's
-   time (its `openai_created` when logged, else `created_at`), and equal prompt and completion
-   token counts (or within `token_tolerance` of the logged counts). Pairs are taken in rounds,
+   time (its `openai_created` when logged, else `created_at`), and the same measure of the
+   call (`measures`): equal prompt and completion token counts, or, for a call with no tokens
+   (a transcription), equal audio duration in milliseconds; either within `token_tolerance` of
+   the logged figure. A row with neither (no tokens and no audio duration logged) has no
+   fingerprint and stays unverifiable: any transcription would fit it. Pairs are taken in rounds,
    nearest in time first: a row and a record are paired when each is the other's nearest
    candidate and every other candidate of either is more than `tie` further away. Candidates
    closer than that are equally good, and neither is taken: such a row ends `ambiguous`.
@@ -214,6 +217,59 @@ def _clear_nearest(owner: np.ndarray, distance: np.ndarray, tie: int) -> np.ndar
     return result
 
 
+@dataclass(frozen=True)
+class Measures:
+    """What a fingerprint compares, per row or record: `kind` (model base and whether tokens
+    or audio are measured, as one label), the two figures compared, and whether there is a
+    fingerprint at all. Tokens: (input, output) when either is above 0. Audio: (duration in
+    ms, 0) when there are no tokens and the duration is known and above 0."""
+
+    kind: pd.Series
+    first: np.ndarray
+    second: np.ndarray
+    usable: np.ndarray
+
+
+def measures(
+    model: pd.Series, input_tokens: pd.Series, output_tokens: pd.Series, audio_ms: pd.Series | None
+) -> Measures:
+    """A side's `Measures`. A token count not known leaves the side without a token
+    fingerprint, a duration not known without an audio one."""
+    counts_in, counts_out = input_tokens.astype("Int64"), output_tokens.astype("Int64")
+    known = counts_in.notna().to_numpy() & counts_out.notna().to_numpy()
+    tokens_in = counts_in.fillna(0).to_numpy(np.int64)
+    tokens_out = counts_out.fillna(0).to_numpy(np.int64)
+    if audio_ms is None:
+        audio = np.zeros(len(model), dtype=np.int64)
+    else:
+        audio = audio_ms.astype("Int64").fillna(0).to_numpy(np.int64)
+    by_tokens = known & ((tokens_in > 0) | (tokens_out > 0))
+    by_audio = ~by_tokens & (audio > 0)
+    base = snapshot_base(model)
+    usable = base.notna().to_numpy() & (by_tokens | by_audio)
+    kind = base.where(~pd.Series(by_audio, index=base.index), base + _AUDIO)
+    return Measures(
+        kind=kind.reset_index(drop=True),
+        first=np.where(by_audio, audio, tokens_in),
+        second=np.where(by_audio, 0, tokens_out),
+        usable=usable,
+    )
+
+
+_AUDIO = "\x1faudio"
+
+
+def row_measures(rows: pd.DataFrame) -> Measures:
+    """The logged side: `audio_ms` is read from token_usage's audio seconds when it has them."""
+    audio = rows.get("audio_ms", None)
+    return measures(rows["model_used"], rows["input_tokens"], rows["output_tokens"], audio)
+
+
+def record_measures(records: pd.DataFrame) -> Measures:
+    audio = records.get("audio_ms", None)
+    return measures(records["model"], records["input_tokens"], records["output_tokens"], audio)
+
+
 def candidate_pairs(
     rows: pd.DataFrame,
     row_time: np.ndarray,
@@ -221,33 +277,23 @@ def candidate_pairs(
     record_time: np.ndarray,
     policy: FingerprintPolicy,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every (row, record) position pair that fits: same model base, |time| within the
-    window, prompt and completion counts within the tolerance of the row's.
+    """Every (row, record) position pair that fits: same model base and kind of measure,
+    |time| within the window, both figures within the tolerance of the row's.
 
-    Records are sorted once by (model, time bucket of the window's width, rank of the prompt
-    count); each row looks up its own bucket and the two beside it, so no pair is missed and
+    Records are sorted once by (kind, time bucket of the window's width, rank of the first
+    figure); each row looks up its own bucket and the two beside it, so no pair is missed and
     a burst costs only its own pairs.
     """
     empty = np.zeros(0, dtype=np.int64)
-    row_in = rows["input_tokens"].astype("Int64")
-    row_out = rows["output_tokens"].astype("Int64")
-    usable = (
-        rows["model_used"].notna().to_numpy()
-        & row_in.notna().to_numpy()
-        & row_out.notna().to_numpy()
-    )
-    if not usable.any() or len(records) == 0:
+    row_m, record_m = row_measures(rows), record_measures(records)
+    if not row_m.usable.any() or not record_m.usable.any():
         return empty, empty
-    bases = pd.concat(
-        [snapshot_base(rows["model_used"]), snapshot_base(records["model"])], ignore_index=True
-    )
-    codes, _ = pd.factorize(bases)
+    codes, _ = pd.factorize(pd.concat([row_m.kind, record_m.kind], ignore_index=True))
     row_code, record_code = codes[: len(rows)].astype(np.int64), codes[len(rows) :].astype(np.int64)
-    usable &= row_code >= 0
-    row_in_v = row_in.fillna(0).to_numpy(np.int64)
-    row_out_v = row_out.fillna(0).to_numpy(np.int64)
-    record_in = records["input_tokens"].to_numpy(np.int64)
-    record_out = records["output_tokens"].to_numpy(np.int64)
+    usable = row_m.usable & (row_code >= 0)
+    record_code = np.where(record_m.usable, record_code, -1)
+    row_in_v, row_out_v = row_m.first, row_m.second
+    record_in, record_out = record_m.first, record_m.second
     slack_in, slack_out = _slack(row_in_v, policy), _slack(row_out_v, policy)
 
     width = max(int(policy.window / timedelta(microseconds=1)), 1)

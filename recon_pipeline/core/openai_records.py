@@ -26,7 +26,7 @@ from recon_pipeline.core.schema import DEFAULT_METADATA_ROW_KEY
 from recon_pipeline.core.text_fields import TextFieldError, any_refused, check_text
 
 _MAX_TOKENS = 10**9
-_MAX_AUDIO_MS = 10 * 24 * 3600 * 1000
+MAX_AUDIO_MS = 10 * 24 * 3600 * 1000
 _MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z; a millisecond timestamp is far above it
 
 COUNT_FIELDS = (
@@ -149,7 +149,7 @@ def _audio_ms(seconds: Any) -> int:
     ):
         raise RecordError(f"audio_seconds must be a non-negative number, got {seconds!r}")
     ms = round(seconds * 1000)
-    if ms > _MAX_AUDIO_MS:
+    if ms > MAX_AUDIO_MS:
         raise RecordError(f"audio_seconds out of range: {seconds!r}")
     return ms
 
@@ -263,7 +263,7 @@ def canonical_columns(table: pa.Table, source: str) -> dict[str, np.ndarray] | N
     valid = (
         bool((np.isfinite(created) & (created >= 0) & (created <= _MAX_UNIX_S)).all())
         and all(bool(((n >= 0) & (n <= _MAX_TOKENS)).all()) for n in counts.values())
-        and bool((np.isfinite(seconds) & (seconds >= 0) & (audio_ms <= _MAX_AUDIO_MS)).all())
+        and bool((np.isfinite(seconds) & (seconds >= 0) & (audio_ms <= MAX_AUDIO_MS)).all())
     )
     if not valid:
         return None

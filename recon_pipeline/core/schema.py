@@ -71,4 +71,5 @@ LOGGED_COLUMNS: dict[str, str] = {
     "created_at": "datetime64[us, UTC]",
     "openai_request_id": "object",
     "openai_created": "Int64",
+    "audio_ms": "Int64",
 }

@@ -3,11 +3,18 @@
 A day larger than the slice size is read and reconciled in slices by a hash of the request
 id, the same hash on both sides, so a row and OpenAI's record of it always fall in the same
 slice (and so do rows repeating an id). Rows without an id cannot be placed that way: they
-are reconciled once, after the slices, against every record no slice's rows claimed by id
-(with the records that have no request id). That is exactly the set the unsliced day
-offers them, so tags and fingerprints pair the same rows and records, and the records left
-over after that pass are the day's unlogged ones. `DayTally` adds up the figures the asset
-reports, since no frame holds the whole day.
+are reconciled after the slices, against every record no slice's rows claimed by id (with
+the records that have no request id). That is exactly the set the unsliced day offers them,
+so tags and fingerprints pair the same rows and records, and the records left over after
+that pass are the day's unlogged ones.
+
+That pass is itself in parts (`idless_row_parts`, `idless_record_parts`), each put where
+everything that could pair with it is: a tagged record with the row it names, a row some
+record names with those records, and otherwise a row or record by its fingerprint (`core.
+fingerprint.Measures`: the figures at a tolerance of 0, else only the model and kind, which
+any pair must share). No pair crosses parts, and the rounds of the fingerprint pass run
+part by part as they run over the whole, so the parts give the whole pass's result.
+`DayTally` adds up the figures the asset reports, since no frame holds the whole day.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import pandas as pd
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
+from recon_pipeline.core.fingerprint import Measures, record_measures, row_measures
 
 # Rows a slice holds when nothing else is configured: a 1M-row day in one piece peaked at
 # 1.45 GB here (benchmarks/README.md), half of that leaves room for the pass after the slices.
@@ -67,6 +75,38 @@ def part_groups(counts: Sequence[int], rows: int) -> list[tuple[int, int]]:
     if held:
         groups.append((first, len(counts)))
     return groups
+
+
+def _measure_parts(m: Measures, others: pd.Series, parts: int, exact: bool) -> np.ndarray:
+    """A part by a hash of what a fingerprint compares (`exact`: the figures too), or, for
+    what has no fingerprint, of `others` (its own id), which only spreads it."""
+    key = pd.DataFrame({"kind": m.kind, "first": m.first, "second": m.second})
+    if not exact:
+        key = key[["kind"]]
+    hashed = pd.util.hash_pandas_object(key, index=False).to_numpy()
+    part = (hashed % np.uint64(parts)).astype(np.int32)
+    return np.where(m.usable, part, record_parts(others.to_numpy(), parts))
+
+
+def idless_record_parts(records: pd.DataFrame, parts: int, exact: bool) -> np.ndarray:
+    """The part of each record no row claimed by id: a tagged record with the row it names
+    (`idless_row_parts`), any other by its fingerprint."""
+    part = _measure_parts(record_measures(records), records["request_id"], parts, exact)
+    tags = records["metadata_tag"]
+    tagged = tags.notna().to_numpy()
+    part[tagged] = record_parts(tags[tagged].to_numpy(), parts)
+    return part
+
+
+def idless_row_parts(rows: pd.DataFrame, tags: pd.Index, parts: int, exact: bool) -> np.ndarray:
+    """The part of each row without an id: with the records that name it when some record's
+    `metadata_tag` in `tags` does (such a row is always paired by tag), else by its
+    fingerprint."""
+    usage_ids = rows["usage_id"]
+    part = _measure_parts(row_measures(rows), usage_ids, parts, exact)
+    named = usage_ids.isin(tags).to_numpy()
+    part[named] = record_parts(usage_ids[named].to_numpy(), parts)
+    return part
 
 
 @dataclass

@@ -281,6 +281,7 @@ def _report_day(reports: _Reports, day: date, done: DayOutcome, without_result: 
             "variance_classes": {name: int(n) for name, n in tally.classes.items()},
             "reading": {
                 "slices": done.slices,
+                "groups_without_id": done.groups_without_id,
                 "incremental": int(done.why_full is None),
                 "rows_reprocessed": written.rows_considered,
             },

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
@@ -26,9 +26,14 @@ from recon_pipeline.core.completeness import CompletenessPolicy, DayCompleteness
 from recon_pipeline.core.day_inputs import inputs_digest, may_skip
 from recon_pipeline.core.days import day_bounds
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
-from recon_pipeline.core.reconcile import ReconciliationPolicy, read_window, reconcile_day
+from recon_pipeline.core.reconcile import (
+    DayReconciliation,
+    ReconciliationPolicy,
+    read_window,
+    reconcile_day,
+)
 from recon_pipeline.core.schema import CLASS_UNPRICED, DISCREPANCY, MATCHED
-from recon_pipeline.core.slices import DayTally, slice_count
+from recon_pipeline.core.slices import MAX_RECORD_PARTS, DayTally, slice_count
 from recon_pipeline.defs import reconcile_incremental
 from recon_pipeline.defs.reconcile_incremental import PartialDay
 from recon_pipeline.io import day_inputs
@@ -42,18 +47,21 @@ from recon_pipeline.io.database import (
 )
 from recon_pipeline.io.day_slices import day_size
 from recon_pipeline.io.day_volumes import trailing_record_counts
+from recon_pipeline.io.idless_pool import idless_pool
 
 
 @dataclass
 class DayOutcome:
     """What the asset reports of a day: its tally, the write-back, the thin-day verdict;
-    `why_full`: why it was reconciled in full (None: redone in part, `core.incremental`)."""
+    `why_full`: why it was reconciled in full (None: redone in part, `core.incremental`);
+    `groups_without_id`: how many groups the pass over rows without an id took."""
 
     tally: DayTally
     written: WriteBackResult
     verdict: DayCompleteness
     slices: int
     why_full: str | None = None
+    groups_without_id: int = 1
 
 
 @dataclass
@@ -185,7 +193,8 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
                 )
             if done is None:
                 return None
-            tally, writer, written = done
+            parts, written = done
+            tally, writer = parts.tally, parts.writer
             reconcile_incremental.record_basis(db, conn, day, inputs)
         # A day a check finds fault with is done again by every run, so every run reports it.
         digest = (
@@ -194,7 +203,7 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
             else None
         )
         day_inputs.record(db, writer.write_conn, day, STEP, digest)
-        return DayOutcome(tally, written, verdict, slices, why_full)
+        return DayOutcome(tally, written, verdict, slices, why_full, parts.groups)
 
 
 STEP = "reconciled_usage"
@@ -270,60 +279,103 @@ def _reconcile_parts(
     verdict: DayCompleteness,
     snapshot: str | None,
     partial: PartialDay | None = None,
-) -> tuple[DayTally, _Writer, WriteBackResult] | None:
+) -> tuple[_Parts, WriteBackResult] | None:
     """Each slice of rows with an id against its records, then the rows without one against
-    every record left; each part's results stored and written back before the next is read
-    (the write-back runs while the next part is read). None: the write-back's lock is held.
-    `partial`: only its changed ids as the one slice, the other stored results kept."""
-    day, tally = plan.day, DayTally()
-    unclaimed: list[pd.DataFrame] = []
-    writer: _Writer | None = None
+    every record left, in groups (`io.idless_pool`); each part's results stored and written
+    back before the next is read (the write-back runs while the next part is read). None:
+    the write-back's lock is held. `partial`: only its changed ids as the one slice, the
+    other stored results kept."""
     spill = Path(write_back.enter_context(tempfile.TemporaryDirectory(prefix="recon_day_")))
     if partial is None:
-        logged_parts, record_parts = db.read_day_parts(day, window, reader, slices, spill)
+        logged_parts, record_parts = db.read_day_parts(plan.day, window, reader, slices, spill)
     else:
-        logged_parts, record_parts = partial.read_parts(db, day, window, reader, spill)
+        logged_parts, record_parts = partial.read_parts(db, plan.day, window, reader, spill)
+    exact = plan.policy.fingerprint.token_tolerance == 0
+    pool = write_back.enter_context(idless_pool(min(8 * slices, MAX_RECORD_PARTS), exact))
+    parts = _Parts(db, plan, conn, write_back, worker, verdict, snapshot, partial)
     try:
-        for part in [*range(slices), None]:
-            number = slices if part is None else part
-            logged = db.logged_part(logged_parts[number])
-            openai = price_usage(db.openai_part(record_parts[number]), plan.catalogue)
-            logged_parts[number].unlink()
-            record_parts[number].unlink()
-            if part is None:  # rows without an id, against every record left
-                openai = pd.concat([*unclaimed, openai], ignore_index=True)
-                unclaimed.clear()
-            outcome = reconcile_day(
-                logged,
-                openai,
-                day,
-                plan.now,
-                plan.policy,
-                finalize=not verdict.hold,
-                keep_unclaimed=part is not None,
-            )
+        for part in range(slices):
+            logged = db.logged_part(logged_parts[part])
+            openai = price_usage(db.openai_part(record_parts[part]), plan.catalogue)
+            logged_parts[part].unlink()
+            record_parts[part].unlink()
+            outcome = parts.reconcile(logged, openai, keep_unclaimed=True)
             del logged, openai
-            if part is not None:
-                unclaimed.append(outcome.unclaimed)
-            if writer is None:
-                write_conn = write_back.enter_context(db.write_back_beside(day, conn))
-                if write_conn is None:
-                    return None  # nothing was written in the results' transaction
-                writer = _Writer(db, conn, write_conn, day, plan.now, worker, snapshot)
-                if partial is None:
-                    db.clear_day(conn, RECONCILED_USAGE, day)
-                    db.clear_day(conn, UNLOGGED_OPENAI_REQUESTS, day)
-                else:
-                    tally = partial.clear(db, conn, day)
-            unlogged = outcome.unlogged if part is None else None
-            tally.add_results(outcome.results)
-            if unlogged is not None:
-                tally.add_unlogged(unlogged)
-            writer.store(outcome.results, unlogged, last=part is None)
-            del outcome
-        written = writer.finish()
+            pool.add_records(outcome.unclaimed)
+            if not parts.store(outcome, last=False):
+                return None  # nothing was written in the results' transaction
+        pool.add_records(price_usage(db.openai_part(record_parts[slices]), plan.catalogue))
+        for rows in db.logged_part_batches(logged_parts[slices]):
+            pool.add_rows(rows)
+        for rows, records, last in pool.groups(plan.slice_rows):
+            outcome = parts.reconcile(rows, records, keep_unclaimed=False)
+            parts.groups += 1
+            del rows, records
+            if not parts.store(outcome, last=last):
+                return None
+        written = parts.writer.finish()
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        if parts.writer is not None:
+            parts.writer.abort()
         raise
-    return tally, writer, written
+    return parts, written
+
+
+@dataclass
+class _Parts:
+    """What `_reconcile_parts` keeps between parts: the writer, opened with the first part
+    (its lock taken, the day's stored results cleared), the day's tally, and how many
+    groups the rows without an id took."""
+
+    db: Database
+    plan: DayPlan
+    conn: sa.Connection
+    write_back: ExitStack
+    worker: ThreadPoolExecutor
+    verdict: DayCompleteness
+    snapshot: str | None
+    partial: PartialDay | None
+    writer: _Writer | None = None
+    tally: DayTally = field(default_factory=DayTally)
+    groups: int = 0
+
+    def reconcile(
+        self, logged: pd.DataFrame, openai: pd.DataFrame, keep_unclaimed: bool
+    ) -> DayReconciliation:
+        plan = self.plan
+        return reconcile_day(
+            logged,
+            openai,
+            plan.day,
+            plan.now,
+            plan.policy,
+            finalize=not self.verdict.hold,
+            keep_unclaimed=keep_unclaimed,
+        )
+
+    def store(self, outcome: DayReconciliation, last: bool) -> bool:
+        """Store a part's results (and, past the slices, its unlogged records). False: the
+        write-back's lock is held by another run."""
+        if self.writer is None and not self._open():
+            return False
+        unlogged = None if outcome.unclaimed is not None else outcome.unlogged
+        self.tally.add_results(outcome.results)
+        if unlogged is not None:
+            self.tally.add_unlogged(unlogged)
+        self.writer.store(outcome.results, unlogged, last=last)
+        return True
+
+    def _open(self) -> bool:
+        db, day = self.db, self.plan.day
+        write_conn = self.write_back.enter_context(db.write_back_beside(day, self.conn))
+        if write_conn is None:
+            return False
+        self.writer = _Writer(
+            db, self.conn, write_conn, day, self.plan.now, self.worker, self.snapshot
+        )
+        if self.partial is None:
+            db.clear_day(self.conn, RECONCILED_USAGE, day)
+            db.clear_day(self.conn, UNLOGGED_OPENAI_REQUESTS, day)
+        else:
+            self.tally = self.partial.clear(db, self.conn, day)
+        return True

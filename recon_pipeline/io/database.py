@@ -205,6 +205,7 @@ class Database(StoredDayChecks):
             "cached": "cached_input_tokens" if "cached_input_tokens" in have else "NULL",
             "user_id": "user_id" if "user_id" in have else "NULL",
             "created": "openai_created" if "openai_created" in have else "NULL",
+            "audio": "audio_seconds" if "audio_seconds" in have else "NULL",
         }
 
     def read_day_parts(
@@ -229,6 +230,10 @@ class Database(StoredDayChecks):
 
     def logged_part(self, path: Path) -> pd.DataFrame:
         return _logged_frame(self.dialect.logged_part(path))
+
+    def logged_part_batches(self, path: Path) -> Iterator[pd.DataFrame]:
+        for frame in self.dialect.logged_part_batches(path):
+            yield _logged_frame(frame)
 
     def openai_part(self, path: Path) -> pd.DataFrame:
         frame = self.dialect.openai_part(path)

@@ -37,6 +37,7 @@ _READ = (
     "created_at",
     "openai_request_id",
     "openai_created",
+    "audio_seconds",
 )
 _WRITTEN = ("actual_cost_cents", "reconciled_at", "reconciliation_status")
 

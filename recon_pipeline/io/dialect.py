@@ -18,8 +18,19 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
+from recon_pipeline.core.openai_records import MAX_AUDIO_MS
 from recon_pipeline.io.tables import Column, OutputTable
 from recon_pipeline.io.write_back import WriteBackSql
+
+
+def audio_ms_sql(seconds: str) -> str:
+    """token_usage's audio seconds (a column or NULL) in whole milliseconds, as OpenAI's
+    records hold them; a value that is not a duration (negative, NaN, ten days or more) is
+    read as missing, so its row gets no audio fingerprint rather than stopping the day."""
+    return (
+        f"CASE WHEN {seconds} >= 0 AND {seconds} * 1000 <= {MAX_AUDIO_MS}"
+        f" THEN CAST(round({seconds} * 1000) AS BIGINT) END"
+    )
 
 
 class Dialect(ABC):
@@ -96,7 +107,8 @@ class Dialect(ABC):
         self, conn: sa.Connection | None, optional: dict[str, str], start: datetime, end: datetime
     ) -> pd.DataFrame:
         """token_usage rows created in [start, end); `optional`: SQL of the optional
-        columns cached_input_tokens, user_id and openai_created (a column or NULL)."""
+        columns cached_input_tokens, user_id, openai_created and audio_seconds (a column or
+        NULL; `audio_ms_sql`)."""
 
     @abstractmethod
     def read_openai_requests(
@@ -121,6 +133,10 @@ class Dialect(ABC):
     @abstractmethod
     def logged_part(self, path: Path) -> pd.DataFrame:
         """One file of `read_logged_parts`, as `read_logged` gives rows."""
+
+    @abstractmethod
+    def logged_part_batches(self, path: Path) -> Iterator[pd.DataFrame]:
+        """One file of `read_logged_parts` a block at a time, as `logged_part` gives rows."""
 
     @abstractmethod
     def read_openai_parts(

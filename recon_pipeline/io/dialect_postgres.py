@@ -13,8 +13,15 @@ import sqlalchemy as sa
 
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import lock_key
-from recon_pipeline.io.dialect import Dialect
-from recon_pipeline.io.pg_copy import COPY_TYPES, copy_in, copy_out, copy_out_parts, read_part
+from recon_pipeline.io.dialect import Dialect, audio_ms_sql
+from recon_pipeline.io.pg_copy import (
+    COPY_TYPES,
+    copy_in,
+    copy_out,
+    copy_out_parts,
+    read_part,
+    read_part_batches,
+)
 from recon_pipeline.io.row_security import inspect_row_security
 from recon_pipeline.io.tables import Column, OutputTable, RowSecurityError, SchemaNotReadyError
 from recon_pipeline.io.whole_cents import INTEGER_TYPES, cost_column_type
@@ -55,6 +62,7 @@ LOGGED_TYPES = {
     "calculated_cost_pico": pa.int64(),
     "created_us": pa.int64(),
     "openai_created": pa.int64(),
+    "audio_ms": pa.int64(),
 }
 _ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
 
@@ -177,7 +185,9 @@ class PostgresDialect(Dialect):
         copy_in(conn, table, output, frame)
 
     def logged_select(self, optional: dict[str, str], part: str = "") -> str:
-        user, cached, created = (optional[k] for k in ("user_id", "cached", "created"))
+        user, cached, created, audio = (
+            optional[k] for k in ("user_id", "cached", "created", "audio")
+        )
         return (
             f"SELECT id::text AS usage_id, {user}::text AS user_id, action_type::text,"
             f" model_used::text, input_tokens::bigint, output_tokens::bigint,"
@@ -187,7 +197,7 @@ class PostgresDialect(Dialect):
             f" AS calculated_cost_pico,"
             f" {epoch_us('created_at')} AS created_us,"
             f" NULLIF(openai_request_id::text, '') AS openai_request_id,"
-            f" {created}::bigint AS openai_created{part}"
+            f" {created}::bigint AS openai_created, {audio_ms_sql(audio)} AS audio_ms{part}"
             f" FROM {self.usage} WHERE created_at >= %s AND created_at < %s"
         )
 
@@ -218,6 +228,11 @@ class PostgresDialect(Dialect):
         frame = read_part(path)
         _instants(frame, "created_us", "created_at")
         return frame
+
+    def logged_part_batches(self, path: Path) -> Iterator[pd.DataFrame]:
+        for frame in read_part_batches(path):
+            _instants(frame, "created_us", "created_at")
+            yield frame
 
     def _openai_select(self, table: str, names: Sequence[str], part: str = "") -> str:
         return (

@@ -15,7 +15,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from recon_pipeline.io.connections import begin_sqlite, connection, sqlite_ts
-from recon_pipeline.io.dialect import Dialect
+from recon_pipeline.io.dialect import Dialect, audio_ms_sql
 from recon_pipeline.io.tables import Column, OutputTable
 from recon_pipeline.io.write_back import WriteBackSql, sqlite_same_estimate, sqlite_update
 
@@ -134,14 +134,16 @@ class SqliteDialect(Dialect):
     def read_logged(
         self, conn: sa.Connection | None, optional: dict[str, str], start: datetime, end: datetime
     ) -> pd.DataFrame:
-        user, cached, created = (optional[k] for k in ("user_id", "cached", "created"))
+        user, cached, created, audio = (
+            optional[k] for k in ("user_id", "cached", "created", "audio")
+        )
         query = sa.text(
             f"SELECT CAST(id AS TEXT) AS usage_id, CAST({user} AS TEXT) AS user_id,"
             f" action_type, model_used, input_tokens, output_tokens,"
             f" {cached} AS cached_input_tokens,"
             f" CAST(round(calculated_cost_cents * 10000000000) AS INTEGER)"
             f" AS calculated_cost_pico, created_at, openai_request_id,"
-            f" CAST({created} AS INTEGER) AS openai_created"
+            f" CAST({created} AS INTEGER) AS openai_created, {audio_ms_sql(audio)} AS audio_ms"
             f" FROM {self.usage} WHERE created_at >= :start AND created_at < :end"
         )
         params = {"start": sqlite_ts(start), "end": sqlite_ts(end)}
@@ -207,6 +209,9 @@ class SqliteDialect(Dialect):
 
     def logged_part(self, path: Path) -> pd.DataFrame:
         return pd.read_pickle(path)
+
+    def logged_part_batches(self, path: Path) -> Iterator[pd.DataFrame]:
+        yield pd.read_pickle(path)  # an embedded day is small: one block
 
     def read_openai_parts(
         self,

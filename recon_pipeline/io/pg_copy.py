@@ -171,6 +171,14 @@ def read_part(path: Path) -> pd.DataFrame:
     return frame_from_arrow(table)
 
 
+def read_part_batches(path: Path) -> Iterator[pd.DataFrame]:
+    """One file of `copy_out_parts` a COPY block at a time, each as `read_part` gives it."""
+    with pa.OSFile(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        for index in range(reader.num_record_batches):
+            yield frame_from_arrow(pa.Table.from_batches([reader.get_batch(index)]))
+
+
 def _arrow_table(output: OutputTable, frame: pd.DataFrame) -> pa.Table:
     """The frame as the table's stored columns, typed for the CSV PostgreSQL reads."""
     arrays = {}

@@ -29,30 +29,36 @@ _ARROW_TYPES = {
     "object": pa.string(),
     "bool": pa.bool_(),
     "int64": pa.int64(),
+    "Int64": pa.int64(),
     "datetime64[us, UTC]": pa.timestamp("us", tz="UTC"),
 }
-_SCHEMA = pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in OPENAI_COLUMNS.items()])
 _FEW_VALUES = ("model", "service_tier", "source")  # one Python string per distinct value
 _GROUP_FILES = 128  # groups split off in one pass over the file (files open at once)
 
 
-class RecordSpill:
-    """Frames of `OPENAI_COLUMNS` added in order, read back a group of parts at a time."""
+class FrameSpill:
+    """Frames of `columns` (name: pandas dtype) added in order with each row's part, read
+    back a group of consecutive parts at a time. `few`: string columns of few distinct
+    values, read back as one Python string per value."""
 
-    def __init__(self, path: Path, parts: int) -> None:
+    def __init__(
+        self, path: Path, parts: int, columns: dict[str, str], few: tuple[str, ...] = ()
+    ) -> None:
         self.parts = parts
         self.counts = np.zeros(parts, dtype=np.int64)
+        self.columns = columns
+        self._few = few
+        self._schema = pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in columns.items()])
         self._path = path
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
         self._closed = False
 
-    def add(self, frame: pd.DataFrame) -> None:
+    def add_parts(self, frame: pd.DataFrame, part: np.ndarray) -> None:
         if frame.empty:
             return
-        part = record_parts(frame["request_id"].to_numpy(), self.parts)
         order = np.argsort(part, kind="stable")
-        table = pa.Table.from_pandas(frame[list(OPENAI_COLUMNS)], _SCHEMA, preserve_index=False)
-        table = table.take(order).append_column("part", pa.array(part[order]))
+        table = pa.Table.from_pandas(frame[list(self.columns)], self._schema, preserve_index=False)
+        table = table.take(order).append_column("part", pa.array(part[order].astype(np.int32)))
         if self._writer is None:
             self._writer = pa.ipc.new_file(str(self._path), table.schema)
         self._writer.write_table(table)
@@ -66,25 +72,34 @@ class RecordSpill:
     def groups(self, rows: int) -> Iterator[pd.DataFrame]:
         """The records in groups of consecutive parts of at most `rows` records (unless one
         part holds more), each in the order added."""
-        if self._writer is None:
-            return
+        return self.read(part_groups(self.counts, rows))
+
+    def read(self, bounds: list[tuple[int, int]]) -> Iterator[pd.DataFrame]:
+        """A frame per group of parts [first, stop) in `bounds` (consecutive, in order), each
+        in the order added; the file is gone once the last is read."""
         self.close()
-        bounds = part_groups(self.counts, rows)
+        if self._writer is None:
+            for _ in bounds:
+                yield self.empty()
+            return
         for at in range(0, len(bounds), _GROUP_FILES):
             for path in self._split(bounds[at : at + _GROUP_FILES]):
                 with pa.OSFile(str(path)) as source:
                     table = pa.ipc.open_file(source).read_all()
                 path.unlink()
-                yield _frame(table.drop_columns(["part"]))
+                yield _frame(table.drop_columns(["part"]), self.columns, self._few)
                 del table
         self._path.unlink()
+
+    def empty(self) -> pd.DataFrame:
+        return _frame(self._schema.empty_table(), self.columns, self._few)
 
     def _split(self, bounds: list[tuple[int, int]]) -> list[Path]:
         """One pass over the file, a batch at a time, writing each group's records to a file
         of its own: a group is then read as one piece of exactly its size. (A map of the file
         read a slice of each batch at a time would keep pages around each slice mapped too,
         more of them the more batches the day has.)"""
-        paths = [self._path.with_name(f"group_{first}.arrow") for first, _ in bounds]
+        paths = [self._path.with_name(f"{self._path.stem}_{first}.arrow") for first, _ in bounds]
         firsts = np.array([first for first, _ in bounds] + [bounds[-1][1]])
         with ExitStack() as files, pa.OSFile(str(self._path)) as source:
             reader = pa.ipc.open_file(source)
@@ -100,6 +115,17 @@ class RecordSpill:
         return paths
 
 
+class RecordSpill(FrameSpill):
+    """OpenAI's records, each in its part by a hash of its request id."""
+
+    def __init__(self, path: Path, parts: int) -> None:
+        super().__init__(path, parts, OPENAI_COLUMNS, _FEW_VALUES)
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if not frame.empty:
+            self.add_parts(frame, record_parts(frame["request_id"].to_numpy(), self.parts))
+
+
 @contextmanager
 def record_spill(parts: int) -> Iterator[RecordSpill]:
     """A `RecordSpill` in a temporary folder, removed when the block ends."""
@@ -111,18 +137,22 @@ def record_spill(parts: int) -> Iterator[RecordSpill]:
             spill.close()
 
 
-def _frame(table: pa.Table) -> pd.DataFrame:
-    """The spilled records as `OPENAI_COLUMNS` types them (None for a missing string), copied:
-    nothing of the frame refers to the map of the file."""
+def _frame(table: pa.Table, dtypes: dict[str, str], few: tuple[str, ...]) -> pd.DataFrame:
+    """The spilled rows typed as `dtypes` (None for a missing string, NA for a missing Int64),
+    copied: nothing of the frame refers to the map of the file."""
     columns = {}
-    for name in OPENAI_COLUMNS:
+    for name, dtype in dtypes.items():
         column = table.column(name).combine_chunks()
-        if name in _FEW_VALUES and not column.null_count:
+        if name in few and not column.null_count:
             encoded = pc.dictionary_encode(column)
             values = encoded.dictionary.to_numpy(zero_copy_only=False)[encoded.indices.to_numpy()]
         elif pa.types.is_timestamp(column.type):
             values = column.to_pandas()
+        elif dtype == "Int64":
+            mask = column.is_null().to_numpy(zero_copy_only=False)
+            numbers = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+            values = pd.arrays.IntegerArray(numbers, mask)
         else:
             values = column.to_numpy(zero_copy_only=False)
-        columns[name] = pd.Series(values, dtype=OPENAI_COLUMNS[name], copy=True)
+        columns[name] = pd.Series(values, dtype=dtype, copy=True)
     return pd.DataFrame(columns, copy=False)
