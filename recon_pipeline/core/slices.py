@@ -30,9 +30,10 @@ from recon_pipeline.core import schema as s
 from recon_pipeline.core import summarise
 from recon_pipeline.core.fingerprint import Measures, record_measures, row_measures
 
-# Rows a slice holds when nothing else is configured: a 1M-row day in one piece peaked at
-# 1.45 GB here (benchmarks/README.md), half of that leaves room for the pass after the slices.
-DEFAULT_SLICE_ROWS = 500_000
+# Rows a slice holds when nothing else is configured: at slices of about 476,000 rows a
+# 10M-row day peaked at 1.70 GB (benchmarks/README.md); at 350,000 a day of any size stays
+# under 1.5 GB.
+DEFAULT_SLICE_ROWS = 350_000
 _MONEY = ("estimated_cost_pico", "actual_cost_pico", "variance_pico")
 
 
