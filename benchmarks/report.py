@@ -75,7 +75,13 @@ def machine(url: str) -> dict[str, Any]:
         version = conn.execute("SHOW server_version").fetchone()[0]
         settings = {
             name: conn.execute(f"SHOW {name}").fetchone()[0]
-            for name in ("shared_buffers", "work_mem", "max_wal_size", "synchronous_commit")
+            for name in (
+                "shared_buffers",
+                "work_mem",
+                "max_wal_size",
+                "checkpoint_timeout",
+                "synchronous_commit",
+            )
         }
     return {
         "cpu": cpu,
