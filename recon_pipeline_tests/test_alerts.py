@@ -404,7 +404,7 @@ def test_a_run_still_in_flight_is_alerted_once_it_has_finished(
         # The run waits for this day's lock of openai_daily_costs, its checks planned.
         other.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
         running = InThread(lambda: run_job(resources, day, day, alerted.instance))
-        _wait_until_planned(alerted.instance, running)
+        _wait_until_planned(alerted.instance, running, alerted.demo.engine)
         cursor, said = _tick(alerted.instance, None, url)
         assert running.alive and not httpserver.log, said
         other.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
@@ -418,8 +418,10 @@ def test_a_run_still_in_flight_is_alerted_once_it_has_finished(
     assert len(_delivered(httpserver)) == len(expected)
 
 
-def _wait_until_planned(instance: dg.DagsterInstance, running: InThread) -> None:
-    """Until the run's checks are stored as planned (it is then waiting for the lock)."""
+def _wait_until_planned(instance: dg.DagsterInstance, running: InThread, engine: sa.Engine) -> None:
+    """Until the run's checks are stored as planned (it is then waiting for the lock). On a
+    timeout, says what the run last logged and what PostgreSQL's sessions were waiting on:
+    this failed once in a fresh-clone CI run (2026-12-06) and never when run again."""
     from recon_pipeline.definitions import defs
 
     check = next(iter(defs.resolve_asset_graph().asset_check_keys))
@@ -430,7 +432,22 @@ def _wait_until_planned(instance: dg.DagsterInstance, running: InThread) -> None
         if records and records[0].status.value == "PLANNED":
             return
         time.sleep(0.1)
-    raise AssertionError("the run's checks were never planned")
+    raise AssertionError(
+        f"the run's checks were never planned ({check}): {_stuck(instance, engine)}"
+    )
+
+
+def _stuck(instance: dg.DagsterInstance, engine: sa.Engine) -> str:
+    runs = instance.get_runs(limit=1)
+    events = [e.dagster_event_type for e in instance.all_logs(runs[0].run_id)][-8:] if runs else []
+    with engine.connect() as conn:
+        sessions = conn.execute(
+            sa.text(
+                "SELECT pid, state, wait_event_type, wait_event, left(query, 100)"
+                " FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state <> 'idle'"
+            )
+        ).all()
+    return f"last events {events}; sessions {[tuple(s) for s in sessions]}"
 
 
 def test_a_restated_closed_day_is_alerted_once(alerted: Alerted, httpserver: HTTPServer) -> None:
