@@ -16,7 +16,7 @@ from recon_pipeline.core.fingerprint import FingerprintPolicy
 from recon_pipeline.core.reconcile import ReconciliationPolicy, reconcile_day
 from recon_pipeline.core.slices import idless_record_parts, idless_row_parts
 from recon_pipeline.io.idless_pool import idless_pool
-from recon_pipeline_tests.frames import DAY, at, logged_frame, priced_openai
+from recon_pipeline_tests.frames import DAY, at, logged_frame, priced_openai, unix
 
 NOON = at(DAY, 12)
 NOW = at(DAY + timedelta(days=5))
@@ -115,6 +115,77 @@ def test_the_pass_in_groups_gives_the_pass_over_the_whole(
         )
     )
     rows, records = _rows(drawn_rows), _records(drawn_records)
+    whole = reconcile_day(rows, records, DAY, NOW, policy)
+    results, unlogged, _ = _in_groups(rows, records, policy, parts, limit)
+    assert_frame_equal(_ordered(results, "usage_id"), _ordered(whole.results, "usage_id"))
+    assert_frame_equal(_ordered(unlogged, "request_id"), _ordered(whole.unlogged, "request_id"))
+
+
+MIDNIGHT = at(DAY, 0)
+# Around the day's start and the read window's edge (an hour before), with NULL models and
+# counts, and rows that logged OpenAI's `created`: what `link_rows` treats apart.
+_edge_model = st.sampled_from(["gpt-4o", "whisper-1", None])
+_maybe = st.none() | st.integers(0, 3)
+_edge_row = st.tuples(
+    _edge_model, st.integers(-3700, 400), st.tuples(_maybe, _maybe, _maybe), _maybe
+)
+_edge_record = st.tuples(
+    _edge_model,
+    st.integers(-3700, 400),
+    st.tuples(_maybe, _maybe, _maybe),
+    st.none() | st.integers(0, 15),
+    st.booleans(),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(_edge_row, max_size=20),
+    st.lists(_edge_record, max_size=20),
+    st.sampled_from([Decimal(0), Decimal("0.34")]),
+    st.integers(1, 40),
+    st.integers(1, 6),
+)
+def test_the_groups_agree_at_the_edges_of_the_day_and_with_missing_values(
+    drawn_rows, drawn_records, tolerance, parts, limit
+):
+    policy = ReconciliationPolicy(
+        fingerprint=FingerprintPolicy(
+            window=timedelta(seconds=100), tie=timedelta(seconds=20), token_tolerance=tolerance
+        )
+    )
+    rows = logged_frame(
+        *(
+            {
+                "usage_id": f"u{i}",
+                "model_used": model,
+                "created_at": MIDNIGHT + timedelta(seconds=second),
+                "input_tokens": tokens_in,
+                "output_tokens": tokens_out,
+                "audio_ms": audio,
+                "openai_created": None if lag is None else unix(MIDNIGHT) + second + lag,
+                "calculated_cost_pico": CENT,
+            }
+            for i, (model, second, (tokens_in, tokens_out, audio), lag) in enumerate(drawn_rows)
+        )
+    )
+    records = priced_openai(
+        *(
+            {
+                "request_id": f"r{j}" if has_id else None,
+                "model": SNAPSHOTS.get(model),
+                "created_at": MIDNIGHT + timedelta(seconds=second),
+                "input_tokens": tokens_in or 0,
+                "output_tokens": tokens_out or 0,
+                "audio_ms": audio or 0,
+                "metadata_tag": None if tag is None else f"u{tag}",
+                "actual_cost_pico": CENT,
+            }
+            for j, (model, second, (tokens_in, tokens_out, audio), tag, has_id) in enumerate(
+                drawn_records
+            )
+        )
+    )
     whole = reconcile_day(rows, records, DAY, NOW, policy)
     results, unlogged, _ = _in_groups(rows, records, policy, parts, limit)
     assert_frame_equal(_ordered(results, "usage_id"), _ordered(whole.results, "usage_id"))

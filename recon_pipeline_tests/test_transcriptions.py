@@ -12,11 +12,14 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.fingerprint import FingerprintPolicy
+from recon_pipeline.core.openai_records import audio_ms_of
 from recon_pipeline.core.reconcile import ReconciliationPolicy, reconcile_day
 from recon_pipeline_tests.frames import DAY, at, logged_frame, priced_openai
 from recon_pipeline_tests.test_database import (
@@ -139,34 +142,72 @@ def test_equal_durations_in_the_tie_leave_the_row_ambiguous():
     )
 
 
-def _audio_rows():
+# (seconds as stored, whole milliseconds read): a half millisecond rounds to even, as a
+# record's `audio_seconds` does (OpenAI's 0.0025 s is 2 ms), so equal durations pair.
+AUDIO_READ = [
+    (Decimal("12.34"), 12_340),
+    (Decimal("0.0025"), 2),
+    (Decimal("0.0035"), 4),
+    (Decimal("-1"), None),
+    (None, None),
+    (Decimal("1000000"), None),  # ten days and more: not a call's duration
+]
+
+
+def _audio_rows(values):
     return [
-        _usage_row(
-            START + timedelta(hours=1), openai_request_id=None, audio_seconds=Decimal("12.34")
-        ),
-        _usage_row(START + timedelta(hours=2), openai_request_id=None, audio_seconds=Decimal("-1")),
-        _usage_row(START + timedelta(hours=3), openai_request_id=None, audio_seconds=None),
-        _usage_row(
-            START + timedelta(hours=4), openai_request_id=None, audio_seconds=Decimal("1000000")
-        ),
-        _usage_row(
-            START + timedelta(hours=5), openai_request_id=None, audio_seconds=Decimal("0.0015")
-        ),
+        _usage_row(START + timedelta(minutes=n), openai_request_id=None, audio_seconds=value)
+        for n, value in enumerate(values)
     ]
 
 
+def _read_ms(db, ids) -> list:
+    frame = db.read_logged(START, END).set_index("usage_id")
+    assert str(frame["audio_ms"].dtype) == "Int64"
+    return [None if frame.loc[i, "audio_ms"] is pd.NA else frame.loc[i, "audio_ms"] for i in ids]
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_audio_seconds_are_read_as_whole_milliseconds_and_nonsense_as_missing(
+def test_audio_seconds_are_read_as_a_records_milliseconds_and_nonsense_as_missing(
     backend, pg_schema, sqlite_engine
 ):
     db = _pg_db(pg_schema) if backend == "postgresql" else _sqlite_db(sqlite_engine)
-    ids = _insert_usage(db, _audio_rows())
-    frame = db.read_logged(START, END).set_index("usage_id")
-    audio = [frame.loc[i, "audio_ms"] for i in ids]
-    assert audio[0] == 12_340
-    assert [a is pd.NA for a in audio[1:4]] == [True, True, True]
-    assert audio[4] == 2  # 1.5 ms rounds to 2
-    assert str(frame["audio_ms"].dtype) == "Int64"
+    ids = _insert_usage(db, _audio_rows([value for value, _ in AUDIO_READ]))
+    assert _read_ms(db, ids) == [ms for _, ms in AUDIO_READ]
+    seconds = np.array([0.0025, 0.0035, 12.34])  # as OpenAI's export lines give them
+    assert audio_ms_of(seconds)[0].tolist() == [2, 4, 12_340]
+
+
+@pytest.mark.parametrize(
+    ("column_type", "stored", "expected"),
+    [
+        ("text", ["12.5", "abc", " 7 ", "-3", "1e3"], [12_500, None, 7_000, None, None]),
+        ("integer", ["3000000", "90"], [None, 90_000]),
+        ("double precision", ["NaN", "Infinity", "0.5"], [None, None, 500]),
+    ],
+)
+def test_an_audio_column_of_another_type_never_stops_the_day(
+    pg_schema, column_type, stored, expected
+):
+    engine, schema = pg_schema
+    db = _pg_db(pg_schema)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f'ALTER TABLE "{schema}".token_usage ALTER COLUMN audio_seconds TYPE {column_type}'
+            " USING NULL"
+        )
+    db = type(db)(engine, usage_schema=schema)
+    ids = _insert_usage(db, _audio_rows([None] * len(stored)))
+    with engine.begin() as conn:
+        for usage_id, value in zip(ids, stored, strict=True):
+            conn.execute(
+                sa.text(
+                    f'UPDATE "{schema}".token_usage SET audio_seconds ='
+                    f" CAST(:value AS {column_type}) WHERE id::text = :id"
+                ),
+                {"value": value, "id": usage_id},
+            )
+    assert _read_ms(db, ids) == expected
 
 
 def test_a_table_without_audio_seconds_reads_no_durations(pg_schema):

@@ -154,6 +154,16 @@ def _audio_ms(seconds: Any) -> int:
     return ms
 
 
+def audio_ms_of(seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Audio seconds (float) in whole milliseconds, half to even as a record's `audio_ms`,
+    and which are durations at all (finite, not negative, below ten days)."""
+    seconds = np.asarray(seconds, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ms = np.rint(seconds * 1000)
+        valid = np.isfinite(seconds) & (seconds >= 0) & (ms <= MAX_AUDIO_MS)
+    return np.where(valid, ms, 0).astype(np.int64), valid
+
+
 def metadata_tag(obj: Mapping[str, Any], row_key: str) -> str | None:
     """The value the application put under `row_key` in the request's `metadata` (the row's
     id), or None. OpenAI keeps metadata values as strings; a whole number is taken as text."""

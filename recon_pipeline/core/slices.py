@@ -31,8 +31,9 @@ from recon_pipeline.core import summarise
 from recon_pipeline.core.fingerprint import Measures, record_measures, row_measures
 
 # Rows a slice holds when nothing else is configured: at slices of about 476,000 rows a
-# 10M-row day peaked at 1.70 GB (benchmarks/README.md); at 350,000 a day of any size stays
-# under 1.5 GB.
+# 10M-row day peaked at 1.70 GB, at about 345,000 rows 1.42 GB (benchmarks/README.md). The
+# pass over rows without an id keeps to it too, unless one fingerprint is very common or the
+# token tolerance is above 0 (docs/large-days.md).
 DEFAULT_SLICE_ROWS = 350_000
 _MONEY = ("estimated_cost_pico", "actual_cost_pico", "variance_pico")
 

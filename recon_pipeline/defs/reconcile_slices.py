@@ -305,8 +305,10 @@ def _reconcile_parts(
             if not parts.store(outcome, last=False):
                 return None  # nothing was written in the results' transaction
         pool.add_records(price_usage(db.openai_part(record_parts[slices]), plan.catalogue))
+        record_parts[slices].unlink()
         for rows in db.logged_part_batches(logged_parts[slices]):
             pool.add_rows(rows)
+        logged_parts[slices].unlink()
         for rows, records, last in pool.groups(plan.slice_rows):
             outcome = parts.reconcile(rows, records, keep_unclaimed=False)
             parts.groups += 1

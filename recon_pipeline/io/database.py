@@ -30,6 +30,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.openai_records import audio_ms_of
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import (
     DatabaseConnectionError,
@@ -122,6 +123,12 @@ _RESULT_COLUMNS = [
 
 
 def _logged_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The dialect's rows as `schema.LOGGED_COLUMNS`: audio seconds in whole milliseconds,
+    rounded as a record's, and missing where they are not a duration."""
+    if "audio_seconds" in frame:
+        seconds = pd.to_numeric(frame.pop("audio_seconds"), errors="coerce")
+        ms, valid = audio_ms_of(seconds.to_numpy(np.float64, na_value=np.nan))
+        frame["audio_ms"] = pd.arrays.IntegerArray(ms, ~valid)
     return frame.reindex(columns=list(s.LOGGED_COLUMNS)).astype(s.LOGGED_COLUMNS)
 
 

@@ -18,19 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
-from recon_pipeline.core.openai_records import MAX_AUDIO_MS
 from recon_pipeline.io.tables import Column, OutputTable
 from recon_pipeline.io.write_back import WriteBackSql
-
-
-def audio_ms_sql(seconds: str) -> str:
-    """token_usage's audio seconds (a column or NULL) in whole milliseconds, as OpenAI's
-    records hold them; a value that is not a duration (negative, NaN, ten days or more) is
-    read as missing, so its row gets no audio fingerprint rather than stopping the day."""
-    return (
-        f"CASE WHEN {seconds} >= 0 AND {seconds} * 1000 <= {MAX_AUDIO_MS}"
-        f" THEN CAST(round({seconds} * 1000) AS BIGINT) END"
-    )
 
 
 class Dialect(ABC):
@@ -108,7 +97,9 @@ class Dialect(ABC):
     ) -> pd.DataFrame:
         """token_usage rows created in [start, end); `optional`: SQL of the optional
         columns cached_input_tokens, user_id, openai_created and audio_seconds (a column or
-        NULL; `audio_ms_sql`)."""
+        NULL). Audio seconds come out as a double, or NULL where the value is not a plain
+        number (the application's column may be of any type): a bad value must not stop
+        the day. `Database` takes whole milliseconds from them as from a record's."""
 
     @abstractmethod
     def read_openai_requests(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import lock_key
-from recon_pipeline.io.dialect import Dialect, audio_ms_sql
+from recon_pipeline.io.dialect import Dialect
 from recon_pipeline.io.pg_copy import (
     COPY_TYPES,
     copy_in,
@@ -62,8 +62,9 @@ LOGGED_TYPES = {
     "calculated_cost_pico": pa.int64(),
     "created_us": pa.int64(),
     "openai_created": pa.int64(),
-    "audio_ms": pa.int64(),
+    "audio_seconds": pa.float64(),
 }
+_PLAIN_NUMBER = r"^\s*[0-9]+(\.[0-9]*)?\s*$"
 _ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
 
 
@@ -197,7 +198,9 @@ class PostgresDialect(Dialect):
             f" AS calculated_cost_pico,"
             f" {epoch_us('created_at')} AS created_us,"
             f" NULLIF(openai_request_id::text, '') AS openai_request_id,"
-            f" {created}::bigint AS openai_created, {audio_ms_sql(audio)} AS audio_ms{part}"
+            f" {created}::bigint AS openai_created,"
+            f" CASE WHEN {audio}::text ~ '{_PLAIN_NUMBER}' THEN {audio}::text::float8 END"
+            f" AS audio_seconds{part}"
             f" FROM {self.usage} WHERE created_at >= %s AND created_at < %s"
         )
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from recon_pipeline.io.connections import begin_sqlite, connection, sqlite_ts
-from recon_pipeline.io.dialect import Dialect, audio_ms_sql
+from recon_pipeline.io.dialect import Dialect
 from recon_pipeline.io.tables import Column, OutputTable
 from recon_pipeline.io.write_back import WriteBackSql, sqlite_same_estimate, sqlite_update
 
@@ -143,7 +143,9 @@ class SqliteDialect(Dialect):
             f" {cached} AS cached_input_tokens,"
             f" CAST(round(calculated_cost_cents * 10000000000) AS INTEGER)"
             f" AS calculated_cost_pico, created_at, openai_request_id,"
-            f" CAST({created} AS INTEGER) AS openai_created, {audio_ms_sql(audio)} AS audio_ms"
+            f" CAST({created} AS INTEGER) AS openai_created,"
+            f" CASE WHEN typeof({audio}) IN ('integer', 'real') THEN CAST({audio} AS REAL) END"
+            " AS audio_seconds"
             f" FROM {self.usage} WHERE created_at >= :start AND created_at < :end"
         )
         params = {"start": sqlite_ts(start), "end": sqlite_ts(end)}
