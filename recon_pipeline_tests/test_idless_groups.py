@@ -98,6 +98,18 @@ def _ordered(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     return frame.sort_values(key, kind="stable", na_position="first").reset_index(drop=True)
 
 
+def _assert_the_groups_give_the_whole(rows, records, tolerance, parts, limit) -> None:
+    policy = ReconciliationPolicy(
+        fingerprint=FingerprintPolicy(
+            window=timedelta(seconds=100), tie=timedelta(seconds=20), token_tolerance=tolerance
+        )
+    )
+    whole = reconcile_day(rows, records, DAY, NOW, policy)
+    results, unlogged, _ = _in_groups(rows, records, policy, parts, limit)
+    assert_frame_equal(_ordered(results, "usage_id"), _ordered(whole.results, "usage_id"))
+    assert_frame_equal(_ordered(unlogged, "request_id"), _ordered(whole.unlogged, "request_id"))
+
+
 @settings(max_examples=120, deadline=None)
 @given(
     st.lists(_row, min_size=0, max_size=14),
@@ -109,16 +121,8 @@ def _ordered(frame: pd.DataFrame, key: str) -> pd.DataFrame:
 def test_the_pass_in_groups_gives_the_pass_over_the_whole(
     drawn_rows, drawn_records, tolerance, parts, limit
 ):
-    policy = ReconciliationPolicy(
-        fingerprint=FingerprintPolicy(
-            window=timedelta(seconds=100), tie=timedelta(seconds=20), token_tolerance=tolerance
-        )
-    )
     rows, records = _rows(drawn_rows), _records(drawn_records)
-    whole = reconcile_day(rows, records, DAY, NOW, policy)
-    results, unlogged, _ = _in_groups(rows, records, policy, parts, limit)
-    assert_frame_equal(_ordered(results, "usage_id"), _ordered(whole.results, "usage_id"))
-    assert_frame_equal(_ordered(unlogged, "request_id"), _ordered(whole.unlogged, "request_id"))
+    _assert_the_groups_give_the_whole(rows, records, tolerance, parts, limit)
 
 
 MIDNIGHT = at(DAY, 0)
@@ -149,11 +153,6 @@ _edge_record = st.tuples(
 def test_the_groups_agree_at_the_edges_of_the_day_and_with_missing_values(
     drawn_rows, drawn_records, tolerance, parts, limit
 ):
-    policy = ReconciliationPolicy(
-        fingerprint=FingerprintPolicy(
-            window=timedelta(seconds=100), tie=timedelta(seconds=20), token_tolerance=tolerance
-        )
-    )
     rows = logged_frame(
         *(
             {
@@ -186,10 +185,7 @@ def test_the_groups_agree_at_the_edges_of_the_day_and_with_missing_values(
             )
         )
     )
-    whole = reconcile_day(rows, records, DAY, NOW, policy)
-    results, unlogged, _ = _in_groups(rows, records, policy, parts, limit)
-    assert_frame_equal(_ordered(results, "usage_id"), _ordered(whole.results, "usage_id"))
-    assert_frame_equal(_ordered(unlogged, "request_id"), _ordered(whole.unlogged, "request_id"))
+    _assert_the_groups_give_the_whole(rows, records, tolerance, parts, limit)
 
 
 def test_a_day_in_parts_takes_as_many_groups_as_the_limit_needs():
