@@ -140,26 +140,31 @@ def _new_row_without_an_id(demo: SmallDemo, day: date) -> set[str]:
     return record
 
 
-def _row_updated_by_the_application(demo: SmallDemo, day: date) -> set[str]:
+def _update_a_matched_row(demo: SmallDemo, day: date, assignments: str) -> set[str]:
     row = _a_matched_row(demo, day)
     _execute(
         demo,
-        "UPDATE {s}.token_usage SET input_tokens = input_tokens + 7, model_used = 'gpt-4.1',"
-        " calculated_cost_cents = calculated_cost_cents + 1 WHERE id::text = :id",
+        f"UPDATE {{s}}.token_usage SET {assignments} WHERE id::text = :id",
         id=str(row.usage_id),
     )
     return {row.openai_request_id}
+
+
+def _row_updated_by_the_application(demo: SmallDemo, day: date) -> set[str]:
+    return _update_a_matched_row(
+        demo,
+        day,
+        "input_tokens = input_tokens + 7, model_used = 'gpt-4.1',"
+        " calculated_cost_cents = calculated_cost_cents + 1",
+    )
 
 
 def _written_columns_reset_by_hand(demo: SmallDemo, day: date) -> set[str]:
-    row = _a_matched_row(demo, day)
-    _execute(
+    return _update_a_matched_row(
         demo,
-        "UPDATE {s}.token_usage SET reconciliation_status = 'pending', actual_cost_cents = NULL,"
-        " reconciled_at = NULL WHERE id::text = :id",
-        id=str(row.usage_id),
+        day,
+        "reconciliation_status = 'pending', actual_cost_cents = NULL, reconciled_at = NULL",
     )
-    return {row.openai_request_id}
 
 
 def _new_record(demo: SmallDemo, day: date) -> set[str]:

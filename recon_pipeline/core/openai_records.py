@@ -267,13 +267,11 @@ def canonical_columns(table: pa.Table, source: str) -> dict[str, np.ndarray] | N
         return None
     created = column("created").to_numpy()
     counts = {name: column(name).fill_null(0).to_numpy() for name in COUNT_FIELDS}
-    seconds = column("audio_seconds").fill_null(0.0).to_numpy()
-    with np.errstate(over="ignore", invalid="ignore"):
-        audio_ms = np.rint(seconds * 1000)  # half to even, as `round`
+    audio_ms, durations = audio_ms_of(column("audio_seconds").fill_null(0.0).to_numpy())
     valid = (
         bool((np.isfinite(created) & (created >= 0) & (created <= _MAX_UNIX_S)).all())
         and all(bool(((n >= 0) & (n <= _MAX_TOKENS)).all()) for n in counts.values())
-        and bool((np.isfinite(seconds) & (seconds >= 0) & (audio_ms <= MAX_AUDIO_MS)).all())
+        and bool(durations.all())
     )
     if not valid:
         return None
@@ -285,7 +283,7 @@ def canonical_columns(table: pa.Table, source: str) -> dict[str, np.ndarray] | N
         "service_tier": _shared_strings(tier),
         "batch": column("batch").fill_null(False).to_numpy(),
         **counts,
-        "audio_ms": audio_ms.astype("int64"),
+        "audio_ms": audio_ms,
         "source": np.full(table.num_rows, source, dtype=object),
         "metadata_tag": tags.to_numpy(zero_copy_only=False).astype(object),
         "created": created,

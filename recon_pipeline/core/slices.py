@@ -87,7 +87,9 @@ def _measure_parts(m: Measures, others: pd.Series, parts: int, exact: bool) -> n
         key = key[["kind"]]
     hashed = pd.util.hash_pandas_object(key, index=False).to_numpy()
     part = (hashed % np.uint64(parts)).astype(np.int32)
-    return np.where(m.usable, part, record_parts(others.to_numpy(), parts))
+    unusable = ~m.usable
+    part[unusable] = record_parts(others.to_numpy()[unusable], parts)
+    return part
 
 
 def idless_record_parts(records: pd.DataFrame, parts: int, exact: bool) -> np.ndarray:
