@@ -22,14 +22,7 @@ from recon_pipeline.core.fingerprint import FingerprintPolicy
 from recon_pipeline.core.openai_records import audio_ms_of
 from recon_pipeline.core.reconcile import ReconciliationPolicy, reconcile_day
 from recon_pipeline_tests.frames import DAY, at, logged_frame, priced_openai
-from recon_pipeline_tests.test_database import (
-    END,
-    START,
-    _insert_usage,
-    _pg_db,
-    _sqlite_db,
-    _usage_row,
-)
+from recon_pipeline_tests.usage_rows import END, START, insert_usage, pg_db, sqlite_db, usage_row
 
 NOON = at(DAY, 12)
 NOW = at(DAY + timedelta(days=5))
@@ -156,7 +149,7 @@ AUDIO_READ = [
 
 def _audio_rows(values):
     return [
-        _usage_row(START + timedelta(minutes=n), openai_request_id=None, audio_seconds=value)
+        usage_row(START + timedelta(minutes=n), openai_request_id=None, audio_seconds=value)
         for n, value in enumerate(values)
     ]
 
@@ -171,8 +164,8 @@ def _read_ms(db, ids) -> list:
 def test_audio_seconds_are_read_as_a_records_milliseconds_and_nonsense_as_missing(
     backend, pg_schema, sqlite_engine
 ):
-    db = _pg_db(pg_schema) if backend == "postgresql" else _sqlite_db(sqlite_engine)
-    ids = _insert_usage(db, _audio_rows([value for value, _ in AUDIO_READ]))
+    db = pg_db(pg_schema) if backend == "postgresql" else sqlite_db(sqlite_engine)
+    ids = insert_usage(db, _audio_rows([value for value, _ in AUDIO_READ]))
     assert _read_ms(db, ids) == [ms for _, ms in AUDIO_READ]
     seconds = np.array([0.0025, 0.0035, 12.34])  # as OpenAI's export lines give them
     assert audio_ms_of(seconds)[0].tolist() == [2, 4, 12_340]
@@ -190,14 +183,14 @@ def test_an_audio_column_of_another_type_never_stops_the_day(
     pg_schema, column_type, stored, expected
 ):
     engine, schema = pg_schema
-    db = _pg_db(pg_schema)
+    db = pg_db(pg_schema)
     with engine.begin() as conn:
         conn.exec_driver_sql(
             f'ALTER TABLE "{schema}".token_usage ALTER COLUMN audio_seconds TYPE {column_type}'
             " USING NULL"
         )
     db = type(db)(engine, usage_schema=schema)
-    ids = _insert_usage(db, _audio_rows([None] * len(stored)))
+    ids = insert_usage(db, _audio_rows([None] * len(stored)))
     with engine.begin() as conn:
         for usage_id, value in zip(ids, stored, strict=True):
             conn.execute(
@@ -212,14 +205,14 @@ def test_an_audio_column_of_another_type_never_stops_the_day(
 
 def test_a_table_without_audio_seconds_reads_no_durations(pg_schema):
     engine, schema = pg_schema
-    db = _pg_db(pg_schema)
+    db = pg_db(pg_schema)
     with engine.begin() as conn:
         conn.exec_driver_sql(
             f'ALTER TABLE "{schema}".token_usage DROP COLUMN audio_seconds CASCADE'
         )
     db = type(db)(engine, usage_schema=schema)
-    row = _usage_row(START + timedelta(hours=1), openai_request_id=None)
+    row = usage_row(START + timedelta(hours=1), openai_request_id=None)
     del row["audio_seconds"]
-    _insert_usage(db, [row])
+    insert_usage(db, [row])
     frame = db.read_logged(START, END)
     assert len(frame) == 1 and frame["audio_ms"].isna().all()
