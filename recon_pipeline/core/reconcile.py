@@ -227,7 +227,6 @@ def reconcile_day(
     first = _first_occurrence(logged)
     on_day = ((logged["created_at"] >= start) & (logged["created_at"] < end)).to_numpy()
     rows = logged[on_day].reset_index(drop=True)
-    is_first = first[on_day]
 
     positions, method, ambiguous = link_rows(logged, openai, read_window(day, policy), policy)
     joined = rows.assign(
@@ -237,9 +236,39 @@ def reconcile_day(
             if name != "request_id"
         }
     )
+    in_grace = now < end + policy.grace or not finalize
+    judged = _judge_rows(
+        joined, positions[on_day] >= 0, ambiguous[on_day], first[on_day], in_grace, policy
+    )
+    results = _results_frame(
+        day,
+        joined,
+        {
+            **judged,
+            "match_method": pd.Series(method[on_day], dtype=object),
+            "matched_request_id": _take(openai["request_id"], positions[on_day]),
+        },
+    )
+    claimed = np.zeros(len(openai), dtype=bool)
+    claimed[positions[positions >= 0]] = True  # by id, tag or fingerprint, in the window
+    return DayReconciliation(
+        results=results,
+        unlogged=_unlogged(openai, claimed, start, end, day),
+        unclaimed=openai[~claimed].reset_index(drop=True) if keep_unclaimed else None,
+    )
+
+
+def _judge_rows(
+    joined: pd.DataFrame,
+    has_record: np.ndarray,
+    ambiguous: np.ndarray,
+    is_first: np.ndarray,
+    in_grace: bool,
+    policy: ReconciliationPolicy,
+) -> dict[str, object]:
+    """The costs, variance, class and status of each of the day's rows joined to its record:
+    the rules of the module docstring, apart from the linking so they read in one place."""
     has_id = joined["openai_request_id"].notna().to_numpy()
-    has_record = positions[on_day] >= 0
-    method, ambiguous = method[on_day], ambiguous[on_day]
     duplicate = has_id & ~is_first
     priced = (joined["openai_price_status"] == PRICE_STATUS_PRICED).fillna(False).to_numpy()
     estimate = joined["calculated_cost_pico"].astype("Int64")
@@ -252,7 +281,6 @@ def reconcile_day(
     abs_variance, within = _within_tolerance(actual, variance, policy)
 
     model_mismatch, token_mismatch = _mismatches(joined, has_record)
-    in_grace = now < end + policy.grace or not finalize
 
     conditions = [
         ~has_id & ~has_record & ambiguous,
@@ -272,30 +300,16 @@ def reconcile_day(
     actual_float = actual.astype("Float64")
     variance_pct = (variance.astype("Float64") / actual_float * 100).round(4)
     variance_pct[actual_float == 0] = pd.NA
-
-    results = _results_frame(
-        day,
-        joined,
-        {
-            "estimated_cost_pico": estimate,
-            "actual_cost_pico": actual,
-            "variance_pico": variance,
-            "variance_pct": variance_pct,
-            "variance_class": variance_class,
-            "reconciliation_status": status,
-            "model_mismatch": model_mismatch,
-            "token_mismatch": token_mismatch,
-            "match_method": pd.Series(method, dtype=object),
-            "matched_request_id": _take(openai["request_id"], positions[on_day]),
-        },
-    )
-    claimed = np.zeros(len(openai), dtype=bool)
-    claimed[positions[positions >= 0]] = True  # by id, tag or fingerprint, in the window
-    return DayReconciliation(
-        results=results,
-        unlogged=_unlogged(openai, claimed, start, end, day),
-        unclaimed=openai[~claimed].reset_index(drop=True) if keep_unclaimed else None,
-    )
+    return {
+        "estimated_cost_pico": estimate,
+        "actual_cost_pico": actual,
+        "variance_pico": variance,
+        "variance_pct": variance_pct,
+        "variance_class": variance_class,
+        "reconciliation_status": status,
+        "model_mismatch": model_mismatch,
+        "token_mismatch": token_mismatch,
+    }
 
 
 def link_rows(
