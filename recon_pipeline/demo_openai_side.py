@@ -280,6 +280,49 @@ def _token_costs(
     return items
 
 
+def _usage_results(priced: pd.DataFrame, project_id: str | None) -> dict[str, list[dict[str, Any]]]:
+    """The Usage API's results per endpoint: completions summed by model, batch flag and tier,
+    transcriptions by model. The Costs API's line items are `_token_costs`'s."""
+    whisper = priced["model"] == "whisper-1"
+    completions = (
+        priced[~whisper]
+        .groupby(["model", "batch", "service_tier"], sort=True)
+        .agg(
+            input_tokens=("input_tokens", "sum"),
+            input_cached_tokens=("cached_input_tokens", "sum"),
+            output_tokens=("output_tokens", "sum"),
+            num_model_requests=("request_id", "size"),
+        )
+        .reset_index()
+    )
+    transcriptions = (
+        priced[whisper]
+        .groupby("model", sort=True)
+        .agg(ms=("audio_ms", "sum"), num_model_requests=("request_id", "size"))
+        .reset_index()
+    )
+    return {
+        "openai-usage-completions": [
+            {
+                "object": "organization.usage.completions.result",
+                "project_id": project_id,
+                **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
+            }
+            for row in completions.to_dict("records")
+        ],
+        "openai-usage-audio_transcriptions": [
+            {
+                "object": "organization.usage.audio_transcriptions.result",
+                "project_id": project_id,
+                "model": row["model"],
+                "seconds": round(int(row["ms"]) / 1000),
+                "num_model_requests": int(row["num_model_requests"]),
+            }
+            for row in transcriptions.to_dict("records")
+        ],
+    }
+
+
 def write_daily_totals_pages(
     folder: Path,
     day: date,
@@ -299,24 +342,6 @@ def write_daily_totals_pages(
     from recon_pipeline.core.pricing import PriceCatalogue
 
     start, end = day_bounds(day)
-    whisper = priced["model"] == "whisper-1"
-    completions = (
-        priced[~whisper]
-        .groupby(["model", "batch", "service_tier"], sort=True)
-        .agg(
-            input_tokens=("input_tokens", "sum"),
-            input_cached_tokens=("cached_input_tokens", "sum"),
-            output_tokens=("output_tokens", "sum"),
-            num_model_requests=("request_id", "size"),
-        )
-        .reset_index()
-    )
-    transcriptions = (
-        priced[whisper]
-        .groupby("model", sort=True)
-        .agg(ms=("audio_ms", "sum"), num_model_requests=("request_id", "size"))
-        .reset_index()
-    )
     token_items = _token_costs(day, priced, catalogue or PriceCatalogue(), repriced or {})
     costs = [_cost(project_id, item, pico, quantity) for item, pico, quantity in token_items]
     costs += [
@@ -324,27 +349,7 @@ def write_daily_totals_pages(
         for item, usd in (non_token_charges_usd or {}).items()
     ]
     costs += list(extra_costs)
-    pages = {
-        "openai-usage-completions": [
-            {
-                "object": "organization.usage.completions.result",
-                "project_id": project_id,
-                **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
-            }
-            for row in completions.to_dict("records")
-        ],
-        "openai-usage-audio_transcriptions": [
-            {
-                "object": "organization.usage.audio_transcriptions.result",
-                "project_id": project_id,
-                "model": row["model"],
-                "seconds": round(int(row["ms"]) / 1000),
-                "num_model_requests": int(row["num_model_requests"]),
-            }
-            for row in transcriptions.to_dict("records")
-        ],
-        "openai-costs": costs,
-    }
+    pages = {**_usage_results(priced, project_id), "openai-costs": costs}
     files = []
     for name, results in pages.items():
         page = {
