@@ -74,26 +74,9 @@ def generate(
     bare = rng.random(n) < without_id
     latency_us = (rng.lognormal(np.log(4.0), 0.9, n).clip(0.2, 60) * 1e6).astype(np.int64)
 
-    # Bursts: a few concurrent, colliding calls started within 2 s of their first.
-    bursts = np.flatnonzero(bare & (rng.random(n) < burst_share / 4))
-    for first in bursts:
-        size = int(rng.integers(2, 7))
-        members = np.arange(first, min(first + size, n))
-        members = members[bare[members]]
-        created[members] = created[first] + rng.integers(0, 3, len(members))
-        model_index[members] = model_index[first]
-        inputs[members] = inputs[first]
-        outputs[members] = outputs[first]
-
+    _collide_bursts(rng, bare, burst_share, created, model_index, inputs, outputs)
     row_us = created * 1_000_000 + latency_us
-    # Midnight, both ways, at each end of the day.
-    for midnight in day_bounds(day):
-        edge = int(midnight.timestamp())
-        before = np.flatnonzero(bare)[rng.integers(0, bare.sum(), 40)]
-        row_us[before[:20]] = (edge - 30 + rng.integers(0, 10, 20)) * 1_000_000
-        created[before[:20]] = edge + rng.integers(0, 25, 20)  # row logged before the call
-        created[before[20:]] = edge - 10 + rng.integers(0, 5, 20)
-        row_us[before[20:]] = (edge + rng.integers(1, 40, 20)) * 1_000_000
+    _straddle_midnight(rng, day, bare, created, row_us)
     is_tagged = bare & (rng.random(n) < tagged)
     stored = ~(bare & (rng.random(n) < not_stored))
     logged = rng.random(n) >= unlogged
@@ -142,6 +125,44 @@ def generate(
     position = np.full(n, -1, dtype=np.int64)
     position[kept] = np.arange(int(kept.sum()))
     return row_frame, records, position[logged]
+
+
+def _collide_bursts(
+    rng: np.random.Generator,
+    bare: np.ndarray,
+    burst_share: float,
+    created: np.ndarray,
+    model_index: np.ndarray,
+    inputs: np.ndarray,
+    outputs: np.ndarray,
+) -> None:
+    """Bursts, in place: a few concurrent calls without an id, started within 2 s of their
+    first, to its model with its token counts, so their fingerprints collide."""
+    n = len(bare)
+    bursts = np.flatnonzero(bare & (rng.random(n) < burst_share / 4))
+    for first in bursts:
+        size = int(rng.integers(2, 7))
+        members = np.arange(first, min(first + size, n))
+        members = members[bare[members]]
+        created[members] = created[first] + rng.integers(0, 3, len(members))
+        model_index[members] = model_index[first]
+        inputs[members] = inputs[first]
+        outputs[members] = outputs[first]
+
+
+def _straddle_midnight(
+    rng: np.random.Generator, day: date, bare: np.ndarray, created: np.ndarray, row_us: np.ndarray
+) -> None:
+    """Calls across midnight, both ways, at each end of the day, in place: 20 rows logged
+    before their call's record is created after midnight, 20 records before midnight whose
+    rows are logged after it."""
+    for midnight in day_bounds(day):
+        edge = int(midnight.timestamp())
+        before = np.flatnonzero(bare)[rng.integers(0, bare.sum(), 40)]
+        row_us[before[:20]] = (edge - 30 + rng.integers(0, 10, 20)) * 1_000_000
+        created[before[:20]] = edge + rng.integers(0, 25, 20)
+        created[before[20:]] = edge - 10 + rng.integers(0, 5, 20)
+        row_us[before[20:]] = (edge + rng.integers(1, 40, 20)) * 1_000_000
 
 
 def measure(
