@@ -66,43 +66,12 @@ def bench_backfill(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         ranges = plan_backfill(days)
         print(f"  seeded in {seeded.seconds:.1f} s; Dagster plans {len(ranges)} range runs")
         env = child_env(DAGSTER_HOME=str(home))
-        runs = []
+        job_base = {"url": url, "schema": schema, "export_dir": str(export_dir)}
         started = time.perf_counter()
-        for number, (first, last) in enumerate(ranges, start=1):
-            job_args = {
-                "url": url,
-                "schema": schema,
-                "export_dir": str(export_dir),
-                "first": first,
-                "last": last,
-                "as_of": AS_OF,
-                "persistent_instance": True,
-            }
-            run = run_child("job", job_args, out_dir, f"backfill_run{number}", env)
-            run["args"] = job_args
-            if not run["success"]:
-                raise RuntimeError(f"backfill run {first}..{last} failed:\n{run['failure']}")
-            print(
-                f"  run {number}/{len(ranges)} {first}..{last}: {run['child_wall_s']:.1f} s"
-                f" (in run {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MB)",
-                flush=True,
-            )
-            runs.append(run)
+        runs = _run_ranges(ranges, job_base, out_dir, env)
         wall = time.perf_counter() - started
-        profile = None
         spy = py_spy() if args.profile else None
-        if spy:
-            # The first range once more, under py-spy (its days are unchanged by now).
-            first, last = ranges[0]
-            raw = out_dir / "profile_backfill_run1.raw.txt"
-            wrap = [*spy, "record", "--idle", "--rate", str(PROFILE_RATE), "--format", "raw"]
-            wrap += ["-o", str(raw), "--"]
-            job_args = runs[0]["args"]
-            run_child("job", job_args, out_dir, "backfill_profiled", env, wrap=wrap)
-            text = out_dir / "profile_backfill_run1.txt"
-            text.write_text(render_profile(summarise_profile(raw)))
-            profile = {"raw": str(raw), "summary": str(text)}
-            print(f"  profile: {text}", flush=True)
+        profile = _profile_first_run(spy, runs[0]["args"], out_dir, env) if spy else None
         steps: dict[str, float] = defaultdict(float)
         for run in runs:
             for key, timing in run["steps"].items():
@@ -133,6 +102,48 @@ def bench_backfill(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
             _database(url, f'DROP DATABASE IF EXISTS "{storage_db}"')
         if not args.keep:
             drop_schema(url, schema)
+
+
+def _run_ranges(
+    ranges: list[tuple[str, str]], job_base: dict[str, Any], out_dir: Path, env: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Each planned range as a job run in its own child process, one after another; a failed
+    run stops the benchmark."""
+    runs = []
+    for number, (first, last) in enumerate(ranges, start=1):
+        job_args = {
+            **job_base,
+            "first": first,
+            "last": last,
+            "as_of": AS_OF,
+            "persistent_instance": True,
+        }
+        run = run_child("job", job_args, out_dir, f"backfill_run{number}", env)
+        run["args"] = job_args
+        if not run["success"]:
+            raise RuntimeError(f"backfill run {first}..{last} failed:\n{run['failure']}")
+        print(
+            f"  run {number}/{len(ranges)} {first}..{last}: {run['child_wall_s']:.1f} s"
+            f" (in run {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MB)",
+            flush=True,
+        )
+        runs.append(run)
+    return runs
+
+
+def _profile_first_run(
+    spy: list[str], job_args: dict[str, Any], out_dir: Path, env: dict[str, str]
+) -> dict[str, str]:
+    """The first range once more, under py-spy, apart from the timed runs (its days are
+    unchanged by now)."""
+    raw = out_dir / "profile_backfill_run1.raw.txt"
+    wrap = [*spy, "record", "--idle", "--rate", str(PROFILE_RATE), "--format", "raw"]
+    wrap += ["-o", str(raw), "--"]
+    run_child("job", job_args, out_dir, "backfill_profiled", env, wrap=wrap)
+    text = out_dir / "profile_backfill_run1.txt"
+    text.write_text(render_profile(summarise_profile(raw)))
+    print(f"  profile: {text}", flush=True)
+    return {"raw": str(raw), "summary": str(text)}
 
 
 def _database(url: str, statement: str) -> None:
