@@ -18,6 +18,7 @@ from recon_pipeline.defs.resources import AlertSettings, StatementFolder, resour
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
     daily_reconciliation_schedule,
+    monthly_statement_schedule,
     pending_rows_sensor,
 )
 from recon_pipeline.demo_setup import DEMO_PROJECT_IDS, EmbeddedDemoDatabase
@@ -43,7 +44,7 @@ def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.De
     return dg.Definitions(
         assets=dg.map_asset_specs(catalog.describe(resources["database"]), every_asset),
         jobs=[daily_reconciliation, statement.monthly_statement_job],
-        schedules=[daily_reconciliation_schedule],
+        schedules=[daily_reconciliation_schedule, monthly_statement_schedule],
         sensors=[pending_rows_sensor, build_alert_sensor(check_keys)],
         # The statements' folder and the alerts have defaults of their own (without a webhook
         # the alert sensor sends nothing), so callers may leave them out.

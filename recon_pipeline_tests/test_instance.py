@@ -337,12 +337,15 @@ def test_the_definitions_load_with_the_k8s_job_executor() -> None:
         "cpu": "1",
         "memory": "2Gi",
     }
-    # Same assets, schedule and sensor as recon_pipeline.definitions, all on the k8s job.
+    # Same assets, schedules and sensors as recon_pipeline.definitions, the daily ones on the
+    # k8s job.
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.materializable_asset_keys}
     assert keys == {*PIPELINE_ASSETS, "monthly_statement"}
     schedule = defs.resolve_schedule_def("daily_reconciliation_schedule")
     assert schedule.job_name == "daily_reconciliation"
+    monthly = defs.resolve_schedule_def("monthly_statement_schedule")
+    assert monthly.job_name == "monthly_statement_job"
     assert defs.resolve_sensor_def("pending_rows_sensor").job_name == "daily_reconciliation"
     assert defs.resolve_sensor_def("check_alerts_sensor").required_resource_keys == {"alerts"}
     defs.resolve_all_job_defs()  # every job resolves with its resources

@@ -1,4 +1,5 @@
-"""The daily schedule and the pending-rows sensor, evaluated through Dagster's contexts."""
+"""The daily and monthly schedules and the pending-rows sensor, evaluated through Dagster's
+contexts."""
 
 from __future__ import annotations
 
@@ -6,18 +7,23 @@ import os
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
 from recon_pipeline.definitions import defs
+from recon_pipeline.defs.partitions import monthly_partitions
 from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
     daily_reconciliation_schedule,
+    monthly_statement_schedule,
     pending_rows_sensor,
+    statement_to_request,
 )
+from recon_pipeline.defs.statement import monthly_statement_job
 from recon_pipeline.io.migrations import create_demo_token_usage
 
 SCHEDULE_HOUR = int(os.environ.get("RECON_SCHEDULE_HOUR", "2"))
@@ -53,15 +59,111 @@ def test_schedule_targets_yesterdays_partition(tick: datetime, partition: str) -
 
 def test_schedule_hour_comes_from_the_environment() -> None:
     code = (
-        "from recon_pipeline.defs.schedules import daily_reconciliation_schedule as s;"
-        "print(s.cron_schedule)"
+        "from recon_pipeline.defs.schedules import daily_reconciliation_schedule as s,"
+        " monthly_statement_schedule as m;"
+        "print(s.cron_schedule, m.cron_schedule, sep='|')"
     )
     env = {**os.environ, "RECON_SCHEDULE_HOUR": "5", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "0 5 * * *"
+    assert done.stdout.strip() == "0 5 * * *|0 5 * * *"
+
+
+# -- monthly statement schedule --------------------------------------------------------------
+
+
+def _tick(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, SCHEDULE_HOUR, tzinfo=UTC)
+
+
+def _monthly(day: date, grace_days: int = 3) -> dg.ScheduleExecutionData:
+    settings = ReconciliationSettings(grace_days=grace_days)
+    with dg.build_schedule_context(
+        scheduled_execution_time=_tick(day), resources={"settings": settings}
+    ) as context:
+        return monthly_statement_schedule.evaluate_tick(context)
+
+
+def _requested(data: dg.ScheduleExecutionData) -> list[tuple[str, str | None, str]]:
+    return [
+        (r.partition_key, r.run_key, r.tags["dagster/partition"]) for r in data.run_requests or []
+    ]
+
+
+def test_monthly_schedule_is_registered_daily_at_the_schedule_hour() -> None:
+    schedule = defs.resolve_schedule_def("monthly_statement_schedule")
+    assert schedule is monthly_statement_schedule
+    assert schedule.job_name == monthly_statement_job.name == "monthly_statement_job"
+    assert schedule.cron_schedule == f"0 {SCHEDULE_HOUR} * * *"
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.required_resource_keys == {"settings"}
+
+
+@pytest.mark.parametrize("day", [date(2026, 12, 1), date(2026, 12, 3)])
+def test_monthly_schedule_skips_inside_the_grace_period(day: date) -> None:
+    data = _monthly(day)
+    assert data.run_requests == []
+    assert data.skip_message is not None
+    assert "2026-11" in data.skip_message
+    assert "2026-12-04" in data.skip_message
+
+
+@pytest.mark.parametrize("day", [date(2026, 12, 4), date(2026, 12, 31)])
+def test_monthly_schedule_requests_last_month_once_its_grace_is_over(day: date) -> None:
+    # From the first tick past the grace period (30 Nov + 3 days + 1) to the month's end, the
+    # same run key: Dagster launches the first and dedupes the rest.
+    assert _requested(_monthly(day)) == [("2026-11-01", "2026-11-01", "2026-11-01")]
+
+
+def test_monthly_schedule_in_january_requests_december_of_the_year_before() -> None:
+    assert _monthly(date(2027, 1, 3)).run_requests == []
+    assert _requested(_monthly(date(2027, 1, 4))) == [("2026-12-01", "2026-12-01", "2026-12-01")]
+
+
+def test_monthly_schedule_skips_months_before_the_first_partition() -> None:
+    first = monthly_partitions.start.date()
+    data = _monthly(first + timedelta(days=20))
+    assert data.run_requests == []
+    before = (first - timedelta(days=1)).replace(day=1)
+    assert data.skip_message == f"{before:%Y-%m} is before the first monthly partition"
+    # The first month itself is requested once its own grace period is over.
+    next_month = (first + timedelta(days=32)).replace(day=1)
+    key = first.isoformat()
+    assert _requested(_monthly(next_month + timedelta(days=3))) == [(key, key, key)]
+
+
+def test_monthly_schedule_reads_the_grace_period_from_the_settings() -> None:
+    assert _monthly(date(2026, 12, 1), grace_days=0).run_requests
+    assert _monthly(date(2026, 12, 4), grace_days=3).run_requests
+    assert _monthly(date(2026, 12, 4), grace_days=5).run_requests == []
+    assert _monthly(date(2026, 12, 5), grace_days=5).run_requests == []
+    assert _requested(_monthly(date(2026, 12, 6), grace_days=5)) == [
+        ("2026-11-01", "2026-11-01", "2026-11-01")
+    ]
+
+
+@pytest.mark.parametrize("grace_days", [0, 3, 27, 28, 40])
+def test_every_month_is_requested_first_on_its_due_day(grace_days: int) -> None:
+    """Ticked every day of two years: the months come in order with none skipped, each first
+    on the day after its last day's grace period; with 28 days or more, some months have no
+    tick in the month after theirs, and are requested later rather than never."""
+    grace = timedelta(days=grace_days)
+    first_request: dict[date, date] = {}
+    day = date(2026, 1, 1)
+    while day < date(2028, 1, 1):
+        month = statement_to_request(_tick(day), grace)
+        if month is not None:
+            first_request.setdefault(month, day)
+        day += timedelta(days=1)
+    months = list(first_request)
+    assert len(months) >= 22
+    assert all(b == (a + timedelta(days=32)).replace(day=1) for a, b in pairwise(months))
+    for month in months[1:]:
+        last_day = (month + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+        assert first_request[month] == last_day + timedelta(days=grace_days + 1)
 
 
 # -- pending-rows sensor ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ from recon_pipeline.defs.alerts import ALERT_SENSOR
 from recon_pipeline.defs.schedules import (
     daily_reconciliation,
     daily_reconciliation_schedule,
+    monthly_statement_schedule,
     pending_rows_sensor,
 )
 from recon_pipeline.defs.statement import monthly_statement_job
@@ -50,7 +51,7 @@ job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=base.assets,
     jobs=[job, monthly_statement_job],
-    schedules=[daily_reconciliation_schedule.with_updated_job(job)],
+    schedules=[daily_reconciliation_schedule.with_updated_job(job), monthly_statement_schedule],
     sensors=[pending_rows_sensor.with_updated_job(job), base.resolve_sensor_def(ALERT_SENSOR)],
     resources=base.resources,
 )
