@@ -7,12 +7,15 @@ Still two transactions a day, each under its advisory lock (`Database.day_transa
 the result tables' (the day deleted, then each slice's rows appended, committed together)
 and the write-back's (each slice's rows staged, then one UPDATE for the day: an UPDATE per
 slice would join the whole of token_usage once per slice). Both sides are read in one
-snapshot. While one slice is staged on the write-back's connection, the next is reconciled.
+snapshot. While one slice is appended and staged, each on its connection in a worker thread,
+the next is reconciled; while the UPDATE runs, the day's incremental basis is hashed on the
+results' connection.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -66,27 +69,36 @@ class DayOutcome:
 
 @dataclass
 class _Writer:
-    """Appends each part's results on the results' connection while a worker thread stages
-    them for the write-back on its own connection, and, with the last part, runs the day's
-    one UPDATE there (one pass over token_usage, whatever the number of slices). On one
-    connection (SQLite) the write-back follows the stored day once every part is in."""
+    """Hands each part's results to two worker threads, one per connection: one appends them
+    to the result tables, the other stages them for the write-back and, with the last part,
+    runs the day's one UPDATE (one pass over token_usage, whatever the number of slices).
+    Meanwhile the main thread reads and reconciles the next part; both are waited for before
+    the next part is handed over, so at most one part's results are in flight. On one
+    connection (SQLite) the parts are stored in turn, and the write-back follows the stored
+    day once every part is in."""
 
     db: Database
     conn: sa.Connection
     write_conn: sa.Connection
     day: date
     now: datetime
-    worker: ThreadPoolExecutor
+    workers: ThreadPoolExecutor
     snapshot: str | None = None
-    pending: Future | None = None
+    staging_done: Future | None = None
+    appended: Future | None = None
     staged_rows: int = 0
     staging: str | None = None
     written: WriteBackResult | None = None
 
     def store(self, results: pd.DataFrame, unlogged: pd.DataFrame | None, last: bool) -> None:
         self.settle()
-        if self.write_conn is not self.conn:
-            self.pending = self.worker.submit(self._stage, results, last)
+        if self.write_conn is self.conn:
+            self._append(results, unlogged)
+            return
+        self.staging_done = self.workers.submit(self._stage, results, last)
+        self.appended = self.workers.submit(self._append, results, unlogged)
+
+    def _append(self, results: pd.DataFrame, unlogged: pd.DataFrame | None) -> None:
         self.db.append_rows(self.conn, RECONCILED_USAGE, results)
         if unlogged is not None:
             self.db.append_rows(self.conn, UNLOGGED_OPENAI_REQUESTS, unlogged)
@@ -106,10 +118,18 @@ class _Writer:
             self.write_conn, self.day, self.now, snapshot=self.snapshot, staged=staged
         )
 
+    def stored(self) -> None:
+        """Wait until the result tables hold every part handed over: the results'
+        connection is then free, while the write-back may still be running."""
+        if self.appended is not None:
+            appended, self.appended = self.appended, None
+            appended.result()
+
     def settle(self) -> None:
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            self.written = pending.result() or self.written
+        self.stored()
+        if self.staging_done is not None:
+            staging_done, self.staging_done = self.staging_done, None
+            self.written = staging_done.result() or self.written
 
     def finish(self) -> WriteBackResult:
         self.settle()
@@ -120,10 +140,11 @@ class _Writer:
         return self.written
 
     def abort(self) -> None:
-        """Stop a running UPDATE rather than wait it out; its transaction rolls back."""
-        if self.pending is not None:
-            self.db.cancel(self.write_conn)
-            wait([self.pending])
+        """Stop a running COPY or UPDATE rather than wait it out; its transaction rolls back."""
+        for running, conn in ((self.appended, self.conn), (self.staging_done, self.write_conn)):
+            if running is not None and not running.done():
+                self.db.cancel(conn)
+        wait([f for f in (self.appended, self.staging_done) if f is not None])
 
 
 @dataclass(frozen=True)
@@ -177,25 +198,26 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
                 db, reader, day, inputs, verdict, plan.full_rerun, plan.slice_rows
             )
             slices = 1 if partial else slice_count(size.window_rows, size.records, plan.slice_rows)
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-back") as worker:
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="store") as workers:
                 done = _reconcile_parts(
                     db,
                     plan,
                     conn,
                     reader,
                     write_back,
-                    worker,
+                    workers,
                     window,
                     slices,
                     verdict,
                     snapshot,
                     partial,
+                    # On the results' connection, while the write-back's UPDATE runs.
+                    meanwhile=lambda: reconcile_incremental.record_basis(db, conn, day, inputs),
                 )
             if done is None:
                 return None
             parts, written = done
             tally, writer = parts.tally, parts.writer
-            reconcile_incremental.record_basis(db, conn, day, inputs)
         # A day a check finds fault with is done again by every run, so every run reports it.
         digest = (
             _digest_after(db, writer.write_conn, day, window, inputs, snapshot)
@@ -273,18 +295,20 @@ def _reconcile_parts(
     conn: sa.Connection,
     reader: sa.Connection,
     write_back: ExitStack,
-    worker: ThreadPoolExecutor,
+    workers: ThreadPoolExecutor,
     window: tuple[datetime, datetime],
     slices: int,
     verdict: DayCompleteness,
     snapshot: str | None,
     partial: PartialDay | None = None,
+    meanwhile: Callable[[], None] = lambda: None,
 ) -> tuple[_Parts, WriteBackResult] | None:
     """Each slice of rows with an id against its records, then the rows without one against
     every record left, in groups (`io.idless_pool`); each part's results stored and written
     back before the next is read (the write-back runs while the next part is read). None:
     the write-back's lock is held. `partial`: only its changed ids as the one slice, the
-    other stored results kept."""
+    other stored results kept. `meanwhile`: run on the results' connection once every part
+    is stored, while the write-back's UPDATE may still run."""
     spill = Path(write_back.enter_context(tempfile.TemporaryDirectory(prefix="recon_day_")))
     if partial is None:
         logged_parts, record_parts = db.read_day_parts(plan.day, window, reader, slices, spill)
@@ -292,7 +316,7 @@ def _reconcile_parts(
         logged_parts, record_parts = partial.read_parts(db, plan.day, window, reader, spill)
     exact = plan.policy.fingerprint.token_tolerance == 0
     pool = write_back.enter_context(idless_pool(min(8 * slices, MAX_RECORD_PARTS), exact))
-    parts = _Parts(db, plan, conn, write_back, worker, verdict, snapshot, partial)
+    parts = _Parts(db, plan, conn, write_back, workers, verdict, snapshot, partial)
     try:
         for part in range(slices):
             logged = db.logged_part(logged_parts[part])
@@ -315,6 +339,8 @@ def _reconcile_parts(
             del rows, records
             if not parts.store(outcome, last=last):
                 return None
+        parts.writer.stored()
+        meanwhile()
         written = parts.writer.finish()
     except BaseException:
         if parts.writer is not None:
@@ -333,7 +359,7 @@ class _Parts:
     plan: DayPlan
     conn: sa.Connection
     write_back: ExitStack
-    worker: ThreadPoolExecutor
+    workers: ThreadPoolExecutor
     verdict: DayCompleteness
     snapshot: str | None
     partial: PartialDay | None
@@ -373,7 +399,7 @@ class _Parts:
         if write_conn is None:
             return False
         self.writer = _Writer(
-            db, self.conn, write_conn, day, self.plan.now, self.worker, self.snapshot
+            db, self.conn, write_conn, day, self.plan.now, self.workers, self.snapshot
         )
         if self.partial is None:
             db.clear_day(self.conn, RECONCILED_USAGE, day)
