@@ -5,11 +5,11 @@ in a temporary folder), so reading stays linear in the day's size.
 
 Still two transactions a day, each under its advisory lock (`Database.day_transaction`):
 the result tables' (the day deleted, then each slice's rows appended, committed together)
-and the write-back's (each slice's rows staged, then one UPDATE for the day: an UPDATE per
-slice would join the whole of token_usage once per slice). Both sides are read in one
-snapshot. While one slice is appended and staged, each on its connection in a worker thread,
-the next is reconciled; while the UPDATE runs, the day's incremental basis is hashed on the
-results' connection.
+and the write-back's (each part's rows staged, then written back by one UPDATE that joins
+them to token_usage by primary key, so that the parts' UPDATEs visit each row once in all).
+Both sides are read in one snapshot. While one part is appended and written back, each on
+its own connection in a worker thread, the next is reconciled; while the last part's UPDATE
+runs, the day's incremental basis is hashed on the results' connection.
 """
 
 from __future__ import annotations
@@ -70,12 +70,11 @@ class DayOutcome:
 @dataclass
 class _Writer:
     """Hands each part's results to two worker threads, one per connection: one appends them
-    to the result tables, the other stages them for the write-back and, with the last part,
-    runs the day's one UPDATE (one pass over token_usage, whatever the number of slices).
-    Meanwhile the main thread reads and reconciles the next part; both are waited for before
-    the next part is handed over, so at most one part's results are in flight. On one
-    connection (SQLite) the parts are stored in turn, and the write-back follows the stored
-    day once every part is in."""
+    to the result tables, the other writes them back onto token_usage (staged, then one
+    UPDATE by primary key, `Database.write_back_rows`). Meanwhile the main thread reads and
+    reconciles the next part; both are waited for before the next part is handed over, so at
+    most one part's results are in flight. On one connection (SQLite) the parts are stored
+    in turn, and the write-back follows the stored day once every part is in."""
 
     db: Database
     conn: sa.Connection
@@ -84,18 +83,16 @@ class _Writer:
     now: datetime
     workers: ThreadPoolExecutor
     snapshot: str | None = None
-    staging_done: Future | None = None
     appended: Future | None = None
-    staged_rows: int = 0
-    staging: str | None = None
+    updated: Future | None = None
     written: WriteBackResult | None = None
 
-    def store(self, results: pd.DataFrame, unlogged: pd.DataFrame | None, last: bool) -> None:
+    def store(self, results: pd.DataFrame, unlogged: pd.DataFrame | None) -> None:
         self.settle()
         if self.write_conn is self.conn:
             self._append(results, unlogged)
             return
-        self.staging_done = self.workers.submit(self._stage, results, last)
+        self.updated = self.workers.submit(self._write_back, results)
         self.appended = self.workers.submit(self._append, results, unlogged)
 
     def _append(self, results: pd.DataFrame, unlogged: pd.DataFrame | None) -> None:
@@ -103,19 +100,9 @@ class _Writer:
         if unlogged is not None:
             self.db.append_rows(self.conn, UNLOGGED_OPENAI_REQUESTS, unlogged)
 
-    def _stage(self, results: pd.DataFrame, last: bool) -> WriteBackResult | None:
-        self.staged_rows += len(results)
-        self.staging = self.db.stage_write_back(
-            self.write_conn,
-            results,
-            append=self.staging is not None,
-            total=self.staged_rows if last else None,
-        )
-        if not last or self.staging is None:
-            return None
-        staged = (self.staging, self.staged_rows)
+    def _write_back(self, results: pd.DataFrame) -> WriteBackResult:
         return self.db.write_back_rows(
-            self.write_conn, self.day, self.now, snapshot=self.snapshot, staged=staged
+            self.write_conn, self.day, self.now, results, snapshot=self.snapshot
         )
 
     def stored(self) -> None:
@@ -127,9 +114,10 @@ class _Writer:
 
     def settle(self) -> None:
         self.stored()
-        if self.staging_done is not None:
-            staging_done, self.staging_done = self.staging_done, None
-            self.written = staging_done.result() or self.written
+        if self.updated is not None:
+            updated, self.updated = self.updated, None
+            part = updated.result()
+            self.written = part if self.written is None else self.written + part
 
     def finish(self) -> WriteBackResult:
         self.settle()
@@ -141,10 +129,11 @@ class _Writer:
 
     def abort(self) -> None:
         """Stop a running COPY or UPDATE rather than wait it out; its transaction rolls back."""
-        for running, conn in ((self.appended, self.conn), (self.staging_done, self.write_conn)):
-            if running is not None and not running.done():
+        running = ((self.appended, self.conn), (self.updated, self.write_conn))
+        for future, conn in running:
+            if future is not None and not future.done():
                 self.db.cancel(conn)
-        wait([f for f in (self.appended, self.staging_done) if f is not None])
+        wait([future for future, _ in running if future is not None])
 
 
 @dataclass(frozen=True)
@@ -326,18 +315,18 @@ def _reconcile_parts(
             outcome = parts.reconcile(logged, openai, keep_unclaimed=True)
             del logged, openai
             pool.add_records(outcome.unclaimed)
-            if not parts.store(outcome, last=False):
+            if not parts.store(outcome):
                 return None  # nothing was written in the results' transaction
         pool.add_records(price_usage(db.openai_part(record_parts[slices]), plan.catalogue))
         record_parts[slices].unlink()
         for rows in db.logged_part_batches(logged_parts[slices]):
             pool.add_rows(rows)
         logged_parts[slices].unlink()
-        for rows, records, last in pool.groups(plan.slice_rows):
+        for rows, records, _last in pool.groups(plan.slice_rows):
             outcome = parts.reconcile(rows, records, keep_unclaimed=False)
             parts.groups += 1
             del rows, records
-            if not parts.store(outcome, last=last):
+            if not parts.store(outcome):
                 return None
         parts.writer.stored()
         meanwhile()
@@ -381,7 +370,7 @@ class _Parts:
             keep_unclaimed=keep_unclaimed,
         )
 
-    def store(self, outcome: DayReconciliation, last: bool) -> bool:
+    def store(self, outcome: DayReconciliation) -> bool:
         """Store a part's results (and, past the slices, its unlogged records). False: the
         write-back's lock is held by another run."""
         if self.writer is None and not self._open():
@@ -390,7 +379,7 @@ class _Parts:
         self.tally.add_results(outcome.results)
         if unlogged is not None:
             self.tally.add_unlogged(unlogged)
-        self.writer.store(outcome.results, unlogged, last=last)
+        self.writer.store(outcome.results, unlogged)
         return True
 
     def _open(self) -> bool:

@@ -4,7 +4,7 @@ connection, SQLite's immediate transactions, advisory-lock keys."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -82,3 +82,18 @@ def begin_sqlite(conn: sa.Connection) -> None:
 
 def sqlite_ts(moment: datetime) -> str:
     return pd.Timestamp(moment).tz_convert("UTC").isoformat(timespec="microseconds")
+
+
+@contextmanager
+def local_settings(conn: sa.Connection, values: Mapping[str, str]) -> Iterator[None]:
+    """PostgreSQL settings for the statements inside, local to the transaction and restored
+    after; a failed statement rolls the transaction back, and the settings with it."""
+    before = conn.execute(
+        sa.text("SELECT " + ", ".join(f"current_setting('{name}')" for name in values))
+    ).one()
+    setting = sa.text("SELECT set_config(:name, :value, true)")
+    for name, value in values.items():
+        conn.execute(setting, {"name": name, "value": value})
+    yield
+    for name, value in zip(values, before, strict=True):
+        conn.execute(setting, {"name": name, "value": value})

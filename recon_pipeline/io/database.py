@@ -462,7 +462,6 @@ class Database(StoredDayChecks):
         reconciled_at: datetime,
         results: pd.DataFrame | None = None,
         snapshot: str | None = None,
-        staged: tuple[str, int] | None = None,
     ) -> WriteBackResult:
         """Set `actual_cost_cents`, `reconciliation_status` and `reconciled_at` on the day's
         token_usage rows from `results` (the core's frame; on PostgreSQL COPYed into a
@@ -476,15 +475,14 @@ class Database(StoredDayChecks):
         the application inserts meanwhile are not in the results, so they are not touched.
         `snapshot`: the snapshot the results were read in (`Dialect.read_snapshot`); a row
         written since, in any column, raises the transaction's flag that
-        `Dialect.rows_changed_since` reads. `staged`: the results already staged in this
-        transaction by `stage_write_back` (the table, and how many rows), instead of `results`.
-        See `io/write_back.py`.
+        `Dialect.rows_changed_since` reads. Called once per part of a day, in the day's one
+        write-back transaction; each row is in one part. See `io/write_back.py`.
         """
-        if results is not None:
-            table = self.stage_write_back(conn, results, total=len(results))
-            staged = (table, len(results)) if table is not None else None
+        staged = None if results is None else self.stage_write_back(conn, results)
         if staged is not None:
-            (source, considered), where = staged, ""
+            # In key order: the UPDATE joins by primary key (`io.write_back._BY_KEY`).
+            source = f"(SELECT * FROM {staged} ORDER BY usage_id)"
+            considered, where = len(results), ""
         else:
             source = self.table(RECONCILED_USAGE)
             where = " AND r.usage_date = :day"
@@ -510,18 +508,11 @@ class Database(StoredDayChecks):
             rows_disagreeing=int(disagreeing),
         )
 
-    def stage_write_back(
-        self,
-        conn: sa.Connection,
-        results: pd.DataFrame,
-        append: bool = False,
-        total: int | None = None,
-    ) -> str | None:
-        """Stage results for `write_back_rows` in `conn`'s transaction, a part at a time
-        (`append`; `total`: every row staged, given with the last part); the table's name,
-        or None where the write-back reads the stored day instead."""
+    def stage_write_back(self, conn: sa.Connection, results: pd.DataFrame) -> str | None:
+        """Stage a part's results for `write_back_rows` in `conn`'s transaction; the table's
+        name, or None where the write-back reads the stored day instead."""
         definitions = self._column_definitions(WRITE_BACK_ROWS)
-        return self.dialect.stage_write_back(conn, results, definitions, append, total)
+        return self.dialect.stage_write_back(conn, results, definitions)
 
     # -- reading the outputs ---------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core.days import day_bounds
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
+from recon_pipeline.io.connections import local_settings
 from recon_pipeline.io.database import (
     OPENAI_REQUESTS,
     RECONCILED_USAGE,
@@ -57,21 +58,15 @@ def _hash_joins(conn: sa.Connection) -> Iterator[None]:
     least 256 MB for each hash, as the write-back's UPDATE has, so that a day's join stays
     in memory rather than spill in batches (`io/write_back.py`). Restored after; a failed
     statement rolls the transaction back, and the settings too."""
-    settings = ("enable_nestloop", "enable_mergejoin", "jit", "work_mem")
-    before = conn.execute(
-        sa.text("SELECT " + ", ".join(f"current_setting('{name}')" for name in settings))
-    ).one()
-    for name in settings[:-1]:
-        conn.execute(sa.text(f"SELECT set_config('{name}', 'off', true)"))
-    conn.execute(
+    work_mem = conn.execute(
         sa.text(
-            "SELECT set_config('work_mem', greatest(setting::bigint, 262144) || 'kB', true)"
-            " FROM pg_settings WHERE name = 'work_mem'"
+            "SELECT greatest(setting::bigint, 262144) || 'kB' FROM pg_settings"
+            " WHERE name = 'work_mem'"
         )
-    )
-    yield
-    for name, value in zip(settings, before, strict=True):
-        conn.execute(sa.text(f"SELECT set_config('{name}', :v, true)"), {"v": value})
+    ).scalar_one()
+    off = dict.fromkeys(("enable_nestloop", "enable_mergejoin", "jit"), "off")
+    with local_settings(conn, off | {"work_mem": work_mem}):
+        yield
 
 
 def _params(db: Database, day: date) -> dict[str, object]:

@@ -222,16 +222,10 @@ class Dialect(ABC):
 
     @abstractmethod
     def stage_write_back(
-        self,
-        conn: sa.Connection,
-        results: pd.DataFrame,
-        definitions: str,
-        append: bool = False,
-        total: int | None = None,
+        self, conn: sa.Connection, results: pd.DataFrame, definitions: str
     ) -> str | None:
-        """Stage the results for the write-back and name the table, or None to read the
-        stored day of reconciled_usage instead. `append`: to the rows staged before in the
-        transaction; `total`: all the rows staged, once the last are (`stage_results`)."""
+        """Stage a part's results for the write-back and name the table, or None to read
+        the stored day of reconciled_usage instead (`stage_results`)."""
 
     @abstractmethod
     def write_back_update(

@@ -387,15 +387,8 @@ class PostgresDialect(Dialect):
     def same_estimate(self, usage: str) -> str:
         return postgres_same_estimate(usage)
 
-    def stage_write_back(
-        self,
-        conn: sa.Connection,
-        results: pd.DataFrame,
-        definitions: str,
-        append: bool = False,
-        total: int | None = None,
-    ) -> str:
-        return stage_results(conn, definitions, results, append, total)
+    def stage_write_back(self, conn: sa.Connection, results: pd.DataFrame, definitions: str) -> str:
+        return stage_results(conn, definitions, results)
 
     def write_back_update(
         self,

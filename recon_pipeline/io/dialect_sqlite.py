@@ -295,12 +295,7 @@ class SqliteDialect(Dialect):
         return sqlite_same_estimate(usage)
 
     def stage_write_back(
-        self,
-        conn: sa.Connection,
-        results: pd.DataFrame,
-        definitions: str,
-        append: bool = False,
-        total: int | None = None,
+        self, conn: sa.Connection, results: pd.DataFrame, definitions: str
     ) -> None:
         return None  # the write-back reads the day just stored in reconciled_usage
 

@@ -2,9 +2,11 @@
 
 Only rows whose status or cost differs are touched, so re-running an unchanged day updates
 nothing. A row the application changed since it was read (request id or estimate) keeps its
-values and is counted as disagreeing. On PostgreSQL the results are staged by COPY into a
-temporary table and one UPDATE … FROM both applies and counts; on SQLite the stored day of
-`reconciled_usage` is the source and a second query counts. Whole cents: see `whole_cents.py`.
+values and is counted as disagreeing. On PostgreSQL each part's results (a slice, or a group
+of rows without an id) are staged by COPY into a temporary table and one UPDATE … FROM it
+both applies and counts, all in the day's one write-back transaction; on SQLite the stored
+day of `reconciled_usage` is the source and a second query counts. Whole cents: see
+`whole_cents.py`.
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ from datetime import date, datetime
 import pandas as pd
 import sqlalchemy as sa
 
-from recon_pipeline.io.connections import sqlite_ts
+from recon_pipeline.io.connections import local_settings, sqlite_ts
 from recon_pipeline.io.pg_copy import copy_in
 from recon_pipeline.io.tables import WRITE_BACK_ROWS
 
 # Reconciliation values that fit the int64 pico-dollar columns: an estimate at or above this
 # many cents (or NaN, or infinite) is read as missing, never as a wrapped or rounded number.
 MAX_ESTIMATE_CENTS = 900_000_000
-# Measured 115 bytes a staged row in the write-back's hash table; the rest is headroom.
-_WRITE_BACK_HASH_BYTES_PER_ROW = 160
+# Measured 115 bytes a staged row in memory (a hash table's); the rest is headroom.
+_STAGED_BYTES_PER_ROW = 160
 _DISTINCT = "IS DISTINCT FROM"
 # The write-back transaction's flag: a row it considered had changed since the day was read.
 CHANGED_FLAG = "recon_pipeline.changed_since_read"
+# A day's write-back is one UPDATE per part, each joining its staged rows, in key order, to
+# token_usage's rows by primary key: each row is visited once in all, whatever the number of
+# parts, where a hash join would scan the whole table once per part (quadratic in the day).
+_BY_KEY = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,15 @@ class WriteBackResult:
     rows_updated: int
     rows_disagreeing: int = 0
     locked: bool = False
+
+    def __add__(self, other: WriteBackResult) -> WriteBackResult:
+        """A day's write-back from its parts' (each part's rows updated by its own UPDATE)."""
+        return WriteBackResult(
+            self.rows_considered + other.rows_considered,
+            self.rows_updated + other.rows_updated,
+            self.rows_disagreeing + other.rows_disagreeing,
+            self.locked or other.locked,
+        )
 
 
 @dataclass(frozen=True)
@@ -127,7 +142,8 @@ def postgres_update(
         " FROM changed"
     )
     params = {"day": day, "at": reconciled_at, **sql.params}
-    updated, disagreeing = conn.execute(query, params).one()
+    with local_settings(conn, _BY_KEY):
+        updated, disagreeing = conn.execute(query, params).one()
     return int(updated), int(disagreeing)
 
 
@@ -144,31 +160,20 @@ def sqlite_update(
     return int(conn.execute(query, params).rowcount)
 
 
-def stage_results(
-    conn: sa.Connection,
-    definitions: str,
-    results: pd.DataFrame,
-    append: bool = False,
-    total: int | None = None,
-) -> str:
-    """COPY the columns the write-back needs into a temporary table dropped at commit;
-    `definitions`: the staging table's column definitions in this database's types.
-    `append`: add to the rows already staged in this transaction (a day's slices); `total`:
-    the rows staged in all, once the last are in, to plan the UPDATE (None: not yet)."""
+def stage_results(conn: sa.Connection, definitions: str, results: pd.DataFrame) -> str:
+    """COPY the columns the write-back needs of one part's results into a temporary table,
+    replacing the part staged before, dropped at commit; `definitions`: the staging table's
+    column definitions in this database's types."""
     staging = f"pg_temp.{WRITE_BACK_ROWS.name}"
-    if not append:
-        conn.execute(sa.text(f"DROP TABLE IF EXISTS {staging}"))
-        conn.execute(
-            sa.text(f"CREATE TEMPORARY TABLE {WRITE_BACK_ROWS.name} ({definitions}) ON COMMIT DROP")
-        )
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {staging}"))
+    conn.execute(
+        sa.text(f"CREATE TEMPORARY TABLE {WRITE_BACK_ROWS.name} ({definitions}) ON COMMIT DROP")
+    )
     copy_in(conn, staging, WRITE_BACK_ROWS, results)
-    if total is not None and total >= 100_000:  # a small day plans well from the table's size
-        # Enough memory for the UPDATE's hash join to stay in one batch. Spilled into
-        # batches, it updates token_usage in batch order and revisits each heap page once
-        # per batch: at 1M rows, 32 batches read 1.36M buffers and took 14.0 s; one batch
-        # read 56k and took 9.6 s (benchmarks/README.md). Local to this transaction, never
-        # lower than the session's own setting.
-        kilobytes = min(total * _WRITE_BACK_HASH_BYTES_PER_ROW // 1024, 1024 * 1024)
+    if len(results) >= 100_000:  # a small part plans well from the table's size
+        # Enough memory to sort the part into key order in memory (`_BY_KEY`). Local to
+        # this transaction, never lower than the session's own setting.
+        kilobytes = min(len(results) * _STAGED_BYTES_PER_ROW // 1024, 1024 * 1024)
         conn.execute(
             sa.text(
                 "SELECT set_config('work_mem', greatest(:kb, setting::bigint) || 'kB', true)"
