@@ -30,7 +30,7 @@ COPY_TYPES = {
 
 
 # Rows per COPY chunk: bounds the memory of the CSV text to a few tens of MB.
-_COPY_CHUNK_ROWS = 100_000
+_COPY_CHUNK_ROWS = 25_000
 CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
 
 
