@@ -8,8 +8,8 @@ the result tables' (the day deleted, then each slice's rows appended, committed 
 and the write-back's (each part's rows staged, then written back by one UPDATE that joins
 them to token_usage by primary key, so that the parts' UPDATEs visit each row once in all).
 Both sides are read in one snapshot. While one part is appended and written back, each on
-its own connection in a worker thread, the next is reconciled; while the last part's UPDATE
-runs, the day's incremental basis is hashed on the results' connection.
+its own connection in a worker thread, the next is reconciled; once the slices are stored,
+the day's incremental basis is hashed on the results' connection beside the rest.
 """
 
 from __future__ import annotations
@@ -105,6 +105,21 @@ class _Writer:
             self.write_conn, self.day, self.now, results, snapshot=self.snapshot
         )
 
+    def after_stored(self, task: Callable[[], None]) -> None:
+        """Run `task` on the results' connection once the parts handed over so far are
+        stored, beside the write-back and the next part's reconciliation."""
+        if self.write_conn is self.conn:
+            task()
+            return
+        before = self.appended
+
+        def then() -> None:
+            if before is not None:
+                before.result()
+            task()
+
+        self.appended = self.workers.submit(then)
+
     def stored(self) -> None:
         """Wait until the result tables hold every part handed over: the results'
         connection is then free, while the write-back may still be running."""
@@ -187,7 +202,7 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
                 db, reader, day, inputs, verdict, plan.full_rerun, plan.slice_rows
             )
             slices = 1 if partial else slice_count(size.window_rows, size.records, plan.slice_rows)
-            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="store") as workers:
+            with ThreadPoolExecutor(max_workers=3, thread_name_prefix="store") as workers:
                 done = _reconcile_parts(
                     db,
                     plan,
@@ -200,8 +215,7 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
                     verdict,
                     snapshot,
                     partial,
-                    # On the results' connection, while the write-back's UPDATE runs.
-                    meanwhile=lambda: reconcile_incremental.record_basis(db, conn, day, inputs),
+                    after_slices=lambda: reconcile_incremental.record_basis(db, conn, day, inputs),
                 )
             if done is None:
                 return None
@@ -290,14 +304,14 @@ def _reconcile_parts(
     verdict: DayCompleteness,
     snapshot: str | None,
     partial: PartialDay | None = None,
-    meanwhile: Callable[[], None] = lambda: None,
+    after_slices: Callable[[], None] = lambda: None,
 ) -> tuple[_Parts, WriteBackResult] | None:
     """Each slice of rows with an id against its records, then the rows without one against
     every record left, in groups (`io.idless_pool`); each part's results stored and written
     back before the next is read (the write-back runs while the next part is read). None:
     the write-back's lock is held. `partial`: only its changed ids as the one slice, the
-    other stored results kept. `meanwhile`: run on the results' connection once every part
-    is stored, while the write-back's UPDATE may still run."""
+    other stored results kept. `after_slices`: run on the results' connection once the
+    slices are stored (every row matched by id is then), beside the rest."""
     spill = Path(write_back.enter_context(tempfile.TemporaryDirectory(prefix="recon_day_")))
     if partial is None:
         logged_parts, record_parts = db.read_day_parts(plan.day, window, reader, slices, spill)
@@ -317,6 +331,7 @@ def _reconcile_parts(
             pool.add_records(outcome.unclaimed)
             if not parts.store(outcome):
                 return None  # nothing was written in the results' transaction
+        parts.writer.after_stored(after_slices)
         pool.add_records(price_usage(db.openai_part(record_parts[slices]), plan.catalogue))
         record_parts[slices].unlink()
         for rows in db.logged_part_batches(logged_parts[slices]):
@@ -328,8 +343,6 @@ def _reconcile_parts(
             del rows, records
             if not parts.store(outcome):
                 return None
-        parts.writer.stored()
-        meanwhile()
         written = parts.writer.finish()
     except BaseException:
         if parts.writer is not None:
