@@ -190,17 +190,8 @@ def reconciled_usage(
             unlogged_report.skip(day, warn=False)
             write_back_report.skip(day, warn=False)
             continue
-        verdict = done.verdict
-        if verdict.thin:
-            thin.append((verdict, _sources_of(done.tally, settings.openai_source)))
-            context.log.warning(
-                f"{verdict.describe()} ({thin[-1][1]}); "
-                + (
-                    "accepted by RECON_ACCEPT_THIN_DAYS"
-                    if verdict.accepted
-                    else "rows OpenAI has no record of stay pending"
-                )
-            )
+        if done.verdict.thin:
+            thin.append(_thin_day(context, done, settings.openai_source))
         context.log.info(
             f"{day}: redone in part, {done.written.rows_considered} rows reprocessed"
             if done.why_full is None
@@ -213,13 +204,7 @@ def reconciled_usage(
         tally.discrepancy_rate[day] = _discrepancy_rate(done.tally)
 
     if results_report.days:
-        counts = results_report.totals()
-        changed = write_back_report.totals()["rows_updated"]
-        by_status = ", ".join(f"{counts[f'statuses.{status}']} {status}" for status in s.STATUSES)
-        context.log.info(
-            f"{len(results_report.days)} days, {counts['rows']} rows: {by_status};"
-            f" {changed} token_usage rows changed"
-        )
+        _log_totals(context, results_report, write_back_report)
     yield dg.MaterializeResult(asset_key="reconciled_usage", metadata=results_report.metadata())
     yield dg.MaterializeResult(
         asset_key="unlogged_openai_requests", metadata=unlogged_report.metadata()
@@ -231,6 +216,34 @@ def reconciled_usage(
     yield from _reconciled_checks(tally, project, write_back_report)
     yield _completeness_check(thin, now, policy, project)
     yield _discrepancy_check(tally, project, settings.discrepancy_rate_warn_share)
+
+
+def _thin_day(
+    context: dg.AssetExecutionContext, done: DayOutcome, configured_source: str
+) -> tuple[DayCompleteness, str]:
+    """Warn of a thin day, with where its records came from, for the completeness check."""
+    verdict, sources = done.verdict, _sources_of(done.tally, configured_source)
+    context.log.warning(
+        f"{verdict.describe()} ({sources}); "
+        + (
+            "accepted by RECON_ACCEPT_THIN_DAYS"
+            if verdict.accepted
+            else "rows OpenAI has no record of stay pending"
+        )
+    )
+    return verdict, sources
+
+
+def _log_totals(
+    context: dg.AssetExecutionContext, results_report: DailyReport, write_back_report: DailyReport
+) -> None:
+    counts = results_report.totals()
+    changed = write_back_report.totals()["rows_updated"]
+    by_status = ", ".join(f"{counts[f'statuses.{status}']} {status}" for status in s.STATUSES)
+    context.log.info(
+        f"{len(results_report.days)} days, {counts['rows']} rows: {by_status};"
+        f" {changed} token_usage rows changed"
+    )
 
 
 class _Reports(NamedTuple):
