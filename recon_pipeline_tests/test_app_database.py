@@ -304,6 +304,7 @@ def test_recon_doctor_says_what_stops_the_run_and_how_to_fix_it(app_db: AppDatab
     assert "'not found': 3" in out and "2 rows with a NULL status" in out
     assert "a day's rows: app_created_again, idx_token_usage_created_at" in out
     assert "pending rows: idx_token_usage_reconciliation_status" in out
+    assert "the write-back's join by id: token_usage_pkey" in out
     assert "app_created_again duplicates idx_token_usage_created_at" in out
     assert f'fix: DROP INDEX "{db.app}"."app_created_again";' in out
     assert f"{db.analytics}.daily_spend (owner " in out
@@ -335,3 +336,9 @@ def test_recon_doctor_says_what_stops_the_run_and_how_to_fix_it(app_db: AppDatab
     assert code == 1
     assert f"fail  {db.role}: UPDATE (reconciled_at) on {db.table}" in out
     assert "GRANT UPDATE (actual_cost_cents, reconciled_at, reconciliation_status) ON" in out
+
+    # Without an index on id the write-back cannot join a part by key: a warning, and the fix.
+    db.execute(f"ALTER TABLE {db.table} DROP CONSTRAINT token_usage_pkey")
+    code, out = _doctor(capsys, *as_admin)
+    assert "no index on id (the table's primary key should be one)" in out
+    assert f"fix: ALTER TABLE {db.table} ADD PRIMARY KEY (id);" in out

@@ -86,7 +86,7 @@ def _in_groups(rows, records, policy, parts, limit):
         pool.add_records(records.iloc[:half])
         pool.add_records(records.iloc[half:])
         pool.add_rows(rows)
-        for group_rows, group_records, _ in pool.groups(limit):
+        for group_rows, group_records in pool.groups(limit):
             outcome = reconcile_day(group_rows, group_records, DAY, NOW, policy)
             results.append(outcome.results)
             unlogged.append(outcome.unlogged)

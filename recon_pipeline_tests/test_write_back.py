@@ -296,3 +296,48 @@ def test_a_large_write_back_gets_memory_for_its_join_in_its_own_transaction(
     assert (outcome.rows_considered, outcome.rows_updated) == (rows, 0)
     assert during == expected_kb
     assert after == before
+
+
+def _matched(ids: list[str], pico: int) -> pd.DataFrame:
+    return result_frame(
+        [{"usage_id": i, "openai_request_id": "chatcmpl-x", "actual_cost_pico": pico} for i in ids]
+    )
+
+
+@pytest.mark.parametrize("primary_key", [True, False])
+def test_a_day_written_back_in_parts_is_the_day_written_back_whole(pg_schema, primary_key) -> None:
+    """Each part of a day (a slice, a group of rows without an id) is written back by its
+    own UPDATE in the day's one transaction: by key where token_usage's id is indexed, by
+    the planner's own join where it is not (recon-doctor warns); the same rows either way,
+    the counts add up, and the planner's settings are the session's again after."""
+    engine, schema = pg_schema
+    db = pg_db(pg_schema)
+    ids = insert_usage(db, [usage_row(START + timedelta(minutes=m)) for m in range(6)])
+    whole = Database(engine, usage_schema=schema)
+    with engine.begin() as conn:
+        outcome = whole.write_back_rows(conn, DAY, T1, _matched(ids, 270_000_000))
+    expected = by_id(db)
+    assert outcome.rows_updated == 6
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"UPDATE {db.usage} SET reconciliation_status = 'pending',"
+                " actual_cost_cents = NULL, reconciled_at = NULL"
+            )
+        )
+        if not primary_key:
+            conn.execute(sa.text(f"ALTER TABLE {db.usage} DROP CONSTRAINT token_usage_pkey"))
+    parts = Database(engine, usage_schema=schema)
+    with engine.connect() as conn:
+        before = conn.execute(sa.text("SHOW enable_hashjoin")).scalar_one()
+        conn.commit()
+        with conn.begin():
+            assert parts.dialect.id_indexed(conn) is primary_key
+            first = parts.write_back_rows(conn, DAY, T1, _matched(ids[:4], 270_000_000))
+            second = parts.write_back_rows(conn, DAY, T1, _matched(ids[4:], 270_000_000))
+            during = conn.execute(sa.text("SHOW enable_hashjoin")).scalar_one()
+    total = first + second
+    assert (total.rows_considered, total.rows_updated, total.rows_disagreeing) == (6, 6, 0)
+    assert (first.rows_updated, second.rows_updated) == (4, 2)
+    assert during == before == "on"
+    assert by_id(db) == expected

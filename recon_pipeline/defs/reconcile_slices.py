@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -128,6 +128,12 @@ class _Writer:
             appended.result()
 
     def settle(self) -> None:
+        """Wait for the part handed over; the first failure of either worker is raised as
+        soon as it happens (the caller's `abort` then stops the other)."""
+        running = [f for f in (self.appended, self.updated) if f is not None]
+        for future in wait(running, return_when=FIRST_EXCEPTION).done:
+            if future.exception() is not None:
+                raise future.exception()
         self.stored()
         if self.updated is not None:
             updated, self.updated = self.updated, None
@@ -337,7 +343,7 @@ def _reconcile_parts(
         for rows in db.logged_part_batches(logged_parts[slices]):
             pool.add_rows(rows)
         logged_parts[slices].unlink()
-        for rows, records, _last in pool.groups(plan.slice_rows):
+        for rows, records in pool.groups(plan.slice_rows):
             outcome = parts.reconcile(rows, records, keep_unclaimed=False)
             parts.groups += 1
             del rows, records

@@ -475,8 +475,9 @@ class Database(StoredDayChecks):
         the application inserts meanwhile are not in the results, so they are not touched.
         `snapshot`: the snapshot the results were read in (`Dialect.read_snapshot`); a row
         written since, in any column, raises the transaction's flag that
-        `Dialect.rows_changed_since` reads. Called once per part of a day, in the day's one
-        write-back transaction; each row is in one part. See `io/write_back.py`.
+        `Dialect.rows_changed_since` reads. On PostgreSQL, called once per part of a day (each
+        row in one part), in the day's one write-back transaction; on SQLite once for the day,
+        from the stored day. See `io/write_back.py`.
         """
         staged = None if results is None else self.stage_write_back(conn, results)
         if staged is not None:

@@ -55,8 +55,8 @@ def _hash_joins(conn: sa.Connection) -> Iterator[None]:
     planner picked a nested loop over the whole day, quadratic in its size (a 100,000-row
     day's matched records took minutes), or sorts spilled to disk for a merge join. No JIT:
     the costs that rule the others out would make it compile every statement (0.9 s). At
-    least 256 MB for each hash, as the write-back's UPDATE has, so that a day's join stays
-    in memory rather than spill in batches (`io/write_back.py`). Restored after; a failed
+    least 256 MB for each hash, so that a day's join stays in memory rather than spill in
+    batches. Restored after; a failed
     statement rolls the transaction back, and the settings too."""
     work_mem = conn.execute(
         sa.text(

@@ -105,6 +105,7 @@ class PostgresDialect(Dialect):
     def __init__(self, engine: sa.Engine, usage: str) -> None:
         super().__init__(engine, usage)
         self._id_type: str | None = None
+        self._id_indexed: bool | None = None
 
     def day(self, day: date) -> date:
         return day
@@ -140,6 +141,20 @@ class PostgresDialect(Dialect):
             raise SchemaNotReadyError(f"{self.usage} has no id column")
         self._id_type = str(found)
         return self._id_type
+
+    def id_indexed(self, conn: sa.Connection) -> bool:
+        """Whether a valid btree index leads with token_usage's id (its primary key should),
+        so that the write-back may join each part by key (`io.write_back`)."""
+        if self._id_indexed is None:
+            query = sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+                " JOIN pg_am am ON am.oid = i.relam JOIN pg_attribute a"
+                " ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]"
+                " WHERE x.indrelid = CAST(:rel AS regclass) AND a.attname = 'id'"
+                " AND x.indisvalid AND x.indpred IS NULL AND am.amname = 'btree')"
+            )
+            self._id_indexed = bool(conn.execute(query, {"rel": self.usage}).scalar_one())
+        return self._id_indexed
 
     def table_complete(
         self, table: str, index_names: Sequence[str], columns: Sequence[str]
@@ -398,7 +413,7 @@ class PostgresDialect(Dialect):
         reconciled_at: datetime,
         count_disagreeing: Callable[[], int],
     ) -> tuple[int, int]:
-        return postgres_update(conn, sql, day, reconciled_at)
+        return postgres_update(conn, sql, day, reconciled_at, by_key=self.id_indexed(conn))
 
     def cancel(self, conn: sa.Connection) -> None:
         conn.connection.driver_connection.cancel_safe()

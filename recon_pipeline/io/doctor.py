@@ -215,6 +215,20 @@ def _indexes(report: _Report, conn, table: str, oid: int, names, before: dict) -
             report("ok", f"{purpose}: {', '.join(sorted(serving))}")
         else:
             report("warn", f"{purpose}: no index", sql[block].format(**subst) + ";")
+    by_id = sorted(
+        index
+        for index, (_, valid, am, first, partial) in indexes.items()
+        if valid and am == "btree" and first == "id" and not partial
+    )
+    if by_id:
+        report("ok", f"the write-back's join by id: {', '.join(by_id)}")
+    else:
+        report(
+            "warn",
+            "no index on id (the table's primary key should be one): the write-back joins"
+            " each part of a day by a scan of the whole table",
+            f"ALTER TABLE {table} ADD PRIMARY KEY (id);",
+        )
     schema = table.split(".")[0].strip('"')
     for index, (_, valid, *_rest) in sorted(indexes.items()):
         if not valid:

@@ -65,16 +65,12 @@ class IdlessPool:
         if not rows.empty:
             self.rows.add_parts(rows, idless_row_parts(rows, self._named, self.parts, self.exact))
 
-    def groups(self, limit: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, bool]]:
-        """(rows, records, whether it is the last) of each group of parts, at most `limit` of
-        either in a group unless one part holds more; one empty group when there is nothing."""
+    def groups(self, limit: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+        """(rows, records) of each group of parts, at most `limit` of either in a group
+        unless one part holds more; one empty group when there is nothing."""
         bounds = part_groups(np.maximum(self.rows.counts, self.records.counts), limit)
         bounds = bounds or [(0, self.parts)]
-        last = len(bounds) - 1
-        for index, (rows, records) in enumerate(
-            zip(self.rows.read(bounds), self.records.read(bounds), strict=True)
-        ):
-            yield rows, records, index == last
+        yield from zip(self.rows.read(bounds), self.records.read(bounds), strict=True)
 
 
 @contextmanager

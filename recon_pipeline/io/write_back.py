@@ -11,6 +11,7 @@ day of `reconciled_usage` is the source and a second query counts. Whole cents: 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -24,7 +25,9 @@ from recon_pipeline.io.tables import WRITE_BACK_ROWS
 # Reconciliation values that fit the int64 pico-dollar columns: an estimate at or above this
 # many cents (or NaN, or infinite) is read as missing, never as a wrapped or rounded number.
 MAX_ESTIMATE_CENTS = 900_000_000
-# Measured 115 bytes a staged row in memory (a hash table's); the rest is headroom.
+# A staged row in memory: measured 115 bytes in a hash table, the largest of its uses (a
+# sort into key order now; the planner's hash join without an index on id); the rest is
+# headroom.
 _STAGED_BYTES_PER_ROW = 160
 _DISTINCT = "IS DISTINCT FROM"
 # The write-back transaction's flag: a row it considered had changed since the day was read.
@@ -32,12 +35,15 @@ CHANGED_FLAG = "recon_pipeline.changed_since_read"
 # A day's write-back is one UPDATE per part, each joining its staged rows, in key order, to
 # token_usage's rows by primary key: each row is visited once in all, whatever the number of
 # parts, where a hash join would scan the whole table once per part (quadratic in the day).
-_BY_KEY = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
+# It needs an index on id (the primary key, docs/adopting.md; `recon-doctor` warns without).
+# No JIT: a part's cost would make it compile the UPDATE once per part.
+_BY_KEY = {"enable_hashjoin": "off", "enable_mergejoin": "off", "jit": "off"}
 
 
 @dataclass(frozen=True)
 class WriteBackResult:
-    """One day's write-back. `locked`: another run held the day, nothing was written."""
+    """A day's write-back, or one part's (added up into the day's). `locked`: another run
+    held the day, nothing was written."""
 
     rows_considered: int
     rows_updated: int
@@ -120,11 +126,12 @@ def sqlite_same_estimate(usage: str) -> str:
 
 
 def postgres_update(
-    conn: sa.Connection, sql: WriteBackSql, day: date, reconciled_at: datetime
+    conn: sa.Connection, sql: WriteBackSql, day: date, reconciled_at: datetime, by_key: bool
 ) -> tuple[int, int]:
     """One pass: rows that differ are updated where the app left them unchanged, and the
     others, counted as disagreeing, keep their values (rewritten with their own values, so
-    an application trigger ON UPDATE sees them). No second join to count."""
+    an application trigger ON UPDATE sees them). No second join to count. `by_key`: join
+    by token_usage's index on id (`_BY_KEY`); without one, the planner's own join."""
     usage = sql.usage
     kept = {
         "actual_cost_cents": sql.cost,
@@ -142,7 +149,7 @@ def postgres_update(
         " FROM changed"
     )
     params = {"day": day, "at": reconciled_at, **sql.params}
-    with local_settings(conn, _BY_KEY):
+    with local_settings(conn, _BY_KEY) if by_key else nullcontext():
         updated, disagreeing = conn.execute(query, params).one()
     return int(updated), int(disagreeing)
 
@@ -170,16 +177,16 @@ def stage_results(conn: sa.Connection, definitions: str, results: pd.DataFrame) 
         sa.text(f"CREATE TEMPORARY TABLE {WRITE_BACK_ROWS.name} ({definitions}) ON COMMIT DROP")
     )
     copy_in(conn, staging, WRITE_BACK_ROWS, results)
+    # Enough memory to sort the part into key order (`_BY_KEY`), or hash it without an index
+    # on id, in memory. Local to this transaction, never lower than the session's setting.
+    kilobytes = min(len(results) * _STAGED_BYTES_PER_ROW // 1024, 1024 * 1024)
+    conn.execute(
+        sa.text(
+            "SELECT set_config('work_mem', greatest(:kb, setting::bigint) || 'kB', true)"
+            " FROM pg_settings WHERE name = 'work_mem'"
+        ),
+        {"kb": kilobytes},
+    )
     if len(results) >= 100_000:  # a small part plans well from the table's size
-        # Enough memory to sort the part into key order in memory (`_BY_KEY`). Local to
-        # this transaction, never lower than the session's own setting.
-        kilobytes = min(len(results) * _STAGED_BYTES_PER_ROW // 1024, 1024 * 1024)
-        conn.execute(
-            sa.text(
-                "SELECT set_config('work_mem', greatest(:kb, setting::bigint) || 'kB', true)"
-                " FROM pg_settings WHERE name = 'work_mem'"
-            ),
-            {"kb": kilobytes},
-        )
         conn.execute(sa.text(f"ANALYZE {staging}"))
     return staging
