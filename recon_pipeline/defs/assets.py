@@ -197,6 +197,7 @@ def reconciled_usage(
             if done.why_full is None
             else f"{day}: reconciled in full ({done.why_full})"
         )
+        db.analyze(RECONCILED_USAGE)
         without_result = db.count_without_result(day)
         tally.without_result[day] = without_result
         tally.disagreeing[day] = done.written.rows_disagreeing

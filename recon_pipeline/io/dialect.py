@@ -242,6 +242,10 @@ class Dialect(ABC):
     def cancel(self, conn: sa.Connection) -> None:
         """Stop the statement running on `conn` from another thread."""
 
+    @abstractmethod
+    def analyze(self, conn: sa.Connection, table: str) -> None:
+        """Refresh the planner's statistics of `table`, in `conn`'s transaction."""
+
 
 def dialect_for(engine: sa.Engine, usage: str) -> Dialect:
     """The dialect of the engine's database."""

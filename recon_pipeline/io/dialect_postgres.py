@@ -417,3 +417,7 @@ class PostgresDialect(Dialect):
 
     def cancel(self, conn: sa.Connection) -> None:
         conn.connection.driver_connection.cancel_safe()
+
+    def analyze(self, conn: sa.Connection, table: str) -> None:
+        # A sample of 30,000 rows (default_statistics_target), whatever the table's size.
+        conn.execute(sa.text(f"ANALYZE {table}"))

@@ -313,6 +313,9 @@ class SqliteDialect(Dialect):
     def cancel(self, conn: sa.Connection) -> None:
         conn.connection.driver_connection.interrupt()
 
+    def analyze(self, conn: sa.Connection, table: str) -> None:
+        return None  # SQLite's plans here need no statistics; its ANALYZE reads every row
+
 
 def _plain(value: object) -> object:
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
