@@ -22,9 +22,11 @@ from recon_pipeline.defs.schedules import (
     pending_rows_sensor,
 )
 from recon_pipeline.demo_setup import DEMO_PROJECT_IDS, EmbeddedDemoDatabase
+from recon_pipeline.io.allocator import limit_malloc_arenas
 
 
 def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.Definitions:
+    limit_malloc_arenas()  # before any run's threads allocate (`io.allocator`)
     every_asset = [
         assets.token_usage,
         openai_requests.openai_requests,

@@ -40,7 +40,6 @@ from recon_pipeline.core.slices import MAX_RECORD_PARTS, DayTally, slice_count
 from recon_pipeline.defs import reconcile_incremental
 from recon_pipeline.defs.reconcile_incremental import PartialDay
 from recon_pipeline.io import day_inputs
-from recon_pipeline.io.allocator import limit_malloc_arenas
 from recon_pipeline.io.database import (
     DAY_INPUTS,
     OPENAI_REQUESTS,
@@ -209,7 +208,6 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
                 db, reader, day, inputs, verdict, plan.full_rerun, plan.slice_rows
             )
             slices = 1 if partial else slice_count(size.window_rows, size.records, plan.slice_rows)
-            limit_malloc_arenas()  # the workers' allocations, in the main thread's heaps
             with ThreadPoolExecutor(max_workers=3, thread_name_prefix="store") as workers:
                 done = _reconcile_parts(
                     db,

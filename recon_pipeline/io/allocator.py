@@ -2,7 +2,8 @@
 (an arena, up to eight per core), and memory freed in one arena is not reused by another:
 with a day's parts appended and written back on worker threads (`defs.reconcile_slices`),
 the 3M-row day peaked at 1,434 MB, against 1,080 MB with two arenas, in the same time
-(benchmarks/README.md). `MALLOC_ARENA_MAX` in the environment, when set, wins."""
+(benchmarks/README.md). Set when the Definitions are built, before any thread of a run
+allocates; `MALLOC_ARENA_MAX` in the environment, when set, wins."""
 
 from __future__ import annotations
 
