@@ -12,16 +12,17 @@ not exist yet, changes nothing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from recon_pipeline.io import tables
 from recon_pipeline.io.connections import begin_sqlite
 from recon_pipeline.io.identifiers import validate_identifier
+
+if TYPE_CHECKING:  # Alembic is imported where it is used: only `recon-migrate` needs it, and
+    # importing it cost every run process about 0.25 s.
+    from alembic.config import Config
 
 VERSION_TABLE = "recon_pipeline_schema_version"
 OUTPUT_TABLES = tuple(
@@ -43,6 +44,8 @@ _HERE = Path(__file__).resolve().parent
 
 
 def _config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_HERE))
     return config
@@ -50,6 +53,8 @@ def _config() -> Config:
 
 def current_revision(engine: sa.Engine, schema: str | None) -> str | None:
     """The output schema's recorded revision, None before the first upgrade."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         context = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
@@ -74,6 +79,9 @@ def upgrade_output_schema(engine: sa.Engine, schema: str | None) -> list[str]:
         validate_identifier(schema, "schema name")
     if not _has_output_tables(engine, schema):
         return []  # the pipeline creates them with every column; nothing to record yet
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script import ScriptDirectory
+
     config = _config()
     script = ScriptDirectory.from_config(config)
     steps: list[str] = []
