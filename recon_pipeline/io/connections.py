@@ -84,6 +84,16 @@ def sqlite_ts(moment: datetime) -> str:
     return pd.Timestamp(moment).tz_convert("UTC").isoformat(timespec="microseconds")
 
 
+def work_mem_at_least(conn: sa.Connection, kilobytes: int) -> str:
+    """A `work_mem` value of at least `kilobytes`, never below the session's own setting."""
+    return conn.execute(
+        sa.text(
+            "SELECT greatest(:kb, setting::bigint) || 'kB' FROM pg_settings WHERE name = 'work_mem'"
+        ),
+        {"kb": kilobytes},
+    ).scalar_one()
+
+
 @contextmanager
 def local_settings(conn: sa.Connection, values: Mapping[str, str]) -> Iterator[None]:
     """PostgreSQL settings for the statements inside, local to the transaction and restored

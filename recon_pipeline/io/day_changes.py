@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core.days import day_bounds
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
-from recon_pipeline.io.connections import local_settings
+from recon_pipeline.io.connections import local_settings, work_mem_at_least
 from recon_pipeline.io.database import (
     OPENAI_REQUESTS,
     RECONCILED_USAGE,
@@ -59,14 +59,8 @@ def _hash_joins(conn: sa.Connection) -> Iterator[None]:
     stays in memory rather than spill in batches: at 256 MB the 10M-row day's basis hash
     spilled and took 49.7 s, against 2.2 s for 1M rows. Memory is taken as the hash grows.
     Restored after; a failed statement rolls the transaction back, and the settings too."""
-    work_mem = conn.execute(
-        sa.text(
-            "SELECT greatest(setting::bigint, 1048576) || 'kB' FROM pg_settings"
-            " WHERE name = 'work_mem'"
-        )
-    ).scalar_one()
     off = dict.fromkeys(("enable_nestloop", "enable_mergejoin", "jit"), "off")
-    with local_settings(conn, off | {"work_mem": work_mem}):
+    with local_settings(conn, off | {"work_mem": work_mem_at_least(conn, 1024 * 1024)}):
         yield
 
 

@@ -18,7 +18,7 @@ from datetime import date, datetime
 import pandas as pd
 import sqlalchemy as sa
 
-from recon_pipeline.io.connections import local_settings, sqlite_ts
+from recon_pipeline.io.connections import local_settings, sqlite_ts, work_mem_at_least
 from recon_pipeline.io.pg_copy import copy_in
 from recon_pipeline.io.tables import WRITE_BACK_ROWS
 
@@ -180,13 +180,8 @@ def stage_results(conn: sa.Connection, definitions: str, results: pd.DataFrame) 
     # Enough memory to sort the part into key order (`_BY_KEY`), or hash it without an index
     # on id, in memory. Local to this transaction, never lower than the session's setting.
     kilobytes = min(len(results) * _STAGED_BYTES_PER_ROW // 1024, 1024 * 1024)
-    conn.execute(
-        sa.text(
-            "SELECT set_config('work_mem', greatest(:kb, setting::bigint) || 'kB', true)"
-            " FROM pg_settings WHERE name = 'work_mem'"
-        ),
-        {"kb": kilobytes},
-    )
+    work_mem = work_mem_at_least(conn, kilobytes)
+    conn.execute(sa.text("SELECT set_config('work_mem', :v, true)"), {"v": work_mem})
     if len(results) >= 100_000:  # a small part plans well from the table's size
         conn.execute(sa.text(f"ANALYZE {staging}"))
     return staging
