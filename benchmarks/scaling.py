@@ -4,11 +4,15 @@ unchanged re-run costs (issue 19).
     uv run python -m benchmarks.scaling --sizes 1000000,3000000,10000000
 
 For each size: a fresh schema seeded as `benchmarks.run` seeds it, then (at `--floor-at`
-rows only) the hand-written floor `--floor-repeats` times, then the real job twice, each a
-fresh process (`benchmarks.child`): run 1 on the fresh day, run 2 on the unchanged day. Both
-the job and the floor are timed twice: inside (`execute_in_process`, the floor's own phases)
-and as the whole process, interpreter start and imports included, which is what the floor
-comparison uses. The schema and its export files are dropped after each size.
+rows only) the hand-written floor `--floor-repeats` times, then the real job, each a fresh
+process (`benchmarks.child`): run 1 on the fresh day, run 2 on the unchanged day, and at the
+floor's size `--run1-repeats` runs 1 in all, the median compared with the floor's median.
+Every repeat, the floor's and the job's, starts from the day as seeded: the job's tables
+dropped, the write-back columns reset, and the table compacted (`VACUUM FULL`), full pages
+as a fresh load leaves them. Both the job and the floor are timed twice: inside
+(`execute_in_process`, the floor's own phases) and as the whole process, interpreter start
+and imports included, which is what the floor comparison uses. The schema and its export
+files are dropped after each size.
 """
 
 from __future__ import annotations
@@ -25,11 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_database import checkpoint, drop_schema
-from benchmarks.bench_database import vacuum as vacuum_tables
+from benchmarks.bench_database import checkpoint, compact, drop_all_but, drop_schema, tables_in
 from benchmarks.children import child_env, day_args, run_child
 from benchmarks.report import code_version, machine
-from benchmarks.run import RESULTS
+from benchmarks.run import RESULTS, reset_write_back
 from benchmarks.seed import DEFAULT_DAY, DEFAULT_URL, seed_days
 
 
@@ -47,11 +50,12 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
             common["slice_rows"] = args.slice_rows
         env = child_env()
         result: dict[str, Any] = {"rows": rows, "seed_s": seeded.seconds}
+        seeded_tables = tables_in(url, schema)
         if with_floor:
             floors = []
             for number in range(1, args.floor_repeats + 1):
                 if number > 1:
-                    vacuum_tables(url, [f'"{schema}".token_usage_floor'])
+                    compact(url, [f'"{schema}".token_usage_floor'])
                 floors.append(run_child("floor", common, work, f"floor_{rows}_{number}", env))
                 print(
                     f"  floor {number}: {floors[-1]['total_s']:.2f} s inside,"
@@ -60,23 +64,42 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
                 )
             result["floor"] = floors
         checkpoint(url)
-        for number in (1, 2):
-            run = run_child("job", common, work, f"job_{rows}_run{number}", env)
-            if not run["success"]:
-                raise RuntimeError(f"job run {number} failed:\n{run['failure']}")
-            print(
-                f"  job run {number}: {run['wall_s']:.2f} s inside, {run['child_wall_s']:.2f} s"
-                f" as a process, peak RSS {run['peak_rss_mb']:.0f} MB, load"
-                f" {run['loadavg_before']:.2f} -> {run['loadavg_after']:.2f}",
-                flush=True,
-            )
-            result[f"run{number}"] = run
-            checkpoint(url)
+        first = _job(common, work, env, f"job_{rows}_run1", "run 1")
+        result["run2"] = _job(common, work, env, f"job_{rows}_run2", "run 2")
+        runs = [first]
+        for number in range(2, (args.run1_repeats if with_floor else 1) + 1):
+            fresh_day(url, schema, day, seeded_tables)
+            runs.append(_job(common, work, env, f"job_{rows}_run1_{number}", f"run 1 ({number})"))
+        result["run1"] = sorted(runs, key=lambda run: run["child_wall_s"])[len(runs) // 2]
+        result["run1_repeats"] = runs
         return result
     finally:
         shutil.rmtree(export_dir, ignore_errors=True)
         if not args.keep:
             drop_schema(url, schema)
+
+
+def _job(common: dict, work: Path, env: dict, label: str, name: str) -> dict[str, Any]:
+    """One run of the job as a process of its own, then a CHECKPOINT."""
+    run = run_child("job", common, work, label, env)
+    if not run["success"]:
+        raise RuntimeError(f"job {name} failed:\n{run['failure']}")
+    print(
+        f"  job {name}: {run['wall_s']:.2f} s inside, {run['child_wall_s']:.2f} s"
+        f" as a process, peak RSS {run['peak_rss_mb']:.0f} MB, load"
+        f" {run['loadavg_before']:.2f} -> {run['loadavg_after']:.2f}",
+        flush=True,
+    )
+    checkpoint(common["url"])
+    return run
+
+
+def fresh_day(url: str, schema: str, day: date, seeded: set[str]) -> None:
+    """The day as seeding left it, for another run 1: the job's tables dropped, the
+    write-back columns reset, token_usage compacted as a fresh load leaves it."""
+    drop_all_but(url, schema, seeded)
+    reset_write_back(url, schema, day)
+    compact(url, [f'"{schema}".token_usage'])
 
 
 def summary_rows(sizes: list[dict[str, Any]]) -> list[list[str]]:
@@ -91,6 +114,10 @@ def summary_rows(sizes: list[dict[str, Any]]) -> list[list[str]]:
 
     add("run 1, inside execute_in_process (s)", each(lambda s: f"{s['run1']['wall_s']:.2f}"))
     add("run 1, as a process (s)", each(lambda s: f"{s['run1']['child_wall_s']:.2f}"))
+    add(
+        "runs 1 as processes (s; run 1 is their median)",
+        each(lambda s: ", ".join(f"{r['child_wall_s']:.2f}" for r in s.get("run1_repeats", []))),
+    )
     add(
         "run 1 per row, as a process (µs)",
         each(lambda s: f"{s['run1']['child_wall_s'] / s['rows'] * 1e6:.1f}"),
@@ -175,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1000000,3000000,10000000")
     parser.add_argument("--floor-at", type=int, default=1_000_000, help="size the floor runs at")
     parser.add_argument("--floor-repeats", type=int, default=3)
+    parser.add_argument(
+        "--run1-repeats",
+        type=int,
+        default=3,
+        help="runs 1 at the floor's size, each on the day as seeded; the median is compared",
+    )
     parser.add_argument("--slice-rows", type=int, default=None, help="RECON_SLICE_ROWS")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--day", type=date.fromisoformat, default=DEFAULT_DAY)
