@@ -82,41 +82,6 @@ def vacuum(url: str, tables: Iterable[str]) -> None:
         conn.execute("CHECKPOINT")
 
 
-def compact(url: str, tables: Iterable[str]) -> None:
-    """VACUUM (FULL, ANALYZE) then CHECKPOINT: the table as a fresh load leaves it, every page
-    full. A repeat of a measured run starts from there, as the first did; after a plain
-    VACUUM, the space freed by the run before lets each UPDATE put the new row version on
-    the old one's page, which a fresh load never allows."""
-    with psycopg.connect(conninfo(url), autocommit=True) as conn:
-        for table in tables:
-            conn.execute(f"VACUUM (FULL, ANALYZE) {table}")
-        conn.execute("CHECKPOINT")
-
-
-def tables_in(url: str, schema: str) -> set[str]:
-    """The tables and views of `schema`, by name."""
-    with psycopg.connect(conninfo(url)) as conn:
-        return {
-            name
-            for (name,) in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-                (schema,),
-            )
-        }
-
-
-def drop_all_but(url: str, schema: str, kept: set[str]) -> None:
-    """Drop every table and view of `schema` not in `kept`: what the job created."""
-    with psycopg.connect(conninfo(url), autocommit=True) as conn:
-        for name, kind in conn.execute(
-            "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = %s",
-            (schema,),
-        ).fetchall():
-            if name not in kept:
-                what = "VIEW" if kind == "VIEW" else "TABLE"
-                conn.execute(f'DROP {what} IF EXISTS "{schema}"."{name}" CASCADE')
-
-
 def checkpoint(url: str) -> None:
     with psycopg.connect(conninfo(url), autocommit=True) as conn:
         conn.execute("CHECKPOINT")

@@ -2,7 +2,8 @@
 
     python -m benchmarks.child KIND ARGS_JSON OUT_JSON
 
-KIND is `job` (the Dagster job), `stages` (the finer split) or `floor`. The result, plus
+KIND is `job` (the Dagster job), `stages` (the finer split), `floor`, or `seed` (a day
+seeded, so that the memory seeding takes is gone before anything is measured). The result, plus
 import time, RSS after imports and the process's peak RSS (VmHWM), is written to OUT_JSON.
 (VmHWM of this process, after exec: it does not include the parent's memory.)
 """
@@ -79,6 +80,20 @@ def main(argv: list[str]) -> int:
             args["sample"],
             Path(args["export_dir"]),
         )
+    elif kind == "seed":
+        from benchmarks.seed import seed_days
+
+        imported = time.perf_counter() - _STARTED
+        rss_imported = status_mb("VmRSS")
+        seeded = seed_days(
+            args["url"],
+            args["schema"],
+            [date.fromisoformat(args["day"])],
+            args["rows"],
+            Path(args["export_dir"]),
+            floor_tables=args["floor_tables"],
+        )
+        result = {"seconds": seeded.seconds, "counts": seeded.counts}
     else:
         raise SystemExit(f"unknown kind {kind!r}")
     result |= {

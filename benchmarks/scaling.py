@@ -7,9 +7,9 @@ For each size: a fresh schema seeded as `benchmarks.run` seeds it, then (at `--f
 rows only) the hand-written floor `--floor-repeats` times, then the real job, each a fresh
 process (`benchmarks.child`): run 1 on the fresh day, run 2 on the unchanged day, and at the
 floor's size `--run1-repeats` runs 1 in all, the median compared with the floor's median.
-Every repeat, the floor's and the job's, starts from the day as seeded: the job's tables
-dropped, the write-back columns reset, and the table compacted (`VACUUM FULL`), full pages
-as a fresh load leaves them. Both the job and the floor are timed twice: inside
+Each repeat of the floor and of run 1 starts from a day seeded afresh (the same rows and
+files), as the first does: no state a run leaves behind, not even a vacuumed table's free
+space, reaches the next. Both the job and the floor are timed twice: inside
 (`execute_in_process`, the floor's own phases) and as the whole process, interpreter start
 and imports included, which is what the floor comparison uses. The schema and its export
 files are dropped after each size.
@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_database import checkpoint, compact, drop_all_but, drop_schema, tables_in
+from benchmarks.bench_database import checkpoint, drop_schema
 from benchmarks.children import child_env, day_args, run_child
 from benchmarks.report import code_version, machine
-from benchmarks.run import RESULTS, reset_write_back
-from benchmarks.seed import DEFAULT_DAY, DEFAULT_URL, seed_days
+from benchmarks.run import RESULTS
+from benchmarks.seed import DEFAULT_DAY, DEFAULT_URL
 
 
 def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any]:
@@ -41,35 +41,36 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
     export_dir = Path(tempfile.mkdtemp(prefix=f"recon_scale_{rows}_"))
     url, day = args.database_url, args.day
     with_floor = rows == args.floor_at
+    floors_due = args.floor_repeats if with_floor else 0
+    runs_due = args.run1_repeats if with_floor else 1
     print(f"\n== {rows:,} rows (schema {schema}) ==", flush=True)
+    common = day_args(url, schema, export_dir, day, 0)
+    if args.slice_rows:
+        common["slice_rows"] = args.slice_rows
+    env = child_env()
+    result: dict[str, Any] = {"rows": rows}
+    floors: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     try:
-        seeded = seed_days(url, schema, [day], rows, export_dir, floor_tables=with_floor)
-        print(f"  seeded in {seeded.seconds:.1f} s", flush=True)
-        common = day_args(url, schema, export_dir, day, 0)
-        if args.slice_rows:
-            common["slice_rows"] = args.slice_rows
-        env = child_env()
-        result: dict[str, Any] = {"rows": rows, "seed_s": seeded.seconds}
-        seeded_tables = tables_in(url, schema)
-        if with_floor:
-            floors = []
-            for number in range(1, args.floor_repeats + 1):
-                if number > 1:
-                    compact(url, [f'"{schema}".token_usage_floor'])
+        for number in range(1, max(floors_due, runs_due) + 1):
+            seeded = _seed(url, schema, day, rows, export_dir, with_floor, work, number)
+            result.setdefault("seed_s", seeded["seconds"])
+            if number <= floors_due:
                 floors.append(run_child("floor", common, work, f"floor_{rows}_{number}", env))
                 print(
                     f"  floor {number}: {floors[-1]['total_s']:.2f} s inside,"
                     f" {floors[-1]['child_wall_s']:.2f} s as a process",
                     flush=True,
                 )
+            checkpoint(url)
+            if number <= runs_due:
+                runs.append(
+                    _job(common, work, env, f"job_{rows}_run1_{number}", f"run 1 ({number})")
+                )
+            if number == 1:
+                result["run2"] = _job(common, work, env, f"job_{rows}_run2", "run 2")
+        if floors:
             result["floor"] = floors
-        checkpoint(url)
-        first = _job(common, work, env, f"job_{rows}_run1", "run 1")
-        result["run2"] = _job(common, work, env, f"job_{rows}_run2", "run 2")
-        runs = [first]
-        for number in range(2, (args.run1_repeats if with_floor else 1) + 1):
-            fresh_day(url, schema, day, seeded_tables)
-            runs.append(_job(common, work, env, f"job_{rows}_run1_{number}", f"run 1 ({number})"))
         result["run1"] = sorted(runs, key=lambda run: run["child_wall_s"])[len(runs) // 2]
         result["run1_repeats"] = runs
         return result
@@ -77,6 +78,36 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
         shutil.rmtree(export_dir, ignore_errors=True)
         if not args.keep:
             drop_schema(url, schema)
+
+
+def _seed(
+    url: str,
+    schema: str,
+    day: date,
+    rows: int,
+    export_dir: Path,
+    with_floor: bool,
+    work: Path,
+    number: int,
+) -> dict[str, Any]:
+    """The day seeded afresh (the same rows and files each time), in a process of its own:
+    seeding 10M rows takes 19.7 GB, which this process would otherwise keep (4.8 GB of it,
+    measured) while the runs it measures need the page cache."""
+    shutil.rmtree(export_dir, ignore_errors=True)
+    export_dir.mkdir()
+    seeded = run_child(
+        "seed",
+        {"url": url, "schema": schema, "day": day.isoformat(), "rows": rows}
+        | {"export_dir": str(export_dir), "floor_tables": with_floor},
+        work,
+        f"seed_{rows}_{number}",
+        child_env(),
+    )
+    print(
+        f"  seeded in {seeded['seconds']:.1f} s, peak RSS {seeded['peak_rss_mb']:,.0f} MB",
+        flush=True,
+    )
+    return seeded
 
 
 def _job(common: dict, work: Path, env: dict, label: str, name: str) -> dict[str, Any]:
@@ -92,14 +123,6 @@ def _job(common: dict, work: Path, env: dict, label: str, name: str) -> dict[str
     )
     checkpoint(common["url"])
     return run
-
-
-def fresh_day(url: str, schema: str, day: date, seeded: set[str]) -> None:
-    """The day as seeding left it, for another run 1: the job's tables dropped, the
-    write-back columns reset, token_usage compacted as a fresh load leaves it."""
-    drop_all_but(url, schema, seeded)
-    reset_write_back(url, schema, day)
-    compact(url, [f'"{schema}".token_usage'])
 
 
 def summary_rows(sizes: list[dict[str, Any]]) -> list[list[str]]:
