@@ -11,6 +11,8 @@ import pytest
 import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 
+from recon_pipeline_tests.openai_server import FakeOpenAI
+
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
@@ -87,8 +89,28 @@ def server() -> Iterator[HTTPServer]:
 
 
 @pytest.fixture
+def fake(server: HTTPServer) -> Iterator[FakeOpenAI]:
+    """A fake OpenAI on the module's server, serving nothing until the test fills it; a module
+    whose fake serves a scenario of its own declares its own `fake`."""
+    fake = FakeOpenAI(server)
+    yield fake
+    fake.close()
+    server.check_handler_errors()
+
+
+@pytest.fixture
 def demo(pg_schema, pg_url, tmp_path):
     """Three days of the demo's data in a fresh PostgreSQL schema (`runs.SmallDemo`)."""
     from recon_pipeline_tests.runs import make_small_demo  # Dagster only where it is used
 
     return make_small_demo(pg_schema, pg_url, tmp_path / "exports")
+
+
+@pytest.fixture
+def own_demo(pg_schema, pg_url, tmp_path):
+    """The demo's fortnight in a fresh PostgreSQL schema (`assets_demo.Demo`), for a test that
+    changes data."""
+    from recon_pipeline_tests.assets_demo import make_demo  # Dagster only where it is used
+
+    engine, schema = pg_schema
+    return make_demo(engine, pg_url, schema, tmp_path / "exports")

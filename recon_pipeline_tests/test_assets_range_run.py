@@ -1,47 +1,28 @@
 """The assets through Dagster's own APIs, on real PostgreSQL with the demo data generator.
 
 One 14-day range run of `daily_reconciliation` is shared by the read-only tests of this
-module; tests that change data get a schema of their own.
+module; one of its days, run alone on a schema of its own, must give the same rows. Runs that
+change data are in `test_assets_runs_changing_data.py`, the definitions without PostgreSQL
+in `test_assets_definitions.py`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
-from dagster._core.definitions.automation_tick_evaluation_context import (
-    build_run_requests_with_backfill_policies,
-)
-from dagster._core.definitions.events import AssetKeyPartitionKey
 
-from recon_pipeline import definitions
 from recon_pipeline.core import schema as s
-from recon_pipeline.definitions import build_definitions
 from recon_pipeline.defs import assets, daily_totals, openai_requests
-from recon_pipeline.defs.partitions import daily_partitions
-from recon_pipeline.defs.resources import (
-    OpenAIAPI,
-    OpenAIExportFolder,
-    ReconciliationSettings,
-    ReconDatabase,
-    demo_database_path,
-    demo_export_dir,
-    resources_from_env,
-)
-from recon_pipeline.demo_data import DemoDataSummary, generate_demo_data
-from recon_pipeline.demo_openai_side import APP_PROJECT, OPENAI_SNAPSHOTS
-from recon_pipeline.demo_setup import DEMO_PROJECT_IDS, EmbeddedDemoDatabase
-from recon_pipeline.io.migrations import create_demo_token_usage
+from recon_pipeline.defs.resources import ReconciliationSettings
+from recon_pipeline.demo_openai_side import APP_PROJECT
+from recon_pipeline_tests.assets_demo import Demo, _by_partition, make_demo
 from recon_pipeline_tests.runs import AS_OF, LAST_DAY, PIPELINE_ASSETS, QUIET, run_job
 
 FIRST_DAY = LAST_DAY - timedelta(days=13)
@@ -61,52 +42,6 @@ CHECKS = {
 
 
 @dataclass
-class Demo:
-    engine: sa.Engine
-    url: str
-    schema: str
-    exports: Path
-    summary: DemoDataSummary
-
-    def resources(self, as_of: str = AS_OF) -> dict[str, dg.ConfigurableResource]:
-        return {
-            "database": ReconDatabase(url=self.url, usage_schema=self.schema),
-            "openai_exports": OpenAIExportFolder(path=str(self.exports)),
-            "openai_api": OpenAIAPI(),
-            "settings": ReconciliationSettings(as_of=as_of, openai_project_ids=APP_PROJECT),
-        }
-
-    def run(
-        self,
-        first: date,
-        last: date,
-        as_of: str = AS_OF,
-        raise_on_error: bool = True,
-        instance: dg.DagsterInstance | None = None,
-    ) -> dg.ExecuteInProcessResult:
-        return run_job(
-            self.resources(as_of), first, last, instance=instance, raise_on_error=raise_on_error
-        )
-
-    def rows(self, sql: str, **params: object) -> list[sa.Row]:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.text(sql.format(s=f'"{self.schema}"')), params).all()
-
-    def token_usage(self) -> list[sa.Row]:
-        return self.rows("SELECT * FROM {s}.token_usage ORDER BY id")
-
-    def results(self, day: date | None = None) -> list[sa.Row]:
-        where = "WHERE usage_date = :day" if day else ""
-        return self.rows(f"SELECT * FROM {{s}}.reconciled_usage {where} ORDER BY usage_id", day=day)
-
-
-def _make_demo(engine: sa.Engine, url: str, schema: str, folder: Path) -> Demo:
-    create_demo_token_usage(engine, schema=schema)
-    summary = generate_demo_data(engine, folder, last_day=LAST_DAY, schema=schema)
-    return Demo(engine, url, schema, folder, summary)
-
-
-@dataclass
 class Reference:
     demo: Demo
     result: dg.ExecuteInProcessResult
@@ -116,34 +51,11 @@ class Reference:
 @pytest.fixture(scope="module")
 def reference(pg_module_schema, pg_url, tmp_path_factory) -> Reference:
     engine, schema = pg_module_schema
-    demo = _make_demo(engine, pg_url, schema, tmp_path_factory.mktemp("exports"))
+    demo = make_demo(engine, pg_url, schema, tmp_path_factory.mktemp("exports"))
     instance = dg.DagsterInstance.ephemeral()
     result = demo.run(FIRST_DAY, LAST_DAY, instance=instance)
     log = [entry.user_message for entry in instance.all_logs(result.run_id)]
     return Reference(demo, result, log)
-
-
-@pytest.fixture
-def own_demo(pg_schema, pg_url, tmp_path) -> Demo:
-    engine, schema = pg_schema
-    return _make_demo(engine, pg_url, schema, tmp_path / "exports")
-
-
-def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> list[dict[str, object]]:
-    return [
-        {key: value.value for key, value in event.materialization.metadata.items()}
-        for event in result.get_asset_materialization_events()
-        if event.asset_key == dg.AssetKey(asset)
-    ]
-
-
-def _by_partition(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, dict[str, object]]:
-    """partition -> metadata of that partition's materialization."""
-    return {
-        event.partition: {key: value.value for key, value in event.materialization.metadata.items()}
-        for event in result.get_asset_materialization_events()
-        if event.asset_key == dg.AssetKey(asset)
-    }
 
 
 def _status_by_request_id(demo: Demo) -> dict[str, list[tuple[str, str]]]:
@@ -445,56 +357,7 @@ def test_rerun_updates_nothing(reference: Reference) -> None:
     assert demo.results() == results_before
 
 
-# -- runs that change data -------------------------------------------------------------------
-
-
-def test_late_openai_record_moves_row_from_pending(own_demo: Demo) -> None:
-    demo = own_demo
-    first = LAST_DAY - timedelta(days=2)
-    assert demo.run(first, LAST_DAY).success
-    recent = demo.summary.anomaly_ids["missing_at_openai_recent"]
-    target = demo.rows(
-        "SELECT * FROM {s}.token_usage WHERE openai_request_id = ANY(:ids) ORDER BY id",
-        ids=recent,
-    )
-    assert [r.reconciliation_status for r in target] == [s.PENDING] * 3
-    late = target[0]
-    before = {r.id: r for r in demo.token_usage()}
-
-    # OpenAI's record of the first pending row shows up in the export folder.
-    created = datetime.fromtimestamp(late.openai_created, UTC)
-    record = {
-        "request_id": late.openai_request_id,
-        "created": late.openai_created,
-        "model": OPENAI_SNAPSHOTS[late.model_used],
-        "service_tier": "default",
-        "batch": False,
-        "input_tokens": late.input_tokens,
-        "cached_input_tokens": 0,
-        "output_tokens": late.output_tokens,
-        "reasoning_tokens": 0,
-    }
-    export = demo.exports / f"openai-requests-{created.date().isoformat()}.jsonl"
-    with export.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-    later = "2026-11-11T12:00:00+00:00"
-    again = demo.run(first, LAST_DAY, as_of=later)
-    assert again.success
-    per_day = _by_partition(again, "token_usage_reconciliation")
-    changed = {day: m["rows_updated"] for day, m in per_day.items() if m["rows_updated"]}
-    assert changed == {late.created_at.astimezone(UTC).date().isoformat(): 1}
-    after = {r.id: r for r in demo.token_usage()}
-    moved = after[late.id]
-    assert moved.reconciliation_status == s.MATCHED
-    assert moved.actual_cost_cents == moved.calculated_cost_cents
-    assert moved.reconciled_at == datetime.fromisoformat(later)
-    for still in target[1:]:
-        assert after[still.id].reconciliation_status == s.PENDING
-        assert after[still.id].reconciled_at is None
-    assert {k: v for k, v in after.items() if k != late.id} == {
-        k: v for k, v in before.items() if k != late.id
-    }
+# -- one day alone against the reference run -------------------------------------------------
 
 
 def test_single_partition_runs_equal_the_range_run(reference: Reference, own_demo: Demo) -> None:
@@ -534,217 +397,3 @@ def test_single_partition_runs_equal_the_range_run(reference: Reference, own_dem
     assert demo.rows(day_rows, **bounds) == reference.demo.rows(day_rows, **bounds)
     summary = "SELECT * FROM {s}.daily_variance_summary WHERE usage_date = :day ORDER BY 2, 3"
     assert demo.rows(summary, day=day) == reference.demo.rows(summary, day=day)
-
-
-def test_a_day_without_data_runs_clean(own_demo: Demo) -> None:
-    quiet_day = LAST_DAY + timedelta(days=3)
-    usage_before = own_demo.token_usage()
-    result = own_demo.run(quiet_day, quiet_day)
-    assert result.success
-    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    invoice = evaluations.pop("unattributed_spend_within_bounds")
-    assert all(e.passed for e in evaluations.values())
-    assert not invoice.passed and invoice.severity == dg.AssetCheckSeverity.WARN
-    assert invoice.metadata["days_without_invoice_data"].value == [quiet_day.isoformat()]
-    assert _metadata(result, "reconciled_usage")[0]["dagster/row_count"] == 0
-    assert _metadata(result, "token_usage_reconciliation")[0]["rows_updated"] == 0
-    assert own_demo.results() == []
-    assert own_demo.token_usage() == usage_before
-
-
-def test_a_failed_run_leaves_token_usage_as_it_was(own_demo: Demo) -> None:
-    demo = own_demo
-    usage_before = demo.token_usage()
-    broken = demo.exports / f"openai-requests-{LAST_DAY.isoformat()}.jsonl"
-    lines = broken.read_text(encoding="utf-8").count("\n")
-    with broken.open("a", encoding="utf-8") as handle:
-        handle.write('{"request_id": "chatcmpl-cut-off", "created": \n')
-    result = demo.run(LAST_DAY - timedelta(days=1), LAST_DAY, raise_on_error=False)
-    assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failure.step_key == "openai_requests"
-    error = failure.step_failure_data.error
-    message = error.message + (error.cause.message if error.cause else "")
-    assert f"{broken.name}:{lines + 1}: not valid JSON" in message
-    assert demo.token_usage() == usage_before
-    [(results_table,)] = demo.rows(
-        "SELECT to_regclass(:t) IS NOT NULL", t=f'"{demo.schema}".reconciled_usage'
-    )
-    assert not results_table  # the run stopped before any reconciliation was stored
-
-
-# -- no database needed ----------------------------------------------------------------------
-
-
-def test_a_year_backfills_in_twelve_runs() -> None:
-    graph = definitions.defs.resolve_asset_graph()  # what `dagster dev` loads
-    keys = [dg.AssetKey(name) for name in sorted(PIPELINE_ASSETS)]
-    for key in keys:
-        assert graph.get(key).backfill_policy == dg.BackfillPolicy.multi_run(31)
-        assert graph.get(key).partitions_def == daily_partitions
-    year = daily_partitions.get_partition_keys_in_range(
-        dg.PartitionKeyRange("2025-01-01", "2025-12-31")
-    )
-    assert len(year) == 365
-    assert math.ceil(len(year) / 31) == 12
-
-    # Dagster's own planner for a backfill of every asset over the year.
-    wanted = [AssetKeyPartitionKey(key, partition) for key in keys for partition in year]
-    with dg.DagsterInstance.ephemeral() as instance:
-        requests = build_run_requests_with_backfill_policies(wanted, graph, instance)
-    assert len(requests) == 12
-    ranges = sorted(
-        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
-        for r in requests
-    )
-    assert ranges[0] == ("2025-01-01", "2025-01-31")
-    assert ranges[-1][1] == "2025-12-31"
-    sizes = [
-        len(daily_partitions.get_partition_keys_in_range(dg.PartitionKeyRange(a, b)))
-        for a, b in ranges
-    ]
-    assert sum(sizes) == 365 and max(sizes) == 31
-    assert all(set(r.asset_selection) == set(keys) for r in requests)
-
-
-# -- the embedded default --------------------------------------------------------------------
-
-
-def test_the_embedded_default_is_the_demo_only_where_the_definitions_inject_it(
-    monkeypatch, tmp_path
-) -> None:
-    monkeypatch.setenv("RECON_HOME", str(tmp_path))
-    monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
-    monkeypatch.delenv("RECON_OPENAI_PROJECT_IDS", raising=False)
-    with pytest.raises(ValueError, match="recon-demo") as refused:
-        ReconDatabase().get()
-    assert str(demo_database_path(tmp_path)) in str(refused.value)
-    assert not demo_database_path(tmp_path).exists()
-
-    injected = resources_from_env(EmbeddedDemoDatabase, DEMO_PROJECT_IDS)
-    assert type(injected["database"]) is EmbeddedDemoDatabase
-    assert injected["settings"].project_scope() == (DEMO_PROJECT_IDS,)
-    plain = resources_from_env()
-    assert type(plain["database"]) is ReconDatabase
-    assert plain["settings"].project_scope() is None
-
-    monkeypatch.setenv("RECON_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
-    configured = resources_from_env(EmbeddedDemoDatabase, DEMO_PROJECT_IDS)
-    assert type(configured["database"]) is ReconDatabase
-    assert configured["settings"].project_scope() is None
-
-
-def test_the_resources_do_not_import_the_demo() -> None:
-    """The one import against the layers is gone: the resources load without the demo."""
-    loaded = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, recon_pipeline.defs.resources;"
-            "print(sorted(m for m in sys.modules if m.startswith('recon_pipeline.demo')))",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert loaded.stdout.strip() == "[]"
-
-
-def test_embedded_sqlite_default_builds_the_demo_and_runs(monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("RECON_HOME", str(tmp_path))
-    monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
-    monkeypatch.delenv("RECON_USAGE_EXPORT_DIR", raising=False)
-    database = EmbeddedDemoDatabase()
-    assert database.is_embedded
-    assert not demo_database_path(tmp_path).exists()
-    db = database.get()
-    assert db.engine.dialect.name == "sqlite"
-    assert demo_database_path(tmp_path).exists()
-    assert sorted(p.name for p in demo_export_dir(tmp_path).glob("openai-requests-*.jsonl"))
-
-    yesterday = datetime.now(UTC).date() - timedelta(days=1)
-    first = yesterday - timedelta(days=1)
-    defs = build_definitions(
-        {
-            "database": database,
-            "openai_exports": OpenAIExportFolder(),
-            "openai_api": OpenAIAPI(),
-            "settings": ReconciliationSettings(openai_project_ids=APP_PROJECT),
-        }
-    )
-    result = defs.resolve_job_def("daily_reconciliation").execute_in_process(
-        tags={
-            "dagster/asset_partition_range_start": first.isoformat(),
-            "dagster/asset_partition_range_end": yesterday.isoformat(),
-        },
-        run_config=QUIET,
-    )
-    assert result.success
-    # Both days are billed at the gpt-4o price the demo's catalogue lacks (issue 16), and
-    # the recent day has causes the day before had not (its pending rows): warnings only.
-    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
-    assert "billed_prices_match_catalogue" in failed
-    assert failed <= {"billed_prices_match_catalogue", "invoice_gap_causes_steady"}
-    with db.engine.connect() as conn:
-        logged = conn.execute(
-            sa.text("SELECT count(*) FROM token_usage WHERE created_at >= :start"),
-            {"start": first.isoformat()},
-        ).scalar_one()
-        results = conn.execute(sa.text("SELECT count(*) FROM reconciled_usage")).scalar_one()
-        statuses = dict(
-            conn.execute(
-                sa.text(
-                    "SELECT reconciliation_status, count(*) FROM token_usage"
-                    " WHERE created_at >= :start GROUP BY 1"
-                ),
-                {"start": first.isoformat()},
-            ).all()
-        )
-        untouched = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM token_usage WHERE created_at < :start"
-                " AND (reconciled_at IS NOT NULL OR reconciliation_status <> 'pending')"
-            ),
-            {"start": first.isoformat()},
-        ).scalar_one()
-    assert logged == results > 100
-    assert statuses[s.MATCHED] > 100 and statuses.get(s.UNVERIFIABLE, 0) < 10
-    assert untouched == 0  # days outside the run are not written
-
-
-def test_a_day_whose_openai_source_is_missing_keeps_its_rows_pending_and_fails_a_check(
-    own_demo: Demo,
-) -> None:
-    quiet_day = LAST_DAY + timedelta(days=3)
-    with own_demo.engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                f'INSERT INTO "{own_demo.schema}".token_usage (user_id, action_type, model_used,'
-                " input_tokens, output_tokens, calculated_cost_cents, created_at,"
-                " openai_request_id) VALUES ('u', 'blueprint', 'gpt-4o', 10, 10, 0.01, :at,"
-                " 'chatcmpl-never-exported')"
-            ),
-            {"at": datetime(quiet_day.year, quiet_day.month, quiet_day.day, 12, tzinfo=UTC)},
-        )
-
-    # Long past the grace period: without the thin-day rule the row would be a final not_found.
-    result = own_demo.run(
-        quiet_day, quiet_day, as_of="2026-12-31T00:00:00+00:00", raise_on_error=False
-    )
-
-    assert result.success
-    [row] = [r for r in own_demo.token_usage() if r.openai_request_id == "chatcmpl-never-exported"]
-    assert row.reconciliation_status == s.PENDING
-    [stored] = own_demo.results(quiet_day)
-    assert stored.variance_class == s.CLASS_AWAITING_OPENAI
-    [check] = [
-        e for e in result.get_asset_check_evaluations() if e.check_name == "openai_side_complete"
-    ]
-    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
-    assert check.description.startswith(
-        f"{quiet_day}: 0 OpenAI records created on the day (0 stored with the match window) for"
-        " 1 logged rows with request ids"
-    )
-    assert "no OpenAI record at all" in check.description
-    assert "RECON_OPENAI_SOURCE=auto" in check.description
-    assert check.metadata["days_held_pending"].value == [quiet_day.isoformat()]

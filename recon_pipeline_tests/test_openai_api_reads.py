@@ -1,120 +1,41 @@
-"""The OpenAI client against a fake OpenAI served over real HTTP on 127.0.0.1."""
+"""What the OpenAI client reads from each endpoint, against a fake OpenAI served over real
+HTTP on 127.0.0.1: chat completions by cursor, Responses by id, usage and costs by page, and
+the row tag of stored metadata. Failures are in `test_openai_api_failures.py`, keys and
+configuration in `test_openai_api_credentials.py`."""
 
 from __future__ import annotations
 
 import json
-import logging
-import time
-from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from pytest_httpserver import HTTPServer
 
 from recon_pipeline.core.openai_records import RecordError
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
-from recon_pipeline.defs.resources import resources_from_env
-from recon_pipeline.io.openai_api import (
-    COSTS_COLUMNS,
-    DEFAULT_BASE_URL,
-    USAGE_COLUMNS,
-    OpenAIAPIError,
-    OpenAIClient,
-    costs_frame,
+from recon_pipeline.io.openai_api import COSTS_COLUMNS, USAGE_COLUMNS, costs_frame
+from recon_pipeline_tests.openai_client import (
+    CHAT,
+    COSTS,
+    END,
+    START,
+    _fill_usage,
+    client_for,
+    raises,
 )
 from recon_pipeline_tests.openai_server import (
     ADMIN_KEY,
     API_KEY,
     FakeOpenAI,
     Scripted,
-    audio_transcriptions_result,
     chat_completion,
     chat_completions,
-    completions_result,
     costs_result,
-    embeddings_result,
     error_body,
     response_id_for,
     response_object,
     unix,
 )
-
-START = datetime(2026, 3, 10, tzinfo=UTC)
-END = START + timedelta(days=1)
-CHAT = "/v1/chat/completions"
-COSTS = "/v1/organization/costs"
-KEYS = (API_KEY, ADMIN_KEY, "SECRET123", "SECRET456")
-
-
-@pytest.fixture
-def fake(server: HTTPServer) -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI(server)
-    yield fake
-    fake.close()
-    server.check_handler_errors()
-
-
-def client_for(fake: FakeOpenAI, **overrides) -> OpenAIClient:
-    settings = {
-        "api_key": API_KEY,
-        "admin_key": ADMIN_KEY,
-        "connect_timeout": 2.0,
-        "read_timeout": 2.0,
-        "max_retries": 3,
-        "backoff_factor": 0.01,
-        "max_total_wait_seconds": 5.0,
-    }
-    settings.update(overrides)
-    return OpenAIClient(fake.base_url, **settings)
-
-
-def raises(kind: str, call, *args, **kwargs) -> OpenAIAPIError:
-    with pytest.raises(OpenAIAPIError) as caught:
-        call(*args, **kwargs)
-    assert caught.value.kind == kind, str(caught.value)
-    return caught.value
-
-
-def _fill_usage(fake: FakeOpenAI, days: list[date]) -> None:
-    for n, day in enumerate(days):
-        fake.usage["completions"][day] = [
-            completions_result(
-                "gpt-4o-mini-2024-07-18",
-                input_tokens=10_000 + n,
-                output_tokens=2_000,
-                num_model_requests=40,
-                input_cached_tokens=3_000,
-            ),
-            completions_result(
-                "gpt-4o-mini-2024-07-18",
-                input_tokens=500,
-                output_tokens=100,
-                num_model_requests=2,
-                project_id="proj_other",
-            ),
-            completions_result(
-                "gpt-4.1-2025-04-14",
-                input_tokens=7_000,
-                output_tokens=900,
-                num_model_requests=5,
-                batch=True,
-            ),
-            completions_result(
-                "o4-mini-2025-04-16",
-                input_tokens=4_000,
-                output_tokens=6_000,
-                num_model_requests=3,
-                service_tier="flex",
-            ),
-        ]
-        fake.usage["embeddings"][day] = [
-            embeddings_result("text-embedding-3-small", input_tokens=90_000, num_model_requests=12)
-        ]
-        fake.usage["audio_transcriptions"][day] = [
-            audio_transcriptions_result("whisper-1", seconds=600 + n, num_model_requests=8)
-        ]
-
 
 # Cursor pagination (chat completions).
 
@@ -426,253 +347,7 @@ def test_unknown_fields_everywhere_are_accepted(fake: FakeOpenAI) -> None:
     assert "x_added_later" in raw
 
 
-# Retries, timeouts and failures.
-
-
-def test_429_with_retry_after_waits_then_succeeds(fake: FakeOpenAI) -> None:
-    fake.chat = chat_completions(3, END - timedelta(minutes=1), timedelta(minutes=1))
-    fake.script(
-        CHAT,
-        Scripted(429, error_body("Rate limit reached", type_="requests"), {"Retry-After": "1"}),
-    )
-    began = time.monotonic()
-    records = client_for(fake).list_chat_completions(START, END)
-    elapsed = time.monotonic() - began
-    assert len(records) == 3
-    assert len(fake.requests_to(CHAT)) == 2
-    assert 0.95 <= elapsed < 3
-
-
-def test_500_then_success(fake: FakeOpenAI) -> None:
-    day = date(2026, 3, 1)
-    fake.costs[day] = [costs_result("0.5", "a")]
-    fake.script(COSTS, Scripted(500, error_body("The server had an error", type_="server_error")))
-    costs = client_for(fake).costs(day, day + timedelta(days=1))
-    assert costs["amount_pico"].tolist() == [500_000_000_000]
-    assert len(fake.requests_to(COSTS)) == 2
-
-
-def test_timeout_names_the_endpoint(fake: FakeOpenAI) -> None:
-    fake.script(CHAT, Scripted(stall=1.5), times=2)
-    client = client_for(fake, read_timeout=0.3, max_retries=1)
-    began = time.monotonic()
-    error = raises("timeout", client.list_chat_completions, START, END)
-    assert time.monotonic() - began < 1.4
-    assert "GET /chat/completions" in str(error)
-    assert "read timeout of 0.3 s" in str(error)
-    assert fake.arrived.count(CHAT) == 2
-    assert error.__cause__ is None and error.__context__ is None
-
-
-def test_timeouts_that_outlast_the_budget_are_timeouts(fake: FakeOpenAI) -> None:
-    fake.script(CHAT, Scripted(stall=2.0), times=4)
-    client = client_for(
-        fake, read_timeout=0.2, max_retries=5, backoff_factor=0.2, max_total_wait_seconds=0.3
-    )
-    error = raises("timeout", client.list_chat_completions, START, END)
-    assert "retry budget" in str(error)
-    # Waits 0, then 0.4 s capped to the 0.3 s budget; a third wait finds the budget spent.
-    assert fake.arrived.count(CHAT) == 3
-
-
-def test_401_is_an_auth_error(fake: FakeOpenAI) -> None:
-    client = client_for(fake, api_key="sk-test-WRONG789")
-    error = raises("auth", client.list_chat_completions, START, END)
-    assert error.status == 401
-    assert "GET /chat/completions (HTTP 401)" in str(error)
-    assert "OPENAI_API_KEY" in str(error)
-    assert "WRONG789" not in str(error)
-    assert len(fake.requests_to(CHAT)) == 1
-
-
-@pytest.mark.parametrize("padding", [260, 290])
-def test_a_long_echoed_key_is_scrubbed_before_the_message_is_shortened(
-    fake: FakeOpenAI, padding: int
-) -> None:
-    # The fake's 401 echoes the key in full; OpenAI's message is shortened to 300 characters,
-    # which used to cut a key not starting with sk- so that no scrubbing recognised it.
-    key = "x" * padding + "gw_live_SECRETKEY123"
-    client = client_for(fake, api_key=key)
-    error = raises("auth", client.list_chat_completions, START, END)
-    assert "Incorrect API key provided" in str(error)
-    for part in ("gw_live", "SECR", "x" * 40):
-        assert part not in str(error)
-    # A key shaped like ours (same prefix) but not ours is scrubbed too.
-    other = "x" * padding + "gw_live_OTHERKEY456"
-    fake.script(CHAT, Scripted(401, error_body(other, code="invalid_api_key")))
-    client = client_for(fake, api_key="gw_live_SECRETKEY123")
-    error = raises("auth", client.list_chat_completions, START, END)
-    assert "gw_live" not in str(error) and "OTHER" not in str(error)
-
-
-@pytest.mark.parametrize("host", ["api.example.com", "10.0.0.1", "[fe80::1]", "127.example.com"])
-def test_http_to_a_host_that_is_not_loopback_is_refused(host: str) -> None:
-    with pytest.raises(OpenAIAPIError) as caught:
-        OpenAIClient(f"http://{host}/v1", api_key="sk-test-PLAIN123")
-    assert caught.value.kind == "config"
-    assert "https://" in str(caught.value)
-    assert "PLAIN123" not in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    "url",
-    ["http://127.0.0.1:8080/v1", "http://127.1.2.3/v1", "http://[::1]:9/v1", "http://localhost/v1"],
-)
-def test_http_to_a_loopback_host_is_accepted(url: str) -> None:
-    assert OpenAIClient(url, api_key="sk-test-PLAIN123").base_url == url
-
-
-def test_truncated_body_is_malformed(fake: FakeOpenAI) -> None:
-    fake.script(CHAT, Scripted(body='{"object": "list", "data": ['))
-    error = raises("malformed", client_for(fake).list_chat_completions, START, END)
-    assert "GET /chat/completions" in str(error)
-    assert "not valid JSON" in str(error)
-
-
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"object": "list", "has_more": False}, "'data'"),
-        ({"object": "list", "data": {"id": "x"}, "has_more": False}, "'data' must be a list"),
-        ({"object": "list", "data": []}, "'has_more'"),
-        ([1, 2, 3], "expected a JSON object"),
-    ],
-)
-def test_envelope_not_as_documented_is_malformed(fake: FakeOpenAI, body, field) -> None:
-    fake.script(CHAT, Scripted(body=body))
-    error = raises("malformed", client_for(fake).list_chat_completions, START, END)
-    assert field in str(error)
-    assert "GET /chat/completions" in str(error)
-
-
-def test_usage_result_missing_a_required_count_names_it(fake: FakeOpenAI) -> None:
-    day = date(2026, 3, 1)
-    _fill_usage(fake, [day])
-    del fake.usage["embeddings"][day][0]["num_model_requests"]
-    error = raises("malformed", client_for(fake).usage, day, day + timedelta(days=1))
-    assert "'num_model_requests'" in str(error)
-    assert "GET /organization/usage/embeddings" in str(error)
-
-
-def test_retry_after_longer_than_the_budget_fails_at_once(fake: FakeOpenAI) -> None:
-    fake.script(COSTS, Scripted(429, error_body("Rate limit"), {"Retry-After": "30"}), times=5)
-    client = client_for(fake, max_total_wait_seconds=1.0)
-    day = date(2026, 3, 1)
-    began = time.monotonic()
-    error = raises("rate_limited", client.costs, day, day + timedelta(days=1))
-    assert time.monotonic() - began < 1
-    assert "retry budget" in str(error) and "30 s" in str(error)
-    assert error.status == 429
-    assert len(fake.requests_to(COSTS)) == 1
-
-
-def test_backoff_budget_runs_out_on_repeated_500s(fake: FakeOpenAI) -> None:
-    fake.script(COSTS, Scripted(503, error_body("Overloaded")), times=50)
-    client = client_for(fake, max_retries=20, backoff_factor=0.1, max_total_wait_seconds=0.5)
-    day = date(2026, 3, 1)
-    error = raises("server_error", client.costs, day, day + timedelta(days=1))
-    assert "retry budget" in str(error)
-    # Backoffs 0, 0.2, 0.4: the third would overrun the 0.5 s budget.
-    assert len(fake.requests_to(COSTS)) == 3
-
-
-def test_retries_exhausted_reports_the_last_status(fake: FakeOpenAI) -> None:
-    fake.script(COSTS, Scripted(429, error_body("Rate limit")), times=5)
-    day = date(2026, 3, 1)
-    error = raises("rate_limited", client_for(fake, max_retries=2).costs, day, date(2026, 3, 2))
-    assert "after 3 attempts" in str(error)
-    assert len(fake.requests_to(COSTS)) == 3
-
-
-def test_connection_refused_is_a_connection_error() -> None:
-    client = OpenAIClient(
-        "http://127.0.0.1:9/v1", api_key=API_KEY, max_retries=1, backoff_factor=0.01
-    )
-    error = raises("connection", client.list_chat_completions, START, END)
-    assert "GET /chat/completions" in str(error)
-
-
-def test_missing_key_names_the_variable(fake: FakeOpenAI, monkeypatch) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_ADMIN_KEY", raising=False)
-    client = OpenAIClient(fake.base_url)
-    assert "OPENAI_API_KEY" in str(raises("config", client.retrieve_responses, ["resp_1"]))
-    day = date(2026, 3, 1)
-    assert "OPENAI_ADMIN_KEY" in str(raises("config", client.usage, day, date(2026, 3, 2)))
-    assert fake.server.log == []
-
-
-def test_configuration_comes_from_the_environment(fake: FakeOpenAI, monkeypatch) -> None:
-    """Through the `openai_api` resource, as the definitions bind the environment to it."""
-    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
-    fake.chat = chat_completions(2, END - timedelta(minutes=1), timedelta(minutes=1))
-    client = resources_from_env()["openai_api"].process_config_and_initialize().client()
-    assert len(client.list_chat_completions(START, END)) == 2
-    assert repr(client).startswith(f"OpenAIClient(base_url='{fake.base_url}', api_key=set")
-    with pytest.raises(ValueError, match="credentials"):
-        OpenAIClient("https://user:pw@api.example.com/v1")
-
-
-def test_the_client_reads_no_environment(monkeypatch) -> None:
-    """Only its constructor configures the client: variables set beside it change nothing."""
-    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
-    client = OpenAIClient()
-    assert client.base_url == DEFAULT_BASE_URL
-    assert "api_key=unset, admin_key=unset" in repr(client)
-    error = raises("config", client.retrieve_responses, ["resp_1"])
-    assert "OPENAI_API_KEY" in str(error)
-
-
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    stack = [error]
-    while stack:
-        item = stack.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        yield item
-        stack.extend([item.__cause__, item.__context__])
-        stack.extend(arg for arg in item.args if isinstance(arg, BaseException))
-
-
-def test_no_key_appears_in_errors_repr_or_logs(fake: FakeOpenAI, caplog) -> None:
-    caplog.set_level(logging.DEBUG)
-    day = date(2026, 3, 1)
-    fake.chat = chat_completions(120, END - timedelta(minutes=1), timedelta(seconds=30))
-    client = client_for(fake, read_timeout=0.3, max_retries=1, max_total_wait_seconds=0.5)
-    errors: list[OpenAIAPIError] = []
-
-    client.list_chat_completions(START, END)
-    fake.admin_keys.clear()  # the server now refuses the admin key and echoes it back
-    errors.append(raises("auth", client.costs, day, date(2026, 3, 2)))
-    fake.script(CHAT, Scripted(stall=1.0), times=2)
-    errors.append(raises("timeout", client.list_chat_completions, START, END))
-    fake.script(CHAT, Scripted(503, error_body(f"overloaded for {API_KEY}")), times=2)
-    errors.append(raises("server_error", client.list_chat_completions, START, END))
-    fake.script(CHAT, Scripted(429, error_body("slow down"), {"Retry-After": "9"}))
-    errors.append(raises("rate_limited", client.list_chat_completions, START, END))
-    fake.script(CHAT, Scripted(body='{"object": "list", "data": ['))
-    errors.append(raises("malformed", client.list_chat_completions, START, END))
-    refused = OpenAIClient("http://127.0.0.1:9/v1", api_key=API_KEY, max_retries=0)
-    errors.append(raises("connection", refused.list_chat_completions, START, END))
-
-    texts = [repr(client), repr(refused), caplog.text]
-    for error in errors:
-        for item in _chain(error):
-            texts += [str(item), repr(item.args)]
-            request = getattr(item, "request", None)
-            if request is not None:
-                texts.append(repr(dict(request.headers)))
-    leaks = [text for text in texts if any(key in text for key in KEYS)]
-    assert leaks == []
-    assert "Incorrect API key" in str(errors[0])
-    assert any("GET /v1/chat/completions" in record.getMessage() for record in caplog.records)
-    assert all(API_KEY not in request.url for request, _ in fake.server.log)
+# The row tag from stored metadata.
 
 
 def test_the_row_tag_comes_from_stored_completions_and_responses_metadata(
