@@ -38,6 +38,10 @@ from werkzeug import Request, Response
 
 from benchmarks.openai_payloads import dumps, error_body, unix, with_unknown_fields
 
+# The paths the fake serves that tests name.
+CHAT = "/v1/chat/completions"
+COSTS = "/v1/organization/costs"
+
 API_KEY = "sk-test-SECRET123"
 ADMIN_KEY = "sk-admin-SECRET456"
 
@@ -151,7 +155,7 @@ class FakeOpenAI:
                 self._release.wait(reply.stall)
             if reply.body is not None:
                 return self._json(reply.status, reply.body, reply.headers)
-        if path == "/v1/chat/completions":
+        if path == CHAT:
             return self._list_chat(request)
         if path == "/v1/batches":
             return self._list_batches(request)
@@ -161,7 +165,7 @@ class FakeOpenAI:
             return self._response(path.removeprefix("/v1/responses/"))
         if path.startswith("/v1/organization/usage/"):
             return self._usage(request, path.removeprefix("/v1/organization/usage/"))
-        if path == "/v1/organization/costs":
+        if path == COSTS:
             return self._costs(request)
         return self._json(404, error_body(f"Invalid URL (GET {path})"))
 

@@ -21,8 +21,6 @@ from recon_pipeline_tests.openai_server import (
 
 START = datetime(2026, 3, 10, tzinfo=UTC)
 END = START + timedelta(days=1)
-CHAT = "/v1/chat/completions"
-COSTS = "/v1/organization/costs"
 
 
 def client_for(fake: FakeOpenAI, **overrides) -> OpenAIClient:

@@ -54,8 +54,6 @@ AS_OF = "2026-11-15T06:00:00+00:00"
 DB_PASSWORD = "pw-SECRET789"
 # The full strings, and the parts a partial mask (`sk-test-****T123`) would still show.
 SECRETS = (API_KEY, ADMIN_KEY, DB_PASSWORD, "SECRET123", "SECRET456", "SECRET789")
-CHAT = "/v1/chat/completions"
-COSTS = "/v1/organization/costs"
 USAGE_COMPLETIONS = "/v1/organization/usage/completions"
 NON_TOKEN_LINE_ITEM = ("web search tool calls", Decimal("0.250000"))
 TEXT_OUTPUT_COLUMNS = ("output_tokens", "reasoning_tokens", "output_audio_tokens")

@@ -3,23 +3,10 @@ a NUL in a listed completion's id, and a body that is not UTF-8."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from pytest_httpserver import HTTPServer
-
-from recon_pipeline_tests.openai_day import CHAT, at, resources, run_day
-from recon_pipeline_tests.openai_server import FakeOpenAI, Scripted, chat_completion, unix
+from recon_pipeline_tests.openai_day import at, resources, run_day
+from recon_pipeline_tests.openai_server import CHAT, Scripted, chat_completion, unix
 from recon_pipeline_tests.runs import step_failure
 from recon_pipeline_tests.test_openai_batches import _store
-
-
-@pytest.fixture
-def fake(server: HTTPServer) -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI(server)
-    yield fake
-    fake.close()
-    server.check_handler_errors()
 
 
 def test_a_nul_in_a_listed_id_names_endpoint_page_and_field(pg_schema, pg_url, fake, tmp_path):

@@ -2,7 +2,7 @@
 queue and write-back pool, and the Kubernetes variant in `deploy/kubernetes/`.
 
 Dagster's storage gets a database of its own per test (`dagster_test_<hex>`, dropped after);
-the application's data gets a fresh schema, as in test_assets.py.
+the application's data gets a fresh schema, as in test_assets_runs_changing_data.py.
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ import pytest
 
 from recon_pipeline.defs.resources import resources_from_env
 from recon_pipeline.io.openai_api import DEFAULT_BASE_URL, OpenAIAPIError, OpenAIClient
-from recon_pipeline_tests.openai_client import CHAT, END, START, client_for, raises
+from recon_pipeline_tests.openai_client import END, START, client_for, raises
 from recon_pipeline_tests.openai_server import (
     ADMIN_KEY,
     API_KEY,
+    CHAT,
     FakeOpenAI,
     Scripted,
     chat_completions,

@@ -10,17 +10,11 @@ from datetime import date, timedelta
 import pytest
 
 from recon_pipeline.io.openai_api import OpenAIClient
-from recon_pipeline_tests.openai_client import (
-    CHAT,
-    COSTS,
-    END,
-    START,
-    _fill_usage,
-    client_for,
-    raises,
-)
+from recon_pipeline_tests.openai_client import END, START, _fill_usage, client_for, raises
 from recon_pipeline_tests.openai_server import (
     API_KEY,
+    CHAT,
+    COSTS,
     FakeOpenAI,
     Scripted,
     chat_completions,

@@ -14,18 +14,12 @@ import pytest
 from recon_pipeline.core.openai_records import RecordError
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.openai_api import COSTS_COLUMNS, USAGE_COLUMNS, costs_frame
-from recon_pipeline_tests.openai_client import (
-    CHAT,
-    COSTS,
-    END,
-    START,
-    _fill_usage,
-    client_for,
-    raises,
-)
+from recon_pipeline_tests.openai_client import END, START, _fill_usage, client_for, raises
 from recon_pipeline_tests.openai_server import (
     ADMIN_KEY,
     API_KEY,
+    CHAT,
+    COSTS,
     FakeOpenAI,
     Scripted,
     chat_completion,

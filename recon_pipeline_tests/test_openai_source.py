@@ -29,8 +29,6 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline_tests.openai_day import (
     AS_OF,
-    CHAT,
-    COSTS,
     DAY,
     SCENARIO,
     Reference,
@@ -39,9 +37,7 @@ from recon_pipeline_tests.openai_day import (
     metadata,
     reference_run,
 )
-from recon_pipeline_tests.openai_server import (
-    response_id_for,
-)
+from recon_pipeline_tests.openai_server import CHAT, COSTS, response_id_for
 from recon_pipeline_tests.runs import QUIET
 
 

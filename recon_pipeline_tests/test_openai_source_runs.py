@@ -22,8 +22,6 @@ from recon_pipeline.core import schema as s
 from recon_pipeline.core.openai_records import parse_record, records_frame
 from recon_pipeline.core.reconcile import ReconciliationPolicy, read_window
 from recon_pipeline_tests.openai_day import (
-    CHAT,
-    COSTS,
     DAY,
     DB_PASSWORD,
     SCENARIO,
@@ -42,6 +40,8 @@ from recon_pipeline_tests.openai_day import (
 )
 from recon_pipeline_tests.openai_server import (
     API_KEY,
+    CHAT,
+    COSTS,
     FakeOpenAI,
     Scripted,
     chat_completion,
