@@ -79,6 +79,13 @@ def pg_module_schema(pg_engine: sa.Engine) -> Iterator[tuple[sa.Engine, str]]:
         yield fresh
 
 
+@pytest.fixture(scope="session")
+def pg_session_schema(pg_engine: sa.Engine) -> Iterator[tuple[sa.Engine, str]]:
+    """Like `pg_module_schema`, shared by the tests of several modules (the UI's one stack)."""
+    with _fresh_schema(pg_engine, "s") as fresh:
+        yield fresh
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[HTTPServer]:
     """A real HTTP server on 127.0.0.1 for the fake OpenAI (pytest-httpserver)."""
@@ -114,3 +121,22 @@ def own_demo(pg_schema, pg_url, tmp_path):
 
     engine, schema = pg_schema
     return make_demo(engine, pg_url, schema, tmp_path / "exports")
+
+
+@pytest.fixture(scope="session")
+def stack(pg_engine, pg_session_schema, pg_url, tmp_path_factory):
+    """The Dagster webserver and daemon of test_ui_backfills.py and test_ui_pages.py, with the
+    backfill of every demo day launched (`ui_stack.running_stack`). Session-scoped so that the
+    two modules share one: it takes minutes to start and backfill. It stops at the session's
+    end, not at the last UI test."""
+    from recon_pipeline_tests.ui_stack import running_stack
+
+    yield from running_stack(pg_engine, pg_session_schema, pg_url, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def backfill(stack):
+    """The asset graph's backfill of every demo day, finished."""
+    from recon_pipeline_tests.ui_stack import _finished
+
+    return _finished(stack, stack.backfill_id)

@@ -1,4 +1,7 @@
-"""The migration against real PostgreSQL and SQLite: what it changes, and what it must not."""
+"""The migration against real PostgreSQL and SQLite: what it changes on the application's
+table, and what it must not (rows, the file, dependent views, columns and indexes the
+application already has, concurrent writers). Which table and schema it works on, and the
+console script, are in test_migration_targets.py."""
 
 from __future__ import annotations
 
@@ -10,13 +13,20 @@ import pytest
 import sqlalchemy as sa
 
 from recon_pipeline.core.schema import STATUSES
-from recon_pipeline.io.identifiers import InvalidIdentifierError, qualified
+from recon_pipeline.io.identifiers import qualified
 from recon_pipeline.io.migrations import (
     RECONCILIATION_STATUSES,
     MigrationError,
     apply_migration,
     create_demo_token_usage,
-    main,
+)
+from recon_pipeline_tests.migration_tables import (
+    APP_ROWS_V1,
+    APP_TABLE_V1,
+    _make_app_v1_table,
+    _pg_state,
+    _rows,
+    _scalar,
 )
 
 VIEW = "token_usage_reconciliation"
@@ -42,90 +52,6 @@ APP_COLUMNS = (
     "id, user_id, action_type, model_used, input_tokens, output_tokens,"
     " cached_input_tokens, audio_seconds, calculated_cost_cents, created_at"
 )
-# The application's table before it stored OpenAI's ids.
-APP_TABLE_V1 = """
-CREATE TABLE {t} (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    user_id text,
-    action_type text NOT NULL,
-    model_used text NOT NULL,
-    input_tokens integer NOT NULL,
-    output_tokens integer NOT NULL,
-    cached_input_tokens integer,
-    audio_seconds numeric,
-    calculated_cost_cents numeric(12, 6),
-    created_at timestamptz NOT NULL
-)
-"""
-APP_ROWS_V1 = """
-INSERT INTO {t} (user_id, action_type, model_used, input_tokens, output_tokens,
-                 cached_input_tokens, audio_seconds, calculated_cost_cents, created_at)
-SELECT 'user-' || (g % 37),
-       (ARRAY['/api/viva/blueprint', '/api/viva/chat', '/api/transcribe'])[1 + g % 3],
-       CASE WHEN g % 2 = 0 THEN 'gpt-4o' ELSE 'gpt-4o-mini' END,
-       100 + g % 900,
-       20 + g % 300,
-       CASE WHEN g % 5 = 0 THEN g % 100 END,
-       CASE WHEN g % 3 = 2 THEN (g % 60)::numeric END,
-       CASE WHEN g % 50 <> 0 THEN round((g % 1000) * 0.012345, 6) END,
-       timestamptz '2025-01-01 00:00:00+00' + g * interval '17 minutes'
-FROM generate_series(1, {n}) AS g
-"""
-APP_DAILY_VIEW = """
-CREATE VIEW {v} AS
-SELECT date(created_at) AS day, sum(calculated_cost_cents) AS cost, count(*) AS n
-FROM {t} GROUP BY 1
-"""
-
-
-def _scalar(engine: sa.Engine, sql: str, **params):
-    with engine.connect() as conn:
-        return conn.execute(sa.text(sql), params).scalar()
-
-
-def _rows(engine: sa.Engine, sql: str, **params) -> list[tuple]:
-    with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(sql), params)]
-
-
-def _make_app_v1_table(engine: sa.Engine, schema: str, rows: int = 3000) -> str:
-    """The pre-migration application's table with `rows` rows and a dependent view."""
-    t = qualified("token_usage", schema)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(APP_TABLE_V1.format(t=t))
-        conn.execute(sa.text(APP_ROWS_V1.format(t=t, n=rows)))
-        conn.exec_driver_sql(APP_DAILY_VIEW.format(t=t, v=qualified("app_daily", schema)))
-    return t
-
-
-def _pg_state(engine: sa.Engine, schema: str, table: str = "token_usage") -> dict:
-    """Everything the migration could change, read from the catalogue."""
-    return {
-        "columns": _rows(
-            engine,
-            "SELECT table_name, column_name, data_type, numeric_precision, numeric_scale,"
-            " is_nullable, column_default FROM information_schema.columns"
-            " WHERE table_schema = :s ORDER BY table_name, ordinal_position",
-            s=schema,
-        ),
-        "indexes": _rows(
-            engine,
-            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = :s ORDER BY 1",
-            s=schema,
-        ),
-        "constraints": _rows(
-            engine,
-            "SELECT conname, pg_get_constraintdef(c.oid), convalidated FROM pg_constraint c"
-            " JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = :s ORDER BY 1",
-            s=schema,
-        ),
-        "views": _rows(
-            engine,
-            "SELECT viewname, definition FROM pg_views WHERE schemaname = :s ORDER BY 1",
-            s=schema,
-        ),
-        "filenode": _scalar(engine, "SELECT pg_relation_filenode(:t)", t=qualified(table, schema)),
-    }
 
 
 def _row_versions(engine: sa.Engine, t: str) -> list[tuple]:
@@ -382,78 +308,6 @@ def test_actual_cost_keeps_ten_decimal_places(pg_schema) -> None:
     assert [v for (v,) in variances] == [v - Decimal("0.000001") for v in values]
 
 
-@pytest.mark.parametrize(
-    ("table", "schema"),
-    [
-        ("token_usage; DROP TABLE victim", None),
-        ('token_usage" CASCADE; --', None),
-        ("token_usage", "public; DROP TABLE victim"),
-        ("token_usage", 'x"."y'),
-        ("x" * 64, None),
-    ],
-)
-def test_injection_via_names_is_refused_before_any_sql(pg_schema, table, schema) -> None:
-    engine, real_schema = pg_schema
-    victim = qualified("victim", real_schema)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"CREATE TABLE {victim} (x int)")
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, *args) -> None:
-        statements.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", record)
-    try:
-        with pytest.raises(InvalidIdentifierError):
-            apply_migration(engine, table=table, schema=schema)
-        with pytest.raises(InvalidIdentifierError):
-            create_demo_token_usage(engine, table=table, schema=schema)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
-    assert statements == []
-    assert _scalar(engine, "SELECT to_regclass(:v) IS NOT NULL", v=victim)
-
-
-def test_default_schema_follows_search_path(pg_schema, pg_url) -> None:
-    engine, schema = pg_schema
-    _make_app_v1_table(engine, schema, rows=5)
-    scoped = sa.create_engine(pg_url, connect_args={"options": f"-c search_path={schema}"})
-    try:
-        assert (
-            apply_migration(scoped)[-1] == f'created view "{schema}"."token_usage_reconciliation"'
-        )
-        assert apply_migration(scoped) == []
-    finally:
-        scoped.dispose()
-    assert _scalar(engine, "SELECT count(*) FROM pg_views WHERE schemaname = :s", s=schema) == 2
-
-
-def test_long_table_name_gets_distinct_short_names(pg_schema) -> None:
-    engine, schema = pg_schema
-    table = "t" * 63
-    create_demo_token_usage(engine, table=table, schema=schema)
-    indexes = [n for n, _ in _pg_state(engine, schema, table)["indexes"] if n != f"{table}_pkey"]
-    assert len(indexes) == 4  # the identity key's index is named by PostgreSQL
-    assert all(len(n) <= 63 for n in indexes)
-    assert apply_migration(engine, table=table, schema=schema) == []
-
-
-def test_missing_table_is_a_clear_error(pg_schema) -> None:
-    engine, schema = pg_schema
-    with pytest.raises(RuntimeError, match="does not exist"):
-        apply_migration(engine, schema=schema)
-
-
-def test_other_table_name_gets_its_own_view(pg_schema) -> None:
-    engine, schema = pg_schema
-    create_demo_token_usage(engine, table="usage_log", schema=schema)
-    names = {
-        n for (n,) in _rows(engine, "SELECT viewname FROM pg_views WHERE schemaname = :s", s=schema)
-    }
-    assert names == {"usage_log_reconciliation"}
-    assert apply_migration(engine, table="usage_log", schema=schema) == []
-
-
 # SQLite
 
 
@@ -555,80 +409,3 @@ def test_sqlite_failure_midway_rolls_everything_back(sqlite_engine) -> None:
     with pytest.raises(sa.exc.OperationalError):
         apply_migration(sqlite_engine)
     assert _sqlite_objects(sqlite_engine) == objects
-
-
-# The console script
-
-
-def test_main_applies_and_prints_steps(pg_schema, pg_url, capsys) -> None:
-    engine, schema = pg_schema
-    _make_app_v1_table(engine, schema, rows=20)
-
-    assert main(["--url", pg_url, "--schema", schema]) == 0
-    out = capsys.readouterr().out
-    assert "added column actual_cost_cents numeric(20,10)" in out
-    assert "created index token_usage_pending_created_at_idx" in out
-
-    assert main(["--url", pg_url, "--schema", schema]) == 0
-    assert "already up to date" in capsys.readouterr().out
-
-
-def test_main_reads_env_and_never_prints_password(pg_schema, pg_url, capsys, monkeypatch) -> None:
-    engine, schema = pg_schema
-    create_demo_token_usage(engine, table="usage_log", schema=schema)
-    url = sa.make_url(pg_url).set(password="s3cretpw").render_as_string(hide_password=False)
-    assert "s3cretpw" in url
-    monkeypatch.setenv("RECON_DATABASE_URL", url)
-
-    assert main(["--schema", schema, "--table", "usage_log"]) == 0
-    captured = capsys.readouterr()
-    assert "already up to date" in captured.out
-    assert "***" in captured.out
-
-    assert main(["--schema", schema]) == 1  # no token_usage in that schema
-    captured = capsys.readouterr()
-    assert "does not exist" in captured.err
-    unreachable = sa.make_url(url).set(port=1).render_as_string(hide_password=False)
-    assert main(["--url", unreachable, "--schema", schema]) == 1
-    captured2 = capsys.readouterr()
-    for text in (captured.out, captured.err, captured2.out, captured2.err):
-        assert "s3cretpw" not in text
-
-
-def test_main_without_url_or_with_bad_name(monkeypatch, capsys, pg_url) -> None:
-    monkeypatch.delenv("RECON_DATABASE_URL", raising=False)
-    assert main([]) == 2
-    assert "RECON_DATABASE_URL" in capsys.readouterr().err
-    assert main(["--url", pg_url, "--table", "token_usage; DROP TABLE x"]) == 1
-    assert "not a plain SQL identifier" in capsys.readouterr().err
-
-
-def test_recon_migrate_reads_the_same_schema_and_table_variables_as_the_pipeline(
-    pg_schema, pg_url, monkeypatch, capsys
-):
-    engine, schema = pg_schema
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                f'CREATE TABLE "{schema}".app_calls (id bigint PRIMARY KEY, user_id text,'
-                " action_type text NOT NULL, model_used text NOT NULL, input_tokens integer,"
-                " output_tokens integer, calculated_cost_cents numeric(12,6),"
-                " created_at timestamptz NOT NULL)"
-            )
-        )
-    monkeypatch.setenv("RECON_DATABASE_URL", pg_url)
-    monkeypatch.setenv("RECON_USAGE_SCHEMA", schema)
-    monkeypatch.setenv("RECON_USAGE_TABLE", "app_calls")
-    assert main([]) == 0
-    with engine.connect() as conn:
-        columns = {
-            name
-            for (name,) in conn.execute(
-                sa.text(
-                    "SELECT column_name FROM information_schema.columns"
-                    " WHERE table_schema = :s AND table_name = 'app_calls'"
-                ),
-                {"s": schema},
-            )
-        }
-    assert {"actual_cost_cents", "reconciled_at", "reconciliation_status"} <= columns
