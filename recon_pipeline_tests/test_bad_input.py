@@ -3,7 +3,7 @@ or in a failed run whose error names the file and line, never in a crash deep in
 a half-written day or a silent zero cost.
 
 The parsing rules themselves are unit-tested in test_openai_records.py and the statuses in
-test_reconcile.py; here the same inputs go through the assets, the database and Dagster.
+test_reconcile_matching.py; here the same inputs go through the assets, the database and Dagster.
 """
 
 from __future__ import annotations
