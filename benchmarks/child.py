@@ -17,8 +17,10 @@ _STARTED = time.perf_counter()
 import json  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 
 def status_mb(field: str) -> float:
@@ -30,20 +32,14 @@ def status_mb(field: str) -> float:
     return 0.0
 
 
-def main(argv: list[str]) -> int:
-    kind, raw, out = argv
-    warnings.filterwarnings("ignore", category=Warning, module="dagster")
-    warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
-    args = json.loads(raw)
-    if kind == "job":
-        import dagster as dg
+def _job(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    import dagster as dg
 
-        from benchmarks.job import run_job
+    from benchmarks.job import run_job
 
-        imported = time.perf_counter() - _STARTED
-        rss_imported = status_mb("VmRSS")
+    def work() -> dict[str, Any]:
         instance = dg.DagsterInstance.get() if args.get("persistent_instance") else None
-        result = run_job(
+        return run_job(
             args["url"],
             args["schema"],
             Path(args["export_dir"]),
@@ -54,37 +50,40 @@ def main(argv: list[str]) -> int:
             slice_rows=args.get("slice_rows"),
             full_rerun=bool(args.get("full_rerun")),
         )
-    elif kind == "stages":
-        from benchmarks.stages import run_stages
 
-        imported = time.perf_counter() - _STARTED
-        rss_imported = status_mb("VmRSS")
-        result = run_stages(
-            args["url"],
-            args["schema"],
-            Path(args["export_dir"]),
-            date.fromisoformat(args["day"]),
-            args["as_of"],
-            slice_rows=args.get("slice_rows"),
-        )
-    elif kind == "floor":
-        from benchmarks.floor import run_floor
+    return work
 
-        imported = time.perf_counter() - _STARTED
-        rss_imported = status_mb("VmRSS")
-        result = run_floor(
-            args["url"],
-            args["schema"],
-            date.fromisoformat(args["day"]),
-            args["as_of"],
-            args["sample"],
-            Path(args["export_dir"]),
-        )
-    elif kind == "seed":
-        from benchmarks.seed import seed_days
 
-        imported = time.perf_counter() - _STARTED
-        rss_imported = status_mb("VmRSS")
+def _stages(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    from benchmarks.stages import run_stages
+
+    return lambda: run_stages(
+        args["url"],
+        args["schema"],
+        Path(args["export_dir"]),
+        date.fromisoformat(args["day"]),
+        args["as_of"],
+        slice_rows=args.get("slice_rows"),
+    )
+
+
+def _floor(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    from benchmarks.floor import run_floor
+
+    return lambda: run_floor(
+        args["url"],
+        args["schema"],
+        date.fromisoformat(args["day"]),
+        args["as_of"],
+        args["sample"],
+        Path(args["export_dir"]),
+    )
+
+
+def _seed(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    from benchmarks.seed import seed_days
+
+    def work() -> dict[str, Any]:
         seeded = seed_days(
             args["url"],
             args["schema"],
@@ -93,10 +92,25 @@ def main(argv: list[str]) -> int:
             Path(args["export_dir"]),
             floor_tables=args["floor_tables"],
         )
-        result = {"seconds": seeded.seconds, "counts": seeded.counts}
-    else:
+        return {"seconds": seeded.seconds, "counts": seeded.counts}
+
+    return work
+
+
+# Each kind imports what it needs and returns its work, so that import time is its own.
+KINDS = {"job": _job, "stages": _stages, "floor": _floor, "seed": _seed}
+
+
+def main(argv: list[str]) -> int:
+    kind, raw, out = argv
+    warnings.filterwarnings("ignore", category=Warning, module="dagster")
+    warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
+    if kind not in KINDS:
         raise SystemExit(f"unknown kind {kind!r}")
-    result |= {
+    work = KINDS[kind](json.loads(raw))
+    imported = time.perf_counter() - _STARTED
+    rss_imported = status_mb("VmRSS")
+    result = work() | {
         "import_s": imported,
         "rss_after_import_mb": rss_imported,
         "peak_rss_mb": status_mb("VmHWM"),
