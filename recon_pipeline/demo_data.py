@@ -190,11 +190,15 @@ class DemoDataSummary:
     rows_tagged: int = 0
 
 
+# How many days the demo generates by default: a fortnight up to its last day.
+DEMO_DAYS = 14
+
+
 def generate_demo_data(
     engine: sa.Engine,
     export_dir: Path,
     last_day: date,
-    days: int = 14,
+    days: int = DEMO_DAYS,
     seed: int = 7,
     table: str = "token_usage",
     schema: str | None = None,

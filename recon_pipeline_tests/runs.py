@@ -80,8 +80,11 @@ class SmallDemo:
         as_of: str = AS_OF,
         instance: dg.DagsterInstance | None = None,
         resources: dict[str, Any] | None = None,
+        raise_on_error: bool = False,
     ) -> dg.ExecuteInProcessResult:
-        return run_job(resources or self.resources(as_of), first, last or first, instance)
+        return run_job(
+            resources or self.resources(as_of), first, last or first, instance, raise_on_error
+        )
 
     def rows(self, sql: str, **params: object) -> list[sa.Row]:
         with self.engine.connect() as conn:
@@ -89,6 +92,11 @@ class SmallDemo:
 
     def token_usage(self) -> list[sa.Row]:
         return self.rows("SELECT * FROM {s}.token_usage ORDER BY id")
+
+    def results(self, day: date | None = None) -> list[sa.Row]:
+        """reconciled_usage (of one day), by usage id."""
+        where = "WHERE usage_date = :day" if day else ""
+        return self.rows(f"SELECT * FROM {{s}}.reconciled_usage {where} ORDER BY usage_id", day=day)
 
     def table(self, name: str, day: date | None = None) -> list[sa.Row]:
         """Every row of an output table (of one day), in a total order."""
@@ -110,12 +118,16 @@ class SmallDemo:
 
 
 def make_small_demo(
-    pg_schema: tuple[sa.Engine, str], url: str, folder: Path, days: int = 3
+    pg_schema: tuple[sa.Engine, str],
+    url: str,
+    folder: Path,
+    days: int = 3,
+    kind: type[SmallDemo] = SmallDemo,
 ) -> SmallDemo:
     engine, schema = pg_schema
     create_demo_token_usage(engine, schema=schema)
     summary = generate_demo_data(engine, folder, last_day=LAST_DAY, days=days, schema=schema)
-    return SmallDemo(engine, url, schema, folder, summary)
+    return kind(engine, url, schema, folder, summary)
 
 
 def run_job(
