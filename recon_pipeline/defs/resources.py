@@ -1,4 +1,4 @@
-"""Resources, configured from the environment (see the README's configuration table).
+"""Resources, configured from the environment (see docs/configuration.md).
 
 With no RECON_DATABASE_URL the pipeline runs on the embedded SQLite database under RECON_HOME
 (default `.recon/`); `definitions.py` injects the demo's set-up (`demo_setup`), which
@@ -263,7 +263,7 @@ def _minutes(span: timedelta) -> int:
 
 class ReconciliationSettings(dg.ConfigurableResource):
     """Tolerance, grace period, match window, and how rows without a request id are verified
-    (see the README's configuration table)."""
+    (see docs/configuration.md)."""
 
     tolerance_cents: str = str(_POLICY.tolerance_cents)
     relative_tolerance: str | None = None
