@@ -222,3 +222,19 @@ def test_pending_days(pg_schema) -> None:
     assert db.pending_days(since, END) == [DAY - timedelta(days=1), DAY]
     assert db.pending_days(since, START) == [DAY - timedelta(days=1)]
     assert db.pending_days(START + US, END) == []
+
+
+def test_reads_beside_one_another_see_the_readers_snapshot(pg_schema, sqlite_engine) -> None:
+    """Rows inserted after the day's snapshot was taken are seen by no read beside it, on
+    PostgreSQL (each read on a connection of its own, at once) as on SQLite (in turn)."""
+    for db in (pg_db(pg_schema), sqlite_db(sqlite_engine)):
+        insert_usage(db, [usage_row(START, openai_request_id="before")])
+        count = sa.text(f"SELECT count(*) FROM {db.usage}")
+        with db.engine.begin() as conn, db.dialect.snapshot_reader(conn) as reader:
+            reader.execute(count).scalar_one()  # the snapshot is taken by the first read
+            if db.dialect.name == "postgresql":
+                insert_usage(db, [usage_row(START, openai_request_id="after")])
+            seen = db.dialect.read_beside(
+                reader, [lambda c, count=count: c.execute(count).scalar_one()] * 3
+            )
+        assert seen == [1, 1, 1], db.dialect.name

@@ -13,9 +13,15 @@ import pytest
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
-from recon_pipeline.core.incremental import full_run_reason, kept_tally, too_many_changed
+from recon_pipeline.core.incremental import (
+    MatchedRecords,
+    full_run_reason,
+    kept_tally,
+    too_many_changed,
+)
 from recon_pipeline.core.reconcile import day_bounds
 from recon_pipeline.core.slices import DayTally
+from recon_pipeline.defs import reconcile_incremental
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
     OpenAIExportFolder,
@@ -24,6 +30,7 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.demo_data import generate_demo_data
 from recon_pipeline.demo_openai_side import APP_PROJECT
+from recon_pipeline.io.day_changes import matched_records_fingerprint
 from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.runs import AS_OF, LAST_DAY, SmallDemo, run_job
 from recon_pipeline_tests.test_slices import table_digests
@@ -325,6 +332,51 @@ def test_the_rule_for_a_partial_run() -> None:
         assert full_run_reason(**(allowed | {name: value})) is not None, name
     assert too_many_changed(10, 10) is None
     assert too_many_changed(11, 10) is not None
+
+
+def test_the_matched_records_add_up_as_the_stored_day_is_read() -> None:
+    """Counted as `matched_records_fingerprint`'s EXISTS counts: a record matched by id by
+    two rows once, a duplicate record of a matched id on its own; the sum exact past int64."""
+    big, by_id = 2**63 - 1, s.MATCH_REQUEST_ID
+    results = pd.DataFrame(
+        {
+            "match_method": [by_id, by_id, s.MATCH_FINGERPRINT, None, by_id],
+            "matched_request_id": ["chatcmpl-x", "chatcmpl-x", "chatcmpl-y", None, "chatcmpl-z"],
+        }
+    )
+    hashes = pd.DataFrame(
+        {
+            "request_id": ["chatcmpl-x", "chatcmpl-x", "chatcmpl-y", "chatcmpl-z", None],
+            "hash": [big, big, 7, -5, 11],
+        }
+    )
+    matched = MatchedRecords()
+    matched.add(results, hashes)
+    matched.add(results.iloc[2:4], None)  # a part without hashes, nothing in it matched by id
+    assert matched.fingerprint() == f"3:{2 * big - 5}"
+    matched.add(results.iloc[4:], None)  # one matched by id, its record's hash unknown
+    assert matched.fingerprint() is None
+
+
+def test_a_full_run_sums_the_basis_the_stored_day_gives(demo, monkeypatch) -> None:
+    """The records' fingerprint a full run sums as it goes is the one the next run reads
+    from the stored day; a partial run reads it from the stored day."""
+    summed: list[str | None] = []
+    record_basis = reconcile_incremental.record_basis
+
+    def spy(db, conn, day, inputs, records=None) -> None:
+        summed.append(records)
+        record_basis(db, conn, day, inputs, records)
+
+    monkeypatch.setattr(reconcile_incremental, "record_basis", spy)
+    day = demo.days[1]
+    _run(demo, day)
+    with demo.db().engine.connect() as conn:
+        stored = matched_records_fingerprint(demo.db(), conn, day)
+    assert summed == [stored] and int(stored.split(":")[0]) > 100
+    _row_updated_by_the_application(demo, day)
+    assert _reading(_run(demo, day), day)["incremental"] == 1
+    assert summed[1:] == [None]
 
 
 def test_the_kept_tally_adds_up_as_the_results_would() -> None:

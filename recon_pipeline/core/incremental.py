@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pandas as pd
 
 from recon_pipeline.core import summarise
 from recon_pipeline.core.day_inputs import inputs_digest
+from recon_pipeline.core.schema import MATCH_REQUEST_ID
 from recon_pipeline.core.slices import DayTally
 
 # The parts of a day's inputs digest that are rules, not data: equal, or the day runs in full.
@@ -45,6 +47,35 @@ def basis_digest(inputs: Mapping[str, object], margins: object, records: object)
     behind its rows matched by id (`records`) in the fields the results do not show."""
     parts = {name: inputs[name] for name in RULE_PARTS}
     return inputs_digest(parts | {"margins": margins, "records": records})
+
+
+@dataclass
+class MatchedRecords:
+    """The records part of a day's basis, summed part by part as a full run reconciles: the
+    count of the day's records whose request id a result matched by id, and the exact sum of
+    their hashes, as `io.day_changes.matched_records_fingerprint` reads it from the stored day
+    (a record counts once however many results match it, and a duplicate record counts on its
+    own). Summing here spares the run a join of the day's records with its results, which
+    grew faster than the day (2 s at 1M rows, 40 s at 10M). `known` False: a part's records
+    came without hashes while a result of it matched by id; the stored day is read instead."""
+
+    count: int = 0
+    total: int = 0
+    known: bool = True
+
+    def add(self, results: pd.DataFrame, hashes: pd.DataFrame | None) -> None:
+        """One part: its results, and its records' `request_id` and `hash`."""
+        by_id = results["match_method"] == MATCH_REQUEST_ID
+        ids = results.loc[by_id, "matched_request_id"].dropna()
+        if hashes is None:
+            self.known = self.known and ids.empty
+            return
+        matched = hashes.loc[hashes["request_id"].isin(ids), "hash"]
+        self.count += len(matched)
+        self.total += sum(int(value) for value in matched.tolist())
+
+    def fingerprint(self) -> str | None:
+        return f"{self.count}:{self.total}" if self.known else None
 
 
 def full_run_reason(

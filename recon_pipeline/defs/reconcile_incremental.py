@@ -79,14 +79,29 @@ def choose(
     return (None, why) if why else (PartialDay(ids), None)
 
 
-def record_basis(db: Database, conn: sa.Connection, day: date, inputs: dict[str, object]) -> None:
+def record_basis(
+    db: Database,
+    conn: sa.Connection,
+    day: date,
+    inputs: dict[str, object],
+    records: str | None = None,
+) -> None:
     """Keep what the day's stored results were computed under, in the results' transaction
-    (which sees them), so that the next run can tell whether it may start from them."""
+    (which sees them), so that the next run can tell whether it may start from them.
+    `records`: their matched records' fingerprint as the run summed it (`MatchedRecords`);
+    None: read from the stored day."""
     if db.dialect.incremental_days:
-        day_inputs.record(db, conn, day, BASIS_STEP, _basis(db, conn, day, inputs))
+        day_inputs.record(db, conn, day, BASIS_STEP, _basis(db, conn, day, inputs, records))
 
 
-def _basis(db: Database, conn: sa.Connection, day: date, inputs: dict[str, object]) -> str:
+def _basis(
+    db: Database,
+    conn: sa.Connection,
+    day: date,
+    inputs: dict[str, object],
+    records: str | None = None,
+) -> str:
     margins = inputs["token_usage"][1]  # type: ignore[index]
-    records = day_changes.matched_records_fingerprint(db, conn, day)
+    if records is None:
+        records = day_changes.matched_records_fingerprint(db, conn, day)
     return basis_digest(inputs, margins, records)

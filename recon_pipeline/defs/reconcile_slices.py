@@ -8,8 +8,9 @@ the result tables' (the day deleted, then each slice's rows appended, committed 
 and the write-back's (each part's rows staged, then written back by one UPDATE that joins
 them to token_usage by primary key, so that the parts' UPDATEs visit each row once in all).
 Both sides are read in one snapshot. While one part is appended and written back, each on
-its own connection in a worker thread, the next is reconciled; once the slices are stored,
-the day's incremental basis is hashed on the results' connection beside the rest.
+its own connection in a worker thread, the next is reconciled. A full run sums the day's
+incremental basis part by part as it goes (`core.incremental.MatchedRecords`); a partial one
+reads it from the stored day once every part is stored.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sqlalchemy as sa
 from recon_pipeline.core.completeness import CompletenessPolicy, DayCompleteness, judge_counts
 from recon_pipeline.core.day_inputs import inputs_digest, may_skip
 from recon_pipeline.core.days import day_bounds
+from recon_pipeline.core.incremental import MatchedRecords
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import (
     DayReconciliation,
@@ -221,7 +223,9 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
                     verdict,
                     snapshot,
                     partial,
-                    after_slices=lambda: reconcile_incremental.record_basis(db, conn, day, inputs),
+                    record_basis=lambda records: reconcile_incremental.record_basis(
+                        db, conn, day, inputs, records
+                    ),
                 )
             if done is None:
                 return None
@@ -250,9 +254,16 @@ def _inputs(
     """Everything the day's results depend on, for its digest (`core.day_inputs`). The
     thin-day verdict is not in it: it follows from the rows, records and trailing counts."""
     policy, completeness = plan.policy, plan.completeness
+    usage, records = db.dialect.read_beside(
+        reader,
+        [
+            lambda conn: day_inputs.usage_versions(db, conn, window, plan.day),
+            lambda conn: day_inputs.output_day_versions(db, conn, OPENAI_REQUESTS, plan.day),
+        ],
+    )
     return {
-        "token_usage": day_inputs.usage_versions(db, reader, window, plan.day),
-        "openai_requests": day_inputs.output_day_versions(db, reader, OPENAI_REQUESTS, plan.day),
+        "token_usage": usage,
+        "openai_requests": records,
         "trailing": sorted((d.isoformat(), n) for d, n in trailing.items()),
         "policy": repr(policy),
         "completeness": [
@@ -310,14 +321,15 @@ def _reconcile_parts(
     verdict: DayCompleteness,
     snapshot: str | None,
     partial: PartialDay | None = None,
-    after_slices: Callable[[], None] = lambda: None,
+    record_basis: Callable[[str | None], None] = lambda records: None,
 ) -> tuple[_Parts, WriteBackResult] | None:
     """Each slice of rows with an id against its records, then the rows without one against
     every record left, in groups (`io.idless_pool`); each part's results stored and written
     back before the next is read (the write-back runs while the next part is read). None:
     the write-back's lock is held. `partial`: only its changed ids as the one slice, the
-    other stored results kept. `after_slices`: run on the results' connection once the
-    slices are stored (every row matched by id is then), beside the rest."""
+    other stored results kept. `record_basis`: run on the results' connection once every
+    part is stored, with the basis's records as summed (None: a partial run, which read
+    only part of the day)."""
     spill = Path(write_back.enter_context(tempfile.TemporaryDirectory(prefix="recon_day_")))
     if partial is None:
         logged_parts, record_parts = db.read_day_parts(plan.day, window, reader, slices, spill)
@@ -329,26 +341,30 @@ def _reconcile_parts(
     try:
         for part in range(slices):
             logged = db.logged_part(logged_parts[part])
-            openai = price_usage(db.openai_part(record_parts[part]), plan.catalogue)
+            records, hashes = db.openai_part(record_parts[part])
+            openai = price_usage(records, plan.catalogue)
             logged_parts[part].unlink()
             record_parts[part].unlink()
             outcome = parts.reconcile(logged, openai, keep_unclaimed=True)
-            del logged, openai
+            parts.matched.add(outcome.results, hashes)
+            del logged, records, openai, hashes
             pool.add_records(outcome.unclaimed)
             if not parts.store(outcome):
                 return None  # nothing was written in the results' transaction
-        parts.writer.after_stored(after_slices)
-        pool.add_records(price_usage(db.openai_part(record_parts[slices]), plan.catalogue))
+        pool.add_records(price_usage(db.openai_part(record_parts[slices])[0], plan.catalogue))
         record_parts[slices].unlink()
         for rows in db.logged_part_batches(logged_parts[slices]):
             pool.add_rows(rows)
         logged_parts[slices].unlink()
         for rows, records in pool.groups(plan.slice_rows):
             outcome = parts.reconcile(rows, records, keep_unclaimed=False)
+            parts.matched.add(outcome.results, None)
             parts.groups += 1
             del rows, records
             if not parts.store(outcome):
                 return None
+        summed = parts.matched.fingerprint() if partial is None else None
+        parts.writer.after_stored(lambda: record_basis(summed))
         written = parts.writer.finish()
     except BaseException:
         if parts.writer is not None:
@@ -373,6 +389,7 @@ class _Parts:
     partial: PartialDay | None
     writer: _Writer | None = None
     tally: DayTally = field(default_factory=DayTally)
+    matched: MatchedRecords = field(default_factory=MatchedRecords)
     groups: int = 0
 
     def reconcile(

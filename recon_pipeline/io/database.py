@@ -38,7 +38,7 @@ from recon_pipeline.io.connections import (
     connect_engine,
     lock_key,
 )
-from recon_pipeline.io.dialect import Dialect, dialect_for
+from recon_pipeline.io.dialect import RECORD_HASH, Dialect, dialect_for
 from recon_pipeline.io.dialect_postgres import column_type
 from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.stored_day import StoredDayChecks
@@ -242,9 +242,14 @@ class Database(StoredDayChecks):
         for frame in self.dialect.logged_part_batches(path):
             yield _logged_frame(frame)
 
-    def openai_part(self, path: Path) -> pd.DataFrame:
+    def openai_part(self, path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """A part's records typed as `OPENAI_COLUMNS`, and, where the read hashed them
+        (`RECORD_HASH`), each record's `request_id` and `hash` (None: not hashed)."""
         frame = self.dialect.openai_part(path)
-        return frame[list(OPENAI_COLUMNS)].astype(OPENAI_COLUMNS)
+        hashes = None
+        if RECORD_HASH in frame:
+            hashes = frame[["request_id", RECORD_HASH]].rename(columns={RECORD_HASH: "hash"})
+        return frame[list(OPENAI_COLUMNS)].astype(OPENAI_COLUMNS), hashes
 
     def read_openai_requests(self, day: date, conn: sa.Connection | None = None) -> pd.DataFrame:
         """The OpenAI records stored for a day's match window, typed as `OPENAI_COLUMNS`.

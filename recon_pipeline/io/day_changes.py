@@ -26,7 +26,7 @@ from recon_pipeline.io.database import (
     UNLOGGED_OPENAI_REQUESTS,
     Database,
 )
-from recon_pipeline.io.dialect_postgres import LOGGED_TYPES, epoch_us
+from recon_pipeline.io.dialect_postgres import LOGGED_TYPES, epoch_us, record_hash_sql
 from recon_pipeline.io.pg_copy import copy_out_parts
 from recon_pipeline.io.write_back import MAX_ESTIMATE_CENTS
 
@@ -44,8 +44,6 @@ _RECORD_SHOWN = (
     ("audio_ms", "openai_audio_ms"),
     ("source", "openai_source"),
 )
-# The fields its price also depends on, which the result does not show.
-_RECORD_UNSHOWN = ("request_id", "created_at", "input_audio_tokens", "output_audio_tokens")
 
 
 @contextmanager
@@ -73,9 +71,8 @@ def matched_records_fingerprint(db: Database, conn: sa.Connection, day: date) ->
     """A hash, summed over the day's OpenAI records its stored results matched to a row by
     id, of the fields their price depends on that the results do not show. Compared between
     the run that stored the results (in its own transaction) and the next."""
-    row = "ROW(" + ", ".join(f"o.{c}" for c in _RECORD_UNSHOWN) + ")::text"
     query = sa.text(
-        f"SELECT count(*)::text || ':' || coalesce(sum(hashtextextended({row}, 0)::numeric), 0)"
+        f"SELECT count(*)::text || ':' || coalesce(sum({record_hash_sql('o')}::numeric), 0)"
         f" FROM {db.table(OPENAI_REQUESTS)} o WHERE o.usage_date = :day AND EXISTS (SELECT 1"
         f" FROM {db.table(RECONCILED_USAGE)} r WHERE r.usage_date = :day"
         " AND r.match_method = 'request_id' AND r.matched_request_id = o.request_id)"

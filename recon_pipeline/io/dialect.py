@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -20,6 +21,12 @@ import sqlalchemy as sa
 
 from recon_pipeline.io.tables import Column, OutputTable
 from recon_pipeline.io.write_back import WriteBackSql
+
+# The column holding a hash of each record a day's parts are read with
+# (`Dialect.read_openai_parts`), from which a full run sums its incremental basis.
+RECORD_HASH = "unshown_hash"
+
+T = TypeVar("T")
 
 
 class Dialect(ABC):
@@ -139,7 +146,8 @@ class Dialect(ABC):
         parts: int,
         directory: Path,
     ) -> list[Path]:
-        """`read_openai_requests`' records in files as `read_logged_parts` keeps rows."""
+        """`read_openai_requests`' records in files as `read_logged_parts` keeps rows. A
+        dialect that keeps a day's incremental basis adds each record's hash (`RECORD_HASH`)."""
 
     @abstractmethod
     def openai_part(self, path: Path) -> pd.DataFrame:
@@ -181,6 +189,14 @@ class Dialect(ABC):
     def snapshot_reader(self, conn: sa.Connection) -> Iterator[sa.Connection]:
         """A connection whose reads all see one snapshot, taken now: a day read in several
         queries then never sees a row twice or not at all. `conn`: the day's transaction."""
+
+    def read_beside(
+        self, reader: sa.Connection, reads: Sequence[Callable[[sa.Connection], T]]
+    ) -> list[T]:
+        """Each read's result, each read given a connection that sees `reader`'s snapshot
+        (`snapshot_reader`). Here in turn on `reader`; a database that can share a snapshot
+        between connections runs them at once, a connection each."""
+        return [read(reader) for read in reads]
 
     @abstractmethod
     def read_day(

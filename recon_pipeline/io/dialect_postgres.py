@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from datetime import date, datetime
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import lock_key
-from recon_pipeline.io.dialect import Dialect
+from recon_pipeline.io.dialect import RECORD_HASH, Dialect, T
 from recon_pipeline.io.pg_copy import (
     COPY_TYPES,
     copy_in,
@@ -80,6 +82,19 @@ def _xid8(table: str | None) -> str:
     return (
         f"((((({current}) >> 32) - CASE WHEN {xmin} > (({current}) & 4294967295)"
         f" THEN 1 ELSE 0 END) << 32) | {xmin})::text::xid8"
+    )
+
+
+# The fields of an OpenAI record its price depends on that a stored result does not show.
+RECORD_UNSHOWN = ("request_id", "created_at", "input_audio_tokens", "output_audio_tokens")
+
+
+def record_hash_sql(alias: str) -> str:
+    """SQL: a 64-bit hash of a record's `RECORD_UNSHOWN` fields. ROW(...)::text tells NULL
+    from '' and keeps the fields apart. Summed over the records behind a day's rows matched
+    by id, it is part of the day's incremental basis (`io.day_changes`)."""
+    return (
+        "hashtextextended(ROW(" + ", ".join(f"{alias}.{c}" for c in RECORD_UNSHOWN) + ")::text, 0)"
     )
 
 
@@ -281,8 +296,9 @@ class PostgresDialect(Dialect):
         parts: int,
         directory: Path,
     ) -> list[Path]:
-        select = self._openai_select(table, names, f", {_part('request_id', parts)} AS part")
-        types = self._openai_types(names)
+        extra = f", {record_hash_sql(table)} AS {RECORD_HASH}, {_part('request_id', parts)} AS part"
+        select = self._openai_select(table, names, extra)
+        types = self._openai_types(names) | {RECORD_HASH: pa.int64()}
         return copy_out_parts(self.engine, select, (day,), types, conn, parts, directory, "openai")
 
     def openai_part(self, path: Path) -> pd.DataFrame:
@@ -329,10 +345,12 @@ class PostgresDialect(Dialect):
     ) -> tuple[str, ...]:
         # Every write makes a new row version with a new xmin; summing the xmins and a
         # hash of them costs a scan, not a hash of every value (0.65 s against 2.9 s at 1M).
+        # OFFSET 0 keeps the subquery apart, so each row's xmin is converted once, not twice.
         found = conn.execute(
             sa.text(
-                "SELECT count(*)::text, coalesce(sum(xmin::text::bigint), 0)::text,"
-                f" coalesce(sum(hashint8(xmin::text::bigint)::bigint), 0)::text {source}"
+                "SELECT count(*)::text, coalesce(sum(x), 0)::text,"
+                " coalesce(sum(hashint8(x)::bigint), 0)::text"
+                f" FROM (SELECT xmin::text::bigint AS x {source} OFFSET 0) AS versions"
             ),
             params,
         ).one()
@@ -375,12 +393,39 @@ class PostgresDialect(Dialect):
     @contextmanager
     def snapshot_reader(self, conn: sa.Connection) -> Iterator[sa.Connection]:
         # Opened once the day's lock is held, so its snapshot follows the last writer's.
+        with self._repeatable_reader() as reader:
+            yield reader
+
+    @contextmanager
+    def _repeatable_reader(self, snapshot: str | None = None) -> Iterator[sa.Connection]:
+        """A read-only REPEATABLE READ transaction: its own snapshot, or one exported."""
         with self.engine.connect() as reader:
             reader = reader.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
             with reader.begin():
+                if snapshot is not None:
+                    reader.execute(sa.text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
                 yield reader
+
+    def read_beside(
+        self, reader: sa.Connection, reads: Sequence[Callable[[sa.Connection], T]]
+    ) -> list[T]:
+        # The first read runs on `reader`, each other on a connection of its own that imports
+        # reader's exported snapshot: an unchanged day's two scans of row versions (token_usage
+        # and the stored records) then take the time of the longer, not of both.
+        if len(reads) < 2:
+            return super().read_beside(reader, reads)
+        snapshot = reader.execute(sa.text("SELECT pg_export_snapshot()")).scalar_one()
+        if not re.fullmatch(r"[0-9A-Fa-f]+-[0-9A-Fa-f]+-[0-9]+", snapshot):
+            raise RuntimeError(f"unexpected snapshot id from pg_export_snapshot: {snapshot!r}")
+        with ExitStack() as connections, ThreadPoolExecutor(len(reads) - 1) as workers:
+            others = [
+                workers.submit(read, connections.enter_context(self._repeatable_reader(snapshot)))
+                for read in reads[1:]
+            ]
+            first = reads[0](reader)
+            return [first, *(other.result() for other in others)]
 
     def day_param(self) -> str:
         return "%s"
