@@ -9,9 +9,11 @@ process (`benchmarks.child`): run 1 on the fresh day, run 2 on the unchanged day
 floor's size `--run1-repeats` runs 1 in all, the median compared with the floor's median.
 Each repeat of the floor and of run 1 starts from a day seeded afresh (the same rows and
 files), as the first does: no state a run leaves behind, not even a vacuumed table's free
-space, reaches the next. Both the job and the floor are timed twice: inside
-(`execute_in_process`, the floor's own phases) and as the whole process, interpreter start
-and imports included, which is what the floor comparison uses. The schema and its export
+space, reaches the next. After each seeding, a CHECKPOINT and a sync put what it (and the
+larger size dropped before it) left to write on disk before anything is timed. Both the job
+and the floor are timed twice: inside (`execute_in_process`, the floor's own phases) and as
+the whole process, interpreter start and imports included, which is what the floor
+comparison uses. The schema and its export
 files are dropped after each size.
 """
 
@@ -107,6 +109,10 @@ def _seed(
         f"  seeded in {seeded['seconds']:.1f} s, peak RSS {seeded['peak_rss_mb']:,.0f} MB",
         flush=True,
     )
+    # What the seeding (and, before the first repeat of a size, the larger size dropped)
+    # left to write goes to disk now, not during the measured runs.
+    checkpoint(url)
+    os.sync()
     return seeded
 
 

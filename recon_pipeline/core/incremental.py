@@ -29,7 +29,10 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from recon_pipeline.core import summarise
 from recon_pipeline.core.day_inputs import inputs_digest
@@ -70,9 +73,14 @@ class MatchedRecords:
         if hashes is None:
             self.known = self.known and ids.empty
             return
-        matched = hashes.loc[hashes["request_id"].isin(ids), "hash"]
+        # pyarrow's set lookup: pandas' isin took about 1.5 s for a part of 350,000 ids.
+        chosen = pc.is_in(
+            pa.array(hashes["request_id"], pa.string()), value_set=pa.array(ids, pa.string())
+        ).to_numpy(zero_copy_only=False)
+        matched = hashes["hash"].to_numpy(np.int64)[chosen]
         self.count += len(matched)
-        self.total += sum(int(value) for value in matched.tolist())
+        # Exact, by halves: each half's sum fits in 64 bits for any day's count.
+        self.total += int((matched >> 32).sum()) * 2**32 + int((matched & 0xFFFFFFFF).sum())
 
     def fingerprint(self) -> str | None:
         return f"{self.count}:{self.total}" if self.known else None
