@@ -225,21 +225,14 @@ class Database(StoredDayChecks):
     ) -> tuple[list[Path], list[Path]]:
         """Both sides of a day, each read once into `parts` + 1 files in `directory` by a hash
         of the request id (`Dialect.read_logged_parts`): the window's rows, and the day's
-        stored records. Read them back with `logged_part` and `openai_part`. `conn` reads in
-        one snapshot (`Dialect.snapshot_reader`); the two sides are read at once where the
-        database can share it (`Dialect.read_beside`)."""
+        stored records. Read them back with `logged_part` and `openai_part`."""
         self.check_usage_schema()
-        optional = self.optional_usage_sql()
+        logged = self.dialect.read_logged_parts(
+            conn, self.optional_usage_sql(), *window, parts, directory
+        )
         names = [c for c in OPENAI_COLUMNS if c != "created_at"]
         table = self.table(OPENAI_REQUESTS)
-        dialect = self.dialect
-        logged, records = dialect.read_beside(
-            conn,
-            [
-                lambda c: dialect.read_logged_parts(c, optional, *window, parts, directory),
-                lambda c: dialect.read_openai_parts(c, table, names, day, parts, directory),
-            ],
-        )
+        records = self.dialect.read_openai_parts(conn, table, names, day, parts, directory)
         return logged, records
 
     def logged_part(self, path: Path) -> pd.DataFrame:
