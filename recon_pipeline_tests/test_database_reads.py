@@ -4,6 +4,7 @@ recon-migrate has not prepared or of names that are not plain identifiers."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -238,3 +239,26 @@ def test_reads_beside_one_another_see_the_readers_snapshot(pg_schema, sqlite_eng
                 reader, [lambda c, count=count: c.execute(count).scalar_one()] * 3
             )
         assert seen == [1, 1, 1], db.dialect.name
+
+
+def test_reads_beside_run_on_connections_of_their_own_and_stop_together(pg_schema) -> None:
+    """On PostgreSQL each read has a backend of its own; when the first read fails, a scan
+    still running beside it is cancelled rather than waited out."""
+    db = pg_db(pg_schema)
+    pid = sa.text("SELECT pg_backend_pid()")
+    with db.engine.begin() as conn, db.dialect.snapshot_reader(conn) as reader:
+        pids = db.dialect.read_beside(reader, [lambda c: c.execute(pid).scalar_one()] * 3)
+    assert len(set(pids)) == 3
+
+    def fail(c: sa.Connection) -> None:
+        time.sleep(0.5)  # the sleep beside has begun
+        raise RuntimeError("the first read failed")
+
+    started = time.perf_counter()
+    with (
+        pytest.raises(RuntimeError, match="first read failed"),
+        db.engine.begin() as conn,
+        db.dialect.snapshot_reader(conn) as reader,
+    ):
+        db.dialect.read_beside(reader, [fail, lambda c: c.execute(sa.text("SELECT pg_sleep(60)"))])
+    assert time.perf_counter() - started < 30

@@ -38,10 +38,17 @@ from recon_pipeline_tests.test_slices import table_digests
 PAST_GRACE = "2026-11-20T06:00:00+00:00"
 
 
-def _run(demo: SmallDemo, day: date, as_of: str = AS_OF, full_rerun: bool = False):
+def _run(
+    demo: SmallDemo,
+    day: date,
+    as_of: str = AS_OF,
+    full_rerun: bool = False,
+    slice_rows: int | None = None,
+):
     resources = demo.resources(as_of)
+    sliced = {"slice_rows": slice_rows} if slice_rows else {}
     resources["settings"] = ReconciliationSettings(
-        as_of=as_of, openai_project_ids=APP_PROJECT, full_rerun=full_rerun
+        as_of=as_of, openai_project_ids=APP_PROJECT, full_rerun=full_rerun, **sliced
     )
     result = demo.run(day, day, resources=resources)
     assert result.success
@@ -358,9 +365,10 @@ def test_the_matched_records_add_up_as_the_stored_day_is_read() -> None:
     assert matched.fingerprint() is None
 
 
-def test_a_full_run_sums_the_basis_the_stored_day_gives(demo, monkeypatch) -> None:
-    """The records' fingerprint a full run sums as it goes is the one the next run reads
-    from the stored day; a partial run reads it from the stored day."""
+@pytest.mark.parametrize("slice_rows", [None, 10])
+def test_a_full_run_sums_the_basis_the_stored_day_gives(demo, monkeypatch, slice_rows) -> None:
+    """The records' fingerprint a full run sums as it goes, in one slice or in many, is the
+    one the next run reads from the stored day; a partial run reads it from the stored day."""
     summed: list[str | None] = []
     record_basis = reconcile_incremental.record_basis
 
@@ -370,12 +378,14 @@ def test_a_full_run_sums_the_basis_the_stored_day_gives(demo, monkeypatch) -> No
 
     monkeypatch.setattr(reconcile_incremental, "record_basis", spy)
     day = demo.days[1]
-    _run(demo, day)
+    result = _run(demo, day, slice_rows=slice_rows)
+    slices = _reading(result, day)["slices"]
+    assert slices > 10 if slice_rows else slices == 1
     with demo.db().engine.connect() as conn:
         stored = matched_records_fingerprint(demo.db(), conn, day)
     assert summed == [stored] and int(stored.split(":")[0]) > 100
     _row_updated_by_the_application(demo, day)
-    assert _reading(_run(demo, day), day)["incremental"] == 1
+    assert _reading(_run(demo, day, slice_rows=slice_rows), day)["incremental"] == 1
     assert summed[1:] == [None]
 
 

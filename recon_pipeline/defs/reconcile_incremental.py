@@ -86,10 +86,12 @@ def record_basis(
     inputs: dict[str, object],
     records: str | None = None,
 ) -> None:
-    """Keep what the day's stored results were computed under, in the results' transaction
-    (which sees them), so that the next run can tell whether it may start from them.
-    `records`: their matched records' fingerprint as the run summed it (`MatchedRecords`);
-    None: read from the stored day."""
+    """Keep what the day's stored results were computed under, in the results' transaction,
+    so that the next run can tell whether it may start from them. `records`: their matched
+    records' fingerprint as the run summed it from the records it reconciled
+    (`MatchedRecords`); None: read from the stored day, which that transaction sees. Should
+    `openai_requests` rewrite the day meanwhile, the sum of what was reconciled differs from
+    the stored day's, and the next run does the day in full, as it should."""
     if db.dialect.incremental_days:
         day_inputs.record(db, conn, day, BASIS_STEP, _basis(db, conn, day, inputs, records))
 

@@ -109,7 +109,7 @@ class _Writer:
 
     def after_stored(self, task: Callable[[], None]) -> None:
         """Run `task` on the results' connection once the parts handed over so far are
-        stored, beside the write-back and the next part's reconciliation."""
+        stored, beside the write-back (and whatever the main thread does next)."""
         if self.write_conn is self.conn:
             task()
             return

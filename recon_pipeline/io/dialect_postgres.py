@@ -420,12 +420,20 @@ class PostgresDialect(Dialect):
         if not re.fullmatch(r"[0-9A-Fa-f]+-[0-9A-Fa-f]+-[0-9]+", snapshot):
             raise RuntimeError(f"unexpected snapshot id from pg_export_snapshot: {snapshot!r}")
         with ExitStack() as connections, ThreadPoolExecutor(len(reads) - 1) as workers:
-            others = [
-                workers.submit(read, connections.enter_context(self._repeatable_reader(snapshot)))
-                for read in reads[1:]
+            beside = [
+                connections.enter_context(self._repeatable_reader(snapshot)) for _ in reads[1:]
             ]
-            first = reads[0](reader)
-            return [first, *(other.result() for other in others)]
+            others = [
+                workers.submit(read, conn) for read, conn in zip(reads[1:], beside, strict=True)
+            ]
+            try:
+                first = reads[0](reader)
+                return [first, *(other.result() for other in others)]
+            except BaseException:  # stop the other scans rather than wait them out
+                for conn, other in zip(beside, others, strict=True):
+                    if not other.done():
+                        self.cancel(conn)
+                raise
 
     def day_param(self) -> str:
         return "%s"
