@@ -13,8 +13,7 @@ space, reaches the next. After each seeding, a CHECKPOINT and a sync put what it
 larger size dropped before it) left to write on disk before anything is timed. Both the job
 and the floor are timed twice: inside (`execute_in_process`, the floor's own phases) and as
 the whole process, interpreter start and imports included, which is what the floor
-comparison uses. The schema and its export
-files are dropped after each size.
+comparison uses. The schema and its export files are dropped after each size.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
     runs: list[dict[str, Any]] = []
     try:
         for number in range(1, max(floors_due, runs_due) + 1):
-            seeded = _seed(url, schema, day, rows, export_dir, with_floor, work, number)
+            seeded = _seed(url, schema, day, rows, export_dir, with_floor, work, number, env)
             result.setdefault("seed_s", seeded["seconds"])
             if number <= floors_due:
                 floors.append(run_child("floor", common, work, f"floor_{rows}_{number}", env))
@@ -91,6 +90,7 @@ def _seed(
     with_floor: bool,
     work: Path,
     number: int,
+    env: dict[str, str],
 ) -> dict[str, Any]:
     """The day seeded afresh (the same rows and files each time), in a process of its own:
     seeding 10M rows takes 19.7 GB, which this process would otherwise keep (4.8 GB of it,
@@ -103,7 +103,7 @@ def _seed(
         | {"export_dir": str(export_dir), "floor_tables": with_floor},
         work,
         f"seed_{rows}_{number}",
-        child_env(),
+        env,
     )
     print(
         f"  seeded in {seeded['seconds']:.1f} s, peak RSS {seeded['peak_rss_mb']:,.0f} MB",

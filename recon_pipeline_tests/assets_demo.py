@@ -4,37 +4,23 @@ to `runs.LAST_DAY` in a PostgreSQL schema of its own (`Demo`, made by `make_demo
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
 
 from recon_pipeline.demo_data import DEMO_DAYS
-from recon_pipeline_tests.runs import AS_OF, SmallDemo, make_small_demo
+from recon_pipeline_tests.runs import SmallDemo, make_small_demo
 
-
-class Demo(SmallDemo):
-    """The whole fortnight; a run raises on a failed step unless told not to."""
-
-    def run(
-        self,
-        first: date,
-        last: date | None = None,
-        as_of: str = AS_OF,
-        instance: dg.DagsterInstance | None = None,
-        resources: dict[str, Any] | None = None,
-        raise_on_error: bool = True,
-    ) -> dg.ExecuteInProcessResult:
-        return super().run(first, last, as_of, instance, resources, raise_on_error)
+# The whole fortnight, whose runs raise on a failed step unless told not to.
+Demo = SmallDemo
 
 
 def make_demo(engine: sa.Engine, url: str, schema: str, folder: Path) -> Demo:
-    return make_small_demo((engine, schema), url, folder, days=DEMO_DAYS, kind=Demo)
+    return make_small_demo((engine, schema), url, folder, days=DEMO_DAYS, raises=True)
 
 
-def _by_partition(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, dict[str, object]]:
+def by_partition(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, dict[str, object]]:
     """partition -> metadata of that partition's materialization."""
     return {
         event.partition: {key: value.value for key, value in event.materialization.metadata.items()}

@@ -44,7 +44,7 @@ def raises(kind: str, call, *args, **kwargs) -> OpenAIAPIError:
     return caught.value
 
 
-def _fill_usage(fake: FakeOpenAI, days: list[date]) -> None:
+def fill_usage(fake: FakeOpenAI, days: list[date]) -> None:
     for n, day in enumerate(days):
         fake.usage["completions"][day] = [
             completions_result(

@@ -56,6 +56,7 @@ class SmallDemo:
     schema: str
     exports: Path
     summary: DemoDataSummary
+    raises: bool = False  # whether a run raises on a failed step unless told
 
     @property
     def days(self) -> list[date]:
@@ -80,11 +81,10 @@ class SmallDemo:
         as_of: str = AS_OF,
         instance: dg.DagsterInstance | None = None,
         resources: dict[str, Any] | None = None,
-        raise_on_error: bool = False,
+        raise_on_error: bool | None = None,
     ) -> dg.ExecuteInProcessResult:
-        return run_job(
-            resources or self.resources(as_of), first, last or first, instance, raise_on_error
-        )
+        raises = self.raises if raise_on_error is None else raise_on_error
+        return run_job(resources or self.resources(as_of), first, last or first, instance, raises)
 
     def rows(self, sql: str, **params: object) -> list[sa.Row]:
         with self.engine.connect() as conn:
@@ -122,12 +122,12 @@ def make_small_demo(
     url: str,
     folder: Path,
     days: int = 3,
-    kind: type[SmallDemo] = SmallDemo,
+    raises: bool = False,
 ) -> SmallDemo:
     engine, schema = pg_schema
     create_demo_token_usage(engine, schema=schema)
     summary = generate_demo_data(engine, folder, last_day=LAST_DAY, days=days, schema=schema)
-    return kind(engine, url, schema, folder, summary)
+    return SmallDemo(engine, url, schema, folder, summary, raises)
 
 
 def run_job(

@@ -22,7 +22,7 @@ from recon_pipeline.core import schema as s
 from recon_pipeline.defs import assets, daily_totals, openai_requests
 from recon_pipeline.defs.resources import ReconciliationSettings
 from recon_pipeline.demo_openai_side import APP_PROJECT
-from recon_pipeline_tests.assets_demo import Demo, _by_partition, make_demo
+from recon_pipeline_tests.assets_demo import Demo, by_partition, make_demo
 from recon_pipeline_tests.runs import AS_OF, LAST_DAY, PIPELINE_ASSETS, QUIET, run_job
 
 FIRST_DAY = LAST_DAY - timedelta(days=13)
@@ -265,7 +265,7 @@ def test_metadata_and_checks(reference: Reference) -> None:
     range run go to the run's log. Summed over the partitions, the figures are the range's."""
     result, summary = reference.result, reference.demo.summary
     days = [(FIRST_DAY + timedelta(days=n)).isoformat() for n in range(14)]
-    per_day = _by_partition(result, "reconciled_usage")
+    per_day = by_partition(result, "reconciled_usage")
     assert sorted(per_day) == days
     assert sum(m["dagster/row_count"] for m in per_day.values()) == summary.rows_logged
     assert sum(m["statuses"]["pending"] for m in per_day.values()) == 3
@@ -290,7 +290,7 @@ def test_metadata_and_checks(reference: Reference) -> None:
     assert len({m["match_rate"] for m in per_day.values()}) > 1
 
     for asset in PIPELINE_ASSETS:
-        by_day = _by_partition(result, asset)
+        by_day = by_partition(result, asset)
         assert sorted(by_day) == days, asset
         for figures in by_day.values():
             assert not any(name.startswith("range") for name in figures), (asset, figures)
@@ -301,20 +301,20 @@ def test_metadata_and_checks(reference: Reference) -> None:
             values = {figures.get(name) for figures in by_day.values()}
             assert name == "dagster/row_count" or len(values) > 1, (asset, name, values)
 
-    unlogged = _by_partition(result, "unlogged_openai_requests").values()
+    unlogged = by_partition(result, "unlogged_openai_requests").values()
     # Each row without an id verified by tag or fingerprint claims one record no id claims.
     without_id = sum(
         m["verified_by"]["metadata_tag"] + m["verified_by"]["fingerprint"] for m in per_day.values()
     )
     assert without_id > 200
     assert sum(m["dagster/row_count"] for m in unlogged) == summary.openai_only_records - without_id
-    write_back = _by_partition(result, "token_usage_reconciliation").values()
+    write_back = by_partition(result, "token_usage_reconciliation").values()
     assert sum(m["dagster/row_count"] for m in write_back) == summary.rows_logged
     assert sum(m["rows_updated"] for m in write_back) == summary.rows_logged - 3  # pending rows
     [(summary_rows,)] = reference.demo.rows("SELECT count(*) FROM {s}.daily_variance_summary")
-    summaries = _by_partition(result, "daily_variance_summary").values()
+    summaries = by_partition(result, "daily_variance_summary").values()
     assert sum(m["dagster/row_count"] for m in summaries) == summary_rows
-    records = _by_partition(result, "openai_requests").values()
+    records = by_partition(result, "openai_requests").values()
     assert sum(m["dagster/row_count"] for m in records) >= summary.openai_records
 
     # The range's totals, once, in the run's log.
@@ -342,7 +342,7 @@ def test_rerun_updates_nothing(reference: Reference) -> None:
     again = demo.run(FIRST_DAY, LAST_DAY, as_of=later)
     assert again.success
     for asset in ("reconciled_usage", "token_usage_reconciliation"):
-        assert all("unchanged" in m for m in _by_partition(again, asset).values())
+        assert all("unchanged" in m for m in by_partition(again, asset).values())
     assert demo.token_usage() == usage_before
     assert demo.results() == results_before
     # Done again in full (RECON_FULL_RERUN), the days update no row either.
@@ -351,7 +351,7 @@ def test_rerun_updates_nothing(reference: Reference) -> None:
         as_of=later, openai_project_ids=APP_PROJECT, full_rerun=True
     )
     full = run_job(resources, FIRST_DAY, LAST_DAY, raise_on_error=True)
-    updated = _by_partition(full, "token_usage_reconciliation")
+    updated = by_partition(full, "token_usage_reconciliation")
     assert [m["rows_updated"] for m in updated.values()] == [0] * 14
     assert demo.token_usage() == usage_before
     assert demo.results() == results_before

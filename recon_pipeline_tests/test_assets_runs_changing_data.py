@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.demo_openai_side import OPENAI_SNAPSHOTS
-from recon_pipeline_tests.assets_demo import Demo, _by_partition
+from recon_pipeline_tests.assets_demo import Demo, by_partition
 from recon_pipeline_tests.runs import LAST_DAY
 
 
@@ -57,7 +57,7 @@ def test_late_openai_record_moves_row_from_pending(own_demo: Demo) -> None:
     later = "2026-11-11T12:00:00+00:00"
     again = demo.run(first, LAST_DAY, as_of=later)
     assert again.success
-    per_day = _by_partition(again, "token_usage_reconciliation")
+    per_day = by_partition(again, "token_usage_reconciliation")
     changed = {day: m["rows_updated"] for day, m in per_day.items() if m["rows_updated"]}
     assert changed == {late.created_at.astimezone(UTC).date().isoformat(): 1}
     after = {r.id: r for r in demo.token_usage()}

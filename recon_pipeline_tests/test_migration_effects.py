@@ -54,6 +54,23 @@ APP_COLUMNS = (
 )
 
 
+def _migrated_table(engine: sa.Engine, schema: str) -> str:
+    """token_usage as recon-migrate leaves it (the demo's table), by its qualified name."""
+    create_demo_token_usage(engine, schema=schema)
+    return qualified("token_usage", schema)
+
+
+def _insert_call(conn: sa.Connection, t: str, route: str, tokens_in: int, tokens_out: int) -> None:
+    """One gpt-4o call logged now, in `conn`'s transaction (left open for the caller)."""
+    conn.execute(
+        sa.text(
+            f"INSERT INTO {t} (action_type, model_used, input_tokens, output_tokens, created_at)"
+            " VALUES (:route, 'gpt-4o', :i, :o, now())"
+        ),
+        {"route": route, "i": tokens_in, "o": tokens_out},
+    )
+
+
 def _row_versions(engine: sa.Engine, t: str) -> list[tuple]:
     """Each row's id, xmin and original columns: any UPDATE or rewrite would show here."""
     return _rows(engine, f"SELECT xmin::text, {APP_COLUMNS} FROM {t} ORDER BY id")
@@ -149,13 +166,9 @@ def test_second_apply_changes_nothing(pg_schema) -> None:
 def test_reapply_takes_no_lock_that_blocks_writers(pg_schema) -> None:
     """Deploys may re-run the migration while the application is inserting rows."""
     engine, schema = pg_schema
-    create_demo_token_usage(engine, schema=schema)
-    t = qualified("token_usage", schema)
+    t = _migrated_table(engine, schema)
     with engine.connect() as writer:
-        writer.exec_driver_sql(
-            f"INSERT INTO {t} (action_type, model_used, input_tokens, output_tokens, created_at)"
-            " VALUES ('/api/viva/chat', 'gpt-4o', 1, 1, now())"
-        )
+        _insert_call(writer, t, "/api/viva/chat", 1, 1)
         started = time.monotonic()
         assert apply_migration(engine, schema=schema) == []
         assert time.monotonic() - started < 5
@@ -196,13 +209,9 @@ def test_a_relation_on_the_views_name_is_refused_before_any_change(pg_schema) ->
 
 def test_check_constraint_rejects_unknown_status(pg_schema) -> None:
     engine, schema = pg_schema
-    create_demo_token_usage(engine, schema=schema)
-    t = qualified("token_usage", schema)
+    t = _migrated_table(engine, schema)
     with engine.begin() as conn:
-        conn.exec_driver_sql(
-            f"INSERT INTO {t} (action_type, model_used, input_tokens, output_tokens, created_at)"
-            " VALUES ('/api/viva/blueprint', 'gpt-4o', 10, 5, now())"
-        )
+        _insert_call(conn, t, "/api/viva/blueprint", 10, 5)
     for status in STATUSES:
         with engine.begin() as conn:
             conn.execute(sa.text(f"UPDATE {t} SET reconciliation_status = :s"), {"s": status})
@@ -285,8 +294,7 @@ def test_existing_pipeline_column_of_wrong_type_is_refused(pg_schema) -> None:
 
 def test_actual_cost_keeps_ten_decimal_places(pg_schema) -> None:
     engine, schema = pg_schema
-    create_demo_token_usage(engine, schema=schema)
-    t = qualified("token_usage", schema)
+    t = _migrated_table(engine, schema)
     values = [Decimal(v) for v in ("0.0000000001", "12345.6789012345", "9999999999.9999999999")]
     with engine.begin() as conn:
         for value in values:

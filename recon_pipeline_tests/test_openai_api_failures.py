@@ -10,7 +10,7 @@ from datetime import date, timedelta
 import pytest
 
 from recon_pipeline.io.openai_api import OpenAIClient
-from recon_pipeline_tests.openai_client import END, START, _fill_usage, client_for, raises
+from recon_pipeline_tests.openai_client import END, START, client_for, fill_usage, raises
 from recon_pipeline_tests.openai_server import (
     API_KEY,
     CHAT,
@@ -96,7 +96,7 @@ def test_envelope_not_as_documented_is_malformed(fake: FakeOpenAI, body, field) 
 
 def test_usage_result_missing_a_required_count_names_it(fake: FakeOpenAI) -> None:
     day = date(2026, 3, 1)
-    _fill_usage(fake, [day])
+    fill_usage(fake, [day])
     del fake.usage["embeddings"][day][0]["num_model_requests"]
     error = raises("malformed", client_for(fake).usage, day, day + timedelta(days=1))
     assert "'num_model_requests'" in str(error)

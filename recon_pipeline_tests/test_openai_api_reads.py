@@ -14,7 +14,7 @@ import pytest
 from recon_pipeline.core.openai_records import RecordError
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.openai_api import COSTS_COLUMNS, USAGE_COLUMNS, costs_frame
-from recon_pipeline_tests.openai_client import END, START, _fill_usage, client_for, raises
+from recon_pipeline_tests.openai_client import END, START, client_for, fill_usage, raises
 from recon_pipeline_tests.openai_server import (
     ADMIN_KEY,
     API_KEY,
@@ -218,7 +218,7 @@ def test_response_id_must_be_a_plain_token(fake: FakeOpenAI) -> None:
 
 def test_usage_reads_every_page_of_three_endpoints(fake: FakeOpenAI) -> None:
     days = [date(2026, 3, 1) + timedelta(days=n) for n in range(10)]
-    _fill_usage(fake, days)
+    fill_usage(fake, days)
     fake.bucket_page_size = 3
 
     usage = client_for(fake).usage(days[0], days[-1] + timedelta(days=1))
@@ -255,7 +255,7 @@ def test_usage_reads_every_page_of_three_endpoints(fake: FakeOpenAI) -> None:
 
 def test_usage_by_project_adds_the_grouping(fake: FakeOpenAI) -> None:
     day = date(2026, 3, 1)
-    _fill_usage(fake, [day])
+    fill_usage(fake, [day])
     usage = client_for(fake).usage(day, day + timedelta(days=1), by_project=True)
     request = fake.requests_to("/v1/organization/usage/completions")[0]
     assert request.args.getlist("group_by") == ["model", "batch", "service_tier", "project_id"]
@@ -328,7 +328,7 @@ def test_unknown_fields_everywhere_are_accepted(fake: FakeOpenAI) -> None:
     fake.chat = chat_completions(5, END - timedelta(minutes=1), timedelta(minutes=1))
     fake.responses[response_id_for(1)] = response_object(1, unix(START))
     day = date(2026, 3, 1)
-    _fill_usage(fake, [day])
+    fill_usage(fake, [day])
     fake.costs[day] = [costs_result("0.25", "gpt-4o-mini-2024-07-18, input")]
     client = client_for(fake)
 
