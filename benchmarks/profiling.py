@@ -21,7 +21,9 @@ def py_spy() -> list[str] | None:
 
 
 def profile_job(common: dict, out_dir: Path, rows: int, env: dict) -> dict[str, Any] | None:
-    """One more run 1 of the job under py-spy (--idle: time waiting on PostgreSQL counts)."""
+    """One more run 1 of the job under py-spy (--idle: time waiting on PostgreSQL counts), in
+    full (RECON_FULL_RERUN): on the reset day, a run inside the grace period would first
+    look for what changed, which run 1 never does."""
     spy = py_spy()
     if spy is None:
         print("  --profile: py-spy not found (pip install py-spy, or install uv for uvx)")
@@ -29,7 +31,7 @@ def profile_job(common: dict, out_dir: Path, rows: int, env: dict) -> dict[str, 
     raw = out_dir / f"profile_{rows}.raw.txt"
     wrap = [*spy, "record", "--idle", "--rate", str(PROFILE_RATE), "--format", "raw", "-o"]
     wrap += [str(raw), "--"]
-    run_child("job", common, out_dir, f"job_{rows}_profiled", env, wrap=wrap)
+    run_child("job", common | {"full_rerun": True}, out_dir, f"job_{rows}_profiled", env, wrap=wrap)
     summary = summarise_profile(raw)
     text = out_dir / f"profile_{rows}.txt"
     text.write_text(render_profile(summary))

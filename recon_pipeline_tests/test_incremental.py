@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
+import dagster as dg
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -30,7 +31,7 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.demo_data import generate_demo_data
 from recon_pipeline.demo_openai_side import APP_PROJECT
-from recon_pipeline.io.day_changes import matched_records_fingerprint
+from recon_pipeline.io.day_changes import changed_ids, matched_records_fingerprint
 from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.runs import AS_OF, LAST_DAY, SmallDemo, run_job
 from recon_pipeline_tests.test_slices import table_digests
@@ -44,13 +45,14 @@ def _run(
     as_of: str = AS_OF,
     full_rerun: bool = False,
     slice_rows: int | None = None,
+    instance: dg.DagsterInstance | None = None,
 ):
     resources = demo.resources(as_of)
     sliced = {"slice_rows": slice_rows} if slice_rows else {}
     resources["settings"] = ReconciliationSettings(
         as_of=as_of, openai_project_ids=APP_PROJECT, full_rerun=full_rerun, **sliced
     )
-    result = demo.run(day, day, resources=resources)
+    result = demo.run(day, day, resources=resources, instance=instance)
     assert result.success
     return result
 
@@ -387,6 +389,53 @@ def test_a_full_run_sums_the_basis_the_stored_day_gives(demo, monkeypatch, slice
     _row_updated_by_the_application(demo, day)
     assert _reading(_run(demo, day, slice_rows=slice_rows), day)["incremental"] == 1
     assert summed[1:] == [None]
+
+
+def _reset_matched_rows(demo: SmallDemo, day: date, count: int) -> set[str]:
+    """The written columns of `count` rows matched by id put back by hand."""
+    rows = _stored(demo, day, "match_method = 'request_id' AND reconciliation_status = 'matched'")
+    chosen = rows[:count]
+    assert len(chosen) == count
+    _execute(
+        demo,
+        "UPDATE {s}.token_usage SET reconciliation_status = 'pending', actual_cost_cents = NULL,"
+        " reconciled_at = NULL WHERE id = ANY(:ids)",
+        ids=[r.usage_id for r in chosen],
+    )
+    return {r.openai_request_id for r in chosen}
+
+
+def test_the_changed_ids_are_read_no_further_than_a_full_run_needs(demo) -> None:
+    """More changed ids than a slice holds run the day in full, so reading stops one past it:
+    what is read is some of the changed ids, never an id that did not change."""
+    day = demo.days[1]
+    _run(demo, day)
+    reset = _reset_matched_rows(demo, day, 40)
+    with demo.db().engine.connect() as conn, conn.begin():
+        every = changed_ids(demo.db(), conn, day, at_most=10**9)
+        some = changed_ids(demo.db(), conn, day, at_most=5)
+    assert reset <= set(every) and len(every) > 40
+    assert len(some) == 6 and set(some) <= set(every)
+
+
+def test_more_changes_than_a_slice_run_the_day_in_full(demo) -> None:
+    day = demo.days[1]
+    _run(demo, day, slice_rows=10)
+    _reset_matched_rows(demo, day, 40)
+    instance = dg.DagsterInstance.ephemeral()
+    result = _run(demo, day, slice_rows=10, instance=instance)
+    rerun = _reading(result, day)
+    assert rerun["incremental"] == 0
+    log = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    why = f"{day}: reconciled in full (more request ids changed than a slice holds (10))"
+    assert why in log
+    (rows,) = demo.rows(
+        "SELECT count(*) AS n FROM {s}.reconciled_usage WHERE usage_date = :day", day=day
+    )
+    assert rerun["rows_reprocessed"] == rows.n
+    after = table_digests(demo)
+    _run(demo, day, full_rerun=True, slice_rows=10)
+    assert table_digests(demo) == after
 
 
 def test_the_kept_tally_adds_up_as_the_results_would() -> None:

@@ -112,9 +112,10 @@ def full_run_reason(
 
 
 def too_many_changed(changed_ids: int, slice_rows: int) -> str | None:
-    """The changed ids are redone as one slice: more than a slice's rows run the day in full."""
+    """The changed ids are redone as one slice: more than a slice's rows run the day in full.
+    (The ids are counted only up to one past the slice, so the reason gives no count.)"""
     if changed_ids > slice_rows:
-        return f"{changed_ids} request ids changed, more than a slice ({slice_rows})"
+        return f"more request ids changed than a slice holds ({slice_rows})"
     return None
 
 

@@ -74,7 +74,7 @@ def choose(
         why = full_run_reason(**known, current_basis=_basis(db, reader, day, inputs))
     if why is not None:
         return None, why
-    ids = day_changes.changed_ids(db, reader, day)
+    ids = day_changes.changed_ids(db, reader, day, at_most=slice_rows)
     why = too_many_changed(len(ids), slice_rows)
     return (None, why) if why else (PartialDay(ids), None)
 
