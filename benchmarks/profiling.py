@@ -23,7 +23,8 @@ def py_spy() -> list[str] | None:
 def profile_job(common: dict, out_dir: Path, rows: int, env: dict) -> dict[str, Any] | None:
     """One more run 1 of the job under py-spy (--idle: time waiting on PostgreSQL counts), in
     full (RECON_FULL_RERUN): on the reset day, a run inside the grace period would first
-    look for what changed, which run 1 never does."""
+    look for what changed, which run 1 never does. Unlike run 1, it deletes the stored day
+    before writing it again."""
     spy = py_spy()
     if spy is None:
         print("  --profile: py-spy not found (pip install py-spy, or install uv for uvx)")

@@ -31,6 +31,7 @@ from recon_pipeline.defs.resources import (
 )
 from recon_pipeline.demo_data import generate_demo_data
 from recon_pipeline.demo_openai_side import APP_PROJECT
+from recon_pipeline.io import day_changes
 from recon_pipeline.io.day_changes import changed_ids, matched_records_fingerprint
 from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.runs import AS_OF, LAST_DAY, SmallDemo, run_job
@@ -405,17 +406,38 @@ def _reset_matched_rows(demo: SmallDemo, day: date, count: int) -> set[str]:
     return {r.openai_request_id for r in chosen}
 
 
-def test_the_changed_ids_are_read_no_further_than_a_full_run_needs(demo) -> None:
+def test_the_changed_ids_are_read_no_further_than_a_full_run_needs(demo, monkeypatch) -> None:
     """More changed ids than a slice holds run the day in full, so reading stops one past it:
-    what is read is some of the changed ids, never an id that did not change."""
+    what is read is some of the changed ids, never an id that did not change; at or under
+    the bound, every changed id, as one read of the whole list gives them. Two ids a batch,
+    so the read takes many batches, and stops early."""
     day = demo.days[1]
     _run(demo, day)
     reset = _reset_matched_rows(demo, day, 40)
-    with demo.db().engine.connect() as conn, conn.begin():
-        every = changed_ids(demo.db(), conn, day, at_most=10**9)
-        some = changed_ids(demo.db(), conn, day, at_most=5)
-    assert reset <= set(every) and len(every) > 40
-    assert len(some) == 6 and set(some) <= set(every)
+    db = demo.db()
+    with db.engine.connect() as conn, conn.begin():
+        whole = changed_ids(db, conn, day, at_most=10**9)  # one batch
+    batches: list[int] = []
+    partitions = sa.engine.ScalarResult.partitions
+
+    def counted(self, size=None):
+        for batch in partitions(self, size):
+            batches.append(len(batch))
+            yield batch
+
+    monkeypatch.setattr(day_changes, "_STREAMED_IDS", 2)
+    monkeypatch.setattr(sa.engine.ScalarResult, "partitions", counted)
+    with db.engine.connect() as conn, conn.begin():
+        every = changed_ids(db, conn, day, at_most=len(whole))
+        read_whole = len(batches)
+        one_less = changed_ids(db, conn, day, at_most=len(whole) - 1)
+        batches.clear()
+        some = changed_ids(db, conn, day, at_most=5)
+    assert reset <= set(whole) and len(whole) > 40 and every == whole
+    assert max(batches) == 2 and read_whole > len(whole) // 2
+    assert len(one_less) == len(whole) and set(one_less) == set(whole)
+    assert len(some) == 6 and set(some) <= set(whole)
+    assert len(batches) <= 6 < read_whole
 
 
 def test_more_changes_than_a_slice_run_the_day_in_full(demo) -> None:
