@@ -124,12 +124,6 @@ def _insert_row(
     )
 
 
-def _a_matched_row(demo: SmallDemo, day: date) -> sa.Row:
-    return _stored(demo, day, "match_method = 'request_id' AND reconciliation_status = 'matched'")[
-        0
-    ]
-
-
 # Each change makes one kind of difference to a day, and returns the request ids it touches.
 def _pending_row_gets_its_record(demo: SmallDemo, day: date) -> set[str]:
     row = _stored(demo, day, "reconciliation_status = 'pending' AND openai_request_id IS NOT NULL")[
@@ -157,18 +151,23 @@ def _new_row_without_an_id(demo: SmallDemo, day: date) -> set[str]:
     return record
 
 
-def _update_a_matched_row(demo: SmallDemo, day: date, assignments: str) -> set[str]:
-    row = _a_matched_row(demo, day)
+def _update_matched_rows(demo: SmallDemo, day: date, assignments: str, count: int = 1) -> set[str]:
+    rows = _stored(demo, day, "match_method = 'request_id' AND reconciliation_status = 'matched'")
+    chosen = rows[:count]
+    assert len(chosen) == count
     _execute(
         demo,
-        f"UPDATE {{s}}.token_usage SET {assignments} WHERE id::text = :id",
-        id=str(row.usage_id),
+        f"UPDATE {{s}}.token_usage SET {assignments} WHERE id::text = ANY(:ids)",
+        ids=[str(row.usage_id) for row in chosen],
     )
-    return {row.openai_request_id}
+    return {row.openai_request_id for row in chosen}
+
+
+_RESET_BY_HAND = "reconciliation_status = 'pending', actual_cost_cents = NULL, reconciled_at = NULL"
 
 
 def _row_updated_by_the_application(demo: SmallDemo, day: date) -> set[str]:
-    return _update_a_matched_row(
+    return _update_matched_rows(
         demo,
         day,
         "input_tokens = input_tokens + 7, model_used = 'gpt-4.1',"
@@ -177,11 +176,7 @@ def _row_updated_by_the_application(demo: SmallDemo, day: date) -> set[str]:
 
 
 def _written_columns_reset_by_hand(demo: SmallDemo, day: date) -> set[str]:
-    return _update_a_matched_row(
-        demo,
-        day,
-        "reconciliation_status = 'pending', actual_cost_cents = NULL, reconciled_at = NULL",
-    )
+    return _update_matched_rows(demo, day, _RESET_BY_HAND)
 
 
 def _new_record(demo: SmallDemo, day: date) -> set[str]:
@@ -392,20 +387,6 @@ def test_a_full_run_sums_the_basis_the_stored_day_gives(demo, monkeypatch, slice
     assert summed[1:] == [None]
 
 
-def _reset_matched_rows(demo: SmallDemo, day: date, count: int) -> set[str]:
-    """The written columns of `count` rows matched by id put back by hand."""
-    rows = _stored(demo, day, "match_method = 'request_id' AND reconciliation_status = 'matched'")
-    chosen = rows[:count]
-    assert len(chosen) == count
-    _execute(
-        demo,
-        "UPDATE {s}.token_usage SET reconciliation_status = 'pending', actual_cost_cents = NULL,"
-        " reconciled_at = NULL WHERE id = ANY(:ids)",
-        ids=[r.usage_id for r in chosen],
-    )
-    return {r.openai_request_id for r in chosen}
-
-
 def test_the_changed_ids_are_read_no_further_than_a_full_run_needs(demo, monkeypatch) -> None:
     """More changed ids than a slice holds run the day in full, so reading stops one past it:
     what is read is some of the changed ids, never an id that did not change; at or under
@@ -413,7 +394,7 @@ def test_the_changed_ids_are_read_no_further_than_a_full_run_needs(demo, monkeyp
     so the read takes many batches, and stops early."""
     day = demo.days[1]
     _run(demo, day)
-    reset = _reset_matched_rows(demo, day, 40)
+    reset = _update_matched_rows(demo, day, _RESET_BY_HAND, count=40)
     db = demo.db()
     with db.engine.connect() as conn, conn.begin():
         whole = changed_ids(db, conn, day, at_most=10**9)  # one batch
@@ -443,7 +424,7 @@ def test_the_changed_ids_are_read_no_further_than_a_full_run_needs(demo, monkeyp
 def test_more_changes_than_a_slice_run_the_day_in_full(demo) -> None:
     day = demo.days[1]
     _run(demo, day, slice_rows=10)
-    _reset_matched_rows(demo, day, 40)
+    _update_matched_rows(demo, day, _RESET_BY_HAND, count=40)
     instance = dg.DagsterInstance.ephemeral()
     result = _run(demo, day, slice_rows=10, instance=instance)
     rerun = _reading(result, day)
