@@ -2,7 +2,8 @@
 
     python -m benchmarks.child KIND ARGS_JSON OUT_JSON
 
-KIND is `job` (the Dagster job), `stages` (the finer split), `floor`, or `seed` (a day
+KIND is `job` (the Dagster job), `stages` (the finer split), `floor`, `floor_outputs` (the
+floor with the pipeline's outputs), or `seed` (a day
 seeded, so that the memory seeding takes is gone before anything is measured). The result, plus
 import time, RSS after imports and the process's peak RSS (VmHWM), is written to OUT_JSON.
 (VmHWM of this process, after exec: it does not include the parent's memory.)
@@ -80,6 +81,18 @@ def _floor(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     )
 
 
+def _floor_outputs(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    from benchmarks.floor_outputs import run_floor_outputs
+
+    return lambda: run_floor_outputs(
+        args["url"],
+        args["schema"],
+        date.fromisoformat(args["day"]),
+        args["as_of"],
+        Path(args["export_dir"]),
+    )
+
+
 def _seed(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     from benchmarks.seed import seed_days
 
@@ -98,7 +111,13 @@ def _seed(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
 
 
 # Each kind imports what it needs and returns its work, so that import time is its own.
-KINDS = {"job": _job, "stages": _stages, "floor": _floor, "seed": _seed}
+KINDS = {
+    "job": _job,
+    "stages": _stages,
+    "floor": _floor,
+    "floor_outputs": _floor_outputs,
+    "seed": _seed,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -4,7 +4,8 @@ unchanged re-run costs (issue 19).
     uv run python -m benchmarks.scaling --sizes 1000000,3000000,10000000
 
 For each size: a fresh schema seeded as `benchmarks.run` seeds it, then (at `--floor-at`
-rows only) the hand-written floor `--floor-repeats` times, then the real job, each a fresh
+rows only) the two hand-written floors `--floor-repeats` times (the issue's, `floor.py`, and
+the one that stores the pipeline's outputs, `floor_outputs.py`), then the real job, each a fresh
 process (`benchmarks.child`): run 1 on the fresh day, run 2 on the unchanged day, and at the
 floor's size `--run1-repeats` runs 1 in all, the median compared with the floor's median.
 Each repeat of the floor and of run 1 starts from a day seeded afresh (the same rows and
@@ -51,18 +52,20 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
     env = child_env()
     result: dict[str, Any] = {"rows": rows}
     floors: list[dict[str, Any]] = []
+    floors_outputs: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     try:
         for number in range(1, max(floors_due, runs_due) + 1):
             seeded = _seed(url, schema, day, rows, export_dir, with_floor, work, number, env)
             result.setdefault("seed_s", seeded["seconds"])
             if number <= floors_due:
-                floors.append(run_child("floor", common, work, f"floor_{rows}_{number}", env))
-                print(
-                    f"  floor {number}: {floors[-1]['total_s']:.2f} s inside,"
-                    f" {floors[-1]['child_wall_s']:.2f} s as a process",
-                    flush=True,
-                )
+                for kind, done in (("floor", floors), ("floor_outputs", floors_outputs)):
+                    done.append(run_child(kind, common, work, f"{kind}_{rows}_{number}", env))
+                    print(
+                        f"  {kind} {number}: {done[-1]['total_s']:.2f} s inside,"
+                        f" {done[-1]['child_wall_s']:.2f} s as a process",
+                        flush=True,
+                    )
             checkpoint(url)
             if number <= runs_due:
                 runs.append(
@@ -72,6 +75,7 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
                 result["run2"] = _job(common, work, env, f"job_{rows}_run2", "run 2")
         if floors:
             result["floor"] = floors
+            result["floor_outputs"] = floors_outputs
         result["run1"] = sorted(runs, key=lambda run: run["child_wall_s"])[len(runs) // 2]
         result["run1_repeats"] = runs
         return result
@@ -180,28 +184,41 @@ def summary_rows(sizes: list[dict[str, Any]]) -> list[list[str]]:
         each(lambda s: f"{s['run1'].get('machine_cpu_busy_s', float('nan')):.1f}"),
     )
 
-    def floor(s: dict[str, Any]) -> str:
-        if "floor" not in s:
-            return "-"
-        inside = [f["total_s"] for f in s["floor"]]
-        process = [f["child_wall_s"] for f in s["floor"]]
-        return (
-            f"{', '.join(f'{v:.2f}' for v in process)} (median {np.median(process):.2f});"
-            f" inside {np.median(inside):.2f}"
+    for key, name in (("floor", "floor"), ("floor_outputs", "floor with the pipeline's outputs")):
+        add(f"{name} as a process (s)", each(lambda s, key=key: _floor_times(s, key)))
+        add(f"{name}: phases, median (s)", each(lambda s, key=key: _floor_phases(s, key)))
+        add(
+            f"run 1 / {name}, both as processes (median)",
+            each(lambda s, key=key: _over_floor(s, key)),
         )
-
-    add("floor as a process (s)", each(floor))
-    add(
-        "run 1 / floor, both as processes (median)",
-        each(
-            lambda s: (
-                f"{s['run1']['child_wall_s'] / np.median([f['child_wall_s'] for f in s['floor']]):.2f}"  # noqa: E501
-                if "floor" in s
-                else "-"
-            )
-        ),
-    )
     return rows
+
+
+def _floor_times(size: dict[str, Any], key: str) -> str:
+    if not size.get(key):
+        return "-"
+    inside = [f["total_s"] for f in size[key]]
+    process = [f["child_wall_s"] for f in size[key]]
+    return (
+        f"{', '.join(f'{v:.2f}' for v in process)} (median {np.median(process):.2f});"
+        f" inside {np.median(inside):.2f}"
+    )
+
+
+def _floor_phases(size: dict[str, Any], key: str) -> str:
+    if not size.get(key):
+        return "-"
+    names = size[key][0]["phases"]
+    return ", ".join(
+        f"{name} {np.median([f['phases'][name] for f in size[key]]):.2f}" for name in names
+    )
+
+
+def _over_floor(size: dict[str, Any], key: str) -> str:
+    if not size.get(key):
+        return "-"
+    floor = np.median([f["child_wall_s"] for f in size[key]])
+    return f"{size['run1']['child_wall_s'] / floor:.2f}"
 
 
 def render(report: dict[str, Any]) -> str:

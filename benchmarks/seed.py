@@ -9,9 +9,10 @@ share of rows carries each variance the pipeline has to find (see `Mix`).
 What a seeded day consists of:
 
 - `<schema>.token_usage`: created and migrated by `create_demo_token_usage`, filled by COPY;
-- `<schema>.token_usage_floor`: an identical copy (same ids, indexes, statistics), which the
-  hand-written floor updates, so that the floor and the pipeline each start from a freshly
-  loaded, vacuumed table;
+- `<schema>.token_usage_floor` and `token_usage_floor_outputs`: identical copies (same ids,
+  indexes, statistics), which the two hand-written floors update, so that each floor and the
+  pipeline start from a freshly loaded, vacuumed table; the second floor's empty output
+  tables (`benchmarks/floor_outputs.py`);
 - `<schema>.openai_source`: OpenAI's records as a table, which the floor reads;
 - the export folder: the same records as JSONL in the README's canonical line format
   (`openai-requests-<day>.jsonl`), Batch API output lines for batch requests
@@ -38,6 +39,7 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlalchemy as sa
 
 from benchmarks.bench_database import (
     FLOOR_RESULTS_DDL,
@@ -47,6 +49,8 @@ from benchmarks.bench_database import (
     fresh_schema,
     vacuum,
 )
+from benchmarks.floor_outputs import USAGE as FLOOR_OUTPUTS_USAGE
+from benchmarks.floor_outputs import create_tables
 from benchmarks.seed_files import write_exports
 from recon_pipeline.core.openai_records import COUNT_FIELDS
 from recon_pipeline.core.pricing import PriceCatalogue
@@ -490,6 +494,10 @@ class Seeded:
     files: int = 0
 
 
+# The copies of token_usage the floors update, one each.
+FLOOR_COPIES = ("token_usage_floor", FLOOR_OUTPUTS_USAGE)
+
+
 def seed_days(
     url: str,
     schema: str,
@@ -528,15 +536,16 @@ def seed_days(
                     f" ({time.perf_counter() - started:.1f} s)",
                     flush=True,
                 )
-        if floor_tables:
-            conn.execute(f'CREATE TABLE "{schema}".token_usage_floor (LIKE {usage} INCLUDING ALL)')
-            conn.execute(
-                f'INSERT INTO "{schema}".token_usage_floor OVERRIDING SYSTEM VALUE'
-                f" SELECT * FROM {usage}"
-            )
+        copies = [f'"{schema}".{name}' for name in FLOOR_COPIES] if floor_tables else []
+        for copy in copies:
+            conn.execute(f"CREATE TABLE {copy} (LIKE {usage} INCLUDING ALL)")
+            conn.execute(f"INSERT INTO {copy} OVERRIDING SYSTEM VALUE SELECT * FROM {usage}")
         conn.commit()
-    tables = [usage] + ([f'"{schema}".token_usage_floor', source] if floor_tables else [])
-    vacuum(url, tables)
+    if floor_tables:
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
+        create_tables(engine, schema)
+        engine.dispose()
+    vacuum(url, [usage, *copies] + ([source] if floor_tables else []))
     return Seeded(
         url=url,
         schema=schema,
