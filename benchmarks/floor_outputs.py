@@ -17,9 +17,12 @@ transaction, and nothing else:
 6. one `UPDATE ... FROM` it by primary key; commit.
 
 What it leaves out, which run 1 does: rows without a request id matched by tag or
-fingerprint (left unverifiable), the write-back's guards, slices, the re-run digests, the
-unlogged and analyst tables, Dagster. So run 1 over this floor is the pipeline's own cost;
-this floor over `floor.py`'s is the cost of the required outputs.
+fingerprint (left unverifiable), a request id logged twice charged once, the write-back's
+guards (a row the application changed meanwhile is overwritten), slices (the day in memory
+at once), the re-run digests, the unlogged and analyst tables, Dagster. So run 1 over this
+floor is the pipeline's own cost; this floor over `floor.py`'s is the cost of the required
+outputs. `recon_pipeline_tests/test_benchmark_floors.py` checks that, for every row the job
+matched by request id once, it stores the job's own figures.
 """
 
 from __future__ import annotations
@@ -188,30 +191,32 @@ def _copy_day_out(conn: sa.Connection, table: str, start: datetime, end: datetim
 
 
 def _results(logged: pd.DataFrame, records: pd.DataFrame, day: date) -> pd.DataFrame:
-    """The results contract, row for row with the day's rows, by whole-column operations."""
+    """The results contract, row for row with the day's rows, by whole-column operations:
+    each row's record taken by pyarrow (a null where none), converted to pandas once."""
     priced = records.assign(actual_pico=_price(records, day)["actual_pico"].to_numpy())
     found = pd.Index(priced["request_id"]).get_indexer(logged["openai_request_id"])
     has_record = found >= 0
-    at = np.where(has_record, found, 0)
+    side = (
+        pa.Table.from_pandas(priced, preserve_index=False)
+        .take(pa.array(found, mask=~has_record))
+        .to_pandas(types_mapper=_NULLABLE.get)
+    )
 
-    def record(column: str) -> np.ndarray:
-        return priced[column].to_numpy()[at]
-
-    def record_or_na(column: str, dtype: str) -> pd.Series:
-        return pd.Series(record(column), dtype=dtype).where(has_record)
+    def counts(column: str) -> np.ndarray:
+        return side[column].to_numpy(np.int64, na_value=0)
 
     estimate = logged["estimate_pico"].to_numpy()
-    actual = np.where(has_record, record("actual_pico"), 0)
+    actual = counts("actual_pico")
     variance = actual - estimate
     has_id = logged["openai_request_id"].notna().to_numpy()
     within = np.abs(variance) <= TOLERANCE_PICO
     status = np.select(
         [~has_id, ~has_record, within], ["unverifiable", "pending", "matched"], "discrepancy"
     )
-    model_mismatch = has_record & (_base_model(record("model")) != logged["model_used"].to_numpy())
+    model_mismatch = has_record & (_base_model(side["model"]) != logged["model_used"].to_numpy())
     token_mismatch = has_record & (
-        (record("input_tokens") != logged["input_tokens"].to_numpy())
-        | (record("output_tokens") != logged["output_tokens"].to_numpy())
+        (counts("input_tokens") != logged["input_tokens"].to_numpy())
+        | (counts("output_tokens") != logged["output_tokens"].to_numpy())
     )
     variance_class = np.select(
         [~has_id, ~has_record, model_mismatch, token_mismatch, variance == 0, within, variance < 0],
@@ -237,18 +242,18 @@ def _results(logged: pd.DataFrame, records: pd.DataFrame, day: date) -> pd.DataF
             "model_used": logged["model_used"],
             "openai_request_id": logged["openai_request_id"],
             "created_at": logged["created_at"],
-            "openai_model": record_or_na("model", "object"),
-            "service_tier": record_or_na("service_tier", "object"),
-            "batch": record_or_na("batch", "boolean"),
+            "openai_model": side["model"],
+            "service_tier": side["service_tier"],
+            "batch": side["batch"],
             "logged_input_tokens": logged["input_tokens"],
             "logged_output_tokens": logged["output_tokens"],
-            "openai_input_tokens": record_or_na("input_tokens", "Int64"),
-            "openai_cached_input_tokens": record_or_na("cached_input_tokens", "Int64"),
-            "openai_output_tokens": record_or_na("output_tokens", "Int64"),
-            "openai_reasoning_tokens": record_or_na("reasoning_tokens", "Int64"),
-            "openai_audio_ms": record_or_na("audio_ms", "Int64"),
+            "openai_input_tokens": side["input_tokens"],
+            "openai_cached_input_tokens": side["cached_input_tokens"],
+            "openai_output_tokens": side["output_tokens"],
+            "openai_reasoning_tokens": side["reasoning_tokens"],
+            "openai_audio_ms": side["audio_ms"],
             "estimated_cost_pico": logged["estimate_pico"].astype("Int64"),
-            "actual_cost_pico": pd.Series(actual, dtype="Int64").where(has_record),
+            "actual_cost_pico": side["actual_pico"],
             "variance_pico": pd.Series(variance, dtype="Int64").where(has_record),
             "variance_pct": pct,
             "variance_class": variance_class,
@@ -256,19 +261,22 @@ def _results(logged: pd.DataFrame, records: pd.DataFrame, day: date) -> pd.DataF
             "model_mismatch": model_mismatch,
             "token_mismatch": token_mismatch,
             "price_status": np.where(has_record, "priced", None),
-            "openai_source": record_or_na("source", "object"),
+            "openai_source": side["source"],
             "match_method": np.where(has_record, "request_id", None),
-            "matched_request_id": record_or_na("request_id", "object"),
+            "matched_request_id": side["request_id"],
         }
     )
 
 
-def _base_model(snapshots: np.ndarray) -> np.ndarray:
+_NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+def _base_model(snapshots: pd.Series) -> np.ndarray:
     """A snapshot's model without its date (`gpt-4o-2024-08-06` -> `gpt-4o`), computed once
-    per distinct name."""
+    per distinct name (None where there is no record)."""
     codes, names = pd.factorize(snapshots)
-    bases = np.array([re.sub(r"-\d{4}-\d{2}-\d{2}$", "", name) for name in names], dtype=object)
-    return bases[codes]
+    bases = [re.sub(r"-\d{4}-\d{2}-\d{2}$", "", name) for name in names]
+    return np.array([*bases, None], dtype=object)[codes]
 
 
 def _replace_day(conn: sa.Connection, table: str, output: OutputTable, frame: pd.DataFrame) -> None:
