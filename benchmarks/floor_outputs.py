@@ -4,31 +4,33 @@ The issue's floor (`benchmarks/floor.py`) reads OpenAI's records from a table lo
 beforehand and stores four columns a row. The pipeline cannot do less than read OpenAI's
 records from where they come from (here, the day's export files), store them
 (`openai_requests`), and store the results contract (`reconciled_usage`: 30 columns, two
-indexes). This floor does exactly that work, hand-written, in one process and one
-transaction, and nothing else:
+indexes). This floor does that work, hand-written, in one process and one transaction:
 
 1. the window's export files read by pyarrow's JSON reader (the flat export lines and the
    Batch output lines, flattened), no validation beyond pyarrow's types;
 2. those records COPYed into `floor_openai_requests`, shaped as `openai_requests`;
 3. the day's `token_usage` rows COPYed out;
 4. priced and joined on the request id, as `floor.py` does;
-5. the results contract built by whole-column operations and COPYed into
-   `floor_reconciled_usage`, shaped as `reconciled_usage` (same types and indexes);
+5. the results contract built by whole-column operations (classes in the pipeline's order
+   and names) and COPYed into `floor_reconciled_usage`, shaped as `reconciled_usage` (same
+   types and indexes);
 6. one `UPDATE ... FROM` it by primary key; commit.
 
-What it leaves out, which run 1 does: rows without a request id matched by tag or
-fingerprint (left unverifiable), a request id logged twice charged once, the write-back's
-guards (a row the application changed meanwhile is overwritten), slices (the day in memory
-at once), the re-run digests, the unlogged and analyst tables, Dagster. So run 1 over this
-floor is the pipeline's own cost; this floor over `floor.py`'s is the cost of the required
-outputs. `recon_pipeline_tests/test_benchmark_floors.py` checks that, for every row the job
-matched by request id once, it stores the job's own figures.
+What it leaves out, which run 1 does: validating OpenAI's lines and deduping its records;
+rows without a request id matched by tag or fingerprint (left unverifiable); a request id
+logged twice charged once; a record still missing after the grace period (left pending);
+price statuses other than priced; the write-back's guards (a row the application changed
+meanwhile is overwritten); slices (the day in memory at once); the checks, the re-run
+digests and the results' ANALYZE; the Usage and Costs step, the unlogged and analyst
+tables; Dagster. So run 1 over this floor is what the pipeline costs beyond its required
+outputs; this floor over `floor.py`'s is what those outputs cost.
+`recon_pipeline_tests/test_benchmark_floors.py` checks that it stores the job's own records
+and, for every row the job matched by request id once, the job's own figures.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ import pyarrow.json as pa_json
 import sqlalchemy as sa
 
 from benchmarks.floor import MATCH_WINDOW, TOLERANCE_PICO, _copy_out, _Phases, _price
+from recon_pipeline.core.models import snapshot_base
 from recon_pipeline.io.dialect_postgres import PostgresDialect
 from recon_pipeline.io.exports import files_for_span
 from recon_pipeline.io.pg_copy import copy_in
@@ -48,6 +51,8 @@ from recon_pipeline.io.tables import OPENAI_REQUESTS, RECONCILED_USAGE, OutputTa
 RECORDS = dataclasses.replace(OPENAI_REQUESTS, name="floor_openai_requests")
 RESULTS = dataclasses.replace(RECONCILED_USAGE, name="floor_reconciled_usage")
 USAGE = "token_usage_floor_outputs"
+# OpenAI's side taken row by row keeps its missing values as pandas' own NA.
+_NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 _BATCH_LINE = pa.schema(
     [
@@ -131,14 +136,14 @@ def _read_exports(export_dir: Path, start: datetime, end: datetime) -> pd.DataFr
                     "reasoning_tokens": body[
                         prefix + "usage.completion_tokens_details.reasoning_tokens"
                     ].to_numpy(),
+                    "input_audio_tokens": 0,
+                    "output_audio_tokens": 0,
                     "audio_seconds": 0.0,
-                    "source": "batch_output",
+                    "source": f"batch_output:{path.name}",
                 }
             )
-        elif path.name.startswith("openai-requests-"):
-            frame = pa_json.read_json(path).to_pandas().assign(source="export")
         else:
-            continue
+            frame = pa_json.read_json(path).to_pandas().assign(source=path.name)
         frames.append(frame)
     records = pd.concat(frames, ignore_index=True)
     created = pd.to_datetime(records["created"], unit="s", utc=True)
@@ -159,8 +164,8 @@ def _records_frame(records: pd.DataFrame, day: date) -> pd.DataFrame:
             "cached_input_tokens": records["cached_input_tokens"],
             "output_tokens": records["output_tokens"],
             "reasoning_tokens": records["reasoning_tokens"],
-            "input_audio_tokens": 0,
-            "output_audio_tokens": 0,
+            "input_audio_tokens": records["input_audio_tokens"],
+            "output_audio_tokens": records["output_audio_tokens"],
             "audio_ms": np.round(records["audio_seconds"].to_numpy() * 1000).astype(np.int64),
             "source": records["source"],
             "metadata_tag": None,
@@ -213,26 +218,36 @@ def _results(logged: pd.DataFrame, records: pd.DataFrame, day: date) -> pd.DataF
     status = np.select(
         [~has_id, ~has_record, within], ["unverifiable", "pending", "matched"], "discrepancy"
     )
-    model_mismatch = has_record & (_base_model(side["model"]) != logged["model_used"].to_numpy())
+    model_mismatch = has_record & (
+        snapshot_base(side["model"]) != snapshot_base(logged["model_used"])
+    ).to_numpy(bool)
     token_mismatch = has_record & (
         (counts("input_tokens") != logged["input_tokens"].to_numpy())
         | (counts("output_tokens") != logged["output_tokens"].to_numpy())
     )
     variance_class = np.select(
-        [~has_id, ~has_record, model_mismatch, token_mismatch, variance == 0, within, variance < 0],
         [
-            None,
-            "missing_at_openai",
-            "model_mismatch",
-            "token_count_mismatch",
+            ~has_id,
+            ~has_record,
+            logged["estimate_pico"].isna().to_numpy(),
+            within & (variance == 0),
+            within,
+            model_mismatch,
+            token_mismatch,
+        ],
+        [
+            "no_request_id",
+            "awaiting_openai",
+            "missing_estimate",
             "exact",
             "within_tolerance",
-            "over_estimate",
+            "model_mismatch",
+            "token_count_mismatch",
         ],
-        "under_estimate",
+        np.where(variance > 0, "under_estimate", "over_estimate"),
     )
     with np.errstate(divide="ignore", invalid="ignore"):
-        pct = np.where(has_record & (actual != 0), variance / actual * 100, np.nan)
+        pct = np.where(has_record & (actual != 0), np.round(variance / actual * 100, 4), np.nan)
     return pd.DataFrame(
         {
             "usage_date": day,
@@ -268,19 +283,10 @@ def _results(logged: pd.DataFrame, records: pd.DataFrame, day: date) -> pd.DataF
     )
 
 
-_NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
-
-
-def _base_model(snapshots: pd.Series) -> np.ndarray:
-    """A snapshot's model without its date (`gpt-4o-2024-08-06` -> `gpt-4o`), computed once
-    per distinct name (None where there is no record)."""
-    codes, names = pd.factorize(snapshots)
-    bases = [re.sub(r"-\d{4}-\d{2}-\d{2}$", "", name) for name in names]
-    return np.array([*bases, None], dtype=object)[codes]
-
-
-def _replace_day(conn: sa.Connection, table: str, output: OutputTable, frame: pd.DataFrame) -> None:
-    conn.exec_driver_sql(f"DELETE FROM {table} WHERE usage_date = %s", (frame["usage_date"][0],))
+def _replace_day(
+    conn: sa.Connection, table: str, output: OutputTable, day: date, frame: pd.DataFrame
+) -> None:
+    conn.exec_driver_sql(f"DELETE FROM {table} WHERE usage_date = %s", (day,))
     copy_in(conn, table, output, frame)
 
 
@@ -299,13 +305,13 @@ def run_floor_outputs(
         records = _read_exports(export_dir, start - MATCH_WINDOW, end + MATCH_WINDOW)
         phases.mark("read_export_files")
         stored = _records_frame(records, day)
-        _replace_day(conn, records_table, RECORDS, stored)
+        _replace_day(conn, records_table, RECORDS, day, stored)
         phases.mark("store_openai_records")
         logged = _copy_day_out(conn, usage, start, end)
         phases.mark("copy_out")
         results = _results(logged, stored, day)
         phases.mark("price_join_classify")
-        _replace_day(conn, results_table, RESULTS, results)
+        _replace_day(conn, results_table, RESULTS, day, results)
         phases.mark("copy_into_results_table")
         updated = conn.exec_driver_sql(
             f"UPDATE {usage} AS t SET actual_cost_cents = r.actual_cost_cents,"

@@ -67,7 +67,7 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
                         f" {done[-1]['child_wall_s']:.2f} s as a process",
                         flush=True,
                     )
-            checkpoint(url)
+                    checkpoint(url)  # what it wrote goes to disk before the next is timed
             if number <= runs_due:
                 runs.append(
                     _job(common, work, env, f"job_{rows}_run1_{number}", f"run 1 ({number})")

@@ -1,7 +1,7 @@
 """The benchmark's two hand-written floors are only references if they compute what the
 pipeline computes: on one seeded day, both write back the same costs and statuses, and the
-floor with the pipeline's outputs stores, for every row the job matched by request id, the
-job's own figures."""
+floor with the pipeline's outputs stores the job's own records and, for every row the job
+matched by request id, the job's own figures."""
 
 from __future__ import annotations
 
@@ -45,10 +45,23 @@ def test_the_floors_compute_what_the_job_computes(
 
     run = run_job(pg_url, schema, exports, DEFAULT_DAY, DEFAULT_DAY, AS_OF)
     assert run["success"], run["failure"]
+    stored = (
+        "SELECT request_id, created_at, model, service_tier, batch, input_tokens,"
+        " cached_input_tokens, output_tokens, reasoning_tokens, input_audio_tokens,"
+        f' output_audio_tokens, audio_ms, source FROM "{schema}".{{table}} ORDER BY request_id'
+    )
+    records = _frame(engine, stored.format(table="openai_requests"))
+    assert len(records) > ROWS // 2
+    pd.testing.assert_frame_equal(
+        records, _frame(engine, stored.format(table="floor_openai_requests")), check_exact=True
+    )
+
     compared = (
-        "actual_cost_cents, estimated_cost_cents, variance_cents, reconciliation_status,"
-        " openai_model, service_tier, batch, openai_input_tokens, openai_cached_input_tokens,"
-        " openai_output_tokens, model_mismatch, token_mismatch, matched_request_id"
+        "actual_cost_cents, estimated_cost_cents, variance_cents, variance_pct, variance_class,"
+        " reconciliation_status, openai_model, service_tier, batch, openai_input_tokens,"
+        " openai_cached_input_tokens, openai_output_tokens, openai_reasoning_tokens,"
+        " openai_audio_ms, model_mismatch, token_mismatch, price_status, openai_source,"
+        " match_method, matched_request_id"
     )
     # The job charges a request id logged twice once; the floors, like any plain join, twice.
     once = (
