@@ -31,7 +31,7 @@ and, for every row the job matched by request id once, the job's own figures.
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,9 @@ import pyarrow.json as pa_json
 import sqlalchemy as sa
 
 from benchmarks.floor import MATCH_WINDOW, TOLERANCE_PICO, _copy_out, _Phases, _price
+from recon_pipeline.core.days import day_bounds
 from recon_pipeline.core.models import snapshot_base
-from recon_pipeline.io.dialect_postgres import PostgresDialect
+from recon_pipeline.io.database import Database
 from recon_pipeline.io.exports import files_for_span
 from recon_pipeline.io.pg_copy import copy_in
 from recon_pipeline.io.tables import OPENAI_REQUESTS, RECONCILED_USAGE, OutputTable
@@ -96,17 +97,10 @@ _BATCH_LINE = pa.schema(
 
 
 def create_tables(engine: sa.Engine, schema: str) -> None:
-    """The floor's two tables, with the types and indexes of the pipeline's own."""
-    dialect = PostgresDialect(engine, f'"{schema}".{USAGE}')
-    with engine.begin() as conn:
-        for output in (RECORDS, RESULTS):
-            columns = ", ".join(
-                f'"{output.stored_name(c)}" {dialect.sql_type(c)}' for c in output.columns
-            )
-            conn.exec_driver_sql(f'CREATE TABLE "{schema}".{output.name} ({columns})')
-            for index in output.indexes:
-                on = ", ".join(f'"{c}"' for c in index)
-                conn.exec_driver_sql(f'CREATE INDEX ON "{schema}".{output.name} ({on})')
+    """The floor's two tables, created as the pipeline creates its own (same types, indexes)."""
+    database = Database(engine, usage_table=USAGE, usage_schema=schema)
+    for output in (RECORDS, RESULTS):
+        database.ensure_table(output)
 
 
 def _read_exports(export_dir: Path, start: datetime, end: datetime) -> pd.DataFrame:
@@ -293,8 +287,7 @@ def _replace_day(
 def run_floor_outputs(
     url: str, schema: str, day: date, as_of: str, export_dir: Path
 ) -> dict[str, Any]:
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    end = start + timedelta(days=1)
+    start, end = day_bounds(day)
     usage = f'"{schema}".{USAGE}'
     records_table = f'"{schema}".{RECORDS.name}'
     results_table = f'"{schema}".{RESULTS.name}'
