@@ -22,7 +22,7 @@ from recon_pipeline.defs.schedules import (
     pending_rows_sensor,
 )
 from recon_pipeline.demo_setup import DEMO_PROJECT_IDS, EmbeddedDemoDatabase
-from recon_pipeline.io.allocator import limit_malloc_arenas
+from recon_pipeline.io.allocator import freeze_loaded_objects, limit_malloc_arenas
 
 
 def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.Definitions:
@@ -59,3 +59,4 @@ def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.De
 
 # With no RECON_DATABASE_URL, the embedded default: the demo's database, generated on first use.
 defs = build_definitions(resources_from_env(EmbeddedDemoDatabase, DEMO_PROJECT_IDS))
+freeze_loaded_objects()  # the loaded code lives as long as the process (`io.allocator`)

@@ -52,3 +52,27 @@ print(buf.value.decode().count("<heap nr="))
         for mode in ("capped", "free")
     }
     assert counts["capped"] <= 2 < counts["free"]
+
+
+def test_loading_the_definitions_freezes_what_they_brought_but_not_what_comes_after() -> None:
+    """In a fresh process: the loaded code is out of the collector's sight, and a cycle made
+    afterwards is still collected."""
+    script = """
+import gc, weakref
+before = gc.get_freeze_count()
+import recon_pipeline.definitions
+frozen = gc.get_freeze_count()
+class Node: pass
+a, b = Node(), Node()
+a.other, b.other = b, a
+ref = weakref.ref(a)
+del a, b
+gc.collect()
+print(before, frozen, ref() is None)
+"""
+    before, frozen, collected = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert int(before) == 0
+    assert int(frozen) > 100_000  # Dagster, pandas and SQLAlchemy's objects
+    assert collected == "True"
