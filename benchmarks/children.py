@@ -23,16 +23,18 @@ def run_child(
     label: str,
     env: dict[str, str] | None = None,
     wrap: list[str] | None = None,
+    root: Path = ROOT,
 ) -> dict[str, Any]:
     """Run `benchmarks.child KIND` in a fresh process and add its wall time. Peak memory is
     the child's own VmHWM, read inside it: the parent's ru_maxrss from wait4 would not do,
-    since Linux carries the parent's RSS at fork into the child's maxrss across exec."""
+    since Linux carries the parent's RSS at fork into the child's maxrss across exec.
+    `root`: the checkout the child runs in, and so whose recon_pipeline it imports."""
     out = out_dir / f"{label}.json"
     out.unlink(missing_ok=True)
     command = [sys.executable, "-m", "benchmarks.child", kind, json.dumps(args), str(out)]
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    process = subprocess.Popen((wrap or []) + command, cwd=ROOT, env=env)
+    process = subprocess.Popen((wrap or []) + command, cwd=root, env=env)
     process.wait()
     wall = time.perf_counter() - started
     if process.returncode != 0 or not out.exists():

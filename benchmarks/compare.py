@@ -1,0 +1,104 @@
+"""Two checkouts of recon_pipeline on the same seeded day, their job runs alternated, so that
+a change is measured before and after in one command, on one machine, in the same hour.
+
+    python -m benchmarks.compare BEFORE AFTER --rows 1000000 --run rerun --repeats 2
+
+BEFORE and AFTER are folders holding a checkout (e.g. `git worktree add --detach ../before
+HEAD~1`, with the same `.venv`); each run's child process works in its folder, so it
+imports that folder's recon_pipeline. `--run first`: each run on a freshly seeded day, with
+a CHECKPOINT before it. `--run rerun`: one day seeded once; each turn, a checkout's first
+run (a full one, since the code's fingerprint differs from the other's) and then `--reruns`
+timed unchanged re-runs. The order alternates each turn. Prints every run, then the
+medians, as processes and inside `execute_in_process`; writes the whole record to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_database import checkpoint, drop_schema
+from benchmarks.children import child_env, day_args, run_child
+from benchmarks.report import machine
+from benchmarks.run import RESULTS
+from benchmarks.seed import DEFAULT_DAY, DEFAULT_URL
+
+
+def compare(args: argparse.Namespace, work: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each checkout's timed runs, in the order they ran; `work`: where each run's record goes."""
+    work.mkdir(parents=True, exist_ok=True)
+    export_dir = Path(tempfile.mkdtemp(prefix="recon_compare_"))
+    common = day_args(args.database_url, args.schema, export_dir, DEFAULT_DAY, 0)
+    env = child_env()
+    checkouts = [args.before.absolute(), args.after.absolute()]
+    runs: dict[str, list[dict[str, Any]]] = {str(c): [] for c in checkouts}
+    count = 0
+
+    def job(root: Path, timed: bool) -> None:
+        nonlocal count
+        count += 1
+        run = run_child("job", common, work, f"job_{count}", env, root=root)
+        if not run["success"]:
+            raise RuntimeError(f"the job failed in {root}: {run['failure']}")
+        if timed:
+            runs[str(root)].append(run)
+            print(
+                f"  {root.name}: {run['child_wall_s']:.2f} s as a process,"
+                f" {run['wall_s']:.2f} s inside",
+                flush=True,
+            )
+
+    def seed() -> None:
+        seed_args = common | {"rows": args.rows, "floor_tables": False}
+        run_child("seed", seed_args, work, "seed", env)
+        checkpoint(args.database_url)
+
+    try:
+        if args.run == "rerun":
+            seed()
+        for turn in range(args.repeats):
+            for root in checkouts if turn % 2 == 0 else checkouts[::-1]:
+                if args.run == "first":
+                    seed()
+                    job(root, timed=True)
+                    continue
+                job(root, timed=False)
+                for _ in range(args.reruns):
+                    job(root, timed=True)
+        return runs
+    finally:
+        shutil.rmtree(export_dir, ignore_errors=True)
+        drop_schema(args.database_url, args.schema)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--run", choices=("first", "rerun"), default="rerun")
+    parser.add_argument("--repeats", type=int, default=2, help="turns; each checkout once a turn")
+    parser.add_argument("--reruns", type=int, default=2, help="timed re-runs a turn (rerun)")
+    parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--schema", default="bench_compare", help="dropped when done")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    work = args.out / f"compare_{stamp}"
+    runs = compare(args, work)
+    for root, timed in runs.items():
+        process = statistics.median(r["child_wall_s"] for r in timed)
+        inside = statistics.median(r["wall_s"] for r in timed)
+        print(f"{root}: median {process:.2f} s as a process, {inside:.2f} s inside")
+    record = {"command": vars(args), "machine": machine(args.database_url), "runs": runs}
+    (work / "compare.json").write_text(json.dumps(record, default=str, indent=1))
+
+
+if __name__ == "__main__":
+    main()
