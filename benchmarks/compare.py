@@ -1,15 +1,18 @@
 """Two checkouts of recon_pipeline on the same seeded day, their job runs alternated, so that
 a change is measured before and after in one command, on one machine, in the same hour.
 
-    python -m benchmarks.compare BEFORE AFTER --rows 1000000 --run rerun --repeats 2
+    python -m benchmarks.compare BEFORE AFTER --rows 1000000 --run rerun --repeats 3
 
 BEFORE and AFTER are folders holding a checkout (e.g. `git worktree add --detach ../before
-HEAD~1`, with the same `.venv`); each run's child process works in its folder, so it
-imports that folder's recon_pipeline. `--run first`: each run on a freshly seeded day, with
-a CHECKPOINT before it. `--run rerun`: one day seeded once; each turn, a checkout's first
-run (a full one, since the code's fingerprint differs from the other's) and then `--reruns`
-timed unchanged re-runs. The order alternates each turn. Prints every run, then the
-medians, as processes and inside `execute_in_process`; writes the whole record to `--out`.
+HEAD~1`). Each run's child process works in its folder, so it runs that folder's
+`benchmarks.child` and imports that folder's recon_pipeline, under this interpreter (the
+same installed packages); the day is seeded by this checkout. `--run first`: each run on a
+freshly seeded day. `--run rerun`: one day seeded once; each turn, a checkout's full run
+(RECON_FULL_RERUN, untimed) and then `--reruns` timed re-runs of the unchanged day, each
+checked to have skipped it. Every job is followed by a CHECKPOINT, as in
+`benchmarks.scaling`, and the order alternates each turn. Prints every run, then the
+medians, as processes and inside `execute_in_process`; writes the runs and each folder's
+commit to `compare_<stamp>/compare.json` under `--out`.
 """
 
 from __future__ import annotations
@@ -25,27 +28,33 @@ from typing import Any
 
 from benchmarks.bench_database import checkpoint, drop_schema
 from benchmarks.children import child_env, day_args, run_child
-from benchmarks.report import machine
+from benchmarks.report import code_version, machine
 from benchmarks.run import RESULTS
 from benchmarks.seed import DEFAULT_DAY, DEFAULT_URL
 
 
 def compare(args: argparse.Namespace, work: Path) -> dict[str, list[dict[str, Any]]]:
     """Each checkout's timed runs, in the order they ran; `work`: where each run's record goes."""
+    checkouts = [args.before.absolute(), args.after.absolute()]
+    if checkouts[0] == checkouts[1]:
+        raise SystemExit("BEFORE and AFTER must be two folders")
     work.mkdir(parents=True, exist_ok=True)
     export_dir = Path(tempfile.mkdtemp(prefix="recon_compare_"))
     common = day_args(args.database_url, args.schema, export_dir, DEFAULT_DAY, 0)
     env = child_env()
-    checkouts = [args.before.absolute(), args.after.absolute()]
     runs: dict[str, list[dict[str, Any]]] = {str(c): [] for c in checkouts}
     count = 0
 
     def job(root: Path, timed: bool) -> None:
         nonlocal count
         count += 1
-        run = run_child("job", common, work, f"job_{count}", env, root=root)
+        full = {"full_rerun": True} if args.run == "rerun" and not timed else {}
+        run = run_child("job", common | full, work, f"job_{count}", env, root=root)
+        checkpoint(args.database_url)
         if not run["success"]:
             raise RuntimeError(f"the job failed in {root}: {run['failure']}")
+        if args.run == "rerun" and timed and run["reading"]:
+            raise RuntimeError(f"a timed re-run in {root} reconciled the day again")
         if timed:
             runs[str(root)].append(run)
             print(
@@ -96,7 +105,12 @@ def main() -> None:
         process = statistics.median(r["child_wall_s"] for r in timed)
         inside = statistics.median(r["wall_s"] for r in timed)
         print(f"{root}: median {process:.2f} s as a process, {inside:.2f} s inside")
-    record = {"command": vars(args), "machine": machine(args.database_url), "runs": runs}
+    record = {
+        "command": vars(args),
+        "machine": machine(args.database_url),
+        "code": {root: code_version(Path(root)) for root in runs},
+        "runs": runs,
+    }
     (work / "compare.json").write_text(json.dumps(record, default=str, indent=1))
 
 

@@ -39,11 +39,15 @@ TARGETS = {
 }
 
 
-def code_version() -> dict[str, Any]:
-    """Which recon_pipeline was measured: its folder, and the commit when it is a checkout."""
-    import recon_pipeline
+def code_version(checkout: Path | None = None) -> dict[str, Any]:
+    """Which recon_pipeline was measured: its folder, and the commit when it is a checkout.
+    `checkout`: the folder holding it (None: the one this process imports)."""
+    if checkout is None:
+        import recon_pipeline
 
-    folder = Path(recon_pipeline.__file__).resolve().parent
+        folder = Path(recon_pipeline.__file__).resolve().parent
+    else:
+        folder = checkout.resolve() / "recon_pipeline"
     info: dict[str, Any] = {"recon_pipeline": str(folder)}
     try:
         git = ["git", "-C", str(folder.parent)]

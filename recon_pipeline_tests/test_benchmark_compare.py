@@ -1,11 +1,13 @@
 """`benchmarks.compare` runs the job from two checkouts on one seeded day, alternately, and
-records each checkout's timed runs."""
+records each checkout's timed runs: re-runs that skipped the unchanged day (it raises on one
+that did not) after a full run of each."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from benchmarks.children import ROOT
@@ -36,3 +38,19 @@ def test_each_checkout_gets_its_own_timed_reruns(
             assert run["success"]
             assert run["child_wall_s"] > run["wall_s"] > 0
             assert run["steps"]["reconciled_usage"]["wall_s"] > 0
+            assert run["reading"] == {}  # the day was skipped, not reconciled again
+
+
+def test_one_folder_given_twice_is_refused(pg_url: str, tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        before=ROOT,
+        after=ROOT,
+        rows=10,
+        run="rerun",
+        repeats=1,
+        reruns=1,
+        database_url=pg_url,
+        schema="never_created",
+    )
+    with pytest.raises(SystemExit, match="two folders"):
+        compare(args, tmp_path / "work")
