@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_database import checkpoint
 from benchmarks.seed import AS_OF
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,3 +66,55 @@ def day_args(url: str, schema: str, export_dir: Path, day: date, sample: int) ->
         "as_of": AS_OF,
         "sample": sample,
     }
+
+
+def seed_afresh(
+    url: str,
+    schema: str,
+    day: date,
+    rows: int,
+    export_dir: Path,
+    with_floor: bool,
+    work: Path,
+    number: int,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """The day seeded afresh (the same rows and files each time), in a process of its own:
+    seeding 10M rows takes 19.7 GB, which this process would otherwise keep (4.8 GB of it,
+    measured) while the runs it measures need the page cache."""
+    shutil.rmtree(export_dir, ignore_errors=True)
+    export_dir.mkdir()
+    seeded = run_child(
+        "seed",
+        {"url": url, "schema": schema, "day": day.isoformat(), "rows": rows}
+        | {"export_dir": str(export_dir), "floor_tables": with_floor},
+        work,
+        f"seed_{rows}_{number}",
+        env,
+    )
+    print(
+        f"  seeded in {seeded['seconds']:.1f} s, peak RSS {seeded['peak_rss_mb']:,.0f} MB",
+        flush=True,
+    )
+    # What the seeding (and, before the first repeat of a size, the larger size dropped)
+    # left to write goes to disk now, not during the measured runs.
+    checkpoint(url)
+    os.sync()
+    return seeded
+
+
+def job_run(
+    common: dict, work: Path, env: dict, label: str, name: str, root: Path = ROOT
+) -> dict[str, Any]:
+    """One run of the job as a process of its own (in checkout `root`), then a CHECKPOINT."""
+    run = run_child("job", common, work, label, env, root=root)
+    if not run["success"]:
+        raise RuntimeError(f"job {name} failed:\n{run['failure']}")
+    print(
+        f"  job {name}: {run['wall_s']:.2f} s inside, {run['child_wall_s']:.2f} s"
+        f" as a process, peak RSS {run['peak_rss_mb']:.0f} MB, load"
+        f" {run['loadavg_before']:.2f} -> {run['loadavg_after']:.2f}",
+        flush=True,
+    )
+    checkpoint(common["url"])
+    return run

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_database import checkpoint, drop_schema
-from benchmarks.children import child_env, day_args, run_child
+from benchmarks.bench_database import drop_schema
+from benchmarks.children import child_env, day_args, job_run, seed_afresh
 from benchmarks.report import code_version, machine
 from benchmarks.run import RESULTS
 from benchmarks.seed import DEFAULT_DAY, DEFAULT_URL
@@ -49,24 +49,27 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, list[dict[str, An
         nonlocal count
         count += 1
         full = {"full_rerun": True} if args.run == "rerun" and not timed else {}
-        run = run_child("job", common | full, work, f"job_{count}", env, root=root)
-        checkpoint(args.database_url)
-        if not run["success"]:
-            raise RuntimeError(f"the job failed in {root}: {run['failure']}")
+        name = f"{root.name} ({'timed' if timed else 'full, untimed'})"
+        run = job_run(common | full, work, env, f"job_{count}", name, root=root)
         if args.run == "rerun" and timed and run["reading"]:
             raise RuntimeError(f"a timed re-run in {root} reconciled the day again")
         if timed:
             runs[str(root)].append(run)
-            print(
-                f"  {root.name}: {run['child_wall_s']:.2f} s as a process,"
-                f" {run['wall_s']:.2f} s inside",
-                flush=True,
-            )
 
     def seed() -> None:
-        seed_args = common | {"rows": args.rows, "floor_tables": False}
-        run_child("seed", seed_args, work, "seed", env)
-        checkpoint(args.database_url)
+        nonlocal count
+        count += 1
+        seed_afresh(
+            args.database_url,
+            args.schema,
+            DEFAULT_DAY,
+            args.rows,
+            export_dir,
+            False,
+            work,
+            count,
+            env,
+        )
 
     try:
         if args.run == "rerun":

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_database import checkpoint, drop_schema
-from benchmarks.children import child_env, day_args, run_child
+from benchmarks.children import child_env, day_args, job_run, run_child, seed_afresh
 from benchmarks.report import code_version, machine
 from benchmarks.run import RESULTS
 from benchmarks.seed import DEFAULT_DAY, DEFAULT_URL
@@ -57,7 +57,7 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
     runs: list[dict[str, Any]] = []
     try:
         for number in range(1, max(floors_due, runs_due) + 1):
-            seeded = _seed(url, schema, day, rows, export_dir, with_floor, work, number, env)
+            seeded = seed_afresh(url, schema, day, rows, export_dir, with_floor, work, number, env)
             result.setdefault("seed_s", seeded["seconds"])
             if number <= floors_due:
                 for kind, done in (("floor", floors), ("floor_outputs", floors_outputs)):
@@ -70,11 +70,11 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
                     checkpoint(url)  # what it wrote goes to disk before the next is timed
             if number <= runs_due:
                 runs.append(
-                    _job(common, work, env, f"job_{rows}_run1_{number}", f"run 1 ({number})")
+                    job_run(common, work, env, f"job_{rows}_run1_{number}", f"run 1 ({number})")
                 )
             if number == 1:
                 reruns = [
-                    _job(common, work, env, f"job_{rows}_run2_{again}", f"run 2 ({again})")
+                    job_run(common, work, env, f"job_{rows}_run2_{again}", f"run 2 ({again})")
                     for again in range(1, args.run2_repeats + 1)
                 ]
                 result["run2"] = _median(reruns)
@@ -91,59 +91,9 @@ def bench_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any
             drop_schema(url, schema)
 
 
-def _seed(
-    url: str,
-    schema: str,
-    day: date,
-    rows: int,
-    export_dir: Path,
-    with_floor: bool,
-    work: Path,
-    number: int,
-    env: dict[str, str],
-) -> dict[str, Any]:
-    """The day seeded afresh (the same rows and files each time), in a process of its own:
-    seeding 10M rows takes 19.7 GB, which this process would otherwise keep (4.8 GB of it,
-    measured) while the runs it measures need the page cache."""
-    shutil.rmtree(export_dir, ignore_errors=True)
-    export_dir.mkdir()
-    seeded = run_child(
-        "seed",
-        {"url": url, "schema": schema, "day": day.isoformat(), "rows": rows}
-        | {"export_dir": str(export_dir), "floor_tables": with_floor},
-        work,
-        f"seed_{rows}_{number}",
-        env,
-    )
-    print(
-        f"  seeded in {seeded['seconds']:.1f} s, peak RSS {seeded['peak_rss_mb']:,.0f} MB",
-        flush=True,
-    )
-    # What the seeding (and, before the first repeat of a size, the larger size dropped)
-    # left to write goes to disk now, not during the measured runs.
-    checkpoint(url)
-    os.sync()
-    return seeded
-
-
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run whose time as a process is the median (of an odd number; else the upper)."""
     return sorted(runs, key=lambda run: run["child_wall_s"])[len(runs) // 2]
-
-
-def _job(common: dict, work: Path, env: dict, label: str, name: str) -> dict[str, Any]:
-    """One run of the job as a process of its own, then a CHECKPOINT."""
-    run = run_child("job", common, work, label, env)
-    if not run["success"]:
-        raise RuntimeError(f"job {name} failed:\n{run['failure']}")
-    print(
-        f"  job {name}: {run['wall_s']:.2f} s inside, {run['child_wall_s']:.2f} s"
-        f" as a process, peak RSS {run['peak_rss_mb']:.0f} MB, load"
-        f" {run['loadavg_before']:.2f} -> {run['loadavg_after']:.2f}",
-        flush=True,
-    )
-    checkpoint(common["url"])
-    return run
 
 
 def summary_rows(sizes: list[dict[str, Any]]) -> list[list[str]]:

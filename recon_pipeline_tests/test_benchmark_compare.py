@@ -14,23 +14,26 @@ from benchmarks.children import ROOT
 from benchmarks.compare import compare
 
 
+def _args(after: Path, pg_url: str, schema: str, rows: int, repeats: int) -> argparse.Namespace:
+    return argparse.Namespace(
+        before=ROOT,
+        after=after,
+        rows=rows,
+        run="rerun",
+        repeats=repeats,
+        reruns=1,
+        database_url=pg_url,
+        schema=schema,
+    )
+
+
 def test_each_checkout_gets_its_own_timed_reruns(
     pg_url: str, pg_schema: tuple[sa.Engine, str], tmp_path: Path
 ) -> None:
     _, schema = pg_schema
     after = tmp_path / "after"
     after.symlink_to(ROOT)  # the same code in a second folder
-    args = argparse.Namespace(
-        before=ROOT,
-        after=after,
-        rows=300,
-        run="rerun",
-        repeats=2,
-        reruns=1,
-        database_url=pg_url,
-        schema=schema,
-    )
-    runs = compare(args, tmp_path / "work")
+    runs = compare(_args(after, pg_url, schema, rows=300, repeats=2), tmp_path / "work")
     assert set(runs) == {str(ROOT), str(after)}
     for timed in runs.values():
         assert len(timed) == 2  # one a turn
@@ -42,15 +45,6 @@ def test_each_checkout_gets_its_own_timed_reruns(
 
 
 def test_one_folder_given_twice_is_refused(pg_url: str, tmp_path: Path) -> None:
-    args = argparse.Namespace(
-        before=ROOT,
-        after=ROOT,
-        rows=10,
-        run="rerun",
-        repeats=1,
-        reruns=1,
-        database_url=pg_url,
-        schema="never_created",
-    )
+    args = _args(ROOT, pg_url, "never_created", rows=10, repeats=1)
     with pytest.raises(SystemExit, match="two folders"):
         compare(args, tmp_path / "work")
