@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import pandas as pd
@@ -33,6 +33,7 @@ from recon_pipeline.demo_data import generate_demo_data
 from recon_pipeline.demo_openai_side import APP_PROJECT
 from recon_pipeline.io import day_changes
 from recon_pipeline.io.day_changes import changed_ids, matched_records_fingerprint
+from recon_pipeline.io.dialect_postgres import RECORD_UNSHOWN, record_hash_sql
 from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.runs import AS_OF, LAST_DAY, SmallDemo, run_job
 from recon_pipeline_tests.test_slices import table_digests
@@ -361,6 +362,44 @@ def test_the_matched_records_add_up_as_the_stored_day_is_read() -> None:
     assert matched.fingerprint() == f"3:{2 * big - 5}"
     matched.add(results.iloc[4:], None)  # one matched by id, its record's hash unknown
     assert matched.fingerprint() is None
+
+
+def test_the_record_hash_moves_with_each_field_the_results_do_not_show(pg_engine) -> None:
+    """One record, then each of `RECORD_UNSHOWN` changed, by a microsecond or to NULL, or
+    an id made empty: every hash differs, and the same record hashes the same again."""
+    base = ("chatcmpl-a", datetime(2026, 11, 10, 12, tzinfo=UTC), 7, 3)
+    variants = [
+        base,
+        ("chatcmpl-b", *base[1:]),
+        ("", *base[1:]),
+        (None, *base[1:]),
+        (base[0], base[1] + timedelta(microseconds=1), *base[2:]),
+        (base[0], None, *base[2:]),
+        (*base[:2], 8, 3),
+        (*base[:2], None, 3),
+        (*base[:2], 3, 7),  # the two audio counts swapped
+        (*base[:3], None),
+        (*base[:3], 0),
+        base,
+    ]
+    rows = ", ".join(
+        f"(CAST(:i{n} AS text), CAST(:c{n} AS timestamptz), CAST(:a{n} AS bigint),"
+        f" CAST(:b{n} AS bigint), {n})"
+        for n in range(len(variants))
+    )
+    params = {
+        f"{key}{n}": value
+        for n, variant in enumerate(variants)
+        for key, value in zip("icab", variant, strict=True)
+    }
+    query = sa.text(
+        f"SELECT {record_hash_sql('o')} FROM (VALUES {rows})"
+        f" AS o({', '.join(RECORD_UNSHOWN)}, n) ORDER BY n"
+    )
+    with pg_engine.connect() as conn:
+        hashes = list(conn.execute(query, params).scalars())
+    assert None not in hashes and hashes[0] == hashes[-1]
+    assert len(set(hashes[:-1])) == len(variants) - 1
 
 
 @pytest.mark.parametrize("slice_rows", [None, 10])

@@ -155,12 +155,15 @@ def copy_out_parts(
         schema = reader.schema.remove(reader.schema.get_field_index("part"))
         writers = [files.enter_context(pa.ipc.new_file(str(path), schema)) for path in paths]
         for batch in reader:
-            number = batch.column("part")
-            data = batch.drop_columns(["part"])
-            for index, writer in enumerate(writers):
-                chosen = data.filter(pc.equal(number, index if index < parts else -1))
-                if chosen.num_rows:
-                    writer.write_batch(chosen)
+            # Each block sorted by part once (stably: a part keeps the query's order), then
+            # cut: filtering the block once a part made reading a day quadratic in its size.
+            number = batch.column("part").to_numpy(zero_copy_only=False)
+            data = batch.drop_columns(["part"]).take(np.argsort(number, kind="stable"))
+            start = 0
+            for value, count in enumerate(np.bincount(number + 1, minlength=parts + 1)):
+                if count:
+                    writers[value - 1 if value else parts].write_batch(data.slice(start, count))
+                start += count
     return paths
 
 
