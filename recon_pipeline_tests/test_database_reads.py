@@ -7,12 +7,16 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from decimal import Decimal
+from unittest.mock import patch
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.io import pg_copy
 from recon_pipeline.io.database import RECONCILED_USAGE, Database, SchemaNotReadyError
 from recon_pipeline.io.identifiers import InvalidIdentifierError
 from recon_pipeline.io.migrations import create_demo_token_usage
@@ -262,3 +266,31 @@ def test_reads_beside_run_on_connections_of_their_own_and_stop_together(pg_schem
     ):
         db.dialect.read_beside(reader, [fail, lambda c: c.execute(sa.text("SELECT pg_sleep(60)"))])
     assert time.perf_counter() - started < 30
+
+
+# -- copy_out_parts --------------------------------------------------------------------------
+
+
+def test_a_query_copied_out_in_parts_keeps_each_part_in_the_querys_order(
+    pg_schema, tmp_path
+) -> None:
+    """Every row in the file of its `part` (-1: the last file), in the query's order, over
+    several of pyarrow's blocks; a part with no row gives an empty file."""
+    engine, _ = pg_schema
+    select = (
+        "SELECT n::text AS label, n::bigint AS n, CASE WHEN mod(n, 7) = 0 THEN -1"
+        " WHEN mod(n, 5) = 4 THEN 3 ELSE mod(n, 3) END AS part FROM generate_series(%s, %s) AS n"
+        " ORDER BY n DESC"
+    )
+    types = {"label": pa.string(), "n": pa.int64()}
+    with patch.object(pg_copy, "_READ_BLOCK_BYTES", 4096):
+        paths = pg_copy.copy_out_parts(
+            engine, select, (1, 20_000), types, None, 5, tmp_path, "rows"
+        )
+    parts = [pg_copy.read_part(path) for path in paths]
+    numbers = np.arange(20_000, 0, -1)
+    chosen = np.where(numbers % 7 == 0, 5, np.where(numbers % 5 == 4, 3, numbers % 3))
+    for index, part in enumerate(parts):
+        assert part["n"].tolist() == numbers[chosen == index].tolist(), index
+        assert part["label"].tolist() == [str(n) for n in numbers[chosen == index]]
+    assert len(parts[4]) == 0 and len(parts) == 6

@@ -31,6 +31,8 @@ COPY_TYPES = {
 
 # Rows per COPY chunk: bounds the memory of the CSV text to a few tens of MB.
 _COPY_CHUNK_ROWS = 25_000
+# Bytes of CSV pyarrow parses at a time when a query is copied out in parts.
+_READ_BLOCK_BYTES = 8 << 20
 CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
 
 
@@ -149,7 +151,7 @@ def copy_out_parts(
     ):
         reader = pa_csv.open_csv(
             io.BufferedReader(_CopyStream(iter(copy)), 1 << 20),
-            read_options=pa_csv.ReadOptions(block_size=8 << 20),
+            read_options=pa_csv.ReadOptions(block_size=_READ_BLOCK_BYTES),
             convert_options=_convert_options({**types, "part": pa.int32()}),
         )
         schema = reader.schema.remove(reader.schema.get_field_index("part"))
