@@ -294,3 +294,14 @@ def test_a_query_copied_out_in_parts_keeps_each_part_in_the_querys_order(
         assert part["n"].tolist() == numbers[chosen == index].tolist(), index
         assert part["label"].tolist() == [str(n) for n in numbers[chosen == index]]
     assert len(parts[4]) == 0 and len(parts) == 6
+
+
+@pytest.mark.parametrize("part", ["2", "-2", "NULL"])
+def test_a_row_whose_part_is_out_of_range_stops_the_copy(pg_schema, tmp_path, part) -> None:
+    """A part past the last, below -1, or missing is an error, never a row in another file."""
+    engine, _ = pg_schema
+    select = f"SELECT n::bigint AS n, {part}::int AS part FROM generate_series(%s, %s) AS n"
+    with pytest.raises(ValueError, match="rows: a row's part is not -1 to 1"):
+        pg_copy.copy_out_parts(
+            engine, select, (1, 10), {"n": pa.int64()}, None, 2, tmp_path, "rows"
+        )

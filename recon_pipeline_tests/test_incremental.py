@@ -366,7 +366,9 @@ def test_the_matched_records_add_up_as_the_stored_day_is_read() -> None:
 
 def test_the_record_hash_moves_with_each_field_the_results_do_not_show(pg_engine) -> None:
     """One record, then each of `RECORD_UNSHOWN` changed, by a microsecond or to NULL, or
-    an id made empty: every hash differs, and the same record hashes the same again."""
+    an id made empty: every hash differs, and the same record hashes the same again. The
+    base time's microseconds have bits 0 and 32 clear, so 2^32 + 1 µs later would hash alike
+    if the time's 64 bits were folded to 32 (as `hashint8extended` does)."""
     base = ("chatcmpl-a", datetime(2026, 11, 10, 12, tzinfo=UTC), 7, 3)
     variants = [
         base,
@@ -374,6 +376,7 @@ def test_the_record_hash_moves_with_each_field_the_results_do_not_show(pg_engine
         ("", *base[1:]),
         (None, *base[1:]),
         (base[0], base[1] + timedelta(microseconds=1), *base[2:]),
+        (base[0], base[1] + timedelta(microseconds=2**32 + 1), *base[2:]),
         (base[0], None, *base[2:]),
         (*base[:2], 8, 3),
         (*base[:2], None, 3),

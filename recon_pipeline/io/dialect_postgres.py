@@ -90,16 +90,18 @@ RECORD_UNSHOWN = ("request_id", "created_at", "input_audio_tokens", "output_audi
 
 
 def record_hash_sql(alias: str) -> str:
-    """SQL: a 64-bit hash of a record's `RECORD_UNSHOWN` fields, each hashed as its own type
-    with a seed of its own (the time as epoch microseconds), combined by XOR; a NULL field
-    hashes as a constant of its own. Summed over the records behind a day's rows matched by
-    id, it is part of the day's incremental basis (`io.day_changes`). Hashing the fields'
-    text as one `ROW(...)::text` gave the same but cost the day's read of OpenAI's records
-    0.4 to 0.5 s in 1.5 to 1.6 s at 1M rows (benchmarks/README.md, session 11)."""
+    """SQL: a hash of a record's `RECORD_UNSHOWN` fields, each hashed as its own type with a
+    seed of its own and the four combined by XOR; a NULL field hashes as a constant of its
+    own. The time is hashed as epoch seconds in float8, exact to the microsecond for any date
+    of this era: `hashint8extended` of the microseconds would fold their 64 bits to 32 first,
+    so two times 2^32 + 1 µs apart could hash alike. Summed over the records behind a day's
+    rows matched by id, it is part of the day's incremental basis (`io.day_changes`).
+    Hashing the text of `ROW(...)` was as sensitive but cost the day's read of OpenAI's
+    records 0.4 to 0.5 s in 1.5 to 1.6 s at 1M rows (benchmarks/README.md, session 11)."""
     request_id, created_at, audio_in, audio_out = (f"{alias}.{c}" for c in RECORD_UNSHOWN)
     fields = (
         f"hashtextextended({request_id}, 1)",
-        f"hashint8extended({epoch_us(created_at)}, 2)",
+        f"hashfloat8extended(extract(epoch FROM {created_at})::float8, 2)",
         f"hashint8extended({audio_in}, 3)",
         f"hashint8extended({audio_out}, 4)",
     )

@@ -194,8 +194,8 @@ def export_frames(
     row_key: str = DEFAULT_METADATA_ROW_KEY,
 ) -> Iterator[pd.DataFrame]:
     """The records `read_export_folder` gives, in the same order, as one frame a block of a
-    file, so that memory holds a block, not the window; `read` gets the files, lines and
-    skipped lines (its `records` stay empty)."""
+    file, so that memory holds a few blocks (`_BLOCKS_AHEAD` + 1), not the window; `read`
+    gets the files, lines and skipped lines (its `records` stay empty)."""
     for columns in _window_blocks(folder, start, end, cache, row_key, read):
         yield columns_frame(columns)
 
@@ -248,7 +248,7 @@ _BLOCK_BYTES = 8 << 20
 _BLOCK_RECORDS = 100_000
 # Blocks parsed at once, ahead of the one being used: pyarrow and numpy let go of the GIL, so
 # two parse on the machine's two cores while the caller spills the block before them (a
-# 1M-record file: 1.4 s one block at a time, 1.1 s two at once, benchmarks/README.md).
+# 1M-record file from memory: 1.40 s with one worker, 1.10 s with two; benchmarks/README.md).
 _BLOCKS_AHEAD = 2
 
 
@@ -269,12 +269,12 @@ def _read_file(path: Path, named: date | None, row_key: str) -> Iterator[FileRea
         ahead: deque[tuple[int, int, Future]] = deque()
         for offset, number, block in _file_blocks(handle):
             ahead.append((offset, number, parsers.submit(parse, offset, block)))
-            if len(ahead) > _BLOCKS_AHEAD and (
-                yield from _block_reads(path, named, row_key, *ahead.popleft())
-            ):
+            if len(ahead) <= _BLOCKS_AHEAD:
+                continue
+            if (yield from _block_reads(path, named, row_key, ahead)):
                 return
         while ahead:
-            if (yield from _block_reads(path, named, row_key, *ahead.popleft())):
+            if (yield from _block_reads(path, named, row_key, ahead)):
                 return
 
 
@@ -297,12 +297,16 @@ def _file_blocks(handle: BinaryIO) -> Iterator[tuple[int, int, bytes]]:
 
 
 def _block_reads(
-    path: Path, named: date | None, row_key: str, offset: int, number: int, parsing: Future
+    path: Path, named: date | None, row_key: str, ahead: deque[tuple[int, int, Future]]
 ) -> Generator[FileRead, None, bool]:
-    """A parsed block's records; when pyarrow could not read it as the line reader would,
-    the rest of the file read line by line from the block's start, and True."""
+    """The first block's records in `ahead`; when pyarrow could not read it as the line
+    reader would, the rest of the file read line by line from the block's start, and True
+    (the blocks after it not yet being parsed are dropped; those being parsed finish)."""
+    offset, number, parsing = ahead.popleft()
     columns = parsing.result()
     if columns is None:
+        for *_, later in ahead:
+            later.cancel()
         yield from _read_by_line(path, named, row_key, offset, number)
         return True
     yield FileRead(columns, lines=len(columns["created"]), row_key=row_key)

@@ -159,7 +159,10 @@ def copy_out_parts(
         for batch in reader:
             # Each block sorted by part once (stably: a part keeps the query's order), then
             # cut: filtering the block once a part made reading a day quadratic in its size.
-            number = batch.column("part").to_numpy(zero_copy_only=False)
+            part = batch.column("part")
+            if part.null_count or pc.min(part).as_py() < -1 or pc.max(part).as_py() >= parts:
+                raise ValueError(f"{name}: a row's part is not -1 to {parts - 1}")
+            number = part.to_numpy()
             data = batch.drop_columns(["part"]).take(np.argsort(number, kind="stable"))
             start = 0
             for value, count in enumerate(np.bincount(number + 1, minlength=parts + 1)):
