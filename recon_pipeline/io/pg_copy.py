@@ -17,6 +17,7 @@ import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 
 from recon_pipeline.io.connections import driver_connection
+from recon_pipeline.io.record_spill import sorted_by_part
 from recon_pipeline.io.tables import OutputTable
 
 ARROW_TYPES = {"object": pa.string(), "bool": pa.bool_(), "int64": pa.int64()}
@@ -157,17 +158,18 @@ def copy_out_parts(
         schema = reader.schema.remove(reader.schema.get_field_index("part"))
         writers = [files.enter_context(pa.ipc.new_file(str(path), schema)) for path in paths]
         for batch in reader:
-            # Each block sorted by part once (stably: a part keeps the query's order), then
-            # cut: filtering the block once a part made reading a day quadratic in its size.
             part = batch.column("part")
-            if part.null_count or pc.min(part).as_py() < -1 or pc.max(part).as_py() >= parts:
+            low, high = (value.as_py() for value in pc.min_max(part).values())
+            if part.null_count or low < -1 or high >= parts:
                 raise ValueError(f"{name}: a row's part is not -1 to {parts - 1}")
             number = part.to_numpy()
-            data = batch.drop_columns(["part"]).take(np.argsort(number, kind="stable"))
+            rows, counts = sorted_by_part(
+                batch.drop_columns(["part"]), np.where(number < 0, parts, number), parts + 1
+            )
             start = 0
-            for value, count in enumerate(np.bincount(number + 1, minlength=parts + 1)):
+            for writer, count in zip(writers, counts, strict=True):
                 if count:
-                    writers[value - 1 if value else parts].write_batch(data.slice(start, count))
+                    writer.write_batch(rows.slice(start, count))
                 start += count
     return paths
 

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ _ARROW_TYPES = {
 }
 _FEW_VALUES = ("model", "service_tier", "source")  # one Python string per distinct value
 _GROUP_FILES = 128  # groups split off in one pass over the file (files open at once)
+Rows = TypeVar("Rows", pa.Table, pa.RecordBatch)
 
 
 class FrameSpill:
@@ -56,13 +58,14 @@ class FrameSpill:
     def add_parts(self, frame: pd.DataFrame, part: np.ndarray) -> None:
         if frame.empty:
             return
-        order = np.argsort(part, kind="stable")
         table = pa.Table.from_pandas(frame[list(self.columns)], self._schema, preserve_index=False)
-        table = table.take(order).append_column("part", pa.array(part[order].astype(np.int32)))
+        table, counts = sorted_by_part(table, part, self.parts)
+        numbers = np.repeat(np.arange(self.parts, dtype=np.int32), counts)
+        table = table.append_column("part", pa.array(numbers))
         if self._writer is None:
             self._writer = pa.ipc.new_file(str(self._path), table.schema)
         self._writer.write_table(table)
-        self.counts += np.bincount(part, minlength=self.parts)
+        self.counts += counts
 
     def close(self) -> None:
         if self._writer is not None and not self._closed:
@@ -113,6 +116,13 @@ class FrameSpill:
                     if end > start:
                         writer.write_batch(batch.slice(start, end - start))
         return paths
+
+
+def sorted_by_part(rows: Rows, part: np.ndarray, parts: int) -> tuple[Rows, np.ndarray]:
+    """`rows` sorted by `part` (0 to `parts` - 1), stably, so each part keeps their order;
+    and each part's count. A part is then one slice, where filtering `rows` once a part
+    would make splitting them quadratic in the number of parts."""
+    return rows.take(np.argsort(part, kind="stable")), np.bincount(part, minlength=parts)
 
 
 class RecordSpill(FrameSpill):
