@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import lock_key
 from recon_pipeline.io.dialect import RECORD_HASH, Dialect, T
+from recon_pipeline.io.pg_arrow import arrow_out_parts, day_literal, moment_literal
 from recon_pipeline.io.pg_copy import (
     COPY_TYPES,
     copy_in,
     copy_out,
-    copy_out_parts,
     read_part,
     read_part_batches,
 )
@@ -225,7 +225,11 @@ class PostgresDialect(Dialect):
     ) -> None:
         copy_in(conn, table, output, frame)
 
-    def logged_select(self, optional: dict[str, str], part: str = "") -> str:
+    def logged_select(
+        self, optional: dict[str, str], part: str = "", bounds: tuple[str, str] = ("%s", "%s")
+    ) -> str:
+        """The window's rows as the core reads them; `bounds`: the SQL of its start and end
+        (placeholders, or literals for `pg_arrow`)."""
         user, cached, created, audio = (
             optional[k] for k in ("user_id", "cached", "created", "audio")
         )
@@ -241,7 +245,7 @@ class PostgresDialect(Dialect):
             f" {created}::bigint AS openai_created,"
             f" CASE WHEN {audio}::text ~ '{_PLAIN_NUMBER}' THEN {audio}::text::float8 END"
             f" AS audio_seconds{part}"
-            f" FROM {self.usage} WHERE created_at >= %s AND created_at < %s"
+            f" FROM {self.usage} WHERE created_at >= {bounds[0]} AND created_at < {bounds[1]}"
         )
 
     def read_logged(
@@ -262,10 +266,9 @@ class PostgresDialect(Dialect):
         parts: int,
         directory: Path,
     ) -> list[Path]:
-        select = self.logged_select(optional, f", {_part('openai_request_id', parts)} AS part")
-        return copy_out_parts(
-            self.engine, select, (start, end), LOGGED_TYPES, conn, parts, directory, "logged"
-        )
+        part = f", {_part('openai_request_id', parts)} AS part"
+        select = self.logged_select(optional, part, (moment_literal(start), moment_literal(end)))
+        return arrow_out_parts(conn, select, LOGGED_TYPES, parts, directory, "logged")
 
     def logged_part(self, path: Path) -> pd.DataFrame:
         frame = read_part(path)
@@ -277,10 +280,12 @@ class PostgresDialect(Dialect):
             _instants(frame, "created_us", "created_at")
             yield frame
 
-    def _openai_select(self, table: str, names: Sequence[str], part: str = "") -> str:
+    def _openai_select(
+        self, table: str, names: Sequence[str], part: str = "", day: str = "%s"
+    ) -> str:
         return (
             f"SELECT {', '.join(names)}, {epoch_us('created_at')} AS created_us{part}"
-            f" FROM {table} WHERE usage_date = %s"
+            f" FROM {table} WHERE usage_date = {day}"
         )
 
     def _openai_types(self, names: Sequence[str]) -> dict[str, pa.DataType]:
@@ -307,9 +312,9 @@ class PostgresDialect(Dialect):
         directory: Path,
     ) -> list[Path]:
         extra = f", {record_hash_sql(table)} AS {RECORD_HASH}, {_part('request_id', parts)} AS part"
-        select = self._openai_select(table, names, extra)
+        select = self._openai_select(table, names, extra, day_literal(day))
         types = self._openai_types(names) | {RECORD_HASH: pa.int64()}
-        return copy_out_parts(self.engine, select, (day,), types, conn, parts, directory, "openai")
+        return arrow_out_parts(conn, select, types, parts, directory, "openai")
 
     def openai_part(self, path: Path) -> pd.DataFrame:
         return self.logged_part(path)

@@ -4,7 +4,7 @@ pyarrow (money as exact decimal text built from pico integers, never through a f
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -141,23 +141,33 @@ def copy_out_parts(
 ) -> list[Path]:
     """COPY a query out into `parts` + 1 Arrow files, a block at a time, so that memory holds
     one block whatever the query's size. The query's int column `part` numbers each row's
-    file (0 to `parts` - 1, or -1 for the last file) and is not stored."""
-    paths = [directory / f"{name}_{number}.arrow" for number in range(parts + 1)]
+    file (0 to `parts` - 1, or -1 for the last file) and is not stored. (A large read whose
+    parameters are only dates and instants goes through ADBC instead: `pg_arrow`.)"""
     statement = f"COPY ({select}) TO STDOUT (FORMAT csv, HEADER)"
     with (
         driver_connection(engine, conn) as raw,
         raw.cursor() as cursor,
         cursor.copy(statement, params) as copy,
-        ExitStack() as files,
     ):
         reader = pa_csv.open_csv(
             io.BufferedReader(_CopyStream(iter(copy)), 1 << 20),
             read_options=pa_csv.ReadOptions(block_size=_READ_BLOCK_BYTES),
             convert_options=_convert_options({**types, "part": pa.int32()}),
         )
-        schema = reader.schema.remove(reader.schema.get_field_index("part"))
-        writers = [files.enter_context(pa.ipc.new_file(str(path), schema)) for path in paths]
-        for batch in reader:
+        return write_parts(reader, reader.schema, parts, directory, name)
+
+
+def write_parts(
+    batches: Iterable[pa.RecordBatch], schema: pa.Schema, parts: int, directory: Path, name: str
+) -> list[Path]:
+    """The rows of `batches` (of `schema`) into `parts` + 1 Arrow files named for `name`, by
+    their int column `part` (0 to `parts` - 1, or -1 for the last file), which is not stored;
+    each file keeps its rows in the order they came."""
+    paths = [directory / f"{name}_{number}.arrow" for number in range(parts + 1)]
+    stored = schema.remove(schema.get_field_index("part"))
+    with ExitStack() as files:
+        writers = [files.enter_context(pa.ipc.new_file(str(path), stored)) for path in paths]
+        for batch in batches:
             part = batch.column("part")
             low, high = (value.as_py() for value in pc.min_max(part).values())
             if part.null_count or low < -1 or high >= parts:
