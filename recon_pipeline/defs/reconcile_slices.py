@@ -1,7 +1,8 @@
 """One day of `reconciled_usage`, read, reconciled and written a slice at a time, so that
 memory follows the slice size, not the day's (`core.slices`, RECON_SLICE_ROWS). Each side is
-read once, by one COPY kept a block at a time in a file per slice (`Database.read_day_parts`,
-in a temporary folder), so reading stays linear in the day's size.
+read once, by one COPY kept a batch at a time in a file per slice (`Database.read_day_parts`,
+in a temporary folder; on PostgreSQL through ADBC, `io/pg_arrow.py`), so reading stays linear
+in the day's size.
 
 Still two transactions a day, each under its advisory lock (`Database.day_transaction`):
 the result tables' (the day deleted, then each slice's rows appended, committed together)
