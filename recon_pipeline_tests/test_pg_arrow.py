@@ -4,7 +4,7 @@ gives, in the reader's snapshot, and no password in what a failed connection say
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from unittest.mock import patch
 
 import pandas.testing as pdt
@@ -12,8 +12,13 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from recon_pipeline.io import pg_arrow, pg_copy
+from recon_pipeline.core.days import day_bounds
+from recon_pipeline.io import dialect_postgres, pg_arrow, pg_copy
+from recon_pipeline.io.database import OPENAI_REQUESTS, Database
 from recon_pipeline.io.dialect_postgres import PostgresDialect
+from recon_pipeline.io.migrations import apply_migration
+from recon_pipeline_tests.frames import openai_frame
+from recon_pipeline_tests.usage_rows import DAY, START, insert_usage, usage_row
 
 # Text a CSV reader could take for something else, and numbers at their types' edges.
 _VALUES = """
@@ -133,6 +138,75 @@ def test_a_read_whose_connection_is_refused_says_why_without_the_password(
             conn.execute(sa.text(f"DROP ROLE {role}"))
 
 
+def test_an_empty_result_gives_empty_files_of_the_declared_columns(pg_schema, tmp_path) -> None:
+    engine, _ = pg_schema
+    select = "SELECT 'x'::text AS label, 1::bigint AS n, 0 AS part WHERE false"
+    types = {"label": pa.string(), "n": pa.int64()}
+    with engine.connect() as conn, conn.begin():
+        paths = pg_arrow.arrow_out_parts(conn, select, types, 2, tmp_path, "rows")
+    for path in paths:
+        frame = pg_copy.read_part(path)
+        assert frame.empty and list(frame.columns) == ["label", "n"]
+
+
+@pytest.mark.timeout(120)
+def test_a_read_that_fails_midway_stops_the_query_rather_than_wait_for_its_end(
+    pg_schema, tmp_path
+) -> None:
+    """The query would stream for hours: the read's connection cancels it, so the failure
+    is raised at once and no backend is left running it."""
+    engine, _ = pg_schema
+    endless = (
+        "SELECT g AS n, 0 AS part"
+        " FROM (SELECT generate_series(1, 1000000000000::bigint) AS g) AS endless_rows"
+    )
+
+    def stop_after_one(batches, *args):
+        next(iter(batches))
+        raise RuntimeError("the disk is full")
+
+    with (
+        patch.object(pg_arrow, "write_parts", stop_after_one),
+        pytest.raises(RuntimeError, match="the disk is full"),
+        engine.connect() as conn,
+        conn.begin(),
+    ):
+        pg_arrow.arrow_out_parts(conn, endless, {"n": pa.int64()}, 1, tmp_path, "n")
+    with engine.connect() as conn:
+        running = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%endless_rows%'"
+                " AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert running == 0
+
+
+def test_a_driver_error_quoting_the_connection_never_shows_its_secrets(pg_schema, tmp_path):
+    """Whatever the driver says when the read's connection fails (here, the whole connection
+    string), the password is masked, spaces and all."""
+    engine, _ = pg_schema
+    password = "two  words\tand a tab"
+    with_password = sa.create_engine(engine.url.set(password=password), poolclass=sa.NullPool)
+
+    def quoting(conninfo, **kwargs):
+        raise RuntimeError(f"cannot connect with {conninfo}")
+
+    try:
+        with (
+            patch.object(pg_arrow.adbc, "connect", quoting),
+            pytest.raises(pg_arrow.ArrowReadError, match="cannot connect with") as raised,
+            with_password.connect() as conn,
+            conn.begin(),
+        ):
+            pg_arrow.arrow_out_parts(conn, "SELECT 1 AS n, 0 AS part", {}, 1, tmp_path, "n")
+    finally:
+        with_password.dispose()
+    message = str(raised.value)
+    assert "password=***" in message.replace("'", "")
+    assert "two" not in message and "tab" not in message
+
+
 @pytest.mark.parametrize(
     ("literal", "value"),
     [
@@ -159,3 +233,63 @@ def test_literals_read_back_as_the_values_they_were_made_from(pg_schema) -> None
             )
         ).one()
     assert tuple(read) == (moment, date(2026, 11, 10))
+
+
+def _app_shaped_day(pg_schema) -> Database:
+    """A table as an application may have it (uuid ids and users, integer tokens, no optional
+    columns), migrated, with rows with and without an id and odd text, and records stored."""
+    engine, schema = pg_schema
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f'CREATE TABLE "{schema}".token_usage (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),'
+            " user_id uuid, action_type varchar(40) NOT NULL, model_used text NOT NULL,"
+            " input_tokens integer NOT NULL, output_tokens integer NOT NULL,"
+            " calculated_cost_cents numeric(12, 6), created_at timestamptz NOT NULL)"
+        )
+    apply_migration(engine, schema=schema)
+    db = Database(engine, usage_schema=schema)
+    rows = []
+    for n, route in enumerate(["chat", "", "a,b", 'quote"d', "N/A", "ünï"] * 5):
+        row = usage_row(START + timedelta(minutes=7 * n), action_type=route or "x")
+        for column in ("cached_input_tokens", "audio_seconds", "system_fingerprint"):
+            del row[column]
+        row |= {"user_id": None, "openai_request_id": None if n % 4 == 0 else f"r{n}"}
+        row["openai_request_id"] = "" if n % 9 == 1 else row["openai_request_id"]
+        rows.append(row)
+    insert_usage(db, rows)
+    records = openai_frame(*({"request_id": f"r{n}", "created_at": START} for n in range(25)))
+    db.replace_days(OPENAI_REQUESTS, records.assign(usage_date=DAY), [DAY])
+    return db
+
+
+@pytest.mark.parametrize("day", [DAY, DAY + timedelta(days=3)], ids=["day", "empty day"])
+def test_a_large_days_reads_give_the_files_a_small_days_give(pg_schema, tmp_path, day) -> None:
+    """`read_day_parts` through ADBC (a day of `ARROW_READ_ROWS` or more) and through psycopg
+    give the same files, on an application's table and on a day with nothing in it."""
+    db = _app_shaped_day(pg_schema)
+    window = (day_bounds(day)[0] - timedelta(hours=1), day_bounds(day)[1] + timedelta(hours=1))
+    folders = {size: tmp_path / str(size) for size in (0, pg_arrow.ARROW_READ_ROWS)}
+    paths, through_arrow = {}, []
+    arrow_out_parts = dialect_postgres.arrow_out_parts
+
+    def counted(*args):
+        through_arrow.append(args[-1])
+        return arrow_out_parts(*args)
+
+    for size, folder in folders.items():
+        folder.mkdir()
+        with (
+            patch.object(dialect_postgres, "arrow_out_parts", counted),
+            db.engine.begin() as conn,
+            db.dialect.snapshot_reader(conn) as reader,
+        ):
+            paths[size] = db.read_day_parts(day, window, reader, 3, folder, size)
+        assert through_arrow == ([] if size == 0 else ["logged", "openai"])
+    small, large = ([*logged, *records] for logged, records in paths.values())
+    total = 0
+    for csv_file, arrow_file in zip(small, large, strict=True):
+        assert csv_file.name == arrow_file.name
+        frame = pg_copy.read_part(arrow_file)
+        pdt.assert_frame_equal(frame, pg_copy.read_part(csv_file))
+        total += len(frame)
+    assert total == (0 if day != DAY else 30 + 25)

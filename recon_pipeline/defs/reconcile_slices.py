@@ -224,6 +224,7 @@ def reconcile_in_slices(db: Database, plan: DayPlan) -> DayOutcome | Unchanged |
                     verdict,
                     snapshot,
                     partial,
+                    rows=size.window_rows + size.records,
                     record_basis=lambda records: reconcile_incremental.record_basis(
                         db, conn, day, inputs, records
                     ),
@@ -322,6 +323,7 @@ def _reconcile_parts(
     verdict: DayCompleteness,
     snapshot: str | None,
     partial: PartialDay | None = None,
+    rows: int = 0,
     record_basis: Callable[[str | None], None] = lambda records: None,
 ) -> tuple[_Parts, WriteBackResult] | None:
     """Each slice of rows with an id against its records, then the rows without one against
@@ -330,10 +332,13 @@ def _reconcile_parts(
     the write-back's lock is held. `partial`: only its changed ids as the one slice, the
     other stored results kept. `record_basis`: run on the results' connection once every
     part is stored, with the basis's records as summed (None: a partial run, which read
-    only part of the day)."""
+    only part of the day). `rows`: the day's rows and records in all, which choose how the
+    database reads them (`Database.read_day_parts`)."""
     spill = Path(write_back.enter_context(tempfile.TemporaryDirectory(prefix="recon_day_")))
     if partial is None:
-        logged_parts, record_parts = db.read_day_parts(plan.day, window, reader, slices, spill)
+        logged_parts, record_parts = db.read_day_parts(
+            plan.day, window, reader, slices, spill, rows
+        )
     else:
         logged_parts, record_parts = partial.read_parts(db, plan.day, window, reader, spill)
     exact = plan.policy.fingerprint.token_tolerance == 0

@@ -222,17 +222,19 @@ class Database(StoredDayChecks):
         conn: sa.Connection,
         parts: int,
         directory: Path,
+        rows: int = 0,
     ) -> tuple[list[Path], list[Path]]:
         """Both sides of a day, each read once into `parts` + 1 files in `directory` by a hash
         of the request id (`Dialect.read_logged_parts`): the window's rows, and the day's
-        stored records. Read them back with `logged_part` and `openai_part`."""
+        stored records. Read them back with `logged_part` and `openai_part`. `rows`: how
+        many rows and records the day has in all (`DaySize`)."""
         self.check_usage_schema()
         logged = self.dialect.read_logged_parts(
-            conn, self.optional_usage_sql(), *window, parts, directory
+            conn, self.optional_usage_sql(), *window, parts, directory, rows
         )
         names = [c for c in OPENAI_COLUMNS if c != "created_at"]
         table = self.table(OPENAI_REQUESTS)
-        records = self.dialect.read_openai_parts(conn, table, names, day, parts, directory)
+        records = self.dialect.read_openai_parts(conn, table, names, day, parts, directory, rows)
         return logged, records
 
     def logged_part(self, path: Path) -> pd.DataFrame:

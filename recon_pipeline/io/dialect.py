@@ -123,10 +123,12 @@ class Dialect(ABC):
         end: datetime,
         parts: int,
         directory: Path,
+        rows: int = 0,
     ) -> list[Path]:
         """`read_logged`'s rows, read once and kept in `directory` as `parts` + 1 files: part
         k holds the rows whose request id hashes to k, the last one the rows without an id
-        (the hash is the same as `read_openai_parts`')."""
+        (the hash is the same as `read_openai_parts`'). `rows`: the day's rows and records
+        in all, where a database reads a large day another way."""
 
     @abstractmethod
     def logged_part(self, path: Path) -> pd.DataFrame:
@@ -145,6 +147,7 @@ class Dialect(ABC):
         day: date,
         parts: int,
         directory: Path,
+        rows: int = 0,
     ) -> list[Path]:
         """`read_openai_requests`' records in files as `read_logged_parts` keeps rows. A
         dialect that keeps a day's incremental basis adds each record's hash (`RECORD_HASH`)."""

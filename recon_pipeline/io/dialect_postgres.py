@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -16,11 +15,18 @@ import sqlalchemy as sa
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import lock_key
 from recon_pipeline.io.dialect import RECORD_HASH, Dialect, T
-from recon_pipeline.io.pg_arrow import arrow_out_parts, day_literal, moment_literal
+from recon_pipeline.io.pg_arrow import (
+    ARROW_READ_ROWS,
+    arrow_out_parts,
+    day_literal,
+    export_snapshot,
+    moment_literal,
+)
 from recon_pipeline.io.pg_copy import (
     COPY_TYPES,
     copy_in,
     copy_out,
+    copy_out_parts,
     read_part,
     read_part_batches,
 )
@@ -265,8 +271,14 @@ class PostgresDialect(Dialect):
         end: datetime,
         parts: int,
         directory: Path,
+        rows: int = 0,
     ) -> list[Path]:
         part = f", {_part('openai_request_id', parts)} AS part"
+        if rows < ARROW_READ_ROWS:
+            select = self.logged_select(optional, part)
+            return copy_out_parts(
+                self.engine, select, (start, end), LOGGED_TYPES, conn, parts, directory, "logged"
+            )
         select = self.logged_select(optional, part, (moment_literal(start), moment_literal(end)))
         return arrow_out_parts(conn, select, LOGGED_TYPES, parts, directory, "logged")
 
@@ -310,10 +322,16 @@ class PostgresDialect(Dialect):
         day: date,
         parts: int,
         directory: Path,
+        rows: int = 0,
     ) -> list[Path]:
         extra = f", {record_hash_sql(table)} AS {RECORD_HASH}, {_part('request_id', parts)} AS part"
-        select = self._openai_select(table, names, extra, day_literal(day))
         types = self._openai_types(names) | {RECORD_HASH: pa.int64()}
+        if rows < ARROW_READ_ROWS:
+            select = self._openai_select(table, names, extra)
+            return copy_out_parts(
+                self.engine, select, (day,), types, conn, parts, directory, "openai"
+            )
+        select = self._openai_select(table, names, extra, day_literal(day))
         return arrow_out_parts(conn, select, types, parts, directory, "openai")
 
     def openai_part(self, path: Path) -> pd.DataFrame:
@@ -431,9 +449,7 @@ class PostgresDialect(Dialect):
         # and the stored records) then take the time of the longer, not of both.
         if len(reads) < 2:
             return super().read_beside(reader, reads)
-        snapshot = reader.execute(sa.text("SELECT pg_export_snapshot()")).scalar_one()
-        if not re.fullmatch(r"[0-9A-Fa-f]+-[0-9A-Fa-f]+-[0-9]+", snapshot):
-            raise RuntimeError(f"unexpected snapshot id from pg_export_snapshot: {snapshot!r}")
+        snapshot = export_snapshot(reader)
         with ExitStack() as connections, ThreadPoolExecutor(len(reads) - 1) as workers:
             beside = [
                 connections.enter_context(self._repeatable_reader(snapshot)) for _ in reads[1:]

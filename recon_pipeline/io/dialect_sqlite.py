@@ -205,6 +205,7 @@ class SqliteDialect(Dialect):
         end: datetime,
         parts: int,
         directory: Path,
+        rows: int = 0,
     ) -> list[Path]:
         frame = self.read_logged(conn, optional, start, end)
         return _split(frame, "openai_request_id", parts, directory, "logged")
@@ -223,6 +224,7 @@ class SqliteDialect(Dialect):
         day: date,
         parts: int,
         directory: Path,
+        rows: int = 0,
     ) -> list[Path]:
         frame = self.read_openai_requests(conn, table, names, day)
         return _split(frame, "request_id", parts, directory, "openai")

@@ -141,8 +141,8 @@ def copy_out_parts(
 ) -> list[Path]:
     """COPY a query out into `parts` + 1 Arrow files, a block at a time, so that memory holds
     one block whatever the query's size. The query's int column `part` numbers each row's
-    file (0 to `parts` - 1, or -1 for the last file) and is not stored. (A large read whose
-    parameters are only dates and instants goes through ADBC instead: `pg_arrow`.)"""
+    file (0 to `parts` - 1, or -1 for the last file) and is not stored. (A large day's reads
+    go through ADBC instead: `pg_arrow`.)"""
     statement = f"COPY ({select}) TO STDOUT (FORMAT csv, HEADER)"
     with (
         driver_connection(engine, conn) as raw,
@@ -168,6 +168,8 @@ def write_parts(
     with ExitStack() as files:
         writers = [files.enter_context(pa.ipc.new_file(str(path), stored)) for path in paths]
         for batch in batches:
+            if not batch.num_rows:
+                continue
             part = batch.column("part")
             low, high = (value.as_py() for value in pc.min_max(part).values())
             if part.null_count or low < -1 or high >= parts:
@@ -185,14 +187,14 @@ def write_parts(
 
 
 def read_part(path: Path) -> pd.DataFrame:
-    """One file of `copy_out_parts`, as `copy_out` gives a frame."""
+    """One file of `write_parts`, as `copy_out` gives a frame."""
     with pa.OSFile(str(path)) as source:
         table = pa.ipc.open_file(source).read_all()
     return frame_from_arrow(table)
 
 
 def read_part_batches(path: Path) -> Iterator[pd.DataFrame]:
-    """One file of `copy_out_parts` a COPY block at a time, each as `read_part` gives it."""
+    """One file of `write_parts` a batch at a time, each as `read_part` gives it."""
     with pa.OSFile(str(path)) as source:
         reader = pa.ipc.open_file(source)
         for index in range(reader.num_record_batches):
