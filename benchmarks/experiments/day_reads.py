@@ -1,5 +1,6 @@
 """A day's two large reads, alone: psycopg's COPY to CSV parsed by pyarrow (`pg_copy`, the
-reads until 2026-12-07) against ADBC's binary COPY (`pg_arrow`, `Database.read_day_parts`),
+reads until 2026-12-07, and a small day's still) against ADBC's binary COPY (`pg_arrow`,
+`Database.read_day_parts` for a day of `ARROW_READ_ROWS` or more),
 alternated on the same seeded day, each in a REPEATABLE READ transaction as the job's reader.
 
     uv run python -m benchmarks.experiments.day_reads --rows 1000000 --repeats 4
@@ -32,6 +33,7 @@ from recon_pipeline.core.reconcile import ReconciliationPolicy, read_window
 from recon_pipeline.io.database import OPENAI_REQUESTS, Database
 from recon_pipeline.io.dialect import RECORD_HASH
 from recon_pipeline.io.dialect_postgres import LOGGED_TYPES, _part, record_hash_sql
+from recon_pipeline.io.pg_arrow import ARROW_READ_ROWS
 from recon_pipeline.io.pg_copy import copy_out_parts, read_part
 
 SCHEMA = "bench_day_reads"
@@ -58,7 +60,7 @@ def _csv_reads(db: Database, conn: sa.Connection, folder: Path) -> None:
 
 def _arrow_reads(db: Database, conn: sa.Connection, folder: Path) -> None:
     window = read_window(DEFAULT_DAY, ReconciliationPolicy())
-    db.read_day_parts(DEFAULT_DAY, window, conn, PARTS, folder)
+    db.read_day_parts(DEFAULT_DAY, window, conn, PARTS, folder, rows=ARROW_READ_ROWS)
 
 
 def _timed(db: Database, read: Callable, folder: Path) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""PostgreSQL: COPY in and out (`pg_copy.py`), advisory locks, exact NUMERIC sums."""
+"""PostgreSQL: COPY in and out (`pg_copy.py`), a large day's reads through ADBC (`pg_arrow.py`),
+advisory locks, exact NUMERIC sums."""
 
 from __future__ import annotations
 
