@@ -22,19 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas.testing as pdt
-import pyarrow as pa
 import sqlalchemy as sa
 
 from benchmarks.bench_database import drop_schema
 from benchmarks.children import child_env, day_args, run_child
 from benchmarks.seed import DEFAULT_DAY, DEFAULT_URL, seed_days
-from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.core.reconcile import ReconciliationPolicy, read_window
-from recon_pipeline.io.database import OPENAI_REQUESTS, Database
-from recon_pipeline.io.dialect import RECORD_HASH
-from recon_pipeline.io.dialect_postgres import LOGGED_TYPES, _part, record_hash_sql
+from recon_pipeline.io.database import Database
 from recon_pipeline.io.pg_arrow import ARROW_READ_ROWS
-from recon_pipeline.io.pg_copy import copy_out_parts, read_part
+from recon_pipeline.io.pg_copy import read_part
 
 SCHEMA = "bench_day_reads"
 PARTS = 3
@@ -45,22 +41,14 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _csv_reads(db: Database, conn: sa.Connection, folder: Path) -> None:
-    dialect, window = db.dialect, read_window(DEFAULT_DAY, ReconciliationPolicy())
-    part = f", {_part('openai_request_id', PARTS)} AS part"
-    select = dialect.logged_select(db.optional_usage_sql(), part)
-    copy_out_parts(db.engine, select, window, LOGGED_TYPES, conn, PARTS, folder, "logged")
-    table = db.table(OPENAI_REQUESTS)
-    names = [c for c in OPENAI_COLUMNS if c != "created_at"]
-    extra = f", {record_hash_sql(table)} AS {RECORD_HASH}, {_part('request_id', PARTS)} AS part"
-    types = dialect._openai_types(names) | {RECORD_HASH: pa.int64()}
-    select = dialect._openai_select(table, names, extra)
-    copy_out_parts(db.engine, select, (DEFAULT_DAY,), types, conn, PARTS, folder, "openai")
+def _reads(rows: int) -> Callable[[Database, sa.Connection, Path], None]:
+    """`Database.read_day_parts` as a day of `rows` rows and records reads."""
 
+    def read(db: Database, conn: sa.Connection, folder: Path) -> None:
+        window = read_window(DEFAULT_DAY, ReconciliationPolicy())
+        db.read_day_parts(DEFAULT_DAY, window, conn, PARTS, folder, rows)
 
-def _arrow_reads(db: Database, conn: sa.Connection, folder: Path) -> None:
-    window = read_window(DEFAULT_DAY, ReconciliationPolicy())
-    db.read_day_parts(DEFAULT_DAY, window, conn, PARTS, folder, rows=ARROW_READ_ROWS)
+    return read
 
 
 def _timed(db: Database, read: Callable, folder: Path) -> tuple[float, float]:
@@ -87,7 +75,7 @@ def main() -> None:
         common = day_args(args.url, SCHEMA, seeded.export_dir, DEFAULT_DAY, 0)
         run_child("job", common, work, "job", child_env())
         db = Database(sa.create_engine(args.url), usage_schema=SCHEMA, output_schema=SCHEMA)
-        reads = {"csv": _csv_reads, "adbc": _arrow_reads}
+        reads = {"csv": _reads(0), "adbc": _reads(ARROW_READ_ROWS)}
         for turn in range(args.repeats):
             order = list(reads) if turn % 2 == 0 else list(reads)[::-1]
             for name in order:

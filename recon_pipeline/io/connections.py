@@ -44,8 +44,8 @@ def connect_engine(raw_url: str, application_name: str = "recon_pipeline") -> sa
         if engine is not None:
             engine.dispose()
         cause = getattr(error, "orig", None) or error
-        detail = " ".join(str(cause).split()) or type(cause).__name__
-        detail = scrub_url_secrets(detail, raw_url)
+        detail = " ".join(scrub_url_secrets(str(cause), raw_url).split())
+        detail = detail or type(cause).__name__
         raise DatabaseConnectionError(f"cannot connect to {shown}: {detail}") from None
     return engine
 

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recon_pipeline.io.pg_copy import write_parts
-from recon_pipeline.io.secrets import MASK, SECRET_QUERY_KEYS
+from recon_pipeline.io.secrets import SECRET_QUERY_KEYS, scrub_secrets
 
 # A day whose rows and records add up to this many is read through ADBC; at 100,000 rows its
 # two reads take about a second, against a few milliseconds for the connection it opens.
@@ -78,10 +78,7 @@ def _conninfo(conn: sa.Connection) -> tuple[str, set[str]]:
 
 
 def _without(secrets: set[str], error: BaseException) -> str:
-    text = str(error)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return " ".join(text.split()) or type(error).__name__
+    return " ".join(scrub_secrets(str(error), secrets).split()) or type(error).__name__
 
 
 @contextmanager

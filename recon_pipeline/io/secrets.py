@@ -8,6 +8,7 @@ a string that does not even parse as a URL is masked the same way, by pattern.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 import sqlalchemy as sa
@@ -58,6 +59,13 @@ def url_secrets(url: str) -> set[str]:
 
 def scrub_url_secrets(message: str, url: str) -> str:
     """`message` with every secret `url` carries replaced by ***."""
-    for secret in sorted(url_secrets(url), key=len, reverse=True):
+    return scrub_secrets(message, url_secrets(url))
+
+
+def scrub_secrets(message: str, secrets: Iterable[str]) -> str:
+    """`message` with each of `secrets` replaced by ***, the longest first (so that a secret
+    holding another is masked whole). Scrub before folding the message's white space: a
+    secret may hold white space of its own."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         message = message.replace(secret, MASK)
     return message
