@@ -1,0 +1,239 @@
+"""Where run 1's time goes, beside the issue's floor (issue 19, target 3: "report where the
+remaining difference goes"), from one command instead of a statement log read by hand.
+
+    uv run python -m benchmarks.timeline --rows 1000000
+
+It seeds a day, runs the issue's floor once (its own phases), then run 1 of the real job in
+this process with the pipeline's own functions timed as they run: which thread ran each
+call, when it started and ended. The timed functions are named in `PHASES`; nothing else
+of the run changes. The report follows the run's critical path: the `openai_requests` step
+(the export files parsed and spilled, then stored), then `reconciled_usage` (what it reads
+before the day, both sides read, the first part reconciled, the write-back's chain of
+staging and UPDATE a part at a time, with the results stored and the next parts reconciled
+beside it, and what follows the last UPDATE), then the analyst steps. Each call is listed
+too, in order. It writes `benchmarks/results/timeline_<stamp>.md` and `.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_database import drop_schema
+from benchmarks.floor import run_floor
+from benchmarks.job import run_job
+from benchmarks.report import code_version, machine
+from benchmarks.seed import AS_OF, DEFAULT_DAY, DEFAULT_URL, seed_days
+from recon_pipeline.defs import openai_requests, reconcile_slices
+from recon_pipeline.io.database import Database
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One timed call: its phase, the thread it ran on, start and end (s since the run's)."""
+
+    phase: str
+    thread: str
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def _appended(_db: Database, _conn: Any, output: Any, *_: Any, **__: Any) -> str:
+    return f"append {output.name}"
+
+
+# (owner, attribute, phase or a function of the call's arguments giving it)
+PHASES: list[tuple[Any, str, str | Callable[..., str]]] = [
+    (openai_requests, "_from_exports", "export files parsed and spilled"),
+    (openai_requests, "dedupe_records", "records deduped"),
+    (Database, "append_rows", _appended),
+    (reconcile_slices, "_inputs", "inputs read (digest)"),
+    (reconcile_slices, "day_size", "day's size read"),
+    (Database, "read_day_parts", "both sides read into parts"),
+    (reconcile_slices, "price_usage", "records priced"),
+    (reconcile_slices._Parts, "reconcile", "part reconciled"),
+    (Database, "stage_write_back", "part staged"),
+    (Database, "write_back_rows", "part written back"),
+    (reconcile_slices._Writer, "settle", "waiting for the part handed over"),
+    (reconcile_slices, "_digest_after", "digest after the write-back"),
+    (Database, "analyze", "results analyzed"),
+]
+
+
+@contextmanager
+def timed(started: float) -> Iterator[list[Call]]:
+    """The functions of `PHASES` recording each call while the block runs, then restored."""
+    calls: list[Call] = []
+    with ExitStack() as restore:
+        for owner, name, phase in PHASES:
+            original = owner.__dict__[name]
+
+            def wrapper(*args: Any, _f: Callable = original, _p: Any = phase, **kwargs: Any):
+                start = time.perf_counter()
+                try:
+                    return _f(*args, **kwargs)
+                finally:
+                    label = _p if isinstance(_p, str) else _p(*args, **kwargs)
+                    thread = threading.current_thread().name
+                    calls.append(
+                        Call(label, thread, start - started, time.perf_counter() - started)
+                    )
+
+            setattr(owner, name, functools.wraps(original)(wrapper))
+            restore.callback(setattr, owner, name, original)
+        yield calls
+
+
+def _sum(calls: list[Call], phase: str) -> float:
+    return sum(c.seconds for c in calls if c.phase == phase)
+
+
+def critical_path(calls: list[Call], run: dict[str, Any]) -> dict[str, float]:
+    """Run 1's seconds by what they were spent on, in the order they happen; the rows not
+    indented add up to the run, and each step's indented rows (but those marked beside,
+    which overlap the chain) to the step."""
+    steps = run["steps"]
+    backs = sorted((c for c in calls if c.phase == "part written back"), key=lambda c: c.start)
+    reads = [c for c in calls if c.phase == "both sides read into parts"]
+    inputs = [c for c in calls if c.phase == "inputs read (digest)"]
+    if not backs or not reads or not inputs:
+        raise ValueError("run 1 wrote nothing back: is the day seeded afresh?")
+    stored = steps["openai_requests"]["wall_s"]
+    parsed, deduped, copied = (
+        _sum(calls, name)
+        for name in ("export files parsed and spilled", "records deduped", "append openai_requests")
+    )
+    reconciled = steps["reconciled_usage"]["wall_s"]
+    chain = backs[-1].end - backs[0].start
+    staged = _sum(calls, "part staged")
+    written = sum(c.seconds for c in backs)
+    return {
+        "openai_requests step": stored,
+        "  export files parsed and spilled": parsed,
+        "  records deduped": deduped,
+        "  records stored (COPY)": copied,
+        "  the rest of the step": stored - parsed - deduped - copied,
+        "reconciled_usage step": reconciled,
+        "  before both sides are read (inputs' digest, the day's size)": (
+            reads[0].start - inputs[0].start
+        ),
+        "  both sides read into parts": reads[0].seconds,
+        "  first part, read to handed over": backs[0].start - reads[0].end,
+        "  write-back chain, first part's staging to last UPDATE's end": chain,
+        "    staging (COPY, ANALYZE)": staged,
+        "    UPDATEs": written - staged,
+        "    the write-back's connection idle between parts": chain - written,
+        "  beside the chain: results stored (COPY)": _sum(calls, "append reconciled_usage"),
+        "  beside the chain: parts priced and reconciled": _sum(calls, "part reconciled")
+        + _sum(calls, "records priced"),
+        "  the rest of the step (digest after, ANALYZE, checks, commit, metadata)": (
+            reconciled - (backs[-1].end - inputs[0].start)
+        ),
+        "the other steps": sum(
+            s["wall_s"]
+            for name, s in steps.items()
+            if name not in ("openai_requests", "reconciled_usage")
+        ),
+        "Dagster around and between the steps": run["wall_s"] - run["steps_total_s"],
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    floor = result["floor"]
+    lines = [
+        f"Run 1 of {result['rows']:,} rows, {result['machine']['cpu']},"
+        f" {result['machine']['cores']} cores; code {result['code'].get('commit')}"
+        f"{' (modified)' if result['code'].get('recon_pipeline_modified') else ''}.",
+        "",
+        f"Run 1 inside the process: {result['run']['wall_s']:.2f} s (the machine's CPU busy"
+        f" {result['run']['machine_cpu_busy_s']:.1f} s); the issue's floor inside its process:"
+        f" {floor['total_s']:.2f} s.",
+        "",
+        "| run 1 (s) | |",
+        "|---|---:|",
+        *(f"| {name.replace('  ', '&nbsp;&nbsp;')} | {s:.2f} |" for name, s in result["path"]),
+        "",
+        "| the issue's floor (s) | |",
+        "|---|---:|",
+        *(f"| {name} | {s:.2f} |" for name, s in floor["phases"].items()),
+        "",
+        "Every timed call, in order (s since run 1 started):",
+        "",
+        "| start | end | seconds | thread | phase |",
+        "|---:|---:|---:|---|---|",
+        *(
+            f"| {c['start']:.2f} | {c['end']:.2f} | {c['end'] - c['start']:.2f}"
+            f" | {c['thread']} | {c['phase']} |"
+            for c in result["calls"]
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def timeline(url: str, schema: str, rows: int, exports: Path, keep: bool = False) -> dict:
+    """Seed `schema` with a day of `rows`, run the floor, then run 1 timed; the report's data.
+    The schema is dropped afterwards unless `keep`."""
+    seeded = seed_days(url, schema, [DEFAULT_DAY], rows, exports, log=False)
+    try:
+        floor = run_floor(url, schema, DEFAULT_DAY, AS_OF, 0, exports)
+        started = time.perf_counter()
+        with timed(started) as calls:
+            run = run_job(url, schema, exports, DEFAULT_DAY, DEFAULT_DAY, AS_OF)
+        if not run["success"]:
+            raise RuntimeError(f"run 1 failed: {run['failure']}")
+    finally:
+        if not keep:
+            drop_schema(url, schema)
+            shutil.rmtree(exports, ignore_errors=True)
+    ordered = sorted(calls, key=lambda c: c.start)
+    kept = ("wall_s", "cpu_s", "machine_cpu_busy_s", "steps", "steps_total_s")
+    return {
+        "rows": rows,
+        "seeded_s": seeded.seconds,
+        "machine": machine(url),
+        "code": code_version(),
+        "floor": {"total_s": floor["total_s"], "phases": floor["phases"]},
+        "run": {k: run[k] for k in kept},
+        "path": list(critical_path(ordered, run).items()),
+        "calls": [dataclasses.asdict(c) for c in ordered],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--keep", action="store_true", help="keep the seeded schema")
+    args = parser.parse_args(argv)
+    schema = f"bench_timeline_{args.rows}"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    exports = RESULTS / f"exports_{schema}"
+    result = timeline(args.database_url, schema, args.rows, exports, args.keep)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"timeline_{stamp}"
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+    text = render(result)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
