@@ -79,83 +79,102 @@ PHASES: list[tuple[Any, str, str | Callable[..., str]]] = [
 
 @contextmanager
 def timed(started: float) -> Iterator[list[Call]]:
-    """The functions of `PHASES` recording each call while the block runs, then restored."""
+    """The functions of `PHASES` recording each call while the block runs, and restored
+    however it ends: the job calls the pipeline's own code, so the timings are of the code
+    the benchmark measures, not of a copy of its steps."""
     calls: list[Call] = []
     with ExitStack() as restore:
         for owner, name, phase in PHASES:
             original = owner.__dict__[name]
 
             def wrapper(*args: Any, _f: Callable = original, _p: Any = phase, **kwargs: Any):
+                label = _p if isinstance(_p, str) else _p(*args, **kwargs)
                 start = time.perf_counter()
                 try:
                     return _f(*args, **kwargs)
                 finally:
-                    label = _p if isinstance(_p, str) else _p(*args, **kwargs)
+                    end = time.perf_counter()
                     thread = threading.current_thread().name
-                    calls.append(
-                        Call(label, thread, start - started, time.perf_counter() - started)
-                    )
+                    calls.append(Call(label, thread, start - started, end - started))
 
             setattr(owner, name, functools.wraps(original)(wrapper))
             restore.callback(setattr, owner, name, original)
         yield calls
 
 
-def _sum(calls: list[Call], phase: str) -> float:
-    return sum(c.seconds for c in calls if c.phase == phase)
+def _sum(calls: list[Call], phase: str, after: float = float("-inf")) -> float:
+    return sum(c.seconds for c in calls if c.phase == phase and c.start >= after)
+
+
+def _one(calls: list[Call], phase: str) -> Call:
+    found = [c for c in calls if c.phase == phase]
+    if len(found) != 1:
+        raise ValueError(
+            f"{len(found)} calls of {phase!r}: the critical path follows one day reconciled in"
+            " full (a day seeded afresh, run alone)"
+        )
+    return found[0]
 
 
 def critical_path(calls: list[Call], run: dict[str, Any]) -> dict[str, float]:
-    """Run 1's seconds by what they were spent on, in the order they happen; the rows not
-    indented add up to the run, and each step's indented rows (but those marked beside,
-    which overlap the chain) to the step."""
+    """Run 1's seconds by what they were spent on, in the order they happen, so that the
+    difference from the floor can be read off by phase. The rows not indented add up to
+    the run; each step's indented rows (but those beside the chain, which overlap it) add up
+    to the step, and the chain's rows to the chain."""
     steps = run["steps"]
-    backs = sorted((c for c in calls if c.phase == "part written back"), key=lambda c: c.start)
-    reads = [c for c in calls if c.phase == "both sides read into parts"]
-    inputs = [c for c in calls if c.phase == "inputs read (digest)"]
-    if not backs or not reads or not inputs:
+    write_backs = sorted(
+        (c for c in calls if c.phase == "part written back"), key=lambda c: c.start
+    )
+    read, inputs = _one(calls, "both sides read into parts"), _one(calls, "inputs read (digest)")
+    if not write_backs:
         raise ValueError("run 1 wrote nothing back: is the day seeded afresh?")
-    stored = steps["openai_requests"]["wall_s"]
+    chain_start, chain_end = write_backs[0].start, write_backs[-1].end
+    openai_step = steps["openai_requests"]["wall_s"]
     parsed, deduped, copied = (
         _sum(calls, name)
         for name in ("export files parsed and spilled", "records deduped", "append openai_requests")
     )
-    reconciled = steps["reconciled_usage"]["wall_s"]
-    chain = backs[-1].end - backs[0].start
-    staged = _sum(calls, "part staged")
-    written = sum(c.seconds for c in backs)
-    return {
-        "openai_requests step": stored,
+    reconcile_step = steps["reconciled_usage"]["wall_s"]
+    staging_s = _sum(calls, "part staged")
+    write_back_s = sum(c.seconds for c in write_backs)
+    path = {
+        "openai_requests step": openai_step,
         "  export files parsed and spilled": parsed,
         "  records deduped": deduped,
         "  records stored (COPY)": copied,
-        "  the rest of the step": stored - parsed - deduped - copied,
-        "reconciled_usage step": reconciled,
-        "  before both sides are read (inputs' digest, the day's size)": (
-            reads[0].start - inputs[0].start
+        "  the rest of the step": openai_step - parsed - deduped - copied,
+        "reconciled_usage step": reconcile_step,
+        "  before both sides are read (inputs' digest, the day's size)": read.start - inputs.start,
+        "  both sides read into parts": read.seconds,
+        "  first part, read to handed over": chain_start - read.end,
+        "  write-back chain, first part's staging to last UPDATE's end": chain_end - chain_start,
+        "    staging (COPY, ANALYZE)": staging_s,
+        "    UPDATEs": write_back_s - staging_s,
+        "    the write-back's connection idle between parts": (
+            chain_end - chain_start - write_back_s
         ),
-        "  both sides read into parts": reads[0].seconds,
-        "  first part, read to handed over": backs[0].start - reads[0].end,
-        "  write-back chain, first part's staging to last UPDATE's end": chain,
-        "    staging (COPY, ANALYZE)": staged,
-        "    UPDATEs": written - staged,
-        "    the write-back's connection idle between parts": chain - written,
-        "  beside the chain: results stored (COPY)": _sum(calls, "append reconciled_usage"),
-        "  beside the chain: parts priced and reconciled": _sum(calls, "part reconciled")
-        + _sum(calls, "records priced"),
-        "  the rest of the step (digest after, ANALYZE, checks, commit, metadata)": (
-            reconciled - (backs[-1].end - inputs[0].start)
+        "  beside the chain: results stored (COPY)": _sum(
+            calls, "append reconciled_usage", chain_start
+        )
+        + _sum(calls, "append unlogged_openai_requests", chain_start),
+        "  beside the chain: next parts priced and reconciled": _sum(
+            calls, "part reconciled", chain_start
+        )
+        + _sum(calls, "records priced", chain_start),
+        "  the rest of the step (lock, snapshot and trailing counts before the digest; the"
+        " digest after, ANALYZE, checks and commits after the last UPDATE)": (
+            reconcile_step - (chain_end - inputs.start)
         ),
-        "the other steps": sum(
-            s["wall_s"]
-            for name, s in steps.items()
-            if name not in ("openai_requests", "reconciled_usage")
-        ),
-        "Dagster around and between the steps": run["wall_s"] - run["steps_total_s"],
     }
+    for name, step in steps.items():
+        if name not in ("openai_requests", "reconciled_usage"):
+            path[f"{name} step"] = step["wall_s"]
+    path["Dagster around and between the steps"] = run["wall_s"] - run["steps_total_s"]
+    return path
 
 
 def render(result: dict[str, Any]) -> str:
+    """The report as markdown: run 1's critical path, the floor's phases, every call."""
     floor = result["floor"]
     lines = [
         f"Run 1 of {result['rows']:,} rows, {result['machine']['cpu']},"
@@ -174,7 +193,7 @@ def render(result: dict[str, Any]) -> str:
         "|---|---:|",
         *(f"| {name} | {s:.2f} |" for name, s in floor["phases"].items()),
         "",
-        "Every timed call, in order (s since run 1 started):",
+        "Every timed call, in order (s since the job was built, just before run 1 started):",
         "",
         "| start | end | seconds | thread | phase |",
         "|---:|---:|---:|---|---|",
@@ -187,7 +206,7 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def timeline(url: str, schema: str, rows: int, exports: Path, keep: bool = False) -> dict:
+def timeline(url: str, schema: str, rows: int, exports: Path, keep: bool = False) -> dict[str, Any]:
     """Seed `schema` with a day of `rows`, run the floor, then run 1 timed; the report's data.
     The schema is dropped afterwards unless `keep`."""
     seeded = seed_days(url, schema, [DEFAULT_DAY], rows, exports, log=False)
@@ -217,6 +236,7 @@ def timeline(url: str, schema: str, rows: int, exports: Path, keep: bool = False
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Seed, time, report to `benchmarks/results/timeline_<stamp>.md` and `.json`, print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--database-url", default=DEFAULT_URL)
