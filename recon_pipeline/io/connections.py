@@ -11,7 +11,7 @@ from datetime import datetime
 import pandas as pd
 import sqlalchemy as sa
 
-from recon_pipeline.io.secrets import masked_url, scrub_url_secrets
+from recon_pipeline.io.secrets import error_detail, masked_url, url_secrets
 
 
 class DatabaseConnectionError(RuntimeError):
@@ -44,8 +44,7 @@ def connect_engine(raw_url: str, application_name: str = "recon_pipeline") -> sa
         if engine is not None:
             engine.dispose()
         cause = getattr(error, "orig", None) or error
-        detail = " ".join(scrub_url_secrets(str(cause), raw_url).split())
-        detail = detail or type(cause).__name__
+        detail = error_detail(cause, url_secrets(raw_url))
         raise DatabaseConnectionError(f"cannot connect to {shown}: {detail}") from None
     return engine
 

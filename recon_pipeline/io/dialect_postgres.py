@@ -275,13 +275,38 @@ class PostgresDialect(Dialect):
         rows: int = 0,
     ) -> list[Path]:
         part = f", {_part('openai_request_id', parts)} AS part"
+        return self._out_parts(
+            conn,
+            lambda *bounds: self.logged_select(optional, part, bounds),
+            (start, end),
+            moment_literal,
+            LOGGED_TYPES,
+            parts,
+            directory,
+            "logged",
+            rows,
+        )
+
+    def _out_parts(
+        self,
+        conn: sa.Connection,
+        query: Callable[..., str],
+        values: tuple[T, ...],
+        literal: Callable[[T], str],
+        types: dict[str, pa.DataType],
+        parts: int,
+        directory: Path,
+        name: str,
+        rows: int,
+    ) -> list[Path]:
+        """`query` (given the SQL of each of `values`) into part files: through psycopg with
+        `values` bound, or, for a day of `ARROW_READ_ROWS` rows and records or more, through
+        ADBC with each value written in as its `literal` (`pg_arrow`)."""
         if rows < ARROW_READ_ROWS:
-            select = self.logged_select(optional, part)
-            return copy_out_parts(
-                self.engine, select, (start, end), LOGGED_TYPES, conn, parts, directory, "logged"
-            )
-        select = self.logged_select(optional, part, (moment_literal(start), moment_literal(end)))
-        return arrow_out_parts(conn, select, LOGGED_TYPES, parts, directory, "logged")
+            select = query(*("%s",) * len(values))
+            return copy_out_parts(self.engine, select, values, types, conn, parts, directory, name)
+        select = query(*(literal(value) for value in values))
+        return arrow_out_parts(conn, select, types, parts, directory, name)
 
     def logged_part(self, path: Path) -> pd.DataFrame:
         frame = read_part(path)
@@ -327,13 +352,17 @@ class PostgresDialect(Dialect):
     ) -> list[Path]:
         extra = f", {record_hash_sql(table)} AS {RECORD_HASH}, {_part('request_id', parts)} AS part"
         types = self._openai_types(names) | {RECORD_HASH: pa.int64()}
-        if rows < ARROW_READ_ROWS:
-            select = self._openai_select(table, names, extra)
-            return copy_out_parts(
-                self.engine, select, (day,), types, conn, parts, directory, "openai"
-            )
-        select = self._openai_select(table, names, extra, day_literal(day))
-        return arrow_out_parts(conn, select, types, parts, directory, "openai")
+        return self._out_parts(
+            conn,
+            lambda on: self._openai_select(table, names, extra, on),
+            (day,),
+            day_literal,
+            types,
+            parts,
+            directory,
+            "openai",
+            rows,
+        )
 
     def openai_part(self, path: Path) -> pd.DataFrame:
         return self.logged_part(path)

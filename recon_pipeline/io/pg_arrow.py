@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recon_pipeline.io.pg_copy import write_parts
-from recon_pipeline.io.secrets import SECRET_QUERY_KEYS, scrub_secrets
+from recon_pipeline.io.secrets import SECRET_QUERY_KEYS, error_detail
 
 # A day whose rows and records add up to this many is read through ADBC; at 100,000 rows its
 # two reads take about a second, against a few milliseconds for the connection it opens.
@@ -77,10 +77,6 @@ def _conninfo(conn: sa.Connection) -> tuple[str, set[str]]:
     return make_conninfo("", **params), secrets
 
 
-def _without(secrets: set[str], error: BaseException) -> str:
-    return " ".join(scrub_secrets(str(error), secrets).split()) or type(error).__name__
-
-
 @contextmanager
 def snapshot_connection(conn: sa.Connection) -> Iterator[adbc.Connection]:
     """An ADBC connection to `conn`'s server, in a read-only REPEATABLE READ transaction that
@@ -100,7 +96,7 @@ def snapshot_connection(conn: sa.Connection) -> Iterator[adbc.Connection]:
             with suppress(Exception):
                 arrow.close()
         raise ArrowReadError(
-            f"cannot open the read's own connection: {_without(secrets, error)}"
+            f"cannot open the read's own connection: {error_detail(error, secrets)}"
         ) from None
     try:
         yield arrow

@@ -69,3 +69,9 @@ def scrub_secrets(message: str, secrets: Iterable[str]) -> str:
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         message = message.replace(secret, MASK)
     return message
+
+
+def error_detail(error: BaseException, secrets: Iterable[str]) -> str:
+    """A driver's error on one line, for a message of ours: `secrets` masked first (they may
+    hold white space), then its white space folded; its type's name when it says nothing."""
+    return " ".join(scrub_secrets(str(error), secrets).split()) or type(error).__name__
