@@ -16,6 +16,7 @@ import time
 _STARTED = time.perf_counter()
 
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -31,6 +32,14 @@ def status_mb(field: str) -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process on the machine has spent busy since boot (user, nice,
+    system, irq, softirq): PostgreSQL's backends as much as this one."""
+    with open("/proc/stat") as handle:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, handle.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def _job(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:

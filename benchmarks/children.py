@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_database import checkpoint
+from benchmarks.child import machine_busy_s
 from benchmarks.seed import AS_OF
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,9 @@ def run_child(
     wrap: list[str] | None = None,
     root: Path = ROOT,
 ) -> dict[str, Any]:
-    """Run `benchmarks.child KIND` in a fresh process and add its wall time. Peak memory is
+    """Run `benchmarks.child KIND` in a fresh process and add its wall time, and the CPU the
+    whole machine was busy meanwhile (`child_machine_cpu_s`: PostgreSQL's backends as much
+    as the child, interpreter start included). Peak memory is
     the child's own VmHWM, read inside it: the parent's ru_maxrss from wait4 would not do,
     since Linux carries the parent's RSS at fork into the child's maxrss across exec.
     `root`: the checkout the child runs in, and so whose recon_pipeline it imports."""
@@ -35,14 +38,15 @@ def run_child(
     out.unlink(missing_ok=True)
     command = [sys.executable, "-m", "benchmarks.child", kind, json.dumps(args), str(out)]
     load_before = os.getloadavg()[0]
-    started = time.perf_counter()
+    started, busy = time.perf_counter(), machine_busy_s()
     process = subprocess.Popen((wrap or []) + command, cwd=root, env=env)
     process.wait()
-    wall = time.perf_counter() - started
+    wall, busy = time.perf_counter() - started, machine_busy_s() - busy
     if process.returncode != 0 or not out.exists():
         raise RuntimeError(f"{kind} child failed with exit code {process.returncode}")
     result = json.loads(out.read_text())
     result["child_wall_s"] = wall
+    result["child_machine_cpu_s"] = busy
     # Other processes on the machine show here: the load average over the last minute.
     result["loadavg_before"] = load_before
     result["loadavg_after"] = os.getloadavg()[0]

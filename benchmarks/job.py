@@ -8,7 +8,6 @@ STEP_START and STEP_SUCCESS timestamps of each step, and Dagster's own `duration
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import date
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import dagster as dg
 from dagster import DagsterEventType
 
+from benchmarks.child import machine_busy_s
 from recon_pipeline.definitions import build_definitions
 from recon_pipeline.defs.resources import (
     OpenAIAPI,
@@ -51,14 +51,6 @@ def resources(
         "openai_api": OpenAIAPI(),
         "settings": settings,
     }
-
-
-def machine_busy_s() -> float:
-    """CPU seconds every process on the machine has spent busy since boot (user, nice,
-    system, irq, softirq): PostgreSQL's backends as much as this one."""
-    with open("/proc/stat") as handle:
-        user, nice, system, _idle, _iowait, irq, softirq = map(int, handle.readline().split()[1:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def run_job(

@@ -156,6 +156,15 @@ def summary_rows(sizes: list[dict[str, Any]]) -> list[list[str]]:
             f"run 1 / {name}, both as processes (median)",
             each(lambda s, key=key: _over_floor(s, key)),
         )
+    add(
+        "CPU the machine was busy, as processes: run 1; the floor; the floor with the outputs (s)",
+        each(lambda s: "; ".join(_cpu_s(s, key) for key in ("run1", "floor", "floor_outputs"))),
+    )
+    add(
+        f"that CPU / {os.cpu_count()} cores over the floor (no schedule of the work can beat"
+        " it): run 1; the floor with the outputs",
+        each(lambda s: "; ".join(_cpu_bound(s, key) for key in ("run1", "floor_outputs"))),
+    )
     return rows
 
 
@@ -184,6 +193,29 @@ def _over_floor(size: dict[str, Any], key: str) -> str:
         return "-"
     floor = np.median([f["child_wall_s"] for f in size[key]])
     return f"{size['run1']['child_wall_s'] / floor:.2f}"
+
+
+def _machine_cpu(size: dict[str, Any], key: str) -> float | None:
+    """The median CPU the machine was busy during `key`'s processes (run 1 is one run)."""
+    runs = size.get(key)
+    runs = [runs] if isinstance(runs, dict) else runs or []
+    spent = [r["child_machine_cpu_s"] for r in runs if "child_machine_cpu_s" in r]
+    return float(np.median(spent)) if spent else None
+
+
+def _cpu_s(size: dict[str, Any], key: str) -> str:
+    spent = _machine_cpu(size, key)
+    return "-" if spent is None else f"{spent:.1f}"
+
+
+def _cpu_bound(size: dict[str, Any], key: str) -> str:
+    """`key`'s CPU spread over every core, over the issue's floor as a process: the ratio
+    even a perfect schedule of that work on this machine could not go under."""
+    spent = _machine_cpu(size, key)
+    if spent is None or not size.get("floor"):
+        return "-"
+    floor = np.median([f["child_wall_s"] for f in size["floor"]])
+    return f"{spent / os.cpu_count() / floor:.2f}"
 
 
 def render(report: dict[str, Any]) -> str:
