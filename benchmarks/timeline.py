@@ -3,15 +3,19 @@ remaining difference goes"), from one command instead of a statement log read by
 
     uv run python -m benchmarks.timeline --rows 1000000
 
-It seeds a day, runs the issue's floor once (its own phases), then run 1 of the real job in
-this process with the pipeline's own functions timed as they run: which thread ran each
-call, when it started and ended. The timed functions are named in `PHASES`; nothing else
-of the run changes. The report follows the run's critical path: the `openai_requests` step
-(the export files parsed and spilled, then stored), then `reconciled_usage` (what it reads
-before the day, both sides read, the first part reconciled, the write-back's chain of
-staging and UPDATE a part at a time, with the results stored and the next parts reconciled
-beside it, and what follows the last UPDATE), then the analyst steps. Each call is listed
-too, in order. It writes `benchmarks/results/timeline_<stamp>.md` and `.json`.
+It seeds a day, runs the issue's floor once (its own phases) and the floor with the
+outputs, then run 1 of the real job in this process with the pipeline's own functions timed
+as they run: which thread ran each call, when it started and ended. The timed functions are
+named in `PHASES`; nothing else of the run changes. The report follows the run's critical
+path: the `openai_requests` step (the export files parsed and spilled, then stored), then
+`reconciled_usage` (what it reads before the day, both sides read, the first part
+reconciled, the write-back's chain of staging and UPDATE a part at a time, with the results
+stored and the next parts reconciled beside it, and what follows the last UPDATE), then the
+analyst steps. Each call is listed too, in order. Beside the wall-clock path, where the CPU
+goes (`cpu_ledger`): the Python process's and PostgreSQL's by statement, for the issue's
+floor, the floor with the pipeline's outputs (`floor_outputs`) and run 1, each after a
+CHECKPOINT; on a machine whose cores the job keeps busy, CPU is what no better overlap wins
+back. It writes `benchmarks/results/timeline_<stamp>.md` and `.json`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,8 +36,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_database import drop_schema
+from benchmarks.bench_database import checkpoint, drop_schema
+from benchmarks.child import machine_busy_s
+from benchmarks.cpu_ledger import measured
 from benchmarks.floor import run_floor
+from benchmarks.floor_outputs import run_floor_outputs
 from benchmarks.job import run_job
 from benchmarks.report import code_version, machine
 from benchmarks.seed import AS_OF, DEFAULT_DAY, DEFAULT_URL, seed_days
@@ -193,6 +202,11 @@ def render(result: dict[str, Any]) -> str:
         "|---|---:|",
         *(f"| {name} | {s:.2f} |" for name, s in floor["phases"].items()),
         "",
+        "Where the CPU goes (`cpu_ledger`: PostgreSQL's processes charged to the statement"
+        " they were running):",
+        "",
+        *_table(cpu_rows(result["cpu"])),
+        "",
         "Every timed call, in order (s since the job was built, just before run 1 started):",
         "",
         "| start | end | seconds | thread | phase |",
@@ -206,15 +220,45 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _table(rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(rows[0]) + " |",
+        "|---" + "|---:" * (len(rows[0]) - 1) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows[1:]),
+    ]
+
+
 def timeline(url: str, schema: str, rows: int, exports: Path, keep: bool = False) -> dict[str, Any]:
-    """Seed `schema` with a day of `rows`, run the floor, then run 1 timed; the report's data.
-    The schema is dropped afterwards unless `keep`."""
+    """Seed `schema` with a day of `rows`; run the issue's floor, the floor with the
+    pipeline's outputs, then run 1 timed, each after a CHECKPOINT and with its CPU ledger
+    (`cpu_ledger`); the report's data. The schema is dropped afterwards unless `keep`."""
     seeded = seed_days(url, schema, [DEFAULT_DAY], rows, exports, log=False)
+    cpu: dict[str, dict[str, Any]] = {}
     try:
-        floor = run_floor(url, schema, DEFAULT_DAY, AS_OF, 0, exports)
-        started = time.perf_counter()
-        with timed(started) as calls:
-            run = run_job(url, schema, exports, DEFAULT_DAY, DEFAULT_DAY, AS_OF)
+        with tempfile.TemporaryDirectory(prefix="recon_timeline_") as work:
+            floor = _with_cpu(
+                url,
+                Path(work),
+                "floor",
+                cpu,
+                lambda: run_floor(url, schema, DEFAULT_DAY, AS_OF, 0, exports),
+            )
+            _with_cpu(
+                url,
+                Path(work),
+                "floor_outputs",
+                cpu,
+                lambda: run_floor_outputs(url, schema, DEFAULT_DAY, AS_OF, exports),
+            )
+            started = time.perf_counter()
+            with timed(started) as calls:
+                run = _with_cpu(
+                    url,
+                    Path(work),
+                    "run 1",
+                    cpu,
+                    lambda: run_job(url, schema, exports, DEFAULT_DAY, DEFAULT_DAY, AS_OF),
+                )
         if not run["success"]:
             raise RuntimeError(f"run 1 failed: {run['failure']}")
     finally:
@@ -231,8 +275,48 @@ def timeline(url: str, schema: str, rows: int, exports: Path, keep: bool = False
         "floor": {"total_s": floor["total_s"], "phases": floor["phases"]},
         "run": {k: run[k] for k in kept},
         "path": list(critical_path(ordered, run).items()),
+        "cpu": cpu,
         "calls": [dataclasses.asdict(c) for c in ordered],
     }
+
+
+def _with_cpu(
+    url: str, work: Path, label: str, cpu: dict[str, dict[str, Any]], run: Callable[[], Any]
+) -> Any:
+    """`run` after a CHECKPOINT, its CPU ledger and the machine's CPU put in `cpu[label]`."""
+    checkpoint(url)
+    with measured(url, work, label.replace(" ", "_")) as ledger:
+        busy, started = machine_busy_s(), time.perf_counter()
+        result = run()
+        wall, busy = time.perf_counter() - started, machine_busy_s() - busy
+    cpu[label] = ledger | {"wall_s": wall, "machine_s": busy}
+    return result
+
+
+def cpu_rows(cpu: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The CPU ledgers side by side: the Python process, then PostgreSQL's roles by the
+    most CPU in any column, then the totals."""
+    labels = list(cpu)
+    roles = sorted(
+        {r for ledger in cpu.values() for r in ledger["roles"]},
+        key=lambda r: -max(ledger["roles"].get(r, 0.0) for ledger in cpu.values()),
+    )
+
+    def row(name: str, pick: Callable[[dict[str, Any]], float]) -> list[str]:
+        return [name, *(f"{pick(cpu[label]):.2f}" for label in labels)]
+
+    return [
+        ["CPU (s)", *labels],
+        row("the Python process", lambda c: c["python_s"]),
+        *(row(f"PostgreSQL: {r}", lambda c, r=r: c["roles"].get(r, 0.0)) for r in roles),
+        row("PostgreSQL in all", lambda c: sum(c["roles"].values())),
+        row("the machine in all (every process)", lambda c: c["machine_s"]),
+        row("wall (s)", lambda c: c["wall_s"]),
+        row(
+            "the machine's CPU / cores / the issue's floor's wall",
+            lambda c: c["machine_s"] / os.cpu_count() / cpu[labels[0]]["wall_s"],
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

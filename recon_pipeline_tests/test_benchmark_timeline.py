@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from benchmarks.timeline import PHASES, Call, critical_path, timed, timeline
+from benchmarks.timeline import PHASES, Call, cpu_rows, critical_path, timed, timeline
 from recon_pipeline.core.openai_records import dedupe_records
 from recon_pipeline.defs import openai_requests
 
@@ -41,6 +41,14 @@ def test_a_small_day_times_every_phase_and_no_row_is_negative(
     assert phases["part staged"] == phases["part written back"] == phases["append reconciled_usage"]
     assert {c["thread"] for c in calls if c["phase"] == "part written back"} != {"MainThread"}
     assert result["floor"]["phases"]["update_from"] > 0
+    cpu = result["cpu"]
+    assert list(cpu) == ["floor", "floor_outputs", "run 1"]
+    for ledger in cpu.values():
+        assert 0 < ledger["python_s"] <= ledger["machine_s"] + 0.1
+        assert sum(ledger["roles"].values()) <= ledger["machine_s"] + 0.1
+    rows = cpu_rows(cpu)
+    assert rows[0] == ["CPU (s)", "floor", "floor_outputs", "run 1"]
+    assert rows[1][3] == f"{cpu['run 1']['python_s']:.2f}"
 
 
 def _run(steps: dict[str, float], wall: float) -> dict:

@@ -1,0 +1,91 @@
+"""`benchmarks.cpu_ledger` charges PostgreSQL's CPU to the statement each process was
+running, and this process's to the Python process: a statement kept busy in the block is
+found under its role, with at least the CPU it took."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from benchmarks.bench_database import conninfo
+from benchmarks.cpu_ledger import measured, role
+
+
+@pytest.mark.parametrize(
+    ("query", "state", "kind", "expected"),
+    [
+        (
+            'WITH changed AS (UPDATE "s"."token_usage" SET reconciliation_status = CASE'
+            " WHEN true THEN 'x' END FROM r WHERE true RETURNING 1) SELECT count(*) FROM changed",
+            "active",
+            "client backend",
+            "UPDATE token_usage",
+        ),
+        (
+            "UPDATE s.token_usage_floor AS t SET actual_cost_cents = 1",
+            "active",
+            "client backend",
+            "UPDATE token_usage_floor",
+        ),
+        (
+            'COPY "s".reconciled_usage ("usage_date", "usage_id") FROM STDIN (FORMAT csv)',
+            "active",
+            "client backend",
+            "COPY into reconciled_usage",
+        ),
+        (
+            "copy pg_temp.recon_write_back(usage_id) from stdin",
+            "active",
+            "client backend",
+            "COPY into recon_write_back",
+        ),
+        (
+            "COPY (SELECT id FROM s.token_usage) TO STDOUT (FORMAT binary)",
+            "active",
+            "client backend",
+            "COPY out (reads)",
+        ),
+        ('ANALYZE "s"."reconciled_usage"', "active", "client backend", "ANALYZE"),
+        ("  select count(*) from t", "active", "client backend", "other SELECT statements"),
+        ("SELECT 1", "idle in transaction", "client backend", "between statements"),
+        ("SELECT sum(x) FROM t", "active", "parallel worker", "parallel worker"),
+        ("", "", "walwriter", "walwriter"),
+    ],
+)
+def test_each_statement_has_its_role(query: str, state: str, kind: str, expected: str) -> None:
+    assert role(query, state, kind) == expected
+
+
+def test_the_cpu_of_a_busy_statement_and_of_python_is_charged_to_each(
+    pg_url: str, tmp_path: Path
+) -> None:
+    spin = (
+        "DO $$ DECLARE t timestamptz := clock_timestamp(); BEGIN"
+        " WHILE clock_timestamp() < t + interval '1 second' LOOP END LOOP; END $$"
+    )
+    with (
+        psycopg.connect(conninfo(pg_url), autocommit=True) as conn,
+        measured(pg_url, tmp_path, "busy") as ledger,
+    ):
+        started = time.process_time()
+        conn.execute(spin)  # a second of the backend's CPU
+        waiting = time.process_time() - started
+        end = time.process_time() + 0.5
+        while time.process_time() < end:
+            pass
+    assert waiting < 0.2  # the client only waited meanwhile
+    assert ledger["roles"]["other DO statements"] >= 0.7
+    assert ledger["python_s"] >= 0.5
+    assert not any(name.startswith(("UPDATE", "COPY")) for name in ledger["roles"])
+
+
+def test_a_sampler_that_cannot_start_is_an_error(tmp_path: Path) -> None:
+    nowhere = "postgresql://postgres@127.0.0.1:1/none"
+    with (
+        pytest.raises(RuntimeError, match="did not start"),
+        measured(nowhere, tmp_path, "nowhere"),
+    ):
+        pass
