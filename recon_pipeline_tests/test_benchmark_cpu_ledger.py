@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 
 from benchmarks.bench_database import conninfo
 from benchmarks.cpu_ledger import measured, role
@@ -49,7 +50,15 @@ from benchmarks.cpu_ledger import measured, role
             "COPY out (reads)",
         ),
         ('ANALYZE "s"."reconciled_usage"', "active", "client backend", "ANALYZE"),
-        ("  select count(*) from t", "active", "client backend", "other SELECT statements"),
+        ("  select count(*) from s.t", "active", "client backend", "SELECT from t"),
+        (
+            "SELECT count(*)::text FROM (SELECT hashtext(id::text) AS x"
+            ' FROM "s"."token_usage" WHERE true) AS v',
+            "active",
+            "client backend",
+            "SELECT from token_usage",
+        ),
+        ("SELECT 1", "active", "client backend", "other SELECT statements"),
         ("SELECT 1", "idle in transaction", "client backend", "between statements"),
         ("SELECT sum(x) FROM t", "active", "parallel worker", "parallel worker"),
         ("", "", "walwriter", "walwriter"),
@@ -78,8 +87,31 @@ def test_the_cpu_of_a_busy_statement_and_of_python_is_charged_to_each(
             pass
     assert waiting < 0.2  # the client only waited meanwhile
     assert ledger["roles"]["other DO statements"] >= 0.7
-    assert ledger["python_s"] >= 0.5
+    assert ledger["python_s"] >= 0.45  # in clock ticks of 10 ms
     assert not any(name.startswith(("UPDATE", "COPY")) for name in ledger["roles"])
+
+
+def test_parallel_workers_are_charged_to_their_leaders_statement(
+    pg_url: str, pg_schema: tuple[sa.Engine, str], tmp_path: Path
+) -> None:
+    _, schema = pg_schema
+    table = f'"{schema}".spread'
+    with psycopg.connect(conninfo(pg_url), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} AS SELECT g AS x FROM generate_series(1, 3000000) g")
+        for setting in (
+            "parallel_setup_cost",
+            "parallel_tuple_cost",
+            "min_parallel_table_scan_size",
+        ):
+            conn.execute(f"SET {setting} = 0")
+        conn.execute("SET max_parallel_workers_per_gather = 2")
+        with measured(pg_url, tmp_path, "parallel") as ledger:
+            started = time.monotonic()
+            while time.monotonic() < started + 1.5:
+                conn.execute(f"SELECT sum(hashtext(x::text)) FROM {table}").fetchone()
+    assert ledger["roles"].get("SELECT from spread (parallel workers)", 0.0) > 0.1
+    assert ledger["roles"].get("SELECT from spread", 0.0) > 0.1
+    assert "parallel worker" not in ledger["roles"]
 
 
 def test_a_sampler_that_cannot_start_is_an_error(tmp_path: Path) -> None:
