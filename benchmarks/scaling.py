@@ -196,9 +196,9 @@ def _over_floor(size: dict[str, Any], key: str) -> str:
 
 
 def _machine_cpu(size: dict[str, Any], key: str) -> float | None:
-    """The median CPU the machine was busy during `key`'s processes (run 1 is one run)."""
-    runs = size.get(key)
-    runs = [runs] if isinstance(runs, dict) else runs or []
+    """The median CPU the machine was busy during `key`'s processes (for run 1, over its
+    repeats, as the floors' is over theirs)."""
+    runs = size.get("run1_repeats", [size["run1"]]) if key == "run1" else size.get(key) or []
     spent = [r["child_machine_cpu_s"] for r in runs if "child_machine_cpu_s" in r]
     return float(np.median(spent)) if spent else None
 

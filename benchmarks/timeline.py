@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_database import checkpoint, drop_schema
-from benchmarks.child import machine_busy_s
 from benchmarks.cpu_ledger import measured
 from benchmarks.floor import run_floor
 from benchmarks.floor_outputs import run_floor_outputs
@@ -234,31 +233,33 @@ def timeline(url: str, schema: str, rows: int, exports: Path, keep: bool = False
     (`cpu_ledger`); the report's data. The schema is dropped afterwards unless `keep`."""
     seeded = seed_days(url, schema, [DEFAULT_DAY], rows, exports, log=False)
     cpu: dict[str, dict[str, Any]] = {}
+    calls: list[Call] = []
+
+    def timed_run() -> dict[str, Any]:
+        with timed(time.perf_counter()) as recorded:
+            try:
+                return run_job(url, schema, exports, DEFAULT_DAY, DEFAULT_DAY, AS_OF)
+            finally:
+                calls.extend(recorded)
+
     try:
-        with tempfile.TemporaryDirectory(prefix="recon_timeline_") as work:
+        with tempfile.TemporaryDirectory(prefix="recon_timeline_") as folder:
+            work = Path(folder)
             floor = _with_cpu(
                 url,
-                Path(work),
+                work,
                 "floor",
                 cpu,
                 lambda: run_floor(url, schema, DEFAULT_DAY, AS_OF, 0, exports),
             )
             _with_cpu(
                 url,
-                Path(work),
+                work,
                 "floor_outputs",
                 cpu,
                 lambda: run_floor_outputs(url, schema, DEFAULT_DAY, AS_OF, exports),
             )
-            started = time.perf_counter()
-            with timed(started) as calls:
-                run = _with_cpu(
-                    url,
-                    Path(work),
-                    "run 1",
-                    cpu,
-                    lambda: run_job(url, schema, exports, DEFAULT_DAY, DEFAULT_DAY, AS_OF),
-                )
+            run = _with_cpu(url, work, "run 1", cpu, timed_run)
         if not run["success"]:
             raise RuntimeError(f"run 1 failed: {run['failure']}")
     finally:
@@ -283,13 +284,14 @@ def timeline(url: str, schema: str, rows: int, exports: Path, keep: bool = False
 def _with_cpu(
     url: str, work: Path, label: str, cpu: dict[str, dict[str, Any]], run: Callable[[], Any]
 ) -> Any:
-    """`run` after a CHECKPOINT, its CPU ledger and the machine's CPU put in `cpu[label]`."""
+    """`run` after a CHECKPOINT, its CPU ledger (the machine's CPU included) and its wall
+    time put in `cpu[label]`."""
     checkpoint(url)
     with measured(url, work, label.replace(" ", "_")) as ledger:
-        busy, started = machine_busy_s(), time.perf_counter()
+        started = time.perf_counter()
         result = run()
-        wall, busy = time.perf_counter() - started, machine_busy_s() - busy
-    cpu[label] = ledger | {"wall_s": wall, "machine_s": busy}
+        wall = time.perf_counter() - started
+    cpu[label] = ledger | {"wall_s": wall}
     return result
 
 
@@ -314,7 +316,7 @@ def cpu_rows(cpu: dict[str, dict[str, Any]]) -> list[list[str]]:
         row("wall (s)", lambda c: c["wall_s"]),
         row(
             "the machine's CPU / cores / the issue's floor's wall",
-            lambda c: c["machine_s"] / os.cpu_count() / cpu[labels[0]]["wall_s"],
+            lambda c: c["machine_s"] / os.cpu_count() / cpu["floor"]["wall_s"],
         ),
     ]
 
