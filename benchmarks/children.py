@@ -30,9 +30,9 @@ def run_child(
 ) -> dict[str, Any]:
     """Run `benchmarks.child KIND` in a fresh process and add its wall time, and the CPU the
     whole machine was busy meanwhile (`child_machine_cpu_s`: PostgreSQL's backends as much
-    as the child, interpreter start included). Peak memory is
-    the child's own VmHWM, read inside it: the parent's ru_maxrss from wait4 would not do,
-    since Linux carries the parent's RSS at fork into the child's maxrss across exec.
+    as the child, interpreter start included). Peak memory is the child's own VmHWM, read
+    inside it: the parent's ru_maxrss from wait4 would not do, since Linux carries the
+    parent's RSS at fork into the child's maxrss across exec.
     `root`: the checkout the child runs in, and so whose recon_pipeline it imports."""
     out = out_dir / f"{label}.json"
     out.unlink(missing_ok=True)
