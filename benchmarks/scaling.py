@@ -210,7 +210,8 @@ def _cpu_s(size: dict[str, Any], key: str) -> str:
 
 def _cpu_bound(size: dict[str, Any], key: str) -> str:
     """`key`'s CPU spread over every core, over the issue's floor as a process: the ratio
-    even a perfect schedule of that work on this machine could not go under."""
+    about the least a perfect schedule of that work on this machine could take (CPU time
+    itself grows a little when busy threads share a core)."""
     spent = _machine_cpu(size, key)
     if spent is None or not size.get("floor"):
         return "-"

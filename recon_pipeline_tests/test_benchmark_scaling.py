@@ -1,6 +1,6 @@
 """`benchmarks.scaling` charges each measured process the CPU the whole machine was busy
 while it ran (PostgreSQL's backends too), and reports that CPU spread over the cores against
-the issue's floor: the ratio no schedule of the same work on this machine could go under."""
+the issue's floor: about the least any schedule of the same work on this machine could take."""
 
 from __future__ import annotations
 
