@@ -40,7 +40,7 @@ from benchmarks.child import machine_busy_s
 _TICKS = os.sysconf("SC_CLK_TCK")
 _UPDATE = re.compile(r"^(?:WITH\s.*?\(\s*)?UPDATE\s+(?:ONLY\s+)?(\S+)", re.IGNORECASE | re.DOTALL)
 _COPY_IN = re.compile(r"^COPY\s+(\S+).*\bFROM\s+STDIN\b", re.IGNORECASE | re.DOTALL)
-# FROM that does not name a relation: extract(epoch FROM x), IS [NOT] DISTINCT FROM x.
+# FROM that names no relation: extract(epoch FROM x), IS [NOT] DISTINCT FROM x, substring(x FROM y).
 _NOT_A_SOURCE = re.compile(
     r"\bextract\s*\(\s*\w+\s+FROM\b|\bDISTINCT\s+FROM\b|\bSUBSTRING\s*\([^)]*\bFROM\b",
     re.IGNORECASE,

@@ -188,11 +188,15 @@ def _floor_phases(size: dict[str, Any], key: str) -> str:
     )
 
 
+def _floor_wall(size: dict[str, Any], key: str) -> float:
+    """The median of a floor's times as a process."""
+    return float(np.median([f["child_wall_s"] for f in size[key]]))
+
+
 def _over_floor(size: dict[str, Any], key: str) -> str:
     if not size.get(key):
         return "-"
-    floor = np.median([f["child_wall_s"] for f in size[key]])
-    return f"{size['run1']['child_wall_s'] / floor:.2f}"
+    return f"{size['run1']['child_wall_s'] / _floor_wall(size, key):.2f}"
 
 
 def _machine_cpu(size: dict[str, Any], key: str) -> float | None:
@@ -215,8 +219,7 @@ def _cpu_bound(size: dict[str, Any], key: str) -> str:
     spent = _machine_cpu(size, key)
     if spent is None or not size.get("floor"):
         return "-"
-    floor = np.median([f["child_wall_s"] for f in size["floor"]])
-    return f"{spent / os.cpu_count() / floor:.2f}"
+    return f"{spent / os.cpu_count() / _floor_wall(size, 'floor'):.2f}"
 
 
 def render(report: dict[str, Any]) -> str:

@@ -41,7 +41,7 @@ from benchmarks.cpu_ledger import measured
 from benchmarks.floor import run_floor
 from benchmarks.floor_outputs import run_floor_outputs
 from benchmarks.job import run_job
-from benchmarks.report import code_version, machine
+from benchmarks.report import code_version, machine, render_markdown
 from benchmarks.seed import AS_OF, DEFAULT_DAY, DEFAULT_URL, seed_days
 from recon_pipeline.defs import openai_requests, reconcile_slices
 from recon_pipeline.io.database import Database
@@ -204,7 +204,7 @@ def render(result: dict[str, Any]) -> str:
         "Where the CPU goes (`cpu_ledger`: PostgreSQL's processes charged to the statement"
         " they were running):",
         "",
-        *_table(cpu_rows(result["cpu"])),
+        render_markdown(cpu_rows(result["cpu"])),
         "",
         "Every timed call, in order (s since the job was built, just before run 1 started):",
         "",
@@ -217,14 +217,6 @@ def render(result: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
-
-
-def _table(rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(rows[0]) + " |",
-        "|---" + "|---:" * (len(rows[0]) - 1) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows[1:]),
-    ]
 
 
 def timeline(url: str, schema: str, rows: int, exports: Path, keep: bool = False) -> dict[str, Any]:

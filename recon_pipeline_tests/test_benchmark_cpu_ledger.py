@@ -17,62 +17,50 @@ from recon_pipeline.io.dialect_postgres import epoch_us, record_hash_sql
 
 
 @pytest.mark.parametrize(
-    ("query", "state", "kind", "expected"),
+    ("query", "expected"),
     [
         (
             'WITH changed AS (UPDATE "s"."token_usage" SET reconciliation_status = CASE'
             " WHEN true THEN 'x' END FROM r WHERE true RETURNING 1) SELECT count(*) FROM changed",
-            "active",
-            "client backend",
             "UPDATE token_usage",
         ),
-        (
-            "UPDATE s.token_usage_floor AS t SET actual_cost_cents = 1",
-            "active",
-            "client backend",
-            "UPDATE token_usage_floor",
-        ),
+        ("UPDATE s.token_usage_floor AS t SET actual_cost_cents = 1", "UPDATE token_usage_floor"),
         (
             'COPY "s".reconciled_usage ("usage_date", "usage_id") FROM STDIN (FORMAT csv)',
-            "active",
-            "client backend",
             "COPY into reconciled_usage",
         ),
-        (
-            "copy pg_temp.recon_write_back(usage_id) from stdin",
-            "active",
-            "client backend",
-            "COPY into recon_write_back",
-        ),
-        (
-            "COPY (SELECT id FROM s.token_usage) TO STDOUT (FORMAT binary)",
-            "active",
-            "client backend",
-            "COPY out (reads)",
-        ),
-        ('ANALYZE "s"."reconciled_usage"', "active", "client backend", "ANALYZE"),
-        ("  select count(*) from s.t", "active", "client backend", "SELECT from t"),
+        ("copy pg_temp.recon_write_back(usage_id) from stdin", "COPY into recon_write_back"),
+        ("COPY (SELECT id FROM s.token_usage) TO STDOUT (FORMAT binary)", "COPY out (reads)"),
+        ('ANALYZE "s"."reconciled_usage"', "ANALYZE"),
+        ("  select count(*) from s.t", "SELECT from t"),
         (
             "SELECT count(*)::text FROM (SELECT hashtext(id::text) AS x"
             ' FROM "s"."token_usage" WHERE true) AS v',
-            "active",
-            "client backend",
             "SELECT from token_usage",
         ),
-        ("SELECT 1", "active", "client backend", "other SELECT statements"),
+        ("SELECT 1", "other SELECT statements"),
         (  # the pipeline's own SQL: FROM inside extract() and IS DISTINCT FROM name no table
             f"SELECT sum({record_hash_sql('r')}), max({epoch_us('r.created_at')})"
             ' FROM "s".openai_requests AS r WHERE r.model IS DISTINCT FROM r.service_tier',
-            "active",
-            "client backend",
             "SELECT from openai_requests",
         ),
+    ],
+)
+def test_each_running_statement_has_its_role(query: str, expected: str) -> None:
+    assert role(query, "active", "client backend") == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "state", "kind", "expected"),
+    [
         ("SELECT 1", "idle in transaction", "client backend", "between statements"),
         ("SELECT sum(x) FROM t", "active", "parallel worker", "parallel worker"),
         ("", "", "walwriter", "walwriter"),
     ],
 )
-def test_each_statement_has_its_role(query: str, state: str, kind: str, expected: str) -> None:
+def test_a_process_not_running_a_statement_has_its_own_role(
+    query: str, state: str, kind: str, expected: str
+) -> None:
     assert role(query, state, kind) == expected
 
 
