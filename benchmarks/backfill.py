@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from benchmarks.bench_database import conninfo, drop_schema
 from benchmarks.children import child_env, run_child
-from benchmarks.profiling import PROFILE_RATE, py_spy, render_profile, summarise_profile
+from benchmarks.profiling import profiled_child, py_spy
 from benchmarks.seed import AS_OF, seed_days
 
 
@@ -70,8 +70,16 @@ def bench_backfill(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         started = time.perf_counter()
         runs = _run_ranges(ranges, job_base, out_dir, env)
         wall = time.perf_counter() - started
+        # The first range once more, under py-spy, apart from the timed runs (its days are
+        # unchanged by now).
         spy = py_spy() if args.profile else None
-        profile = _profile_first_run(spy, runs[0]["args"], out_dir, env) if spy else None
+        profile = (
+            profiled_child(
+                spy, runs[0]["args"], out_dir, "profile_backfill_run1", env, args.profile
+            )
+            if spy
+            else None
+        )
         steps: dict[str, float] = defaultdict(float)
         for run in runs:
             for key, timing in run["steps"].items():
@@ -129,21 +137,6 @@ def _run_ranges(
         )
         runs.append(run)
     return runs
-
-
-def _profile_first_run(
-    spy: list[str], job_args: dict[str, Any], out_dir: Path, env: dict[str, str]
-) -> dict[str, str]:
-    """The first range once more, under py-spy, apart from the timed runs (its days are
-    unchanged by now)."""
-    raw = out_dir / "profile_backfill_run1.raw.txt"
-    wrap = [*spy, "record", "--idle", "--rate", str(PROFILE_RATE), "--format", "raw"]
-    wrap += ["-o", str(raw), "--"]
-    run_child("job", job_args, out_dir, "backfill_profiled", env, wrap=wrap)
-    text = out_dir / "profile_backfill_run1.txt"
-    text.write_text(render_profile(summarise_profile(raw)))
-    print(f"  profile: {text}", flush=True)
-    return {"raw": str(raw), "summary": str(text)}
 
 
 def _database(url: str, statement: str) -> None:

@@ -10,6 +10,9 @@ from typing import Any
 from benchmarks.children import run_child
 
 PROFILE_RATE = 200  # py-spy samples per second
+# `wait`: py-spy --idle, every thread's every sample, so time waiting on PostgreSQL counts;
+# `cpu`: only samples of a thread that is running or ready to run (waiting for a core).
+PROFILE_MODES = ("wait", "cpu")
 
 
 def py_spy() -> list[str] | None:
@@ -20,29 +23,40 @@ def py_spy() -> list[str] | None:
     return None
 
 
-def profile_job(common: dict, out_dir: Path, rows: int, env: dict) -> dict[str, Any] | None:
-    """One more run 1 of the job under py-spy (--idle: time waiting on PostgreSQL counts), in
-    full (RECON_FULL_RERUN): on the reset day, a run inside the grace period would first
-    look for what changed, which run 1 never does. Unlike run 1, it deletes the stored day
-    before writing it again."""
-    spy = py_spy()
-    if spy is None:
-        print("  --profile: py-spy not found (pip install py-spy, or install uv for uvx)")
-        return None
-    raw = out_dir / f"profile_{rows}.raw.txt"
-    wrap = [*spy, "record", "--idle", "--rate", str(PROFILE_RATE), "--format", "raw", "-o"]
-    wrap += [str(raw), "--"]
-    run_child("job", common | {"full_rerun": True}, out_dir, f"job_{rows}_profiled", env, wrap=wrap)
-    summary = summarise_profile(raw)
-    text = out_dir / f"profile_{rows}.txt"
-    text.write_text(render_profile(summary))
+def profiled_child(
+    spy: list[str], args: dict, out_dir: Path, name: str, env: dict, mode: str = "wait"
+) -> dict[str, str]:
+    """Run the job child once under py-spy; its raw samples and their summary in `out_dir`."""
+    raw = out_dir / f"{name}.raw.txt"
+    wrap = [*spy, "record", *(["--idle"] if mode == "wait" else []), "--threads"]
+    wrap += ["--rate", str(PROFILE_RATE), "--format", "raw", "-o", str(raw), "--"]
+    run_child("job", args, out_dir, f"{name}_job", env, wrap=wrap)
+    text = out_dir / f"{name}.txt"
+    text.write_text(render_profile(summarise_profile(raw, mode=mode)))
     print(f"  profile: {text}", flush=True)
     return {"raw": str(raw), "summary": str(text)}
 
 
-def summarise_profile(raw: Path, top: int = 30, rate: int = PROFILE_RATE) -> dict[str, Any]:
-    """Sample counts from py-spy's raw (collapsed) output, three ways:
+def profile_job(
+    common: dict, out_dir: Path, rows: int, env: dict, mode: str = "wait"
+) -> dict[str, Any] | None:
+    """One more run 1 of the job under py-spy, in full (RECON_FULL_RERUN): on the reset day,
+    a run inside the grace period would first look for what changed, which run 1 never
+    does. Unlike run 1, it deletes the stored day before writing it again."""
+    spy = py_spy()
+    if spy is None:
+        print("  --profile: py-spy not found (pip install py-spy, or install uv for uvx)")
+        return None
+    name = f"profile_{rows}" + ("_cpu" if mode == "cpu" else "")
+    return profiled_child(spy, common | {"full_rerun": True}, out_dir, name, env, mode)
 
+
+def summarise_profile(
+    raw: Path, top: int = 30, rate: int = PROFILE_RATE, mode: str = "wait"
+) -> dict[str, Any]:
+    """Sample counts from py-spy's raw (collapsed) output, four ways:
+
+    - `threads`: by thread name (its number dropped), so a pool's threads add up;
     - `deepest_project`: each sample goes to its deepest recon_pipeline frame (the project
       line that was running or waiting), split into waiting on PostgreSQL
       (psycopg's `Connection.wait` at the leaf) and the rest: exclusive, so it adds up;
@@ -54,6 +68,7 @@ def summarise_profile(raw: Path, top: int = 30, rate: int = PROFILE_RATE) -> dic
     deepest: dict[str, int] = defaultdict(int)
     waiting: dict[str, int] = defaultdict(int)
     functions: dict[str, int] = defaultdict(int)
+    threads: dict[str, int] = defaultdict(int)
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -62,6 +77,9 @@ def summarise_profile(raw: Path, top: int = 30, rate: int = PROFILE_RATE) -> dic
         n = int(count)
         total += n
         frames = stack.split(";")
+        if frames[0].startswith("thread ("):
+            threads[frames[0].partition("): ")[2] or "(unnamed)"] += n
+            frames = frames[1:] or ["(no Python frame)"]
         leaf[frames[-1]] += n
         project = [f for f in frames if "recon_pipeline/" in f]
         key = project[-1] if project else "(outside recon_pipeline: Dagster, imports)"
@@ -78,6 +96,8 @@ def summarise_profile(raw: Path, top: int = 30, rate: int = PROFILE_RATE) -> dic
     return {
         "samples": total,
         "rate": rate,
+        "mode": mode,
+        "threads": ranked(threads, 12),
         "deepest_project": [(k, n, waiting[k]) for k, n in ranked(deepest, 40)],
         "self": ranked(leaf),
         "inclusive_functions": ranked({k: v for k, v in functions.items() if v < everywhere}),
@@ -93,8 +113,16 @@ def _function(frame: str) -> str:
 def render_profile(summary: dict[str, Any]) -> str:
     total = max(summary["samples"], 1)
     rate = summary.get("rate", PROFILE_RATE)
-    lines = [
-        f"{summary['samples']} samples at {rate} Hz (py-spy --idle: waiting counts)",
+    how = {
+        "wait": "py-spy --idle: waiting counts",
+        "cpu": "without --idle: a thread running or waiting for a core",
+    }[summary.get("mode", "wait")]
+    lines = [f"{summary['samples']} samples at {rate} Hz ({how})", "", "by thread:"]
+    lines += [
+        f"  {100 * n / total:5.1f}%  {n / rate:6.1f} s  {name}"
+        for name, n in summary.get("threads", [])
+    ]
+    lines += [
         "",
         "by deepest recon_pipeline frame (exclusive; share, seconds, of which waiting on PG):",
     ]

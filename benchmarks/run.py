@@ -12,7 +12,8 @@ For each size, on one freshly seeded schema `bench_<rows>` (see `benchmarks.seed
 3. run 2 of the job on the unchanged day (nothing changes in token_usage);
 4. the write-back columns are reset (and vacuumed), then the finer split
    (`benchmarks.stages`) runs the same io + core functions as the assets, phase by phase;
-5. optionally (`--profile`), one more job run under py-spy, summarised to results/.
+5. optionally (`--profile`, or `--profile cpu` for CPU alone), one more job run under py-spy,
+   summarised to results/.
 
 `--backfill` seeds `--backfill-days` days of `--backfill-rows` rows and runs the job as
 Dagster's backfill planner splits it under the assets' BackfillPolicy (range runs of up to
@@ -41,7 +42,7 @@ import psycopg
 from benchmarks.backfill import bench_backfill
 from benchmarks.bench_database import checkpoint, conninfo, drop_schema, vacuum
 from benchmarks.children import ROOT, child_env, day_args, run_child
-from benchmarks.profiling import profile_job
+from benchmarks.profiling import PROFILE_MODES, profile_job
 from benchmarks.report import (
     backfill_lines,
     code_version,
@@ -135,7 +136,7 @@ def bench_day(args: argparse.Namespace, rows: int, out_dir: Path) -> dict[str, A
         profile = None
         if args.profile:
             reset_write_back(url, schema, day)
-            profile = profile_job(common, out_dir, rows, env)
+            profile = profile_job(common, out_dir, rows, env, args.profile)
         return {
             "rows": rows,
             "schema": schema,
@@ -177,7 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor-repeats", type=int, default=3, help="runs of the floor; the median counts"
     )
-    parser.add_argument("--profile", action="store_true", help="one more job run under py-spy")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="wait",
+        choices=PROFILE_MODES,
+        help="one more job run under py-spy: `wait` (the default) counts time waiting on"
+        " PostgreSQL, `cpu` only a thread running or waiting for a core",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the bench_* schemas")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", default="", help="free text stored with the results")
