@@ -223,6 +223,46 @@ def test_write_back_leaves_a_row_the_application_changed_since_it_was_read(pg_sc
     assert stored[ids["b"]] == (None, None, s.PENDING)
 
 
+@pytest.mark.parametrize(
+    ("action", "kept"),
+    [
+        ("RETURN NULL", (None, None, s.PENDING)),
+        ("NEW.actual_cost_cents = 1; RETURN NEW", (Decimal(1), T1, s.MATCHED)),
+    ],
+    ids=["skipped", "rewritten"],
+)
+def test_a_row_an_application_trigger_skips_or_rewrites_is_counted_as_disagreeing(
+    pg_schema, action: str, kept: tuple
+) -> None:
+    """The application's BEFORE UPDATE trigger decides what is stored: a row it skipped or
+    changed is not reported as written back (`PostgresDialect.update_rewritable`)."""
+    db, schema = pg_db(pg_schema), pg_schema[1]
+    ids = _day_fixture(db)
+    results = result_frame([{"usage_id": ids[k], "openai_request_id": k} for k in ("a", "b", "c")])
+    db.replace_days(RECONCILED_USAGE, results, [DAY])
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f'CREATE FUNCTION "{schema}".app_rule() RETURNS trigger LANGUAGE plpgsql AS'
+                f" $$BEGIN IF NEW.id = {int(ids['b'])} THEN {action}; END IF; RETURN NEW; END$$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                f"CREATE TRIGGER app_rule BEFORE UPDATE ON {db.usage}"
+                f' FOR EACH ROW EXECUTE FUNCTION "{schema}".app_rule()'
+            )
+        )
+
+    outcome = db.write_back(DAY, T1)
+
+    assert (outcome.rows_updated, outcome.rows_disagreeing) == (2, 1)
+    stored = by_id(db)
+    assert stored[ids["b"]] == kept
+    assert stored[ids["a"]] == stored[ids["c"]] == (Decimal("0.027"), T1, s.MATCHED)
+    assert db.count_disagreeing(DAY) == 1
+
+
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_write_back_writes_a_row_the_application_moved_to_another_day(request, backend) -> None:
     """The verdict is about the request, so a row whose created_at moved to the next day

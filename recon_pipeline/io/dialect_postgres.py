@@ -138,6 +138,7 @@ class PostgresDialect(Dialect):
         super().__init__(engine, usage)
         self._id_type: str | None = None
         self._id_indexed: bool | None = None
+        self._rewritable: bool | None = None
 
     def day(self, day: date) -> date:
         return day
@@ -187,6 +188,19 @@ class PostgresDialect(Dialect):
             )
             self._id_indexed = bool(conn.execute(query, {"rel": self.usage}).scalar_one())
         return self._id_indexed
+
+    def update_rewritable(self, conn: sa.Connection) -> bool:
+        """Whether an UPDATE of token_usage may store other than what it sets, or skip a row:
+        an enabled BEFORE UPDATE row trigger (tgtype's ROW 1, BEFORE 2 and UPDATE 16 bits).
+        The write-back then counts what still differs afterwards. (An INSTEAD rule on UPDATE
+        makes the write-back's RETURNING an error, so it cannot pass unseen.)"""
+        if self._rewritable is None:
+            query = sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = CAST(:rel AS regclass)"
+                " AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype & 19 = 19)"
+            )
+            self._rewritable = bool(conn.execute(query, {"rel": self.usage}).scalar_one())
+        return self._rewritable
 
     def table_complete(
         self, table: str, index_names: Sequence[str], columns: Sequence[str]
@@ -527,7 +541,14 @@ class PostgresDialect(Dialect):
         reconciled_at: datetime,
         count_disagreeing: Callable[[], int],
     ) -> tuple[int, int]:
-        return postgres_update(conn, sql, day, reconciled_at, by_key=self.id_indexed(conn))
+        return postgres_update(
+            conn,
+            sql,
+            day,
+            reconciled_at,
+            by_key=self.id_indexed(conn),
+            rewritable=self.update_rewritable(conn),
+        )
 
     def cancel(self, conn: sa.Connection) -> None:
         conn.connection.driver_connection.cancel_safe()

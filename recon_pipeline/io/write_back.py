@@ -70,6 +70,8 @@ class WriteBackSql:
     differs: str
     unchanged_by_app: str
     params: dict[str, object] = field(default_factory=dict)
+    # The staged rows and their token_usage rows, as a read: `join` without the flag's test.
+    pairs: str = ""
 
 
 def write_back_sql(
@@ -95,6 +97,7 @@ def write_back_sql(
         f" AND {same_estimate})"
     )
     join = f" FROM {source} AS r WHERE {usage}.id = r.usage_id{where}"
+    pairs = f" FROM {source} AS r JOIN {usage} ON {usage}.id = r.usage_id{where}"
     params: dict[str, object] = {}
     if snapshot is not None and unchanged_since:
         # Always true; a row version newer than the read snapshot (written by the
@@ -106,7 +109,7 @@ def write_back_sql(
             f" OR set_config('{CHANGED_FLAG}', 'yes', true) <> '')"
         )
         params["snapshot"] = snapshot
-    return WriteBackSql(usage, cost, join, differs, unchanged_by_app, params)
+    return WriteBackSql(usage, cost, join, differs, unchanged_by_app, params, pairs)
 
 
 def postgres_same_estimate(usage: str) -> str:
@@ -126,12 +129,22 @@ def sqlite_same_estimate(usage: str) -> str:
 
 
 def postgres_update(
-    conn: sa.Connection, sql: WriteBackSql, day: date, reconciled_at: datetime, by_key: bool
+    conn: sa.Connection,
+    sql: WriteBackSql,
+    day: date,
+    reconciled_at: datetime,
+    by_key: bool,
+    rewritable: bool = False,
 ) -> tuple[int, int]:
     """One pass: rows that differ are updated where the app left them unchanged, and the
     others, counted as disagreeing, keep their values (rewritten with their own values, so
     an application trigger ON UPDATE sees them). No second join to count. `by_key`: join
-    by token_usage's index on id (`_BY_KEY`); without one, the planner's own join."""
+    by token_usage's index on id (`_BY_KEY`); without one, the planner's own join.
+
+    A row is counted as updated only if it holds what was written. `rewritable`: the table
+    has a BEFORE UPDATE row trigger (`PostgresDialect.update_rewritable`), which may also
+    skip a row, and a skipped row returns nothing: the part's rows that still differ are
+    then counted after the UPDATE, by key, as SQLite always does."""
     usage = sql.usage
     kept = {
         "actual_cost_cents": sql.cost,
@@ -142,15 +155,20 @@ def postgres_update(
         f"{name} = CASE WHEN {sql.unchanged_by_app} THEN {value} ELSE {usage}.{name} END"
         for name, value in kept.items()
     )
+    # In RETURNING, token_usage's columns are the row as stored, after any trigger.
+    as_written = f"NOT {sql.differs}"
     query = sa.text(
         f"WITH changed AS (UPDATE {usage} SET {sets}{sql.join} AND {sql.differs}"
-        f" RETURNING {sql.unchanged_by_app} AS applied)"
-        " SELECT count(*) FILTER (WHERE applied), count(*) FILTER (WHERE NOT applied)"
+        f" RETURNING {sql.unchanged_by_app} AND {as_written} AS written)"
+        " SELECT count(*) FILTER (WHERE written), count(*) FILTER (WHERE NOT written)"
         " FROM changed"
     )
     params = {"day": day, "at": reconciled_at, **sql.params}
     with local_settings(conn, _BY_KEY) if by_key else nullcontext():
         updated, disagreeing = conn.execute(query, params).one()
+        if rewritable:
+            still = sa.text(f"SELECT count(*){sql.pairs} WHERE {sql.differs}")
+            disagreeing = conn.execute(still, params).scalar_one()
     return int(updated), int(disagreeing)
 
 
