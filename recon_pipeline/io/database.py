@@ -513,6 +513,7 @@ class Database(StoredDayChecks):
             where,
             cost=self.written_cost("r.actual_cost_cents"),
             same_estimate=self.dialect.same_estimate(self.usage),
+            request_id=self.dialect.request_id(f"{self.usage}.openai_request_id"),
             unchanged_since=self.dialect.unchanged_since_sql(self.usage),
             snapshot=snapshot,
         )

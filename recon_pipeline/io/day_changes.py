@@ -28,9 +28,9 @@ from recon_pipeline.io.database import (
 )
 from recon_pipeline.io.dialect_postgres import LOGGED_TYPES, epoch_us, record_hash_sql
 from recon_pipeline.io.pg_copy import copy_out_parts
+from recon_pipeline.io.request_ids import postgres_request_id
 from recon_pipeline.io.write_back import MAX_ESTIMATE_CENTS
 
-_ID = "NULLIF({}::text, '')"
 # Changed ids fetched at a time from the server-side cursor of `changed_ids`.
 _STREAMED_IDS = 20_000
 _PICO = "round({} * 10000000000)::bigint"
@@ -98,7 +98,7 @@ def changed_ids(db: Database, conn: sa.Connection, day: date, at_most: int) -> l
     now_row = (
         f"{optional['user_id']}::text, action_type::text, model_used::text,"
         f" input_tokens::bigint, output_tokens::bigint, {estimate},"
-        f" {epoch_us('created_at')}, {_ID.format('openai_request_id')}"
+        f" {epoch_us('created_at')}, {postgres_request_id('openai_request_id')}"
     )
     stored_row = (
         "r.user_id, r.action_type, r.model_used, r.logged_input_tokens, r.logged_output_tokens,"
@@ -109,7 +109,7 @@ def changed_ids(db: Database, conn: sa.Connection, day: date, at_most: int) -> l
     stored_shown = ", ".join(f"r.{b}" for _, b in _RECORD_SHOWN)
     query = sa.text(
         f"WITH u AS (SELECT id::text AS usage_id, ROW({now_row}) AS logged,"
-        f" {_ID.format('openai_request_id')} AS request_id, actual_cost_cents,"
+        f" {postgres_request_id('openai_request_id')} AS request_id, actual_cost_cents,"
         f" reconciliation_status FROM {db.usage}"
         " WHERE created_at >= :start AND created_at < :end),"
         f" r AS NOT MATERIALIZED (SELECT * FROM {db.table(RECONCILED_USAGE)}"
@@ -155,7 +155,7 @@ def read_changed_parts(
     row without an id, and every record no row of the window claims by id (the last part)."""
     db.check_usage_schema()
     dialect = db.dialect
-    row_id, record_id = _ID.format("openai_request_id"), _ID.format("request_id")
+    row_id, record_id = postgres_request_id("openai_request_id"), postgres_request_id("request_id")
     logged = (
         dialect.logged_select(
             db.optional_usage_sql(), f", CASE WHEN {row_id} IS NULL THEN -1 ELSE 0 END AS part"

@@ -39,7 +39,7 @@ def day_size(
         "day": d.day(day),
     }
     on_day = "created_at >= :start AND created_at < :end"
-    has_id = "NULLIF(openai_request_id, '') IS NOT NULL"
+    has_id = f"{d.request_id('openai_request_id')} IS NOT NULL"
     logged = conn.execute(
         sa.text(
             f"SELECT count(*), coalesce(sum(CASE WHEN {on_day} AND {has_id} THEN 1 ELSE 0 END), 0)"

@@ -49,6 +49,10 @@ class Dialect(ABC):
         """A day as a bound parameter."""
 
     @abstractmethod
+    def request_id(self, column: str) -> str:
+        """SQL of a logged request id as the pipeline reads it (`io/request_ids.py`)."""
+
+    @abstractmethod
     def moment(self, moment: datetime) -> datetime | str:
         """An instant as a bound parameter compared with stored timestamps."""
 

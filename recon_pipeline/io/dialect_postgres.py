@@ -31,6 +31,7 @@ from recon_pipeline.io.pg_copy import (
     read_part,
     read_part_batches,
 )
+from recon_pipeline.io.request_ids import postgres_request_id
 from recon_pipeline.io.row_security import inspect_row_security
 from recon_pipeline.io.tables import Column, OutputTable, RowSecurityError, SchemaNotReadyError
 from recon_pipeline.io.whole_cents import INTEGER_TYPES, cost_column_type
@@ -118,7 +119,7 @@ def record_hash_sql(alias: str) -> str:
 def _part(column: str, parts: int) -> str:
     """SQL of the part a row falls in by a hash of its request id (-1: it has none), the
     same for token_usage and openai_requests."""
-    value = f"NULLIF({column}::text, '')"
+    value = postgres_request_id(column)
     return (
         f"CASE WHEN {value} IS NULL THEN -1"
         f" ELSE mod(hashtext({value}) & 2147483647, {int(parts)}) END"
@@ -142,6 +143,9 @@ class PostgresDialect(Dialect):
 
     def day(self, day: date) -> date:
         return day
+
+    def request_id(self, column: str) -> str:
+        return postgres_request_id(column)
 
     def moment(self, moment: datetime) -> datetime:
         return moment
@@ -262,7 +266,7 @@ class PostgresDialect(Dialect):
             f" THEN round(calculated_cost_cents * 10000000000)::bigint END"
             f" AS calculated_cost_pico,"
             f" {epoch_us('created_at')} AS created_us,"
-            f" NULLIF(openai_request_id::text, '') AS openai_request_id,"
+            f" {postgres_request_id('openai_request_id')} AS openai_request_id,"
             f" {created}::bigint AS openai_created,"
             f" CASE WHEN {audio}::text ~ '{_PLAIN_NUMBER}' THEN {audio}::text::float8 END"
             f" AS audio_seconds{part}"

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.io.connections import begin_sqlite, connection, sqlite_ts
 from recon_pipeline.io.dialect import Dialect
+from recon_pipeline.io.request_ids import sqlite_request_id
 from recon_pipeline.io.tables import Column, OutputTable
 from recon_pipeline.io.write_back import WriteBackSql, sqlite_same_estimate, sqlite_update
 
@@ -65,6 +66,9 @@ class SqliteDialect(Dialect):
 
     def day(self, day: date) -> str:
         return day.isoformat()
+
+    def request_id(self, column: str) -> str:
+        return sqlite_request_id(column)
 
     def moment(self, moment: datetime) -> str:
         return sqlite_ts(moment)
@@ -142,7 +146,8 @@ class SqliteDialect(Dialect):
             f" action_type, model_used, input_tokens, output_tokens,"
             f" {cached} AS cached_input_tokens,"
             f" CAST(round(calculated_cost_cents * 10000000000) AS INTEGER)"
-            f" AS calculated_cost_pico, created_at, openai_request_id,"
+            f" AS calculated_cost_pico, created_at,"
+            f" {sqlite_request_id('openai_request_id')} AS openai_request_id,"
             f" CAST({created} AS INTEGER) AS openai_created,"
             f" CASE WHEN typeof({audio}) IN ('integer', 'real') THEN CAST({audio} AS REAL) END"
             " AS audio_seconds"
@@ -153,8 +158,6 @@ class SqliteDialect(Dialect):
             frame = pd.read_sql_query(query, reader, params=params)
         _instants(frame, "created_at")
         _texts(frame, _LOGGED_TEXT)
-        blank = frame["openai_request_id"].isin([""])
-        frame.loc[blank, "openai_request_id"] = None
         return frame
 
     def read_openai_requests(

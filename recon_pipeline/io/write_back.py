@@ -80,10 +80,12 @@ def write_back_sql(
     where: str,
     cost: str,
     same_estimate: str,
+    request_id: str,
     unchanged_since: str | None = None,
     snapshot: str | None = None,
 ) -> WriteBackSql:
     """The UPDATE's pieces: `source` the results (aliased r), `cost` the written cost's SQL;
+    `request_id`: SQL of the row's request id as it was read (`Dialect.request_id`);
     `unchanged_since`: SQL that the row is the version the results were read from, in the
     snapshot `snapshot` (`Dialect.unchanged_since_sql`), when the database can tell."""
     differs = (
@@ -93,8 +95,7 @@ def write_back_sql(
     # A row the application changed since it was read keeps its values; the check
     # token_usage_agrees_with_results then reports it, and the next run reconciles it.
     unchanged_by_app = (
-        f"(NULLIF({usage}.openai_request_id, '') IS NOT DISTINCT FROM r.openai_request_id"
-        f" AND {same_estimate})"
+        f"({request_id} IS NOT DISTINCT FROM r.openai_request_id AND {same_estimate})"
     )
     join = f" FROM {source} AS r WHERE {usage}.id = r.usage_id{where}"
     pairs = f" FROM {source} AS r JOIN {usage} ON {usage}.id = r.usage_id{where}"
