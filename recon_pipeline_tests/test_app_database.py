@@ -76,6 +76,7 @@ def test_recon_migrate_adopts_the_table_and_keeps_its_views(app_db: AppDatabase,
         assert f"recreated view {plain} (reads actual_cost_cents)" in out
     # Rows with other statuses are reported with their counts; the CHECK waits NOT VALID.
     assert "'not found': 3" in out and "NOT VALID" in out
+    assert "NOT VALID NOT VALID" not in out  # the catalogue's definition says it already
     assert f"UPDATE {db.table} SET reconciliation_status = 'pending'" in out
     assert db.cost_type(db.table) == NUMERIC
     assert db.cost_type(db.view("token_usage_with_costs")) == NUMERIC

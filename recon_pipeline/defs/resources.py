@@ -101,9 +101,15 @@ class ReconDatabase(dg.ConfigurableResource):
                 engine = connect_engine(self.url, self.application_name)
             else:
                 engine = self.embedded_engine()
-            self._database = Database(
-                engine, self.usage_table, self.usage_schema, self.output_schema
-            )
+            database = Database(engine, self.usage_table, self.usage_schema, self.output_schema)
+            try:
+                # Before any step reads or writes anything: a column of the wrong type would
+                # give wrong results without an error (`io/usage_types.py`).
+                database.dialect.check_usage_types()
+            except BaseException:
+                engine.dispose()
+                raise
+            self._database = database
         return self._database
 
     def embedded_engine(self) -> sa.Engine:

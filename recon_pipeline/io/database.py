@@ -173,7 +173,9 @@ class Database(StoredDayChecks):
         return self._usage_columns
 
     def check_usage_schema(self) -> None:
-        """Fail early, and say how to fix it, when the migration has not been applied."""
+        """Fail early, and say how to fix it, when the migration has not been applied, or
+        before anything is read or written when a column's type would give wrong results
+        (`usage_types`, the rule recon-doctor and recon-migrate apply too)."""
         have = self.usage_columns()
         if not have:
             raise SchemaNotReadyError(f"table {self.usage} does not exist")
@@ -184,7 +186,7 @@ class Database(StoredDayChecks):
                 " (it reads RECON_DATABASE_URL, RECON_USAGE_SCHEMA and RECON_USAGE_TABLE)"
             )
         if self._whole_cents is None:
-            self._whole_cents = self.dialect.whole_cents()
+            self._whole_cents = self.dialect.check_usage_table()
 
     def written_cost(self, cents: str) -> str:
         """The SQL of the actual cost as token_usage stores it: whole cents rounded half to

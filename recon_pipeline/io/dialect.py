@@ -61,9 +61,15 @@ class Dialect(ABC):
         """SQL of the UTC day of a timestamp column."""
 
     @abstractmethod
-    def whole_cents(self) -> bool:
+    def check_usage_types(self) -> None:
+        """Raise `UsageTypeError` for a column of token_usage whose type would give wrong
+        results (`usage_types`)."""
+
+    @abstractmethod
+    def check_usage_table(self) -> bool:
         """Whether token_usage keeps its actual cost in whole cents; raises
-        `RowSecurityError` when row-level security would hide rows from the pipeline."""
+        `RowSecurityError` when row-level security would hide rows from the pipeline, and
+        `UsageTypeError` for a column whose type would give wrong results (`usage_types`)."""
 
     @abstractmethod
     def sql_type(self, column: Column) -> str:

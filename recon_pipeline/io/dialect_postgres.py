@@ -34,7 +34,13 @@ from recon_pipeline.io.pg_copy import (
 from recon_pipeline.io.request_ids import postgres_request_id
 from recon_pipeline.io.row_security import inspect_row_security
 from recon_pipeline.io.tables import Column, OutputTable, RowSecurityError, SchemaNotReadyError
-from recon_pipeline.io.whole_cents import INTEGER_TYPES, cost_column_type
+from recon_pipeline.io.usage_types import (
+    UsageTypeError,
+    usage_column_types,
+    usage_type_message,
+    wrong_usage_types,
+)
+from recon_pipeline.io.whole_cents import INTEGER_TYPES
 from recon_pipeline.io.write_back import (
     CHANGED_FLAG,
     MAX_ESTIMATE_CENTS,
@@ -153,12 +159,23 @@ class PostgresDialect(Dialect):
     def utc_day_sql(self, column: str) -> str:
         return f"({column} AT TIME ZONE 'UTC')::date"
 
-    def whole_cents(self) -> bool:
+    def check_usage_types(self) -> None:
+        with self.engine.connect() as conn:
+            self._usage_types(conn)
+
+    def _usage_types(self, conn: sa.Connection) -> dict[str, str]:
+        types = usage_column_types(conn, self.usage)
+        wrong = wrong_usage_types(types)
+        if wrong:
+            raise UsageTypeError(usage_type_message(self.usage, wrong))
+        return types
+
+    def check_usage_table(self) -> bool:
         with self.engine.connect() as conn:
             problem = inspect_row_security(conn, self.usage).problem
             if problem is not None:
                 raise RowSecurityError(problem)
-            return cost_column_type(conn, self.usage) in INTEGER_TYPES
+            return self._usage_types(conn).get("actual_cost_cents") in INTEGER_TYPES
 
     def sql_type(self, column: Column) -> str:
         if column.kind == "usage_id":

@@ -30,6 +30,7 @@ from recon_pipeline.io.identifiers import qualified, validate_identifier
 from recon_pipeline.io.migration_sql import blocks, script, write_sql_file
 from recon_pipeline.io.output_schema import upgrade_output_schema
 from recon_pipeline.io.secrets import masked_url, scrub_url_secrets
+from recon_pipeline.io.usage_types import usage_type_message, wrong_usage_types
 from recon_pipeline.io.view_rebuild import dependent_views, rebuild_statements
 from recon_pipeline.io.whole_cents import INTEGER_TYPES
 
@@ -55,12 +56,6 @@ APP_COLUMNS = (
     "calculated_cost_cents",
     "created_at",
 )
-# What a pre-existing pipeline column must look like on PostgreSQL (format_type prefixes).
-_PG_EXPECTED_TYPES = {
-    "actual_cost_cents": ("numeric",),
-    "reconciled_at": ("timestamp with time zone",),
-    "reconciliation_status": ("text", "character varying"),
-}
 VIEW_MARKER = "Created by recon-migrate (recon_pipeline); it replaces this view when it changes."
 KEEP_INTEGER_CENTS_ENV = "RECON_KEEP_INTEGER_CENTS"
 # Serialises concurrent runs of this migration within a database.
@@ -143,21 +138,16 @@ def _literal(text: str) -> str:
 
 
 def _check_types(table: str, columns: dict, keep_integer_cents: bool) -> bool:
-    """Whether actual_cost_cents must be widened; raises for a type the pipeline cannot use."""
+    """Whether actual_cost_cents must be widened; raises, before any change, for a type the
+    pipeline would get wrong results from (`usage_types`: the run refuses the same table)."""
     missing_app = [c for c in APP_COLUMNS if c not in columns]
     if missing_app:
         raise MigrationError(f"table {table} lacks the application's columns {missing_app}")
-    cost_type = str(columns["actual_cost_cents"][0]) if "actual_cost_cents" in columns else ""
-    integer_cost = cost_type in INTEGER_TYPES
-    wrong = {
-        c: columns[c][0]
-        for c, prefixes in _PG_EXPECTED_TYPES.items()
-        if c in columns and not str(columns[c][0]).startswith(prefixes)
-        if not (c == "actual_cost_cents" and integer_cost)
-    }
+    wrong = wrong_usage_types({name: column[0] for name, column in columns.items()})
     if wrong:
-        raise MigrationError(f"table {table} has pipeline columns of the wrong type: {wrong}")
-    return integer_cost and not keep_integer_cents
+        raise MigrationError(usage_type_message(table, wrong) + "; nothing was changed")
+    cost_type = str(columns["actual_cost_cents"][0]) if "actual_cost_cents" in columns else ""
+    return cost_type in INTEGER_TYPES and not keep_integer_cents
 
 
 def status_offenders(conn: sa.Connection, table: str) -> list[tuple[str, int]]:
@@ -381,8 +371,8 @@ def _describe_changes(before: dict, after: dict) -> list[str]:
     for name, (definition, validated) in after["constraints"].items():
         old = before["constraints"].get(name)
         if old is None:
-            state = "" if validated else " NOT VALID"
-            steps.append(f"added constraint {name} {definition}{state}")
+            # pg_get_constraintdef ends a constraint not yet validated with "NOT VALID".
+            steps.append(f"added constraint {name} {definition}")
         elif validated and not old[1]:
             steps.append(f"validated constraint {name}")
     for name in after["indexes"]:

@@ -5,8 +5,6 @@ so there is no setting to keep in step with it."""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
 INTEGER_TYPES = ("integer", "bigint", "smallint")
 
 
@@ -18,15 +16,3 @@ def half_even(expression: str) -> str:
         f" THEN floor({expression}) + abs(mod(floor({expression}), 2))"
         f" ELSE round({expression}) END)"
     )
-
-
-def cost_column_type(conn: sa.Connection, table: str) -> str | None:
-    """format_type of `table`.actual_cost_cents (a quoted, qualified name), or None."""
-    return conn.execute(
-        sa.text(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
-            " WHERE attrelid = to_regclass(:t) AND attname = 'actual_cost_cents'"
-            " AND NOT attisdropped"
-        ),
-        {"t": table},
-    ).scalar()
