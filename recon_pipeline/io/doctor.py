@@ -30,6 +30,7 @@ from recon_pipeline.io.migrations import (
     migration_names,
     status_offenders,
 )
+from recon_pipeline.io.request_ids import postgres_request_id
 from recon_pipeline.io.row_security import inspect_row_security
 from recon_pipeline.io.secrets import masked_url, scrub_url_secrets
 from recon_pipeline.io.usage_types import wrong_usage_types
@@ -50,9 +51,9 @@ WHERE x.indrelid = :oid AND NOT x.indisprimary AND NOT x.indisunique
   AND (x2.indisprimary OR x2.indisunique OR x2.indexrelid < x.indexrelid)
 GROUP BY i.relname ORDER BY 1
 """
-_REQUEST_ID_SHARE = """
-SELECT action_type, count(*) AS rows, count(NULLIF(openai_request_id::text, '')) AS with_id
-FROM {table} WHERE created_at >= now() - interval '7 days'
+_REQUEST_ID_SHARE = f"""
+SELECT action_type, count(*) AS rows, count({postgres_request_id("openai_request_id")}) AS with_id
+FROM {{table}} WHERE created_at >= now() - interval '7 days'
 GROUP BY 1 ORDER BY 2 DESC, 1
 """
 
