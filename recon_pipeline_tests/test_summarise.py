@@ -12,7 +12,6 @@ from pandas.testing import assert_frame_equal
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.summarise import (
     SUMMARY_COLUMNS,
-    MoneyOverflowError,
     daily_variance_summary,
     exact_sum,
     largest_discrepancies,
@@ -153,15 +152,15 @@ def test_exact_sum_of_small_and_empty_columns():
     assert type(exact_sum(pd.Series([5], dtype="Int64"))) is int
 
 
-def test_summary_refuses_sums_that_would_leave_int64():
+def test_summary_sums_past_int64_exactly():
     rows = results_frame(
         *(
             {"estimated_cost_pico": 2**62, "actual_cost_pico": 1, "variance_pico": 0}
             for _ in range(3)
         )
     )
-    with pytest.raises(MoneyOverflowError, match="estimated_cost_pico"):
-        daily_variance_summary(rows)
+    summary = daily_variance_summary(rows)
+    assert summary["estimated_cost_pico"].tolist() == [3 * 2**62]
     assert totals(rows)["estimated_cost_pico"] == 3 * 2**62
 
 

@@ -15,10 +15,11 @@ from datetime import UTC, date
 
 import pandas as pd
 
+from recon_pipeline.core.money import as_float, difference, exact_sum, group_sums, money_series
 from recon_pipeline.core.output_tables import DAY_STATUS, INVOICE_CHECK, OPENAI_COLUMNS
 from recon_pipeline.core.pricing import PRICE_STATUS_PRICED, PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import snapshot_base
-from recon_pipeline.core.summarise import exact_sum, request_counts
+from recon_pipeline.core.summarise import request_counts
 
 ALL_MODELS = "(all)"
 
@@ -59,6 +60,11 @@ def price_usage_buckets(usage: pd.DataFrame, catalogue: PriceCatalogue) -> pd.Da
     )
 
 
+def _sums(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Per `model_key`, the exact sum of a money column (0 where no row has a value)."""
+    return group_sums(frame, ["model_key"], [column], min_count=0)[column]
+
+
 def _model_of_row(results: pd.DataFrame) -> pd.Series:
     return snapshot_base(results["openai_model"].fillna(results["model_used"]))
 
@@ -83,10 +89,10 @@ def invoice_check(
         logged_requests=("requests", "sum"),
         logged_input_tokens=("logged_input_tokens", "sum"),
         logged_output_tokens=("logged_output_tokens", "sum"),
-        reconciled_actual_pico=("actual_cost_pico", "sum"),
     )
+    logged["reconciled_actual_pico"] = _sums(rows, "actual_cost_pico").reindex(logged.index)
     orphans = unlogged.assign(model_key=snapshot_base(unlogged["model"]))
-    unlogged_actual = orphans.groupby("model_key")["actual_cost_pico"].sum()
+    unlogged_actual = _sums(orphans, "actual_cost_pico")
 
     per_model = reported.join(logged, how="outer").join(
         unlogged_actual.rename("unlogged_actual_pico"), how="left"
@@ -102,10 +108,10 @@ def invoice_check(
         if column.endswith(("_requests", "_tokens")):
             table[column] = table[column].astype("int64")
         elif column.endswith("_pico"):
-            table[column] = table[column].astype("Int64")
-    table["unattributed_pico"] = table["billed_pico"] - table["reconciled_actual_pico"]
-    billed = table["billed_pico"].astype("Float64")
-    share = (table["unattributed_pico"].astype("Float64") / billed.where(billed > 0)).round(6)
+            table[column] = money_series(table[column], table.index)
+    table["unattributed_pico"] = difference(table["billed_pico"], table["reconciled_actual_pico"])
+    billed = as_float(table["billed_pico"])
+    share = (as_float(table["unattributed_pico"]) / billed.where(billed > 0)).round(6)
     table["unattributed_share"] = share
     table["usage_date"] = day
     table = table.rename_axis("model").reset_index()
@@ -129,9 +135,9 @@ def _reported_by_model(usage: pd.DataFrame, catalogue: PriceCatalogue) -> tuple[
         openai_requests=("num_model_requests", "sum"),
         openai_input_tokens=("input_tokens", "sum"),
         openai_output_tokens=("output_tokens", "sum"),
-        billed_pico=("actual_cost_pico", "sum"),
     )
-    reported.loc[unpriced[unpriced].index, "billed_pico"] = pd.NA
+    billed = _sums(priced, "actual_cost_pico").reindex(reported.index)
+    reported["billed_pico"] = billed.where(~unpriced.reindex(reported.index), None)
     return reported, "usage_api"
 
 
@@ -150,8 +156,8 @@ def _day_row(per_model: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
         {
             **{column: [per_model[column].sum()] for column in summed},
             "billed_pico": [total_billed if total_billed is not None else pd.NA],
-            "reconciled_actual_pico": [per_model["reconciled_actual_pico"].sum()],
-            "unlogged_actual_pico": [per_model["unlogged_actual_pico"].sum()],
+            "reconciled_actual_pico": [exact_sum(per_model["reconciled_actual_pico"])],
+            "unlogged_actual_pico": [exact_sum(per_model["unlogged_actual_pico"])],
             "billed_source": ["costs_api" if total_billed is not None else "none"],
         },
         index=pd.Index([ALL_MODELS], name="model_key"),

@@ -27,11 +27,11 @@ import pandas as pd
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.billed_prices import price_line_items
 from recon_pipeline.core.line_items import PRICED_CATEGORIES
+from recon_pipeline.core.money import as_float, exact_sum, group_sums, money_series
 from recon_pipeline.core.output_tables import DAY_STATUS, INVOICE_GAP
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.project_scope import ALL_PROJECTS, NO_PROJECT, Scope, in_scope
 from recon_pipeline.core.reconcile import snapshot_base
-from recon_pipeline.core.summarise import exact_sum
 
 UNLOGGED = "unlogged_requests"
 WITHOUT_ID = "rows_without_request_id"
@@ -132,16 +132,17 @@ def invoice_gap(
     projects = [r for r in rows if r[0] != NO_PROJECT]
     frame = pd.DataFrame(whole + sorted(projects), columns=GAP_COLUMNS[1:5])
     frame.insert(0, "usage_date", day)
-    frame["amount_pico"] = frame["amount_pico"].astype("int64")
+    frame["amount_pico"] = money_series(frame["amount_pico"], frame.index, fast="int64")
     base = float(billed_scope) if billed_scope else float("nan")
-    frame["share_of_billed"] = (frame["amount_pico"] / base).round(6)
+    frame["share_of_billed"] = (as_float(frame["amount_pico"]) / base).astype("float64").round(6)
     return frame[GAP_COLUMNS], items
 
 
 def gap_totals(gap: pd.DataFrame) -> pd.DataFrame:
     """Per day and cause, the `(all)` amount (details added up); residual always present."""
     whole = gap[gap["project_id"] == ALL_PROJECTS]
-    table = whole.groupby(["usage_date", "cause"], sort=False)["amount_pico"].sum().reset_index()
+    table = group_sums(whole, ["usage_date", "cause"], ["amount_pico"], min_count=0, sort=False)
+    table = table.reset_index()
     order = {cause: n for n, cause in enumerate((*CAUSES, RESIDUAL))}
     return table.sort_values(
         ["usage_date", "cause"], key=lambda c: c.map(order) if c.name == "cause" else c
@@ -154,7 +155,7 @@ def residual_shares(gap: pd.DataFrame, billed_scope: dict[date, int]) -> dict[da
     for day, part in gap[(gap["project_id"] == ALL_PROJECTS) & (gap["cause"] == RESIDUAL)].groupby(
         "usage_date"
     ):
-        residual = int(part["amount_pico"].sum())
+        residual = exact_sum(part["amount_pico"])
         billed = billed_scope.get(day, 0)
         shares[day] = abs(residual) / billed if billed else float(residual != 0)
     return shares

@@ -31,10 +31,10 @@ import pandas as pd
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.invoice import ALL_MODELS
 from recon_pipeline.core.invoice_gap import CAUSES, RESIDUAL
+from recon_pipeline.core.money import as_float, exact_sum, money_series
 from recon_pipeline.core.output_tables import MONTHLY_STATEMENT
 from recon_pipeline.core.project_scope import ALL_PROJECTS
 from recon_pipeline.core.settlement import OPEN, RESTATED
-from recon_pipeline.core.summarise import exact_sum
 
 BILLED = "billed"
 RECONCILED = "reconciled_actual"
@@ -263,9 +263,9 @@ def monthly_statement(
     ]  # fmt: skip
     table = pd.DataFrame(rows)
     table.insert(0, "month", month.replace(day=1))
-    table["amount_pico"] = table["amount_pico"].astype("int64")
+    table["amount_pico"] = money_series(table["amount_pico"], table.index, fast="int64")
     base = float(scope_billed) if scope_billed else float("nan")
-    table["share_of_billed"] = (table["amount_pico"] / base).round(6)
+    table["share_of_billed"] = (as_float(table["amount_pico"]) / base).astype("float64").round(6)
     for name, value in status_counts.items():
         table[name] = value
     for name in ("match_rate", "request_id_coverage"):

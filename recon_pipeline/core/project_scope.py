@@ -14,8 +14,8 @@ from datetime import date
 import pandas as pd
 
 from recon_pipeline.core.invoice import ALL_MODELS, INVOICE_COLUMNS, invoice_check
+from recon_pipeline.core.money import exact_sum, money_series
 from recon_pipeline.core.pricing import PriceCatalogue
-from recon_pipeline.core.summarise import exact_sum
 
 ALL_PROJECTS = "(all)"
 NO_PROJECT = "(none)"
@@ -86,7 +86,7 @@ def scoped_invoice_check(
             "usage_date": day,
             "project_id": billed["project_id"],
             "model": ALL_MODELS,
-            "billed_pico": pd.array(billed["billed_pico"], dtype="Int64"),
+            "billed_pico": money_series(billed["billed_pico"]).array,
             "billed_source": "costs_api",
         }
     )

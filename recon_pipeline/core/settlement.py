@@ -17,6 +17,7 @@ from datetime import date, datetime, timedelta
 import pandas as pd
 
 from recon_pipeline.core.days import day_bounds
+from recon_pipeline.core.money import exact_sum, money_series
 from recon_pipeline.core.output_tables import DAY_SETTLEMENT, DAY_STATUS
 from recon_pipeline.core.project_scope import (
     ALL_PROJECTS,
@@ -26,7 +27,6 @@ from recon_pipeline.core.project_scope import (
     per_project_billed,
     project_keys,
 )
-from recon_pipeline.core.summarise import exact_sum
 
 OPEN = "open"
 CLOSED = "closed"
@@ -198,7 +198,7 @@ def _count(row) -> int:
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     for name in _MONEY:
-        frame[name] = pd.array(frame[name], dtype="Int64")
+        frame[name] = money_series(frame[name], frame.index)
     for name in ("read_at", "closed_at", "restated_at"):
         frame[name] = pd.to_datetime(frame[name], utc=True)
     frame["restatements"] = frame["restatements"].astype("int64")

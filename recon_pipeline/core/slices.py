@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from recon_pipeline.core import money, summarise
 from recon_pipeline.core import schema as s
-from recon_pipeline.core import summarise
 from recon_pipeline.core.fingerprint import Measures, record_measures, row_measures
 
 # Rows a slice holds when nothing else is configured: at slices of about 476,000 rows a
@@ -123,6 +123,8 @@ class DayTally:
     methods: Counter = field(default_factory=Counter)
     classes: Counter = field(default_factory=Counter)
     money: Counter = field(default_factory=Counter)
+    # Per money column, the sum of |x| over the day's rows: bounds every sum stored of it.
+    magnitude: Counter = field(default_factory=Counter)
     largest: pd.DataFrame | None = None
     sources: set[str] = field(default_factory=set)
     unlogged_rows: int = 0
@@ -135,6 +137,7 @@ class DayTally:
         self.rows += totals["rows"]
         for name in _MONEY:
             self.money[name] += totals[name]
+            self.magnitude[name] += money.magnitude(results[name])
         self.statuses.update(results["reconciliation_status"].value_counts().to_dict())
         self.methods.update(results["match_method"].value_counts().to_dict())
         self.classes.update(results["variance_class"].value_counts().to_dict())
@@ -147,6 +150,7 @@ class DayTally:
     def add_unlogged(self, unlogged: pd.DataFrame) -> None:
         self.unlogged_rows += len(unlogged)
         self.unlogged_actual_pico += summarise.exact_sum(unlogged["actual_cost_pico"])
+        self.magnitude["unlogged_actual_cost_pico"] += money.magnitude(unlogged["actual_cost_pico"])
         self.unlogged_unpriced += int((unlogged["variance_class"] == s.CLASS_UNPRICED).sum())
         self.unlogged_sources.update(unlogged["source"].dropna().unique())
 

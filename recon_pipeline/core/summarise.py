@@ -6,6 +6,9 @@ import numpy as np
 import pandas as pd
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.money import MoneyOverflowError, exact_sum, group_sums
+
+__all__ = ["SUMMARY_COLUMNS", "MoneyOverflowError", "daily_variance_summary", "exact_sum"]
 
 SUMMARY_COLUMNS = [
     "usage_date",
@@ -19,20 +22,6 @@ SUMMARY_COLUMNS = [
     "variance_pico",
     "match_rate",
 ]
-
-_INT64_SAFE = 2**62
-
-
-class MoneyOverflowError(ArithmeticError):
-    """A sum would leave int64 pico-dollars (over 4.6 million USD in one group of one day)."""
-
-
-def exact_sum(values: pd.Series) -> int:
-    """Sum of an integer money column as a Python int: exact, and never silently wrapped."""
-    array = values.dropna().to_numpy(np.int64)
-    if array.size and float(np.abs(array.astype(np.float64)).sum()) >= _INT64_SAFE:
-        return sum(int(v) for v in array.tolist())
-    return int(array.sum())
 
 
 def request_counts(results: pd.DataFrame) -> pd.Series:
@@ -55,10 +44,11 @@ def daily_variance_summary(results: pd.DataFrame) -> pd.DataFrame:
     NULL, not 0, for a group where no row has one; the variance sums only rows that have both
     an estimate and an actual. The match rate is
     matched / (matched + discrepancy): the share of verifiable rows whose cost agreed.
+    The sums are exact at any size (`money.group_sums`): a group beyond int64 pico-dollars
+    comes back as Python ints rather than wrapped or refused.
     """
     if results.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    _guard_overflow(results)
     keys = ["usage_date", "action_type", "model_used"]
     counts = request_counts(results)
     methods = results.get("match_method", pd.Series(None, index=results.index, dtype=object))
@@ -80,18 +70,11 @@ def daily_variance_summary(results: pd.DataFrame) -> pd.DataFrame:
     counted = [*s.STATUSES, *(f"verified_by_{method}" for method in s.MATCH_METHODS)]
     summary = grouped.agg(
         requests=("requests", "sum"), **{name: (name, "sum") for name in counted}
-    ).join(grouped[money].sum(min_count=1).astype("Int64"))
+    ).join(group_sums(frame, keys, money))
     summary = summary.reset_index()
     verifiable = summary[s.MATCHED] + summary[s.DISCREPANCY]
     summary["match_rate"] = (summary[s.MATCHED] / verifiable.where(verifiable > 0)).round(6)
     return summary[SUMMARY_COLUMNS]
-
-
-def _guard_overflow(results: pd.DataFrame) -> None:
-    for column in ("estimated_cost_pico", "actual_cost_pico", "variance_pico"):
-        magnitude = results[column].dropna().astype(np.float64).abs().sum()
-        if magnitude >= _INT64_SAFE:
-            raise MoneyOverflowError(f"{column} for one day exceeds the exact int64 range")
 
 
 def totals(results: pd.DataFrame) -> dict[str, int]:

@@ -11,10 +11,10 @@ from recon_pipeline.core import schema as s
 from recon_pipeline.core.alerts import Finding, scope_project
 from recon_pipeline.core.billed_prices import STALE_PRICE_SHARE, override_rules, stale_prices
 from recon_pipeline.core.day_inputs import may_skip
+from recon_pipeline.core.money import exact_sum, group_sums
 from recon_pipeline.core.pricing import DEFAULT_OVERRIDES_PATH, PriceCatalogue
 from recon_pipeline.core.project_scope import ALL_PROJECTS, Scope, describe_scope, in_scope
 from recon_pipeline.core.settlement import status_of_day, with_day_status
-from recon_pipeline.core.summarise import exact_sum
 from recon_pipeline.defs.partitions import GROUP, backfill_policy, daily_partitions, partition_days
 from recon_pipeline.defs.reporting import DailyReport, finding_metadata, markdown_table, usd
 from recon_pipeline.defs.resources import ReconciliationSettings, ReconDatabase
@@ -75,7 +75,8 @@ def _shown(gap: pd.DataFrame) -> pd.DataFrame:
 
 
 def _by_cause(gap: pd.DataFrame, billed: int) -> pd.DataFrame:
-    totals = g.gap_totals(gap).groupby("cause", sort=False)["amount_pico"].sum()
+    by_day = g.gap_totals(gap)
+    totals = group_sums(by_day, ["cause"], ["amount_pico"], min_count=0, sort=False)["amount_pico"]
     return pd.DataFrame(
         {
             "cause": totals.index,
@@ -162,7 +163,7 @@ def invoice_gap_asset(
             rows=len(gap),
             figures={
                 "billed_usd": billed[day] / s.PICO_PER_USD,
-                "residual_usd": (int(residual.sum()) if len(residual) else 0) / s.PICO_PER_USD,
+                "residual_usd": exact_sum(residual) / s.PICO_PER_USD,
             },
             tables={
                 "gap_by_cause": markdown_table(_by_cause(gap, billed[day])),

@@ -31,6 +31,7 @@ from recon_pipeline.core.completeness import CompletenessPolicy, DayCompleteness
 from recon_pipeline.core.day_inputs import inputs_digest, may_skip
 from recon_pipeline.core.days import day_bounds
 from recon_pipeline.core.incremental import MatchedRecords
+from recon_pipeline.core.money import check_capacity
 from recon_pipeline.core.pricing import PriceCatalogue, price_usage
 from recon_pipeline.core.reconcile import (
     DayReconciliation,
@@ -421,6 +422,9 @@ class _Parts:
         self.tally.add_results(outcome.results)
         if unlogged is not None:
             self.tally.add_unlogged(unlogged)
+        dialect = self.db.dialect
+        # Before this part is stored: a refused day rolls back whatever parts were stored.
+        check_capacity(self.tally.magnitude, dialect.money_limit_pico, dialect.money_type)
         self.writer.store(outcome.results, unlogged)
         return True
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.money import money_series
 from recon_pipeline.core.openai_records import audio_ms_of
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import (
@@ -579,13 +580,17 @@ class Database(StoredDayChecks):
             f" FROM {self.table(RECONCILED_USAGE)} WHERE usage_date = {d.day_param()}"
             " GROUP BY 1, 2, 3, 4, 5, 6"
         )
+        money = [f"{m}_pico" for m in MONEY_COLUMNS]
         types = {
             **dict.fromkeys(_ROLLUP_TEXTS, pa.string()),
             "with_request_id": pa.bool_(),
             **dict.fromkeys(["requests", *sums], pa.int64()),
+            **dict.fromkeys(money, d.pico_sum_type),
         }
         if conn is None:
             self.ensure_table(RECONCILED_USAGE)
         frame = d.select_frame(conn, select, day, types)
         frame["requests"] = frame["requests"].astype(np.int64)
+        for name in money:  # a group's sum may leave int64: exact either way
+            frame[name] = money_series(frame[name], frame.index)
         return frame.assign(usage_date=day)

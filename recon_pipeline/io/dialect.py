@@ -39,6 +39,10 @@ class Dialect(ABC):
     parallel_write_back: bool
     # Whether a changed day may be redone in part (`io/day_changes.py`); else it runs in full.
     incremental_days: bool = False
+    # The largest |amount| in pico-dollars an output table's money column stores exactly, and
+    # what to call that column's type in the error that refuses a day beyond it.
+    money_limit_pico: int
+    money_type: str
 
     def __init__(self, engine: sa.Engine, usage: str) -> None:
         self.engine = engine
@@ -232,7 +236,10 @@ class Dialect(ABC):
 
     @abstractmethod
     def pico_sum(self, cents: str) -> str:
-        """SQL of an exact sum of a NUMERIC cents column, in integer pico-dollars."""
+        """SQL of an exact sum of a NUMERIC cents column, in integer pico-dollars, of type
+        `pico_sum_type` (a sum may leave int64: `money.money_series` reads either)."""
+
+    pico_sum_type: pa.DataType = pa.int64()
 
     @abstractmethod
     def select_frame(

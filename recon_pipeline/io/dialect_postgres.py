@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
+from recon_pipeline.core.money import money_series
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import lock_key
 from recon_pipeline.io.dialect import RECORD_HASH, Dialect, T
@@ -25,6 +26,7 @@ from recon_pipeline.io.pg_arrow import (
 )
 from recon_pipeline.io.pg_copy import (
     COPY_TYPES,
+    MONEY_LIMIT_PICO,
     copy_in,
     copy_out,
     copy_out_parts,
@@ -132,6 +134,27 @@ def _part(column: str, parts: int) -> str:
     )
 
 
+# Below this many cents an amount's pico-dollars fit int64 (9,223,372,036.85… cents).
+_INT64_CENTS = 922_337_203
+
+
+def _money_select(cents: str, name: str) -> list[str]:
+    """A money column read as int64 pico, and, apart, as exact text where it leaves int64
+    (a day's sum may): the common case stays a fast integer column."""
+    pico = f"round({cents} * 10000000000)"
+    return [
+        f'CASE WHEN abs({cents}) < {_INT64_CENTS} THEN {pico}::bigint END AS "{name}"',
+        f'CASE WHEN abs({cents}) >= {_INT64_CENTS} THEN {pico}::text END AS "{name}__big"',
+    ]
+
+
+def _join_big(frame: pd.DataFrame, name: str) -> None:
+    """`name` with the amounts beyond int64 put back in, exact (`money.money_series`)."""
+    big = frame.pop(f"{name}__big")
+    if big.notna().any():
+        frame[name] = money_series(big.where(big.notna(), frame[name]), frame.index)
+
+
 def _instants(frame: pd.DataFrame, us: str, name: str) -> None:
     frame[name] = pd.to_datetime(frame.pop(us), unit="us", utc=True)
 
@@ -140,6 +163,9 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     parallel_write_back = True
     incremental_days = True
+    money_limit_pico = MONEY_LIMIT_PICO  # numeric(24,10) cents: 14 digits before the point
+    money_type = "PostgreSQL's numeric(24,10) cents"
+    pico_sum_type = pa.string()  # exact text: a day's sum may leave int64
 
     def __init__(self, engine: sa.Engine, usage: str) -> None:
         super().__init__(engine, usage)
@@ -414,8 +440,8 @@ class PostgresDialect(Dialect):
         for column in chosen:
             name = output.frame_name(column)
             if column.kind == "money":
-                select.append(f'round("{column.name}_cents" * 10000000000)::bigint AS "{name}"')
-                types[name] = pa.int64()
+                select.extend(_money_select(f'"{column.name}_cents"', name))
+                types |= {name: pa.int64(), f"{name}__big": pa.string()}
             elif column.kind == "timestamp":
                 quoted = f'"{name}"'
                 select.append(f'{epoch_us(quoted)} AS "{name}__us"')
@@ -436,6 +462,8 @@ class PostgresDialect(Dialect):
         for column in chosen:
             if column.kind == "timestamp":
                 _instants(frame, f"{column.name}__us", column.name)
+            elif column.kind == "money":
+                _join_big(frame, output.frame_name(column))
         return frame
 
     def row_versions(
@@ -538,7 +566,7 @@ class PostgresDialect(Dialect):
         return f"sum({column})::bigint"
 
     def pico_sum(self, cents: str) -> str:
-        return f"round(sum({cents}) * 10000000000)::bigint"
+        return f"round(sum({cents}) * 10000000000)::text"
 
     def select_frame(
         self, conn: sa.Connection | None, select: str, day: date, types: dict[str, pa.DataType]

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
+from recon_pipeline.core.money import INT64_MAX, MoneyOverflowError, fits_int64, python_ints
 from recon_pipeline.io.connections import begin_sqlite, connection, sqlite_ts
 from recon_pipeline.io.dialect import Dialect
 from recon_pipeline.io.request_ids import sqlite_request_id
@@ -63,6 +64,10 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     parallel_write_back = False
     incremental_days = False
+    # NUMERIC holds an int64 or a REAL of 15 digits: past int64 pico a sum's sub-cent
+    # digits would be rounded away, so such a day is refused before anything is written.
+    money_limit_pico = INT64_MAX
+    money_type = "SQLite's NUMERIC cents column (PostgreSQL, via RECON_DATABASE_URL, holds more)"
 
     def day(self, day: date) -> str:
         return day.isoformat()
@@ -345,5 +350,10 @@ def _wire_frame(output: OutputTable, frame: pd.DataFrame) -> pd.DataFrame:
             values = values.astype(str)
         elif column.kind == "bool":
             values = values.astype("boolean").astype("Int64")
+        elif column.kind == "money" and not fits_int64(python_ints(values)):
+            raise MoneyOverflowError(
+                f"{output.name}.{column.name}: an amount beyond int64 pico-dollars, which"
+                f" {SqliteDialect.money_type} cannot hold exactly; nothing was written"
+            )
         wire[name] = values
     return wire

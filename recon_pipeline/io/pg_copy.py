@@ -7,6 +7,7 @@ import io
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 
+from recon_pipeline.core.money import MoneyOverflowError, python_ints
 from recon_pipeline.io.connections import driver_connection
 from recon_pipeline.io.record_spill import sorted_by_part
 from recon_pipeline.io.tables import OutputTable
@@ -30,6 +32,8 @@ COPY_TYPES = {
 }
 
 
+# numeric(24,10): the largest amount, in pico-dollars, an output money column holds.
+MONEY_LIMIT_PICO = 10**24 - 1
 # Rows per COPY chunk: bounds the memory of the CSV text to a few tens of MB.
 _COPY_CHUNK_ROWS = 25_000
 # Bytes of CSV pyarrow parses at a time when a query is copied out in parts.
@@ -217,6 +221,8 @@ def _arrow_table(output: OutputTable, frame: pd.DataFrame) -> pa.Table:
 
 def _arrow_column(kind: str, values: pd.Series) -> pa.Array:
     if kind == "money":
+        if values.dtype == object:  # a sum beyond int64 (`core.money`): exact, slower
+            return _big_pico_as_cents(values)
         valid = values.notna().to_numpy()
         pico = values.astype("Int64").to_numpy(np.int64, na_value=0)
         return _pico_as_cents(pico, valid)
@@ -254,6 +260,19 @@ def _pico_as_cents(pico: np.ndarray, valid: np.ndarray) -> pa.Array:
     words[:, 1] = pico >> 63
     mask = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
     return pa.Array.from_buffers(pa.decimal128(24, 10), len(pico), [mask, pa.py_buffer(words)])
+
+
+def _big_pico_as_cents(values: pd.Series) -> pa.Array:
+    """Python-int pico amounts as decimal128(24, 10) cents, exact; one the column cannot
+    hold (|cents| >= 10^14) is refused before anything is COPYed."""
+    ints = python_ints(values)
+    for value in ints:
+        if value is not None and abs(value) > MONEY_LIMIT_PICO:
+            raise MoneyOverflowError(
+                f"{value} pico-dollars exceed numeric(24,10) cents; nothing was written"
+            )
+    cents = [None if v is None else Decimal(v).scaleb(-10) for v in ints]
+    return pa.array(cents, pa.decimal128(24, 10))
 
 
 def _pandas_column(column: pa.ChunkedArray) -> pd.Series:

@@ -17,6 +17,7 @@ import jinja2
 import pandas as pd
 
 from recon_pipeline.core.invoice_gap import RESIDUAL
+from recon_pipeline.core.money import group_sums
 from recon_pipeline.core.monthly_statement import BILLED, LINES, RECONCILED, Statement
 from recon_pipeline.core.output_tables import MONTHLY_STATEMENT
 from recon_pipeline.core.project_scope import ALL_PROJECTS
@@ -78,7 +79,7 @@ def statement_csv(statement: Statement) -> str:
 def _waterfall_steps(scope: pd.DataFrame) -> list[tuple[str, int]]:
     """The causes with their details added up, in the statement's order; residual last."""
     causes = scope[~scope["line"].isin([BILLED, RECONCILED])]
-    summed = causes.groupby("line", sort=False)["amount_pico"].sum()
+    summed = group_sums(causes, ["line"], ["amount_pico"], min_count=0, sort=False)["amount_pico"]
     return [(line, int(summed[line])) for line in LINES if line in summed.index]
 
 

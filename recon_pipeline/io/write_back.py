@@ -24,6 +24,10 @@ from recon_pipeline.io.tables import WRITE_BACK_ROWS
 
 # Reconciliation values that fit the int64 pico-dollar columns: an estimate at or above this
 # many cents (or NaN, or infinite) is read as missing, never as a wrapped or rounded number.
+# It bounds one row, not a day: sums of rows are exact past int64 (`core/money.py`). Kept at
+# 9 million USD rather than lowered to a "plausible" call price: it is the representation's
+# bound, and a lower one would silently turn large but real estimates into missing ones,
+# where a discrepancy (over_estimate) is the honest verdict.
 MAX_ESTIMATE_CENTS = 900_000_000
 # A staged row in memory: measured 115 bytes in a hash table, the largest of its uses (a
 # sort into key order now; the planner's hash join without an index on id); the rest is
