@@ -126,12 +126,10 @@ def record_hash_sql(alias: str) -> str:
 
 def _part(column: str, parts: int) -> str:
     """SQL of the part a row falls in by a hash of its request id (-1: it has none), the
-    same for token_usage and openai_requests."""
+    same for token_usage and openai_requests. The id is worked out once: hashtext of NULL
+    is NULL, which coalesce turns into -1."""
     value = postgres_request_id(column)
-    return (
-        f"CASE WHEN {value} IS NULL THEN -1"
-        f" ELSE mod(hashtext({value}) & 2147483647, {int(parts)}) END"
-    )
+    return f"coalesce(mod(hashtext({value}) & 2147483647, {int(parts)}), -1)"
 
 
 # Below this many cents an amount's pico-dollars fit int64 (9,223,372,036.85… cents).
