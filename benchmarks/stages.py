@@ -26,8 +26,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from benchmarks.child import status_mb
+from recon_pipeline.core import money, summarise
 from recon_pipeline.core import schema as s
-from recon_pipeline.core import summarise
 from recon_pipeline.core.day_inputs import inputs_digest, may_skip
 from recon_pipeline.core.invoice import request_id_coverage
 from recon_pipeline.core.openai_records import dedupe_records
@@ -315,7 +315,7 @@ def reconciled_usage(
         unaccounted = int(on_day.sum()) - len(outcome.results)
         outcome.results["variance_class"].value_counts()
         day_totals = summarise.totals(outcome.results)
-        summarise.exact_sum(outcome.unlogged["actual_cost_pico"])
+        money.exact_sum(outcome.unlogged["actual_cost_pico"])
         summarise.largest_discrepancies(outcome.results)
     rows, unlogged_rows = len(outcome.results), len(outcome.unlogged)
     del logged, openai

@@ -90,6 +90,12 @@ def test_a_created_at_without_time_zone_is_refused_by_the_run_the_migration_and_
         ({"actual_cost_cents": "numeric[]", "reconciliation_status": "text[]"},
          ["actual_cost_cents", "reconciliation_status"]),
         ({"reconciliation_status": "app.recon_status"}, ["reconciliation_status"]),
+        ({"actual_cost_cents": "numeric", "reconciliation_status": "character varying"}, []),
+        ({"actual_cost_cents": "numeric(20,10)"}, []),
+        ({"actual_cost_cents": "numeric(10,2)"}, ["actual_cost_cents"]),
+        ({"actual_cost_cents": "numeric(12,10)"}, ["actual_cost_cents"]),
+        ({"actual_cost_cents": "numeric(10)"}, ["actual_cost_cents"]),
+        ({"reconciliation_status": "character varying(8)"}, ["reconciliation_status"]),
     ],
 )  # fmt: skip
 def test_the_one_rule_of_column_types(types: dict[str, str], wrong: list[str]) -> None:

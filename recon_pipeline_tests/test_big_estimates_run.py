@@ -7,10 +7,29 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import sqlalchemy as sa
+
 from recon_pipeline.core.days import day_bounds
 from recon_pipeline.core.schema import PICO_PER_CENT
+from recon_pipeline.defs.resources import (
+    OpenAIAPI,
+    OpenAIExportFolder,
+    ReconciliationSettings,
+    ReconDatabase,
+)
+from recon_pipeline.demo_data import generate_demo_data
+from recon_pipeline.demo_openai_side import APP_PROJECT
+from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline.io.write_back import MAX_ESTIMATE_CENTS
-from recon_pipeline_tests.runs import LAST_DAY, PIPELINE_ASSETS, SmallDemo, checks, step_failure
+from recon_pipeline_tests.runs import (
+    AS_OF,
+    LAST_DAY,
+    PIPELINE_ASSETS,
+    SmallDemo,
+    checks,
+    run_job,
+    step_failure,
+)
 
 BIG_CENTS = 500_000_000
 INT64_MAX = 2**63 - 1
@@ -94,3 +113,40 @@ def test_two_estimates_past_int64_run_every_asset_and_sum_exactly(demo: SmallDem
         "SELECT count(*) FROM {s}.invoice_check WHERE usage_date = :d", d=LAST_DAY
     )
     assert invoice_rows > 0
+
+
+def test_on_sqlite_a_day_beyond_what_it_holds_exactly_fails_before_anything_is_written(
+    sqlite_engine, tmp_path
+) -> None:
+    """SQLite's REAL cents give back exact pico amounts up to 2^51 (about 2,251 USD): a day
+    whose estimates add up past that is refused before any of its results is stored."""
+    create_demo_token_usage(sqlite_engine)
+    exports = tmp_path / "exports"
+    generate_demo_data(sqlite_engine, exports, last_day=LAST_DAY, days=1)
+    start, end = (moment.strftime("%Y-%m-%d %H:%M:%S") for moment in day_bounds(LAST_DAY))
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE token_usage SET calculated_cost_cents = 150000 WHERE id IN (SELECT id"
+                " FROM token_usage WHERE created_at >= :start AND created_at < :end"
+                " ORDER BY id LIMIT 2)"
+            ),
+            {"start": start, "end": end},
+        )
+        before = conn.execute(sa.text("SELECT * FROM token_usage ORDER BY id")).all()
+    resources = {
+        "database": ReconDatabase(url=str(sqlite_engine.url)),
+        "openai_exports": OpenAIExportFolder(path=str(exports)),
+        "openai_api": OpenAIAPI(),
+        "settings": ReconciliationSettings(as_of=AS_OF, openai_project_ids=APP_PROJECT),
+    }
+
+    result = run_job(resources, LAST_DAY, LAST_DAY)
+
+    assert not result.success
+    step, error = step_failure(result)
+    assert step == "reconciled_usage" and "SQLite's REAL cents" in error
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT * FROM token_usage ORDER BY id")).all() == before
+        stored = conn.execute(sa.text("SELECT count(*) FROM reconciled_usage")).scalar_one()
+    assert stored == 0

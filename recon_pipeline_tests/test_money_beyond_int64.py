@@ -154,7 +154,7 @@ def test_a_day_beyond_what_the_database_holds_is_refused_before_writing():
     within = {c: money.magnitude(rows[c]) for c in MONEY}
     money.check_capacity(within, 10**24 - 1, "numeric(24,10)")
     with pytest.raises(money.MoneyOverflowError, match=r"estimated_cost_pico.*nothing"):
-        money.check_capacity(within, money.INT64_MAX, "SQLite's NUMERIC")
+        money.check_capacity(within, 2**51 - 1, "SQLite's REAL cents")
 
 
 def test_postgres_copy_writes_a_sum_past_int64_as_exact_cents():
@@ -187,4 +187,25 @@ def test_sqlite_refuses_a_sum_it_cannot_hold_before_writing():
     )
     with pytest.raises(money.MoneyOverflowError, match=r"invoice_gap\.amount.*SQLite"):
         _wire_frame(INVOICE_GAP, gap)
-    assert len(_wire_frame(INVOICE_GAP, gap.assign(amount_pico=pd.array([BIG], "Int64")))) == 1
+    # SQLite gives back the exact pico amount of its REAL cents up to 2^51 (dialect_sqlite).
+    held = gap.assign(amount_pico=pd.array([-(2**51 - 1)], "Int64"))
+    assert len(_wire_frame(INVOICE_GAP, held)) == 1
+    with pytest.raises(money.MoneyOverflowError, match=r"invoice_gap\.amount.*SQLite"):
+        _wire_frame(INVOICE_GAP, gap.assign(amount_pico=pd.array([-(2**51)], "Int64")))
+
+
+def test_the_statements_page_adds_a_lines_details_up_exactly_past_int64():
+    from recon_pipeline.core.monthly_statement import Statement
+    from recon_pipeline.defs.statement import _summary
+
+    head = {"days_reconciled": 30, "days": 30, "days_open": 0, "days_restated": 0}
+    head |= {"match_rate": 0.5, "request_id_coverage": 1.0, "project_id": ALL_PROJECTS}
+    table = pd.DataFrame(
+        [
+            head | {"line": "estimated", "amount_pico": BIG, "share_of_billed": 0.5},
+            head | {"line": "estimated", "amount_pico": BIG, "share_of_billed": 0.5},
+            head | {"line": "billed", "amount_pico": 7, "share_of_billed": 1.0},
+        ]
+    )
+    page = _summary(Statement(table, pd.DataFrame(), ()))
+    assert "| estimated | $10000000.000000 |" in page  # 2 x 5 million USD, not wrapped

@@ -10,10 +10,10 @@ import pytest
 from pandas.testing import assert_frame_equal
 
 from recon_pipeline.core import schema as s
+from recon_pipeline.core.money import exact_sum
 from recon_pipeline.core.summarise import (
     SUMMARY_COLUMNS,
     daily_variance_summary,
-    exact_sum,
     largest_discrepancies,
     pico_to_cents_text,
     pico_to_usd_text,

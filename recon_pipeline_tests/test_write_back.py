@@ -223,19 +223,52 @@ def test_write_back_leaves_a_row_the_application_changed_since_it_was_read(pg_sc
     assert stored[ids["b"]] == (None, None, s.PENDING)
 
 
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_a_row_whose_logged_id_has_white_space_around_it_is_written_back(request, backend):
+    """The write-back's guard reads the id as the day's read did (`io/request_ids.py`): a
+    padded id is the id the results carry, not a change by the application."""
+    if backend == "postgres":
+        db = pg_db(request.getfixturevalue("pg_schema"))
+    else:
+        db = sqlite_db(request.getfixturevalue("sqlite_engine"))
+    [padded, plain] = insert_usage(
+        db,
+        [
+            usage_row(START + timedelta(hours=1), openai_request_id=" a\r\n"),
+            usage_row(START + timedelta(hours=2), openai_request_id="b"),
+        ],
+    )
+    results = [{"usage_id": padded, "openai_request_id": "a"}]
+    results += [{"usage_id": plain, "openai_request_id": "b"}]
+    db.replace_days(RECONCILED_USAGE, result_frame(results), [DAY])
+
+    outcome = db.write_back(DAY, T1)
+
+    assert (outcome.rows_updated, outcome.rows_disagreeing) == (2, 0)
+    assert by_id(db)[padded][2] == s.MATCHED
+
+
 @pytest.mark.parametrize(
-    ("action", "kept"),
+    ("timing", "action", "kept", "updated"),
     [
-        ("RETURN NULL", (None, None, s.PENDING)),
-        ("NEW.actual_cost_cents = 1; RETURN NEW", (Decimal(1), T1, s.MATCHED)),
+        ("BEFORE", "RETURN NULL", (None, None, s.PENDING), 2),
+        ("BEFORE", "NEW.actual_cost_cents = 1; RETURN NEW", (Decimal(1), T1, s.MATCHED), 2),
+        # After the write: the UPDATE wrote the row, and the trigger changed it again.
+        (
+            "AFTER",
+            "IF NEW.actual_cost_cents <> 1 THEN UPDATE {usage} SET actual_cost_cents = 1"
+            " WHERE id = NEW.id; END IF",
+            (Decimal(1), T1, s.MATCHED),
+            3,
+        ),
     ],
-    ids=["skipped", "rewritten"],
+    ids=["skipped", "rewritten", "changed-after"],
 )
 def test_a_row_an_application_trigger_skips_or_rewrites_is_counted_as_disagreeing(
-    pg_schema, action: str, kept: tuple
+    pg_schema, timing: str, action: str, kept: tuple, updated: int
 ) -> None:
-    """The application's BEFORE UPDATE trigger decides what is stored: a row it skipped or
-    changed is not reported as written back (`PostgresDialect.update_rewritable`)."""
+    """The application's UPDATE trigger decides what is stored: a row it skipped or changed
+    is counted as disagreeing (`PostgresDialect.update_rewritable`)."""
     db, schema = pg_db(pg_schema), pg_schema[1]
     ids = _day_fixture(db)
     results = result_frame([{"usage_id": ids[k], "openai_request_id": k} for k in ("a", "b", "c")])
@@ -244,19 +277,20 @@ def test_a_row_an_application_trigger_skips_or_rewrites_is_counted_as_disagreein
         conn.execute(
             sa.text(
                 f'CREATE FUNCTION "{schema}".app_rule() RETURNS trigger LANGUAGE plpgsql AS'
-                f" $$BEGIN IF NEW.id = {int(ids['b'])} THEN {action}; END IF; RETURN NEW; END$$"
+                f" $$BEGIN IF NEW.id = {int(ids['b'])} THEN {action.format(usage=db.usage)};"
+                " END IF; RETURN NEW; END$$"
             )
         )
         conn.execute(
             sa.text(
-                f"CREATE TRIGGER app_rule BEFORE UPDATE ON {db.usage}"
+                f"CREATE TRIGGER app_rule {timing} UPDATE ON {db.usage}"
                 f' FOR EACH ROW EXECUTE FUNCTION "{schema}".app_rule()'
             )
         )
 
     outcome = db.write_back(DAY, T1)
 
-    assert (outcome.rows_updated, outcome.rows_disagreeing) == (2, 1)
+    assert (outcome.rows_updated, outcome.rows_disagreeing) == (updated, 1)
     stored = by_id(db)
     assert stored[ids["b"]] == kept
     assert stored[ids["a"]] == stored[ids["c"]] == (Decimal("0.027"), T1, s.MATCHED)

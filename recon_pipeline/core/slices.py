@@ -149,7 +149,7 @@ class DayTally:
 
     def add_unlogged(self, unlogged: pd.DataFrame) -> None:
         self.unlogged_rows += len(unlogged)
-        self.unlogged_actual_pico += summarise.exact_sum(unlogged["actual_cost_pico"])
+        self.unlogged_actual_pico += money.exact_sum(unlogged["actual_cost_pico"])
         self.magnitude["unlogged_actual_cost_pico"] += money.magnitude(unlogged["actual_cost_pico"])
         self.unlogged_unpriced += int((unlogged["variance_class"] == s.CLASS_UNPRICED).sum())
         self.unlogged_sources.update(unlogged["source"].dropna().unique())

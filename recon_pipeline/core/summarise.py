@@ -6,9 +6,7 @@ import numpy as np
 import pandas as pd
 
 from recon_pipeline.core import schema as s
-from recon_pipeline.core.money import MoneyOverflowError, exact_sum, group_sums
-
-__all__ = ["SUMMARY_COLUMNS", "MoneyOverflowError", "daily_variance_summary", "exact_sum"]
+from recon_pipeline.core.money import exact_sum, group_sums
 
 SUMMARY_COLUMNS = [
     "usage_date",

@@ -10,10 +10,10 @@ import pandas as pd
 
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.day_inputs import inputs_digest, may_skip
+from recon_pipeline.core.money import exact_sum
 from recon_pipeline.core.pricing import PriceCatalogue
 from recon_pipeline.core.project_scope import Scope
 from recon_pipeline.core.settlement import closes_at, reread_days
-from recon_pipeline.core.summarise import exact_sum
 from recon_pipeline.defs.partitions import (
     GROUP,
     backfill_policy,

@@ -8,6 +8,7 @@ import pandas as pd
 from recon_pipeline.core import schema as s
 from recon_pipeline.core.alerts import Finding, scope_project
 from recon_pipeline.core.invoice_gap import RESIDUAL
+from recon_pipeline.core.money import group_sums
 from recon_pipeline.core.monthly_statement import (
     BILLED,
     RECONCILED,
@@ -39,14 +40,13 @@ TIES_CHECK = "monthly_statement_ties"
 def _summary(statement: Statement) -> str:
     """The `(all)` lines with their details added up, as the asset page shows them."""
     scope = statement.table[statement.table["project_id"] == ALL_PROJECTS]
-    lines = scope.groupby("line", sort=False).agg(
-        amount_pico=("amount_pico", "sum"), share_of_billed=("share_of_billed", "sum")
-    )
+    amounts = group_sums(scope, ["line"], ["amount_pico"], min_count=0, sort=False)
+    shares = scope.groupby("line", sort=False)["share_of_billed"].sum()
     shown = pd.DataFrame(
         {
-            "line": lines.index,
-            "amount": [usd(int(v)) for v in lines["amount_pico"]],
-            "share_of_billed": [share(v) for v in lines["share_of_billed"]],
+            "line": amounts.index,
+            "amount": [usd(int(v)) for v in amounts["amount_pico"]],
+            "share_of_billed": [share(v) for v in shares.reindex(amounts.index)],
         }
     )
     head = scope.iloc[0]

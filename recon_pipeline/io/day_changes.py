@@ -28,7 +28,7 @@ from recon_pipeline.io.database import (
 )
 from recon_pipeline.io.dialect_postgres import LOGGED_TYPES, epoch_us, record_hash_sql
 from recon_pipeline.io.pg_copy import copy_out_parts
-from recon_pipeline.io.request_ids import postgres_request_id
+from recon_pipeline.io.request_ids import postgres_record_id, postgres_request_id
 from recon_pipeline.io.write_back import MAX_ESTIMATE_CENTS
 
 # Changed ids fetched at a time from the server-side cursor of `changed_ids`.
@@ -155,7 +155,7 @@ def read_changed_parts(
     row without an id, and every record no row of the window claims by id (the last part)."""
     db.check_usage_schema()
     dialect = db.dialect
-    row_id, record_id = postgres_request_id("openai_request_id"), postgres_request_id("request_id")
+    row_id, record_id = postgres_request_id("openai_request_id"), postgres_record_id("request_id")
     logged = (
         dialect.logged_select(
             db.optional_usage_sql(), f", CASE WHEN {row_id} IS NULL THEN -1 ELSE 0 END AS part"

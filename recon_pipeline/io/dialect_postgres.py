@@ -13,7 +13,6 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
-from recon_pipeline.core.money import money_series
 from recon_pipeline.core.output_tables import OPENAI_COLUMNS
 from recon_pipeline.io.connections import lock_key
 from recon_pipeline.io.dialect import RECORD_HASH, Dialect, T
@@ -30,10 +29,12 @@ from recon_pipeline.io.pg_copy import (
     copy_in,
     copy_out,
     copy_out_parts,
+    join_big_money,
+    money_select,
     read_part,
     read_part_batches,
 )
-from recon_pipeline.io.request_ids import postgres_request_id
+from recon_pipeline.io.request_ids import postgres_record_id, postgres_request_id
 from recon_pipeline.io.row_security import inspect_row_security
 from recon_pipeline.io.tables import Column, OutputTable, RowSecurityError, SchemaNotReadyError
 from recon_pipeline.io.usage_types import (
@@ -124,33 +125,11 @@ def record_hash_sql(alias: str) -> str:
     return "(" + " # ".join(f"coalesce({h}, {-n})" for n, h in enumerate(fields, 1)) + ")"
 
 
-def _part(column: str, parts: int) -> str:
+def _part(request_id: str, parts: int) -> str:
     """SQL of the part a row falls in by a hash of its request id (-1: it has none), the
-    same for token_usage and openai_requests. The id is worked out once: hashtext of NULL
-    is NULL, which coalesce turns into -1."""
-    value = postgres_request_id(column)
-    return f"coalesce(mod(hashtext({value}) & 2147483647, {int(parts)}), -1)"
-
-
-# Below this many cents an amount's pico-dollars fit int64 (9,223,372,036.85… cents).
-_INT64_CENTS = 922_337_203
-
-
-def _money_select(cents: str, name: str) -> list[str]:
-    """A money column read as int64 pico, and, apart, as exact text where it leaves int64
-    (a day's sum may): the common case stays a fast integer column."""
-    pico = f"round({cents} * 10000000000)"
-    return [
-        f'CASE WHEN abs({cents}) < {_INT64_CENTS} THEN {pico}::bigint END AS "{name}"',
-        f'CASE WHEN abs({cents}) >= {_INT64_CENTS} THEN {pico}::text END AS "{name}__big"',
-    ]
-
-
-def _join_big(frame: pd.DataFrame, name: str) -> None:
-    """`name` with the amounts beyond int64 put back in, exact (`money.money_series`)."""
-    big = frame.pop(f"{name}__big")
-    if big.notna().any():
-        frame[name] = money_series(big.where(big.notna(), frame[name]), frame.index)
+    same for token_usage and openai_requests; `request_id`: the id's SQL (`request_ids`).
+    The id is worked out once: hashtext of NULL is NULL, which coalesce turns into -1."""
+    return f"coalesce(mod(hashtext({request_id}) & 2147483647, {int(parts)}), -1)"
 
 
 def _instants(frame: pd.DataFrame, us: str, name: str) -> None:
@@ -236,13 +215,14 @@ class PostgresDialect(Dialect):
 
     def update_rewritable(self, conn: sa.Connection) -> bool:
         """Whether an UPDATE of token_usage may store other than what it sets, or skip a row:
-        an enabled BEFORE UPDATE row trigger (tgtype's ROW 1, BEFORE 2 and UPDATE 16 bits).
-        The write-back then counts what still differs afterwards. (An INSTEAD rule on UPDATE
+        an enabled UPDATE row trigger (tgtype's ROW 1 and UPDATE 16 bits), before the write
+        (which may change or skip the row) or after it (which may change it again). The
+        write-back then counts what still differs afterwards. (An INSTEAD rule on UPDATE
         makes the write-back's RETURNING an error, so it cannot pass unseen.)"""
         if self._rewritable is None:
             query = sa.text(
                 "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = CAST(:rel AS regclass)"
-                " AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype & 19 = 19)"
+                " AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype & 17 = 17)"
             )
             self._rewritable = bool(conn.execute(query, {"rel": self.usage}).scalar_one())
         return self._rewritable
@@ -333,7 +313,7 @@ class PostgresDialect(Dialect):
         directory: Path,
         rows: int = 0,
     ) -> list[Path]:
-        part = f", {_part('openai_request_id', parts)} AS part"
+        part = f", {_part(postgres_request_id('openai_request_id'), parts)} AS part"
         return self._out_parts(
             conn,
             lambda *bounds: self.logged_select(optional, part, bounds),
@@ -409,7 +389,8 @@ class PostgresDialect(Dialect):
         directory: Path,
         rows: int = 0,
     ) -> list[Path]:
-        extra = f", {record_hash_sql(table)} AS {RECORD_HASH}, {_part('request_id', parts)} AS part"
+        part = _part(postgres_record_id("request_id"), parts)
+        extra = f", {record_hash_sql(table)} AS {RECORD_HASH}, {part} AS part"
         types = self._openai_types(names) | {RECORD_HASH: pa.int64()}
         return self._out_parts(
             conn,
@@ -438,7 +419,7 @@ class PostgresDialect(Dialect):
         for column in chosen:
             name = output.frame_name(column)
             if column.kind == "money":
-                select.extend(_money_select(f'"{column.name}_cents"', name))
+                select.extend(money_select(f'"{column.name}_cents"', name))
                 types |= {name: pa.int64(), f"{name}__big": pa.string()}
             elif column.kind == "timestamp":
                 quoted = f'"{name}"'
@@ -461,7 +442,7 @@ class PostgresDialect(Dialect):
             if column.kind == "timestamp":
                 _instants(frame, f"{column.name}__us", column.name)
             elif column.kind == "money":
-                _join_big(frame, output.frame_name(column))
+                join_big_money(frame, output.frame_name(column))
         return frame
 
     def row_versions(

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
-from recon_pipeline.core.money import INT64_MAX, MoneyOverflowError, fits_int64, python_ints
+from recon_pipeline.core.money import MoneyOverflowError, python_ints
 from recon_pipeline.io.connections import begin_sqlite, connection, sqlite_ts
 from recon_pipeline.io.dialect import Dialect
 from recon_pipeline.io.request_ids import sqlite_request_id
@@ -64,10 +64,15 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     parallel_write_back = False
     incremental_days = False
-    # NUMERIC holds an int64 or a REAL of 15 digits: past int64 pico a sum's sub-cent
-    # digits would be rounded away, so such a day is refused before anything is written.
-    money_limit_pico = INT64_MAX
-    money_type = "SQLite's NUMERIC cents column (PostgreSQL, via RECON_DATABASE_URL, holds more)"
+    # Money is stored as cents in a REAL (pico * 1e-10), which gives back the exact pico
+    # amount up to 2^51 (about 2,251 USD; measured: none of 200,000 random amounts of 51 bits
+    # wrong, a quarter of those of 52 bits). A day beyond it is refused before anything of
+    # it is written, rather than stored a few pico-dollars off.
+    money_limit_pico = 2**51 - 1
+    money_type = (
+        "SQLite's REAL cents (the embedded demo's database; PostgreSQL, via"
+        " RECON_DATABASE_URL, holds amounts to 10^12 USD exactly)"
+    )
 
     def day(self, day: date) -> str:
         return day.isoformat()
@@ -350,10 +355,22 @@ def _wire_frame(output: OutputTable, frame: pd.DataFrame) -> pd.DataFrame:
             values = values.astype(str)
         elif column.kind == "bool":
             values = values.astype("boolean").astype("Int64")
-        elif column.kind == "money" and not fits_int64(python_ints(values)):
+        elif column.kind == "money" and _largest(values) > SqliteDialect.money_limit_pico:
             raise MoneyOverflowError(
-                f"{output.name}.{column.name}: an amount beyond int64 pico-dollars, which"
+                f"{output.name}.{column.name}: an amount of more than"
+                f" {SqliteDialect.money_limit_pico} pico-dollars, which"
                 f" {SqliteDialect.money_type} cannot hold exactly; nothing was written"
             )
         wire[name] = values
     return wire
+
+
+def _largest(values: pd.Series) -> int:
+    """The largest |amount| of an integer money column (0 when empty): Python ints for an
+    object column (`core.money`), one vectorised pass otherwise."""
+    present = values.dropna()
+    if present.empty:
+        return 0
+    if present.dtype == object:
+        return max(abs(v) for v in python_ints(present))
+    return max(abs(int(present.max())), abs(int(present.min())))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from recon_pipeline.core.schema import DISCREPANCY, MATCHED, STATUSES
+from recon_pipeline.io.connections import local_settings
 from recon_pipeline.io.tables import WRITTEN_USAGE_COLUMNS
 
 Report = Callable[..., None]
@@ -19,6 +20,7 @@ Report = Callable[..., None]
 # The costs a CHECK is tried with (US cents): none, the smallest the pipeline stores (one
 # pico-dollar), and $100, more than one request costs.
 _COSTS = ("0", "0.0000000001", "10000")
+_CHECK_TIME = {"statement_timeout": "5s"}
 # The row's CHECK constraints that read a written column, with what to try them on.
 _CHECKS = """
 SELECT c.conname, pg_get_constraintdef(c.oid), pg_get_expr(c.conbin, c.conrelid)
@@ -36,6 +38,7 @@ WHERE attrelid = :oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum
 # in an ordinary session, R only in replication, D never.
 _TRIGGERS = """
 SELECT t.tgname, t.tgfoid::regprocedure::text AS function, t.tgenabled IN ('O', 'A') AS fires,
+       t.tgenabled = 'R' AS replica_only,
        CASE WHEN t.tgtype & 2 <> 0 THEN 'BEFORE' ELSE 'AFTER' END AS timing,
        CASE WHEN t.tgtype & 1 <> 0 THEN 'ROW' ELSE 'STATEMENT' END AS level,
        p.prosecdef AS definer, pg_get_userbyid(p.proowner) AS owner,
@@ -108,15 +111,14 @@ def check_constraints(report: Report, conn: sa.Connection, table: str, oid: int)
         return
     columns = [(str(n), str(k)) for n, k in conn.execute(sa.text(_COLUMNS), {"oid": oid})]
     for name, definition, expression in checks:
-        savepoint = conn.begin_nested()
         try:
-            rejected = _rejected(conn, expression, columns)
+            # The application's CHECK may call a function of its own: bounded in time.
+            with conn.begin_nested(), local_settings(conn, _CHECK_TIME):
+                rejected = _rejected(conn, expression, columns)
         except sa.exc.DBAPIError as exc:
-            savepoint.rollback()
             problem = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
             report("warn", f"CHECK {name}: {definition}; could not try it: {problem}")
             continue
-        savepoint.commit()
         if not rejected:
             report("ok", f"CHECK {name} accepts every status and cost the write-back writes")
             continue
@@ -138,7 +140,8 @@ def update_triggers(report: Report, conn: sa.Connection, table: str, oid: int, w
         found = True
         what = f"trigger {t.tgname} ({t.timing} UPDATE FOR EACH {t.level}) runs {t.function}"
         if not t.fires:
-            report("info", f"{what}; it is disabled")
+            when = "fires only in a replication session" if t.replica_only else "is disabled"
+            report("info", f"{what}; it {when}")
         elif t.columns and not set(t.columns) & set(WRITTEN_USAGE_COLUMNS):
             report("info", f"{what} on UPDATE OF {', '.join(t.columns)}: not the write-back's")
         else:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 
-from recon_pipeline.core.money import MoneyOverflowError, python_ints
+from recon_pipeline.core.money import MoneyOverflowError, money_series, python_ints
 from recon_pipeline.io.connections import driver_connection
 from recon_pipeline.io.record_spill import sorted_by_part
 from recon_pipeline.io.tables import OutputTable
@@ -273,6 +273,27 @@ def _big_pico_as_cents(values: pd.Series) -> pa.Array:
             )
     cents = [None if v is None else Decimal(v).scaleb(-10) for v in ints]
     return pa.array(cents, pa.decimal128(24, 10))
+
+
+# Below this many cents an amount's pico-dollars fit int64 (9,223,372,036.85… cents).
+_INT64_CENTS = 922_337_203
+
+
+def money_select(cents: str, name: str) -> list[str]:
+    """A money column read as int64 pico, and, apart, as exact text where it leaves int64
+    (a day's sum may): the common case stays a fast integer column."""
+    pico = f"round({cents} * 10000000000)"
+    return [
+        f'CASE WHEN abs({cents}) < {_INT64_CENTS} THEN {pico}::bigint END AS "{name}"',
+        f'CASE WHEN abs({cents}) >= {_INT64_CENTS} THEN {pico}::text END AS "{name}__big"',
+    ]
+
+
+def join_big_money(frame: pd.DataFrame, name: str) -> None:
+    """`name` with the amounts beyond int64 put back in, exact (`money.money_series`)."""
+    big = frame.pop(f"{name}__big")
+    if big.notna().any():
+        frame[name] = money_series(big.where(big.notna(), frame[name]), frame.index)
 
 
 def _pandas_column(column: pa.ChunkedArray) -> pd.Series:

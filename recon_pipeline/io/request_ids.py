@@ -9,6 +9,12 @@ from __future__ import annotations
 PADDING_CODES = (32, 9, 13, 10)
 
 
+def postgres_record_id(column: str) -> str:
+    """OpenAI's own id of a stored record: never padded (its lines are checked as they are
+    read), so only a blank one is none, as SQLite's `_split` takes it too."""
+    return f"NULLIF({column}::text, '')"
+
+
 def postgres_request_id(column: str) -> str:
     padding = " || ".join(f"chr({code})" for code in PADDING_CODES)
     return f"NULLIF(btrim({column}::text, {padding}), '')"

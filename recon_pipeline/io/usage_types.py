@@ -13,13 +13,17 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from recon_pipeline.core.schema import STATUSES
 from recon_pipeline.io.tables import SchemaNotReadyError
 from recon_pipeline.io.whole_cents import INTEGER_TYPES
 
-_AS_UTC = (
-    " USING {column} AT TIME ZONE 'UTC'; (if the application wrote UTC, else its zone; the"
-    " views that read it must be dropped first and created again after)"
-)
+_AS_UTC = " USING {column} AT TIME ZONE 'UTC'"
+_UTC_NOTE = "if the application wrote UTC, else its zone; "
+# Every ALTER of a column's type: PostgreSQL refuses it while a view reads the column.
+_VIEWS = "the views that read it must be dropped first and created again after"
+# The exact cost's digits: 10 after the point (one pico-dollar), 10 before (the pipeline's
+# own numeric(20,10)); fewer round or overflow without an error the write-back could see.
+_COST_DIGITS = 10
 # column: (the format_type names it may have, the type to change it to, why, the fix's end)
 _RULES: dict[str, tuple[tuple[str, ...], str, str, str]] = {
     "created_at": (
@@ -63,8 +67,9 @@ class WrongType:
     why: str
 
     def fix(self, table: str) -> str:
-        using = _RULES[self.column][3].format(column=self.column) or ";"
-        return f"ALTER TABLE {table} ALTER COLUMN {self.column} TYPE {self.wanted}{using}"
+        using = _RULES[self.column][3].format(column=self.column)
+        alter = f"ALTER TABLE {table} ALTER COLUMN {self.column} TYPE {self.wanted}{using};"
+        return f"{alter} ({_UTC_NOTE if using else ''}{_VIEWS})"
 
     def describe(self) -> str:
         return f"{self.column} is {self.found}, the pipeline needs {self.wanted}: {self.why}"
@@ -76,14 +81,34 @@ def _is(found: str, name: str) -> bool:
     return re.sub(r"\(\d+(,\d+)?\)", "", found) == name
 
 
+def _too_narrow(column: str, found: str) -> str | None:
+    """Why a modifier makes an allowed type too narrow: a numeric cost with fewer than 10
+    digits after or before the point (it would round or overflow), a varchar status shorter
+    than the longest status."""
+    modifier = re.search(r"\((\d+)(?:,(\d+))?\)", found)
+    if modifier is None:
+        return None
+    size, scale = int(modifier.group(1)), int(modifier.group(2) or 0)
+    narrow = scale < _COST_DIGITS or size - scale < _COST_DIGITS
+    if column == "actual_cost_cents" and _is(found, "numeric") and narrow:
+        return f"{found} rounds or overflows an exact cost (one pico-dollar is 1e-10 cents)"
+    if column == "reconciliation_status" and size < max(map(len, STATUSES)):
+        return f"{found} is shorter than the status {max(STATUSES, key=len)!r}"
+    return None
+
+
 def wrong_usage_types(types: Mapping[str, object]) -> list[WrongType]:
     """The columns of `types` (name: format_type) whose type the pipeline cannot use; a
     column not in `types` is someone else's concern (missing columns are checked apart)."""
     wrong = []
     for column, (allowed, wanted, why, _) in _RULES.items():
         found = types.get(column)
-        if found is not None and not any(_is(str(found), name) for name in allowed):
+        if found is None:
+            continue
+        if not any(_is(str(found), name) for name in allowed):
             wrong.append(WrongType(column, str(found), wanted, why))
+        elif (narrow := _too_narrow(column, str(found))) is not None:
+            wrong.append(WrongType(column, str(found), wanted, narrow))
     return wrong
 
 

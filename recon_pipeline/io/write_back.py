@@ -146,10 +146,10 @@ def postgres_update(
     an application trigger ON UPDATE sees them). No second join to count. `by_key`: join
     by token_usage's index on id (`_BY_KEY`); without one, the planner's own join.
 
-    A row is counted as updated only if it holds what was written. `rewritable`: the table
-    has a BEFORE UPDATE row trigger (`PostgresDialect.update_rewritable`), which may also
-    skip a row, and a skipped row returns nothing: the part's rows that still differ are
-    then counted after the UPDATE, by key, as SQLite always does."""
+    A row is counted as updated only if it was stored as written. `rewritable`: the table
+    has an UPDATE row trigger (`PostgresDialect.update_rewritable`), which may skip a row
+    (it returns nothing) or change it after the write: the part's rows that still differ
+    are then counted after the UPDATE, by key, as SQLite always does."""
     usage = sql.usage
     kept = {
         "actual_cost_cents": sql.cost,
