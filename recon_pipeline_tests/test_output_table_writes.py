@@ -22,6 +22,7 @@ from recon_pipeline.io.migrations import create_demo_token_usage
 from recon_pipeline_tests.usage_rows import (
     DAY,
     START,
+    backend_db,
     insert_usage,
     pg_db,
     result_frame,
@@ -250,10 +251,7 @@ def test_copy_in_a_send_failing_in_the_worker_reaches_the_caller(pg_schema, monk
 def test_replace_days_failure_after_delete_and_insert_rolls_back(
     request, monkeypatch, backend
 ) -> None:
-    if backend == "postgres":
-        db = pg_db(request.getfixturevalue("pg_schema"))
-    else:
-        db = sqlite_db(request.getfixturevalue("sqlite_engine"))
+    db = backend_db(request, backend)
     db.replace_days(DAILY_VARIANCE_SUMMARY, _summary_frame(DAY, [("a", 1), ("b", 2)]), [DAY])
     before = _stored_summary(db)
     assert len(before) == 2

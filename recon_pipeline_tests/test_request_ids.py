@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from recon_pipeline_tests.runs import LAST_DAY, SmallDemo
-from recon_pipeline_tests.usage_rows import END, START, insert_usage, pg_db, sqlite_db, usage_row
+from recon_pipeline_tests.usage_rows import END, START, backend_db, insert_usage, usage_row
 
 LOGGED = {
     " chatcmpl-a ": "chatcmpl-a",
@@ -24,10 +24,7 @@ LOGGED = {
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_padding_around_a_logged_id_is_dropped_and_a_blank_one_is_none(request, backend) -> None:
-    if backend == "postgres":
-        db = pg_db(request.getfixturevalue("pg_schema"))
-    else:
-        db = sqlite_db(request.getfixturevalue("sqlite_engine"))
+    db = backend_db(request, backend)
     rows = [
         usage_row(START + timedelta(minutes=n), openai_request_id=logged)
         for n, logged in enumerate(LOGGED)

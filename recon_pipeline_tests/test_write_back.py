@@ -21,11 +21,11 @@ from recon_pipeline_tests.usage_rows import (
     T1,
     T2,
     WRITTEN,
+    backend_db,
     by_id,
     insert_usage,
     pg_db,
     result_frame,
-    sqlite_db,
     usage_row,
 )
 
@@ -66,10 +66,7 @@ def _day_fixture(db: Database) -> dict[str, str]:
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_write_back_sets_three_columns_on_the_days_rows_only(request, backend) -> None:
-    if backend == "postgres":
-        db = pg_db(request.getfixturevalue("pg_schema"))
-    else:
-        db = sqlite_db(request.getfixturevalue("sqlite_engine"))
+    db = backend_db(request, backend)
     ids = _day_fixture(db)
     # A reconciliation of DAY - 1 exists too: writing DAY back must not apply it.
     yesterday = DAY - timedelta(days=1)
@@ -227,10 +224,7 @@ def test_write_back_leaves_a_row_the_application_changed_since_it_was_read(pg_sc
 def test_a_row_whose_logged_id_has_white_space_around_it_is_written_back(request, backend):
     """The write-back's guard reads the id as the day's read did (`io/request_ids.py`): a
     padded id is the id the results carry, not a change by the application."""
-    if backend == "postgres":
-        db = pg_db(request.getfixturevalue("pg_schema"))
-    else:
-        db = sqlite_db(request.getfixturevalue("sqlite_engine"))
+    db = backend_db(request, backend)
     [padded, plain] = insert_usage(
         db,
         [
@@ -301,10 +295,7 @@ def test_a_row_an_application_trigger_skips_or_rewrites_is_counted_as_disagreein
 def test_write_back_writes_a_row_the_application_moved_to_another_day(request, backend) -> None:
     """The verdict is about the request, so a row whose created_at moved to the next day
     after it was read still gets it: the write-back joins by id only."""
-    if backend == "postgres":
-        db = pg_db(request.getfixturevalue("pg_schema"))
-    else:
-        db = sqlite_db(request.getfixturevalue("sqlite_engine"))
+    db = backend_db(request, backend)
     ids = _day_fixture(db)
     results = result_frame(
         [

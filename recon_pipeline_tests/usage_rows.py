@@ -73,6 +73,13 @@ def sqlite_db(engine: sa.Engine) -> Database:
     return Database(engine)
 
 
+def backend_db(request, backend: str) -> Database:
+    """The test's token_usage on `backend` (postgres or sqlite), for tests of both."""
+    if backend == "postgres":
+        return pg_db(request.getfixturevalue("pg_schema"))
+    return sqlite_db(request.getfixturevalue("sqlite_engine"))
+
+
 def by_id(db: Database, columns: str = ", ".join(WRITTEN)) -> dict[str, tuple]:
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text(f"SELECT CAST(id AS TEXT), {columns} FROM {db.usage}")).all()
