@@ -149,6 +149,7 @@ class PostgresDialect(Dialect):
         self._id_type: str | None = None
         self._id_indexed: bool | None = None
         self._rewritable: bool | None = None
+        self._types: dict[str, str] | None = None
 
     def day(self, day: date) -> date:
         return day
@@ -167,11 +168,15 @@ class PostgresDialect(Dialect):
             self._usage_types(conn)
 
     def _usage_types(self, conn: sa.Connection) -> dict[str, str]:
-        types = usage_column_types(conn, self.usage)
-        wrong = wrong_usage_types(types)
-        if wrong:
-            raise UsageTypeError(usage_type_message(self.usage, wrong))
-        return types
+        """token_usage's column types, refused when wrong; read once a run, though both the
+        resource (before any step writes) and the first read of the table ask."""
+        if self._types is None:
+            types = usage_column_types(conn, self.usage)
+            wrong = wrong_usage_types(types)
+            if wrong:
+                raise UsageTypeError(usage_type_message(self.usage, wrong))
+            self._types = types
+        return self._types
 
     def check_usage_table(self) -> bool:
         with self.engine.connect() as conn:
